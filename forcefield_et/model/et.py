@@ -1,0 +1,163 @@
+"""The Equivariant Transformer representation (Thölke & De Fabritiis, ICLR 2022).
+
+Every atom carries scalar features x [N, F] and vector features v [N, 3, F]. Each layer is
+an equivariant multi-head attention over the radius graph:
+
+    attn_ij = SiLU( sum_head q_i * k_j * d_k(rbf_ij) ) * f_cut(r_ij)
+    scalar message  s_ij = attn_ij * (v_j * d_v(rbf_ij))_s
+    vector message  m_ij = v_j^vec * (v_j d_v)_1 + (v_j d_v)_2 * r̂_ij
+    gated update    dx_i = <U1 v_i, U2 v_i> * o2_i + o3_i,   dv_i = U3 v_i * o1_i + sum_j m_ij
+
+This file only maps (z, edges) to per-atom features; energies live in ``heads.py``, forces
+in ``potential.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .radial import CosineCutoff, ExpNormalSmearing
+
+
+class NeighborEmbedding(nn.Module):
+    """x_i <- W [x_i, sum_j f_cut(r_ij) W_r(rbf_ij) * e(z_j)]: atom embedding plus a
+    distance-filtered sum of the neighbours' type embeddings."""
+
+    def __init__(self, num_elements: int, hidden_channels: int, num_rbf: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_elements, hidden_channels)
+        self.distance_proj = nn.Linear(num_rbf, hidden_channels)
+        self.combine = nn.Linear(2 * hidden_channels, hidden_channels)
+
+    def reset_parameters(self) -> None:
+        self.embedding.reset_parameters()
+        nn.init.xavier_uniform_(self.distance_proj.weight)
+        nn.init.zeros_(self.distance_proj.bias)
+        nn.init.xavier_uniform_(self.combine.weight)
+        nn.init.zeros_(self.combine.bias)
+
+    def forward(
+        self, element: Tensor, x: Tensor, edge_index: Tensor, rbf: Tensor, cutoff_weight: Tensor
+    ) -> Tensor:
+        weight = self.distance_proj(rbf) * cutoff_weight.unsqueeze(-1)
+        messages = self.embedding(element[edge_index[1]]) * weight
+        aggregated = torch.zeros_like(x).index_add_(0, edge_index[0], messages)
+        return self.combine(torch.cat([x, aggregated], dim=-1))
+
+
+class EquivariantAttention(nn.Module):
+    """One equivariant multi-head attention layer with gated update (returns dx, dvec)."""
+
+    def __init__(self, hidden_channels: int, num_rbf: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_channels % num_heads != 0:
+            raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by num_heads ({num_heads})")
+        self.hidden_channels = hidden_channels
+        self.num_heads = num_heads
+        self.head_dim = hidden_channels // num_heads
+        self.layernorm = nn.LayerNorm(hidden_channels)
+        # q (F), k (F), v (3F) in one matrix product.
+        self.qkv_proj = nn.Linear(hidden_channels, 5 * hidden_channels)
+        self.vec_proj = nn.Linear(hidden_channels, 3 * hidden_channels, bias=False)
+        # d_k (F) and d_v (3F) filters from the radial basis in one matrix product.
+        self.filter_proj = nn.Linear(num_rbf, 4 * hidden_channels)
+        self.out_proj = nn.Linear(hidden_channels, 3 * hidden_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.layernorm.reset_parameters()
+        for layer in (self.qkv_proj, self.filter_proj, self.out_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.xavier_uniform_(self.vec_proj.weight)
+
+    def forward(
+        self,
+        x: Tensor,
+        vec: Tensor,
+        edge_index: Tensor,
+        rbf: Tensor,
+        cutoff_weight: Tensor,
+        unit_vectors: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        F = self.hidden_channels
+        n_atoms = x.shape[0]
+        i, j = edge_index[0], edge_index[1]
+
+        q, k, v = torch.split(self.qkv_proj(self.layernorm(x)), [F, F, 3 * F], dim=-1)
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
+        vec_dot = (vec1 * vec2).sum(dim=1)
+
+        filters = torch.nn.functional.silu(self.filter_proj(rbf))
+        dk, dv = torch.split(filters, [F, 3 * F], dim=-1)
+
+        attn = (q[i] * k[j] * dk).view(-1, self.num_heads, self.head_dim).sum(-1)
+        attn = torch.nn.functional.silu(attn) * cutoff_weight.unsqueeze(-1)
+
+        x_msg, vec_gate, dir_gate = torch.split(v[j] * dv, [F, F, F], dim=-1)
+        x_msg = (x_msg.view(-1, self.num_heads, self.head_dim) * attn.unsqueeze(-1)).view(-1, F)
+        vec_msg = vec[j] * vec_gate.unsqueeze(1) + dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)
+
+        x_agg = torch.zeros((n_atoms, F), dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
+        vec_agg = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
+
+        o1, o2, o3 = torch.split(self.out_proj(x_agg), [F, F, F], dim=-1)
+        dx = vec_dot * o2 + o3
+        dvec = vec3 * o1.unsqueeze(1) + vec_agg
+        return dx, dvec
+
+
+class EquivariantTransformer(nn.Module):
+    """Maps element indices and edge geometry to per-atom scalar features [N, F].
+
+    Args:
+        num_elements: size of the element-embedding table.
+        hidden_channels: F.
+        num_layers: number of attention layers.
+        num_heads: attention heads (F must be divisible by it).
+        num_rbf: number of exponential-normal radial functions.
+        cutoff: radial cutoff in Å.
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        hidden_channels: int = 128,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        num_rbf: int = 32,
+        cutoff: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        self.cutoff = float(cutoff)
+        self.embedding = nn.Embedding(num_elements, hidden_channels)
+        self.rbf = ExpNormalSmearing(cutoff, num_rbf)
+        self.cutoff_fn = CosineCutoff(cutoff)
+        self.neighbor_embedding = NeighborEmbedding(num_elements, hidden_channels, num_rbf)
+        self.layers = nn.ModuleList(
+            [EquivariantAttention(hidden_channels, num_rbf, num_heads) for _ in range(num_layers)]
+        )
+        self.final_norm = nn.LayerNorm(hidden_channels)
+        self.embedding.reset_parameters()
+        self.neighbor_embedding.reset_parameters()
+
+    def forward(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tuple[Tensor, Tensor]:
+        """element [N] (embedding indices), edge_index [2, E], edge_vectors [E, 3] in Å
+        (pos[j] - pos[i]). Returns scalar features [N, F] and vector features [N, 3, F]."""
+        distances = torch.linalg.norm(edge_vectors, dim=-1)
+        unit_vectors = edge_vectors / distances.unsqueeze(-1)
+        rbf = self.rbf(distances)
+        cutoff_weight = self.cutoff_fn(distances)
+
+        x = self.embedding(element)
+        x = self.neighbor_embedding(element, x, edge_index, rbf, cutoff_weight)
+        vec = torch.zeros((x.shape[0], 3, x.shape[1]), dtype=x.dtype, device=x.device)
+        for layer in self.layers:
+            dx, dvec = layer(x, vec, edge_index, rbf, cutoff_weight, unit_vectors)
+            x = x + dx
+            vec = vec + dvec
+        return self.final_norm(x), vec

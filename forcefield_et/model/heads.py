@@ -1,0 +1,86 @@
+"""Output heads: per-atom features -> energies and molecular properties."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _mlp(hidden_channels: int, out_channels: int = 1) -> nn.Sequential:
+    mlp = nn.Sequential(
+        nn.Linear(hidden_channels, hidden_channels // 2),
+        nn.SiLU(),
+        nn.Linear(hidden_channels // 2, out_channels),
+    )
+    for layer in (mlp[0], mlp[2]):
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return mlp
+
+
+class EnergyHead(nn.Module):
+    """E_b = sum_{i in b} (scale * MLP(x_i) + shift + E0[element_i]), in eV.
+
+    ``scale`` and ``shift`` standardise the network output (eV); ``atomic_energies`` [n_elements]
+    are per-element reference energies E0 (eV). All three are buffers stored in checkpoints.
+    """
+
+    def __init__(self, hidden_channels: int, num_elements: int) -> None:
+        super().__init__()
+        self.mlp = _mlp(hidden_channels)
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("shift", torch.tensor(0.0))
+        self.register_buffer("atomic_energies", torch.zeros(num_elements))
+
+    def forward(self, x: Tensor, element: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+        atom_energy = self.mlp(x).squeeze(-1) * self.scale + self.shift + self.atomic_energies[element]
+        return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
+
+
+class ScalarPropertyHead(nn.Module):
+    """A molecular scalar property (e.g. QM9 U0, HOMO): sum or mean over atoms of an MLP."""
+
+    def __init__(self, hidden_channels: int, num_elements: int, reduce: str = "sum") -> None:
+        super().__init__()
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.reduce = reduce
+        self.mlp = _mlp(hidden_channels)
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("shift", torch.tensor(0.0))
+        self.register_buffer("atomic_offsets", torch.zeros(num_elements))
+
+    def forward(self, x: Tensor, vec: Tensor, element: Tensor, pos: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+        per_atom = self.mlp(x).squeeze(-1) * self.scale + self.atomic_offsets[element]
+        total = torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, per_atom)
+        if self.reduce == "mean":
+            counts = torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(
+                0, batch, torch.ones_like(per_atom)
+            )
+            total = total / counts
+        return total + self.shift
+
+
+class DipoleHead(nn.Module):
+    """Dipole-moment vector [B, 3] (units of the training data, e.g. e·Å or Debye-scaled):
+    mu = sum_i q_i (r_i - r_centre) + sum_i W v_i, with charges q_i from an MLP, neutralised per
+    molecule, plus an equivariant term from the vector features."""
+
+    def __init__(self, hidden_channels: int) -> None:
+        super().__init__()
+        self.charge_mlp = _mlp(hidden_channels)
+        self.vector_proj = nn.Linear(hidden_channels, 1, bias=False)
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def forward(self, x: Tensor, vec: Tensor, element: Tensor, pos: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+        dtype, device = x.dtype, x.device
+        counts = torch.zeros(n_structures, dtype=dtype, device=device).index_add_(
+            0, batch, torch.ones(x.shape[0], dtype=dtype, device=device)
+        )
+        charges = self.charge_mlp(x).squeeze(-1)
+        mean_charge = torch.zeros(n_structures, dtype=dtype, device=device).index_add_(0, batch, charges) / counts
+        charges = charges - mean_charge[batch]
+        centre = torch.zeros((n_structures, 3), dtype=dtype, device=device).index_add_(0, batch, pos)
+        centre = centre / counts.unsqueeze(-1)
+        atomic = charges.unsqueeze(-1) * (pos - centre[batch]) + self.vector_proj(vec).squeeze(-1)
+        return torch.zeros((n_structures, 3), dtype=dtype, device=device).index_add_(0, batch, atomic) * self.scale

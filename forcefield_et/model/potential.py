@@ -1,0 +1,176 @@
+"""The potential: structure -> neighbours -> ET -> energy -> autograd forces (and stress).
+
+``Potential.forward(z, pos, batch=None, cell=None)`` returns ``{'energy': [B] eV,
+'forces': [N, 3] eV/Å}`` plus ``'stress': [B, 3, 3] eV/Å³`` when a cell is given. Forces are
+F = -dE/dr (conservative by construction); stress is (1/V) dE/d(strain). The module is
+TorchScript-compatible (``torch.jit.script``) and works in float32 or float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..neighbors import radius_graph
+from .et import EquivariantTransformer
+from .heads import EnergyHead
+
+DEFAULT_ELEMENTS = (1, 6, 7, 8, 9, 16, 17)  # H C N O F S Cl
+DEFAULT_HYPERPARAMETERS: Dict[str, Any] = {
+    "hidden_channels": 128,
+    "num_layers": 6,
+    "num_heads": 8,
+    "num_rbf": 32,
+    "cutoff": 5.0,
+    "elements": list(DEFAULT_ELEMENTS),
+}
+MAX_ATOMIC_NUMBER = 118
+MIN_DISTANCE = 0.01  # Å; closer pairs are rejected as overlapping atoms
+
+
+class Potential(nn.Module):
+    """Equivariant Transformer interatomic potential with autograd forces.
+
+    Args:
+        hidden_channels: feature width F.
+        num_layers: attention layers.
+        num_heads: attention heads.
+        num_rbf: radial basis functions.
+        cutoff: cutoff radius in Å.
+        elements: supported atomic numbers; any other element is rejected with an error.
+    """
+
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        num_rbf: int = 32,
+        cutoff: float = 5.0,
+        elements: Sequence[int] = DEFAULT_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        elements = sorted({int(e) for e in elements})
+        if not elements or elements[0] < 1 or elements[-1] > MAX_ATOMIC_NUMBER:
+            raise ValueError(f"elements must be atomic numbers in 1..{MAX_ATOMIC_NUMBER}, got {elements}")
+        self.hyperparameters: Dict[str, Any] = {
+            "hidden_channels": int(hidden_channels),
+            "num_layers": int(num_layers),
+            "num_heads": int(num_heads),
+            "num_rbf": int(num_rbf),
+            "cutoff": float(cutoff),
+            "elements": elements,
+        }
+        self.cutoff = float(cutoff)
+        self.min_distance = MIN_DISTANCE
+        self.elements: List[int] = elements
+        lookup = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(elements)] = torch.arange(len(elements))
+        self.register_buffer("element_index", lookup)
+        self.representation = EquivariantTransformer(
+            len(elements), hidden_channels, num_layers, num_heads, num_rbf, cutoff
+        )
+        self.head = EnergyHead(hidden_channels, len(elements))
+
+    def _check_inputs(self, z: Tensor, pos: Tensor, batch: Tensor, cell: Optional[Tensor]) -> None:
+        if z.dim() != 1 or z.dtype != torch.long:
+            raise ValueError("Potential: z must be a 1-D torch.long tensor of atomic numbers [N]")
+        if pos.dim() != 2 or pos.shape[1] != 3 or pos.shape[0] != z.shape[0]:
+            raise ValueError("Potential: pos must have shape [N, 3] (Å) with N == len(z)")
+        if pos.dtype != self.head.scale.dtype:
+            raise ValueError(
+                "Potential: pos dtype does not match the model dtype (use model.double() or model.float())"
+            )
+        if batch.dim() != 1 or batch.shape[0] != z.shape[0] or batch.dtype != torch.long:
+            raise ValueError("Potential: batch must be a 1-D torch.long tensor [N]")
+        if z.shape[0] == 0:
+            raise ValueError("Potential: empty structure (no atoms)")
+        if not bool(torch.isfinite(pos).all()):
+            raise ValueError("Potential: positions contain NaN or inf")
+        if bool((z < 1).any()) or bool((z >= self.element_index.shape[0]).any()):
+            raise ValueError("Potential: atomic numbers must lie in 1..118")
+        if bool((self.element_index[z] < 0).any()):
+            raise ValueError("Potential: structure contains an element the model does not support")
+        if cell is not None:
+            if cell.dim() != 3 or cell.shape[1] != 3 or cell.shape[2] != 3:
+                raise ValueError("Potential: cell must have shape [B, 3, 3] (Å, lattice vectors as rows)")
+            if not bool(torch.isfinite(cell).all()):
+                raise ValueError("Potential: cell contains NaN or inf")
+            if bool((torch.abs(torch.linalg.det(cell)) < 1e-6).any()):
+                raise ValueError("Potential: cell is degenerate (zero volume)")
+
+    def forward(
+        self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None, cell: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
+        """z [N] long, pos [N, 3] Å, batch [N] long (None: one structure), cell [B, 3, 3] Å
+        (None: no PBC). Returns energy [B] eV, forces [N, 3] eV/Å, and stress [B, 3, 3] eV/Å³
+        when a cell is given."""
+        if batch is None:
+            batch = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        if cell is not None and cell.dim() == 2:
+            cell = cell.unsqueeze(0)
+        self._check_inputs(z, pos, batch, cell)
+        n_structures = int(batch.max()) + 1
+        if cell is not None and cell.shape[0] != n_structures:
+            raise ValueError("Potential: cell must hold one [3, 3] cell per structure in the batch")
+
+        edge_index, shifts = radius_graph(pos.detach(), self.cutoff, batch, cell)
+        if not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+        inputs: List[Tensor] = [pos]
+        positions = pos
+        if cell is not None:
+            # Homogeneous strain applied to positions and cell; dE/d(strain) gives the virial.
+            strain = torch.zeros_like(cell).requires_grad_(True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = pos + torch.bmm(pos.unsqueeze(1), symmetric[batch]).squeeze(1)
+            cell = cell + torch.bmm(cell, symmetric)
+            inputs.append(strain)
+            edge_vectors = positions[edge_index[1]] - positions[edge_index[0]]
+            edge_vectors = edge_vectors + torch.bmm(shifts.unsqueeze(1), cell[batch[edge_index[0]]]).squeeze(1)
+        else:
+            edge_vectors = positions[edge_index[1]] - positions[edge_index[0]]
+
+        if edge_vectors.shape[0] > 0:
+            if bool((edge_vectors.detach().pow(2).sum(-1) < self.min_distance * self.min_distance).any()):
+                raise ValueError("Potential: two atoms are at the same position (closer than 0.01 Å)")
+
+        element = self.element_index[z]
+        x, vec = self.representation(element, edge_index, edge_vectors)
+        energy = self.head(x, element, batch, n_structures)
+
+        grads = torch.autograd.grad(
+            [energy.sum()], inputs, create_graph=self.training, allow_unused=True
+        )
+        grad_pos = grads[0]
+        forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
+        result: Dict[str, Tensor] = {"energy": energy, "forces": forces}
+        if cell is not None:
+            grad_strain = grads[1]
+            if grad_strain is None:
+                grad_strain = torch.zeros_like(cell)
+            volume = torch.abs(torch.linalg.det(cell.detach()))
+            result["stress"] = grad_strain / volume.view(-1, 1, 1)
+        return result
+
+    @torch.jit.unused
+    def supported_symbols(self) -> List[str]:
+        """Chemical symbols of the supported elements."""
+        from ..elements import symbol
+
+        return [symbol(z) for z in self.elements]
+
+
+def build_model(**hyperparameters: Any) -> Potential:
+    """Build a freshly initialised :class:`Potential`.
+
+    Defaults: 128 hidden channels, 6 layers, 8 heads, 32 RBF, cutoff 5 Å, elements
+    H C N O F S Cl. Unknown keyword arguments raise a TypeError.
+    """
+    unknown = set(hyperparameters) - set(DEFAULT_HYPERPARAMETERS)
+    if unknown:
+        raise TypeError(f"build_model: unknown hyperparameters {sorted(unknown)}; known: {sorted(DEFAULT_HYPERPARAMETERS)}")
+    config = {**DEFAULT_HYPERPARAMETERS, **hyperparameters}
+    return Potential(**config)
