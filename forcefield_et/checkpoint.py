@@ -41,7 +41,7 @@ def _digest_update(h: "hashlib._Hash", value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(value, dict):
         h.update(b"{")
         for key in sorted(value, key=str):
@@ -78,6 +78,7 @@ def atomic_torch_save(payload: Dict[str, Any], path: PathLike) -> Path:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     except BaseException as error:
         try:

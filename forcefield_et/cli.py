@@ -1,0 +1,202 @@
+"""Command-line interface: ``forcefield-et pretrain|finetune|evaluate|md|export|info``.
+
+Run ``forcefield-et COMMAND --help`` for each command's options and examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+EPILOG = """examples:
+  forcefield-et pretrain --config configs/pretrain_cpu_small.yaml
+  forcefield-et finetune --model pretrained --train train.xyz --n-train 500 --out my_model
+  forcefield-et evaluate --model my_model/best.pt --data test.xyz --out eval
+  forcefield-et md structure.xyz --model pretrained --temperature 300 --steps 2000 --out md
+  forcefield-et export --model pretrained --out model.torchscript.pt
+  forcefield-et info pretrained
+"""
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training import load_config, train
+
+    config = load_config(args.config)
+    if args.max_steps is not None:
+        config.optim.max_steps = args.max_steps
+    if args.run_dir is not None:
+        config.run_dir = args.run_dir
+    _, metrics = train(config, progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .training import config_from_dict, train
+
+    source = {
+        "name": args.name,
+        "path": args.train,
+        "format": args.format,
+        "objective": "energy_forces" if args.energy_weight > 0 else "forces",
+        "valid_fraction": args.valid_fraction,
+        "valid_max_frames": args.valid_max_frames,
+    }
+    if args.n_train is not None:
+        source["first_frames"] = args.n_train + (0 if args.valid else args.n_valid_from_train)
+    if args.valid:
+        source["valid_path"] = args.valid
+    values = {
+        "run_dir": args.out,
+        "init_from": None if args.model == "scratch" else args.model,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "sources": [source],
+        "objectives": {"energy_weight": args.energy_weight, "force_weight": args.force_weight},
+        "optim": {
+            "batch_size": args.batch_size,
+            "max_steps": args.steps,
+            "lr": args.lr,
+            "warmup_steps": min(args.warmup_steps, max(1, args.steps // 10)),
+            "valid_every": args.valid_every,
+            "checkpoint_every": args.checkpoint_every,
+            "schedule": "cosine",
+            "ema_decay": args.ema_decay,
+            "threads": args.threads,
+        },
+    }
+    if args.model == "scratch" and args.hidden_channels:
+        values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
+    if args.n_train is not None and not args.valid:
+        # Validation comes from the frames after the first n_train (never from a test file).
+        values["sources"][0]["valid_fraction"] = args.n_valid_from_train / (args.n_train + args.n_valid_from_train)
+    _, metrics = train(config_from_dict(values), progress=not args.no_progress)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+
+    result = evaluate_model(args.model, args.data, out_dir=args.out, data_format=args.format,
+                            max_frames=args.max_frames, dtype=args.dtype, batch_size=args.batch_size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import read_checkpoint, resolve_model_path
+    from .elements import symbol
+
+    path = resolve_model_path(args.model)
+    meta = read_checkpoint(path)["metadata"]
+    hyper = meta.get("hyperparameters", {})
+    print(f"model:      {args.model}  ({path}, {path.stat().st_size / 1e6:.1f} MB)")
+    print(f"elements:   {' '.join(symbol(z) for z in hyper.get('elements', []))}")
+    print(f"cutoff:     {hyper.get('cutoff')} Å")
+    print(f"size:       {hyper.get('hidden_channels')} hidden, {hyper.get('num_layers')} layers, "
+          f"{hyper.get('num_heads')} heads, {hyper.get('num_rbf')} RBF")
+    print(f"units:      {meta.get('units')}")
+    training = meta.get("training") or {}
+    for source in training.get("sources", []):
+        print(f"data:       {source['name']}: {source['frames']} frames, objective {source['objective']}")
+    if training.get("step") is not None:
+        print(f"trained:    {training['step']} steps")
+    for key, value in sorted((meta.get("validation") or {}).items()):
+        print(f"valid:      {key} = {value:.4g}")
+    for key in ("description", "level_of_theory", "limits"):
+        if meta.get(key):
+            print(f"{key}: {meta[key]}")
+    print(f"version:    forcefield_et {meta.get('package_version')} (git {meta.get('git_commit')})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forcefield-et",
+        description="Force-centric pre-trained Equivariant Transformer potentials (units: Å, eV).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="force-centric pretraining from a YAML config",
+                       epilog="example: forcefield-et pretrain --config configs/pretrain_cpu_small.yaml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML training configuration (see configs/)")
+    p.add_argument("--max-steps", type=int, help="override optim.max_steps")
+    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune a model (or train from scratch) on energies and forces",
+                       epilog="example: forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
+                              "--n-train 1000 --out runs/aspirin",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
+    p.add_argument("--train", required=True, nargs="+", help="training data file(s) (extxyz, ASE db, npz, ...)")
+    p.add_argument("--format", default="auto", help="reader (auto, rmd17, ase, ase_db, deepmd, ...)")
+    p.add_argument("--n-train", type=int, help="use the first N frames for training")
+    p.add_argument("--n-valid-from-train", type=int, default=50,
+                   help="with --n-train and no --valid: validation frames taken after the first N (default 50)")
+    p.add_argument("--valid", help="validation data file")
+    p.add_argument("--valid-fraction", type=float, default=0.05, help="validation split when no --valid")
+    p.add_argument("--valid-max-frames", type=int, default=500)
+    p.add_argument("--out", required=True, help="run directory (best.pt, last.pt, metrics.csv)")
+    p.add_argument("--name", default="finetune", help="source name in logs")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--energy-weight", type=float, default=1.0, help="per-atom energy MSE weight (0: forces only)")
+    p.add_argument("--force-weight", type=float, default=10.0)
+    p.add_argument("--ema-decay", type=float, default=0.99)
+    p.add_argument("--valid-every", type=int, default=250)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--hidden-channels", type=int, help="with --model scratch")
+    p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="energy/force errors on a dataset, JSON + parity plot",
+                       epilog="example: forcefield-et evaluate --model rmd17-aspirin --data "
+                              "rmd17_aspirin_test_01.npz --out eval_aspirin",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--format", default="auto")
+    p.add_argument("--out", default="evaluation", help="output folder (metrics.json, parity.png)")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("info", help="print a model's card", epilog="example: forcefield-et info pretrained")
+    p.add_argument("model", help="bundled name or checkpoint path")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; training runs resume from their last checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"forcefield-et {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,211 @@
+"""Training configuration: YAML files -> validated dataclasses, and loading the data sources.
+
+Unknown keys are errors (a typo must never be silently ignored). Relative data paths are
+resolved against ``data_root`` when it is set, else against the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import yaml
+
+from ..data.conformations import ConformationSet
+from .objectives import ObjectiveConfig
+
+
+class ConfigError(ValueError):
+    """The training configuration is invalid."""
+
+
+# Reader name -> (function name in data.readers, native units or None when the reader takes units).
+READERS: Dict[str, tuple] = {
+    "rmd17": ("read_rmd17", {"energy": "kcal/mol", "length": "Angstrom"}),
+    "md17": ("read_md17", {"energy": "kcal/mol", "length": "Angstrom"}),
+    "xtb_corpus": ("read_xtb_corpus", {"energy": "eV", "length": "Angstrom"}),
+    "qm7x": ("read_qm7x", {"energy": "eV", "length": "Angstrom"}),
+    "qm9": ("read_qm9", {"energy": "eV", "length": "Angstrom"}),
+    "deepmd": ("read_deepmd", {"energy": "eV", "length": "Angstrom"}),
+    "ani1x": ("read_ani1x", {"energy": "Hartree", "length": "Angstrom"}),
+    "spice": ("read_spice", {"energy": "Hartree", "length": "bohr"}),
+    "ase": ("read_ase", None),
+    "ase_db": ("read_ase_db", None),
+    "auto": ("read_dataset", None),
+}
+
+
+@dataclass
+class SourceConfig:
+    """One data source. ``objective``: forces | equilibrium | energy_forces | energy."""
+
+    name: str
+    path: Union[str, List[str]]
+    format: str = "auto"
+    objective: str = "forces"
+    weight: float = 1.0
+    ratio: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+    units: Optional[Dict[str, str]] = None
+    max_frames: Optional[int] = None
+    first_frames: Optional[int] = None
+    max_force: Optional[float] = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
+    split: str = "molecule"  # validation hold-out: "molecule" (whole molecules) or "frame"
+    valid_fraction: float = 0.05
+    valid_path: Optional[str] = None
+    valid_max_frames: int = 500
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and loop settings."""
+
+    batch_size: int = 32
+    max_steps: int = 10000
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # cosine | plateau
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    ema_decay: float = 0.995
+    clip_grad_norm: float = 10.0
+    valid_every: int = 500
+    checkpoint_every: int = 100
+    log_every: int = 20
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run (pretraining or fine-tuning)."""
+
+    run_dir: str
+    sources: List[SourceConfig]
+    seed: int = 0
+    dtype: str = "float32"
+    model: Dict[str, Any] = field(default_factory=dict)
+    init_from: Optional[str] = None
+    data_root: Optional[str] = None
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    description: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls, values: Dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
+    """Validate a configuration mapping (as read from YAML)."""
+    values = dict(values)
+    if "sources" not in values or not values["sources"]:
+        raise ConfigError("config: 'sources' must list at least one data source")
+    if "run_dir" not in values:
+        raise ConfigError("config: 'run_dir' is required")
+    values["sources"] = [_build(SourceConfig, s, f"sources[{i}]") for i, s in enumerate(values["sources"])]
+    values["objectives"] = _build(ObjectiveConfig, values.get("objectives", {}) or {}, "objectives")
+    values["optim"] = _build(OptimConfig, values.get("optim", {}) or {}, "optim")
+    config = _build(TrainConfig, values, "config")
+    for source in config.sources:
+        if source.format not in READERS:
+            raise ConfigError(f"source {source.name!r}: unknown format {source.format!r}; known: {sorted(READERS)}")
+        _check_units(source)
+        if source.split not in ("molecule", "frame"):
+            raise ConfigError(f"source {source.name!r}: split must be 'molecule' or 'frame'")
+    if config.optim.schedule not in ("cosine", "plateau"):
+        raise ConfigError("optim.schedule must be 'cosine' or 'plateau'")
+    if config.dtype not in ("float32", "float64"):
+        raise ConfigError("dtype must be 'float32' or 'float64'")
+    names = [s.name for s in config.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"source names must be unique, got {names}")
+    return config
+
+
+def _check_units(source: SourceConfig) -> None:
+    from ..units import energy_factor, length_factor
+
+    if source.units is None:
+        return
+    unknown = set(source.units) - {"energy", "length"}
+    if unknown:
+        raise ConfigError(f"source {source.name!r}: units may declare 'energy' and 'length', not {sorted(unknown)}")
+    try:
+        declared = {k: (energy_factor(v) if k == "energy" else length_factor(v)) for k, v in source.units.items()}
+    except ValueError as error:
+        raise ConfigError(f"source {source.name!r}: {error}") from error
+    native = READERS[source.format][1]
+    if native is not None:
+        for key, factor in declared.items():
+            native_factor = energy_factor(native[key]) if key == "energy" else length_factor(native[key])
+            if abs(native_factor - factor) > 1e-12 * max(1.0, native_factor):
+                raise ConfigError(
+                    f"source {source.name!r}: declared {key} unit {source.units[key]!r} does not match the "
+                    f"{source.format} format, whose files are in {native[key]!r} (the reader converts to eV/Å)"
+                )
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a YAML training configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML ({error})") from error
+    return config_from_dict(values or {})
+
+
+def resolve_path(path: str, data_root: Optional[str]) -> Path:
+    p = Path(os.path.expandvars(path)).expanduser()
+    if not p.is_absolute() and data_root:
+        p = Path(os.path.expandvars(data_root)).expanduser() / p
+    return p
+
+
+def read_source(
+    source: SourceConfig, data_root: Optional[str], path: Union[str, List[str], None] = None
+) -> ConformationSet:
+    """Read one source's data (or its validation file) with the configured reader and filters."""
+    from ..data import readers as readers_module
+
+    function_name, native = READERS[source.format]
+    reader = getattr(readers_module, function_name)
+    options = dict(source.options)
+    if native is None and source.units:
+        options.setdefault("energy_unit", source.units.get("energy", "eV"))
+        if source.format == "ase":
+            options.setdefault("length_unit", source.units.get("length", "Angstrom"))
+    paths = path or source.path
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    parts = [reader(resolve_path(p, data_root), **options) for p in paths]
+    data = parts[0] if len(parts) == 1 else ConformationSet.concatenate(parts)
+    if source.max_force is not None and data.forces is not None:
+        norms = np.linalg.norm(data.forces, axis=1)
+        frame_max = np.maximum.reduceat(norms, data.offsets[:-1]) if len(data) else norms
+        data = data.subset(np.flatnonzero(frame_max <= source.max_force))
+    if source.first_frames is not None:
+        data = data.subset(np.arange(min(source.first_frames, len(data))))
+    if source.max_frames is not None and len(data) > source.max_frames:
+        rng = np.random.default_rng(0)
+        data = data.subset(np.sort(rng.choice(len(data), source.max_frames, replace=False)))
+    data.source = source.name
+    return data

@@ -1,0 +1,487 @@
+"""The trainer: AdamW, warm-up + cosine/plateau schedule, EMA, clipping, validation,
+atomic checkpoints with exact resume, and data parallelism through ``torchrun``.
+
+Run directory layout::
+
+    run_dir/last.pt        resumable state (model, EMA, optimiser, schedule, step), atomic
+    run_dir/best.pt        EMA weights with the best validation loss (an inference checkpoint)
+    run_dir/metrics.csv    one row per log/validation event
+    run_dir/config.yaml    the configuration used
+
+Determinism: batch composition and denoising noise are pure functions of (seed, step), so a
+run killed at any point and resumed from ``last.pt`` reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_model, read_checkpoint, resolve_dtype, save_checkpoint
+from ..data.conformations import ConformationSet
+from ..model import DEFAULT_ELEMENTS, build_model
+from .batching import (
+    MixedBatchSampler,
+    Source,
+    TensorConformations,
+    batch_shares,
+    build_batch,
+)
+from .config import TrainConfig, read_source
+from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
+
+METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s"]
+
+
+def _distributed() -> Tuple[int, int]:
+    """(rank, world_size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def fit_atomic_energies(data: ConformationSet, elements: List[int], residual: Optional[np.ndarray] = None) -> np.ndarray:
+    """Least-squares per-element reference energies E0 [n_elements] (eV) from frame energies
+    (or from ``residual`` energies), minimum-norm when compositions are collinear."""
+    index = {z: k for k, z in enumerate(elements)}
+    counts = np.zeros((len(data), len(elements)))
+    frame_of_atom = np.repeat(np.arange(len(data)), data.n_atoms)
+    np.add.at(counts, (frame_of_atom, np.array([index[int(z)] for z in data.z])), 1.0)
+    target = data.energy if residual is None else residual
+    ok = np.isfinite(target)
+    solution, *_ = np.linalg.lstsq(counts[ok], target[ok], rcond=None)
+    return solution
+
+
+def split_by_molecule_id(data: ConformationSet, valid_fraction: float, seed: int) -> Tuple[ConformationSet, ConformationSet]:
+    """Hold out whole molecules: molecule ``m`` is in validation iff a uniform draw seeded by
+    (seed, m) is below ``valid_fraction``. The decision depends only on the id, so sources that
+    share molecule ids (the xTB corpus kinds, and QM9 whose row i is xTB start i) hold out the
+    same molecules. A single-molecule source is split by frame instead."""
+    ids = np.unique(data.mol_id)
+    if len(ids) < 2:
+        return data.split_random(valid_fraction, seed=seed)
+    held = np.array([np.random.default_rng([seed, int(m)]).random() < valid_fraction for m in ids])
+    if not held.any():
+        held[np.random.default_rng(seed).integers(len(ids))] = True
+    is_valid = np.isin(data.mol_id, ids[held])
+    return data.subset(np.flatnonzero(~is_valid)), data.subset(np.flatnonzero(is_valid))
+
+
+class Trainer:
+    """Train a :class:`Potential` from a :class:`TrainConfig`. ``run()`` trains to
+    ``optim.max_steps`` (resuming from ``run_dir/last.pt`` when it exists)."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+        self.config = config
+        self.rank, self.world_size = _distributed()
+        self.progress = progress and self.rank == 0
+        if config.optim.threads > 0:
+            torch.set_num_threads(config.optim.threads)
+        self.dtype = resolve_dtype(config.dtype)
+        self.run_dir = Path(config.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._load_sources()
+        self._build_model()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.ema = [p.detach().clone() for p in self.model.parameters()]
+        self.step = 0
+        self.best_valid = math.inf
+        self.plateau_scale = 1.0
+        self.plateau_bad = 0
+        self.plateau_best = math.inf
+        self.sampler = MixedBatchSampler(
+            [len(s.data) for s in self.sources], batch_shares([s.ratio for s in self.sources], config.optim.batch_size),
+            config.seed,
+        )
+
+    # ---------------------------------------------------------------- set-up
+    def _load_sources(self) -> None:
+        cfg = self.config
+        self.sources: List[Source] = []
+        self.valid_sets: List[ConformationSet] = []
+        for sc in cfg.sources:
+            data = read_source(sc, cfg.data_root)
+            if sc.valid_path:
+                train, valid = data, read_source(sc, cfg.data_root, path=sc.valid_path)
+            elif sc.valid_fraction > 0 and sc.split == "frame":
+                train, valid = data.split_random(sc.valid_fraction, seed=cfg.seed)
+            elif sc.valid_fraction > 0:
+                train, valid = split_by_molecule_id(data, sc.valid_fraction, cfg.seed)
+            else:
+                train, valid = data, data.subset(np.arange(0))
+            if len(valid) > sc.valid_max_frames:
+                rng = np.random.default_rng(cfg.seed)
+                valid = valid.subset(np.sort(rng.choice(len(valid), sc.valid_max_frames, replace=False)))
+            self.sources.append(Source(sc.name, train, sc.objective, sc.weight, sc.ratio))
+            self.valid_sets.append(valid)
+        self.tensors = [TensorConformations(s.data, self.dtype) for s in self.sources]
+        self.valid_tensors = [TensorConformations(v, self.dtype) if len(v) else None for v in self.valid_sets]
+        self.source_weights = torch.tensor([s.weight for s in self.sources], dtype=torch.float64)
+
+    def _build_model(self) -> None:
+        cfg = self.config
+        data_elements = sorted({int(z) for s in self.sources for z in np.unique(s.data.z)})
+        if cfg.init_from:
+            self.model = load_model(cfg.init_from, dtype=self.dtype)
+            missing = sorted(set(data_elements) - set(self.model.elements))
+            if missing:
+                raise ValueError(f"init_from model {cfg.init_from!r} does not support elements {missing} in the data")
+            self.parent = getattr(self.model, "metadata", {})
+            self._fit_reference_energies(from_model=True)
+        else:
+            hyper = dict(cfg.model)
+            hyper["elements"] = sorted(set(hyper.get("elements", DEFAULT_ELEMENTS)) | set(data_elements))
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(**hyper).to(self.dtype)
+            self.parent = None
+            self._init_statistics()
+        self.model.train()
+
+    def _init_statistics(self) -> None:
+        """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""
+        force_sets = [s.data for s in self.sources if s.data.forces is not None and s.objective != "equilibrium"]
+        if force_sets:
+            forces = np.concatenate([d.forces[: 200_000] for d in force_sets])
+            forces = forces[np.isfinite(forces).all(1)]
+            rms = float(np.sqrt(np.mean(forces**2))) if len(forces) else 1.0
+            self.model.head.scale.fill_(max(rms, 1e-3))
+        self._fit_reference_energies(from_model=False)
+
+    @torch.no_grad()
+    def _fit_reference_energies(self, from_model: bool) -> None:
+        energy_sources = [s for s in self.sources if s.objective in ("energy_forces", "energy")]
+        if not energy_sources:
+            return
+        data = ConformationSet.concatenate([s.data for s in energy_sources])
+        residual = None
+        if from_model:
+            residual = data.energy - self._predict_energies(data)
+        solution = fit_atomic_energies(data, self.model.elements, residual)
+        head = self.model.head
+        head.atomic_energies.add_(torch.as_tensor(solution, dtype=head.atomic_energies.dtype))
+
+    def _predict_energies(self, data: ConformationSet, batch_size: int = 64) -> np.ndarray:
+        tensors = TensorConformations(data, self.dtype)
+        out = []
+        self.model.eval()
+        for start in range(0, len(data), batch_size):
+            b = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
+            with torch.enable_grad():
+                out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double())
+        self.model.train()
+        return torch.cat(out).numpy()
+
+    # ---------------------------------------------------------------- schedule, EMA
+    def learning_rate(self, step: int) -> float:
+        o = self.config.optim
+        if step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        if o.schedule == "cosine":
+            progress = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+            return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+        return max(o.min_lr, o.lr * self.plateau_scale)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.optim.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema, self.model.parameters()):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    def _swap_ema(self) -> None:
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.model.parameters()):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    # ---------------------------------------------------------------- state
+    def _training_state(self) -> Dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "ema": list(self.ema),
+            "best_valid": self.best_valid,
+            "plateau": [self.plateau_scale, self.plateau_bad, self.plateau_best],
+            "config": self.config.to_dict(),
+        }
+
+    def _metadata(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        meta: Dict[str, Any] = {
+            "training": {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "sources": [
+                    {"name": s.name, "objective": s.objective, "frames": len(s.data), "weight": s.weight, "ratio": s.ratio}
+                    for s in self.sources
+                ],
+                "parent": (self.parent or {}).get("name") if self.parent else None,
+            }
+        }
+        if self.parent:
+            meta["parent_training"] = self.parent.get("training")
+        meta.update(extra or {})
+        return meta
+
+    def save_last(self) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.run_dir / "last.pt", self.model, self._metadata(), self._training_state())
+
+    def save_best(self, metrics: Dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self._swap_ema()
+        try:
+            save_checkpoint(self.run_dir / "best.pt", self.model, self._metadata({"validation": metrics}))
+        finally:
+            self._swap_ema()
+
+    def resume(self) -> bool:
+        """Restore from ``run_dir/last.pt`` if present. Returns whether it resumed."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        payload = read_checkpoint(path)
+        state = payload.get("training_state")
+        if state is None:
+            raise RuntimeError(f"{path} has no training state to resume from")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for e, saved in zip(self.ema, state["ema"]):
+                e.copy_(saved)
+        self.step = int(state["step"])
+        self.best_valid = float(state["best_valid"])
+        self.plateau_scale, self.plateau_bad, self.plateau_best = state["plateau"]
+        self.plateau_bad = int(self.plateau_bad)
+        self._truncate_metrics()
+        return True
+
+    def _truncate_metrics(self) -> None:
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        with open(path) as handle:
+            rows = list(csv.reader(handle))
+        if not rows:
+            return
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+        os.replace(tmp, path)
+
+    def _log(self, row: Dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        path = self.run_dir / "metrics.csv"
+        fieldnames = METRIC_FIELDS + [k for k in sorted(row) if k not in METRIC_FIELDS]
+        exists = path.exists()
+        if exists:
+            with open(path) as handle:
+                header = next(csv.reader(handle), [])
+            extra = [k for k in fieldnames if k not in header]
+            if extra:  # rewrite with the widened header
+                with open(path) as handle:
+                    old = list(csv.DictReader(handle))
+                header = header + extra
+                tmp = path.with_suffix(".csv.tmp")
+                with open(tmp, "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, header)
+                    writer.writeheader()
+                    writer.writerows(old)
+                os.replace(tmp, path)
+            fieldnames = header
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames, extrasaction="ignore")
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ---------------------------------------------------------------- one step
+    def _local_batch(self, step: int) -> Dict[str, torch.Tensor]:
+        picks = self.sampler.frames(step)
+        if self.world_size > 1:  # each worker takes every world_size-th frame of the global batch
+            picks = [p[self.rank :: self.world_size] for p in picks]
+        batch = build_batch(self.tensors, self.sources, picks)
+        seed = int(np.random.SeedSequence([self.config.seed, step, self.rank]).generate_state(1, np.uint64)[0] >> 1)
+        generator = torch.Generator().manual_seed(seed)
+        prepare_equilibrium(batch, self.config.objectives, generator)
+        return batch
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimisation step on the global batch of ``self.step``."""
+        batch = self._local_batch(self.step)
+        counts = count_terms(batch, len(self.sources))
+        if self.world_size > 1:
+            dist.all_reduce(counts)
+        lr = self.learning_rate(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=False)
+        output = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+        loss, parts = compute_loss(output, batch, self.source_weights, self.config.objectives, counts)
+        loss.backward()
+        if self.world_size > 1:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            loss_t = loss.detach().clone()
+            dist.all_reduce(loss_t)
+            loss = loss_t
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad_norm))
+        self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        return {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm, "frames": float(len(batch["n_atoms"])), **parts}
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> Dict[str, float]:
+        """EMA-weight validation: per-source force MAE/RMSE (meV/Å), energy MAE (meV),
+        equilibrium |F| (meV/Å), and ``valid_loss`` (the training objective on the
+        validation frames, with fixed denoising noise), which selects ``best.pt``."""
+        self._swap_ema()
+        self.model.eval()
+        metrics: Dict[str, float] = {}
+        total_loss = 0.0
+        try:
+            for s, (source, tensors) in enumerate(zip(self.sources, self.valid_tensors)):
+                if tensors is None:
+                    continue
+                abs_err, sq_err, n_comp, e_err, n_frames, eq_norm, n_eq = 0.0, 0.0, 0, 0.0, 0, 0.0, 0
+                loss_sum = 0.0
+                generator = torch.Generator().manual_seed(12345 + s)
+                bs = self.config.optim.batch_size
+                for start in range(0, tensors.n_frames, bs):
+                    frames = torch.arange(start, min(start + bs, tensors.n_frames))
+                    picks = [np.zeros(0, dtype=np.int64)] * len(self.sources)
+                    picks[s] = frames.numpy()
+                    batch = build_batch(self.valid_tensors_or_train(s), self.sources, picks)
+                    prepare_equilibrium(batch, self.config.objectives, generator)
+                    counts = count_terms(batch, len(self.sources))
+                    with torch.enable_grad():
+                        out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+                    loss, _ = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
+                    loss_sum += float(loss) * len(frames)
+                    forces = out["forces"].detach()
+                    if source.objective == "equilibrium":
+                        clean = ~batch["denoised"][batch["batch"]]
+                        eq_norm += float(forces[clean].norm(dim=-1).sum())
+                        n_eq += int(clean.sum())
+                    else:
+                        diff = forces - batch["forces"]
+                        ok = torch.isfinite(diff).all(-1)
+                        abs_err += float(diff[ok].abs().sum())
+                        sq_err += float(diff[ok].pow(2).sum())
+                        n_comp += 3 * int(ok.sum())
+                    if source.objective in ("energy_forces", "energy"):
+                        e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
+                        n_frames += len(frames)
+                name = source.name
+                metrics[f"{name}/valid_loss"] = loss_sum / tensors.n_frames
+                total_loss += loss_sum / tensors.n_frames
+                if n_comp:
+                    metrics[f"{name}/force_mae_meV_A"] = 1000 * abs_err / n_comp
+                    metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
+                if n_frames:
+                    metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
+                if n_eq:
+                    metrics[f"{name}/eq_force_norm_meV_A"] = 1000 * eq_norm / n_eq
+        finally:
+            self.model.train()
+            self._swap_ema()
+        metrics["valid_loss"] = total_loss
+        return metrics
+
+    def valid_tensors_or_train(self, s: int) -> List[TensorConformations]:
+        """Tensor sets where index ``s`` is source s's validation set (for build_batch)."""
+        sets = list(self.tensors)
+        sets[s] = self.valid_tensors[s]
+        return sets
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> Dict[str, float]:
+        """Train (resuming if possible) until ``optim.max_steps``; returns the last validation."""
+        cfg = self.config.optim
+        resumed = self.resume()
+        if self.rank == 0:
+            with open(self.run_dir / "config.yaml", "w") as handle:
+                yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
+        last_valid: Dict[str, float] = {}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        if resumed and self.progress:
+            bar.write(f"resumed from {self.run_dir / 'last.pt'} at step {self.step}")
+        window_start, window_frames = time.perf_counter(), 0.0
+        while self.step < cfg.max_steps:
+            info = self.train_step()
+            window_frames += info["frames"] * self.world_size
+            bar.update(1)
+            if not math.isfinite(info["loss"]):
+                raise FloatingPointError(f"non-finite training loss at step {self.step}: {info}")
+            if self.step % cfg.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                row = {"step": self.step, "kind": "train", "lr": info["lr"], "loss": info["loss"],
+                       "time_s": elapsed, "conf_per_s": window_frames / max(elapsed, 1e-9),
+                       "grad_norm": info["grad_norm"]}
+                row.update({f"train/{k}": info[k] for k in TERM_NAMES if k in info})
+                self._log(row)
+                bar.set_postfix(loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.2e}", cps=f"{row['conf_per_s']:.0f}")
+                window_start, window_frames = time.perf_counter(), 0.0
+            if self.step % cfg.valid_every == 0 or self.step == cfg.max_steps:
+                last_valid = self.validate()
+                self._after_validation(last_valid)
+                self._log({"step": self.step, "kind": "valid", "lr": info["lr"], "loss": last_valid["valid_loss"],
+                           **last_valid})
+                if self.progress:
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_valid.items()))
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_last()
+        bar.close()
+        if not last_valid:
+            last_valid = self.validate()
+        return last_valid
+
+    def _after_validation(self, metrics: Dict[str, float]) -> None:
+        value = metrics["valid_loss"]
+        if value < self.best_valid:
+            self.best_valid = value
+            self.save_best(metrics)
+        if self.config.optim.schedule == "plateau":
+            if value < self.plateau_best:
+                self.plateau_best, self.plateau_bad = value, 0
+            else:
+                self.plateau_bad += 1
+                if self.plateau_bad > self.config.optim.plateau_patience:
+                    self.plateau_scale *= self.config.optim.plateau_factor
+                    self.plateau_bad = 0
+
+
+def train(config: TrainConfig, progress: bool = True) -> Tuple[Trainer, Dict[str, float]]:
+    """Build a Trainer, run it, and return it with its last validation metrics."""
+    trainer = Trainer(config, progress=progress)
+    metrics = trainer.run()
+    return trainer, metrics
+
+
+__all__ = ["Trainer", "fit_atomic_energies", "train"]
