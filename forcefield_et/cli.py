@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 EPILOG = """examples:
@@ -83,6 +84,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(args.model, args.data, out_dir=args.out, data_format=args.format,
                             max_frames=args.max_frames, dtype=args.dtype, batch_size=args.batch_size)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    from ase.io import read
+
+    from .calculators.ase import ETCalculator
+    from .md import run_md
+    from .structures import structure_path
+
+    path = Path(args.structure)
+    if not path.is_file():
+        path = structure_path(args.structure)
+    atoms = read(str(path))
+    atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype)
+    print(f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
+          f"{args.timestep} fs, {args.thermostat} at {args.temperature} K -> {args.out}/")
+    summary = run_md(atoms, args.out, steps=args.steps, timestep_fs=args.timestep, temperature_K=args.temperature,
+                     thermostat=args.thermostat, friction_per_fs=args.friction, interval=args.interval,
+                     seed=args.seed, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+
+    model = load_model(args.model, dtype=args.dtype)
+    scripted = torch.jit.script(model)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(args.out)
+    print(f"wrote TorchScript model {args.out}: forward(z [N] long, pos [N,3] Å, batch, cell) -> "
+          f"{{energy eV, forces eV/Å, stress eV/Å³}}, {args.dtype}")
     return 0
 
 
@@ -175,6 +211,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("md", help="run MD with ASE from a structure file (or a bundled structure)",
+                       epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
+                              "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("structure", nargs="?", default="aspirin",
+                   help="structure file readable by ASE, or a bundled name (default: aspirin)")
+    p.add_argument("--model", default="pretrained")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--timestep", type=float, default=0.5, help="fs")
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--thermostat", default="langevin", choices=["langevin", "nose-hoover", "nve"])
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
+    p.add_argument("--interval", type=int, default=10, help="steps between saved frames")
+    p.add_argument("--out", default="md_run", help="output folder (trajectory.traj, md_log.csv, md.png)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser("export", help="export a model to TorchScript",
+                       epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt")
+    p.add_argument("--model", default="pretrained")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("info", help="print a model's card", epilog="example: forcefield-et info pretrained")
     p.add_argument("model", help="bundled name or checkpoint path")

@@ -1,0 +1,193 @@
+"""ASE calculator: ``atoms.calc = ETCalculator("pretrained")``.
+
+Follows ``ase.calculators.calculator.Calculator`` conventions: ``implemented_properties``,
+results cached until ``system_changes``, energy in eV, forces in eV/Å, stress in eV/Å³ (Voigt
+order xx, yy, zz, yz, xz, xy) for periodic systems.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from ..checkpoint import load_model, resolve_dtype
+from ..elements import symbol
+from ..model import Potential
+
+
+class NonFiniteError(FloatingPointError):
+    """The model produced NaN/inf energies or forces (e.g. an MD run that has exploded)."""
+
+
+def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("ETCalculator: device 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def _full_stress_to_voigt(stress: np.ndarray) -> np.ndarray:
+    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
+
+
+class ETCalculator(Calculator):
+    """Equivariant Transformer potential as an ASE calculator.
+
+    Args:
+        model: bundled model name (``"pretrained"``, ``"rmd17-aspirin"``, ...), a checkpoint
+            path, or a :class:`Potential` instance.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"`` (default, fast) or ``"float64"`` (for tight energy conservation
+            and finite-difference checks).
+        compile: wrap the model with ``torch.compile`` (dynamic shapes).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    default_parameters: Dict[str, Any] = {}
+
+    def __init__(
+        self,
+        model: Union[str, Potential] = "pretrained",
+        device: Union[str, torch.device] = "auto",
+        dtype: Union[str, torch.dtype] = "float32",
+        compile: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.device = _resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        if isinstance(model, torch.nn.Module):
+            self.model_name = type(model).__name__
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            self.model_name = str(model)
+            self.model = load_model(model, device=self.device, dtype=self.dtype)
+        self.elements: List[int] = list(self.model.elements)
+        self.cutoff: float = float(self.model.cutoff)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._supported = np.zeros(max(self.elements) + 1, dtype=bool)
+        self._supported[self.elements] = True
+        self._numbers_cache: Optional[np.ndarray] = None
+        self._z_tensor: Optional[torch.Tensor] = None
+        self.n_calls = 0
+
+    # ------------------------------------------------------------------ checks
+    def check_atoms(self, atoms: Atoms) -> None:
+        """Raise a clear error for input the model cannot evaluate."""
+        numbers = atoms.get_atomic_numbers()
+        if len(numbers) == 0:
+            raise ValueError("ETCalculator: the structure has no atoms")
+        bad = sorted({int(z) for z in numbers if z >= len(self._supported) or not self._supported[z]})
+        if bad:
+            names = ", ".join(f"{symbol(z)} (Z={z})" for z in bad)
+            supported = " ".join(symbol(z) for z in self.elements)
+            raise ValueError(
+                f"ETCalculator: element(s) {names} not supported by model {self.model_name!r}; supported: {supported}"
+            )
+        positions = atoms.get_positions()
+        finite = np.isfinite(positions).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"ETCalculator: non-finite (NaN/inf) positions for atoms {np.flatnonzero(~finite).tolist()}")
+        pbc = atoms.get_pbc()
+        if pbc.any() and not pbc.all():
+            raise NotImplementedError(
+                f"ETCalculator: mixed periodicity pbc={pbc.tolist()} is not supported; use all-periodic or none"
+            )
+        if pbc.all():
+            cell = atoms.get_cell().array
+            if abs(np.linalg.det(cell)) < 1e-6:
+                raise ValueError("ETCalculator: periodic structure without a valid cell (zero or degenerate volume)")
+
+    # ------------------------------------------------------------------ ASE API
+    def calculate(
+        self,
+        atoms: Optional[Atoms] = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if "stress" in properties and not atoms.pbc.all():
+            raise PropertyNotImplementedError("ETCalculator: stress needs a periodic structure with a cell")
+        self.check_atoms(atoms)
+        numbers = atoms.get_atomic_numbers()
+        if self._numbers_cache is None or not np.array_equal(numbers, self._numbers_cache):
+            self._numbers_cache = numbers.copy()
+            self._z_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
+        pos = torch.as_tensor(atoms.get_positions(), dtype=self.dtype, device=self.device)
+        cell = None
+        if atoms.pbc.all():
+            cell = torch.as_tensor(atoms.get_cell().array, dtype=self.dtype, device=self.device).unsqueeze(0)
+        output = self._evaluate(self._z_tensor, pos, None, cell, len(atoms))
+        energy = float(output["energy"][0].detach())
+        forces = output["forces"].detach().cpu().numpy().astype(np.float64)
+        self.n_calls += 1
+        self._check_finite(energy, forces, numbers)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if cell is not None:
+            self.results["stress"] = _full_stress_to_voigt(output["stress"][0].detach().cpu().numpy().astype(np.float64))
+
+    def _evaluate(self, z, pos, batch, cell, n_atoms: int) -> Dict[str, torch.Tensor]:
+        try:
+            return self._forward(z, pos, batch, cell)
+        except torch.cuda.OutOfMemoryError as error:
+            raise MemoryError(f"ETCalculator: out of GPU memory for {n_atoms} atoms; use a smaller system") from error
+        except RuntimeError as error:
+            if "memory" in str(error).lower() and "alloc" in str(error).lower():
+                raise MemoryError(f"ETCalculator: out of memory for {n_atoms} atoms: {error}") from error
+            raise
+
+    def _check_finite(self, energy: float, forces: np.ndarray, numbers: np.ndarray) -> None:
+        bad_atoms = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+        if np.isfinite(energy) and len(bad_atoms) == 0:
+            return
+        details = ", ".join(f"{i} ({symbol(int(numbers[i]))})" for i in bad_atoms[:20])
+        raise NonFiniteError(
+            f"ETCalculator: non-finite energy/forces at call {self.n_calls} (energy={energy}); "
+            f"offending atoms: {details or 'energy only'}. The structure has probably exploded: "
+            "check the time step, temperature and starting geometry."
+        )
+
+    # ------------------------------------------------------------------ batches
+    def batch_evaluate(self, structures: Sequence[Atoms], batch_size: int = 64) -> List[Dict[str, Any]]:
+        """Energies and forces (and stress for periodic structures) of many structures in
+        batched passes: returns one dict per structure with ``energy`` (eV), ``forces``
+        [n, 3] (eV/Å) and, if periodic, ``stress`` (Voigt, eV/Å³)."""
+        results: List[Optional[Dict[str, Any]]] = [None] * len(structures)
+        for atoms in structures:
+            self.check_atoms(atoms)
+        groups = {False: [], True: []}
+        for index, atoms in enumerate(structures):
+            groups[bool(atoms.pbc.all())].append(index)
+        for periodic, indices in groups.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                self._batch_chunk([structures[i] for i in chunk], chunk, periodic, results)
+        return results  # type: ignore[return-value]
+
+    def _batch_chunk(self, chunk: List[Atoms], indices: List[int], periodic: bool, results: List) -> None:
+        counts = [len(a) for a in chunk]
+        numbers = np.concatenate([a.get_atomic_numbers() for a in chunk])
+        z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
+        pos = torch.as_tensor(np.concatenate([a.get_positions() for a in chunk]), dtype=self.dtype, device=self.device)
+        batch = torch.repeat_interleave(torch.arange(len(chunk), device=self.device), torch.as_tensor(counts, device=self.device))
+        cell = None
+        if periodic:
+            cell = torch.as_tensor(np.stack([a.get_cell().array for a in chunk]), dtype=self.dtype, device=self.device)
+        output = self._evaluate(z, pos, batch, cell, int(sum(counts)))
+        energies = output["energy"].detach().cpu().numpy().astype(np.float64)
+        forces = output["forces"].detach().cpu().numpy().astype(np.float64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        for k, index in enumerate(indices):
+            f = forces[offsets[k] : offsets[k + 1]]
+            self._check_finite(float(energies[k]), f, numbers[offsets[k] : offsets[k + 1]])
+            entry: Dict[str, Any] = {"energy": float(energies[k]), "forces": f}
+            if periodic:
+                entry["stress"] = _full_stress_to_voigt(output["stress"][k].detach().cpu().numpy().astype(np.float64))
+            results[index] = entry

@@ -1,0 +1,39 @@
+"""Shared test fixtures. Tests that need ../shared/data skip with a clear message when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+# Tests run on small CPUs (2 cores, often shared with a background job): one intra-op thread.
+torch.set_num_threads(1)
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared/data; skips the calling test when it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/data not found ({path}): this test needs the project's reference data")
+    return path
+
+
+@pytest.fixture
+def aspirin_frame():
+    """(z [21] long, pos [21,3] float64 Å) of rMD17 aspirin train frame 0."""
+    data = np.load(shared_path("rmd17", "rmd17_aspirin_train_01.npz"))
+    return torch.tensor(data["nuclear_charges"], dtype=torch.long), torch.tensor(data["coords"][0], dtype=torch.float64)
+
+
+@pytest.fixture
+def small_model():
+    """A small, randomly initialised float64 potential (fast; same code path as the default size)."""
+    from forcefield_et import build_model
+
+    torch.manual_seed(0)
+    return build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16).double().eval()
