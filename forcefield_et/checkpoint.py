@@ -154,10 +154,11 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad archives
         text = str(error)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "GLOBAL" in text or "Unsupported global" in text:
             reason = "it contains pickled Python objects that are not allowed (possible code execution); refusing"
         else:
-            reason = f"the file is truncated or not a checkpoint ({type(error).__name__}: {text.splitlines()[0][:200]})"
+            detail = next((line for line in text.splitlines()[1:] if "operand" in line or "error" in line.lower()), "")
+            reason = f"the file is truncated or not a checkpoint ({type(error).__name__}: {detail or text[:200]})"
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a forcefield_et checkpoint (missing 'format': '{FORMAT_NAME}')")
@@ -177,6 +178,24 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({error})") from error
     return payload
+
+
+def export_checkpoint(source: PathLike, destination: PathLike, card: Optional[Dict[str, Any]] = None) -> Path:
+    """Copy a (training) checkpoint to an inference checkpoint: the model weights and metadata
+    only (no optimiser state), with ``card`` entries (name, description, level of theory,
+    limits, ...) merged into the metadata. Written atomically, checksummed."""
+    payload = read_checkpoint(source)
+    meta = dict(payload["metadata"])
+    meta.update(card or {})
+    meta["exported_from"] = {"file": Path(source).name, "checksum": payload["checksum"]}
+    out: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "metadata": json.dumps(meta, sort_keys=True),
+        "state_dict": payload["state_dict"],
+    }
+    out["checksum"] = checksum(out)
+    return atomic_torch_save(out, destination)
 
 
 def bundled_models() -> Dict[str, Path]:

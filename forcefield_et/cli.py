@@ -17,6 +17,8 @@ EPILOG = """examples:
   forcefield-et evaluate --model my_model/best.pt --data test.xyz --out eval
   forcefield-et md structure.xyz --model pretrained --temperature 300 --steps 2000 --out md
   forcefield-et export --model pretrained --out model.torchscript.pt
+  forcefield-et export --model runs/pretrain_cpu_small/best.pt --format checkpoint \\
+      --card configs/pretrained_card.yaml --out forcefield_et/checkpoints/pretrained.pt
   forcefield-et info pretrained
 """
 
@@ -113,6 +115,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
 
+    if args.format == "checkpoint":
+        import yaml
+
+        from .checkpoint import export_checkpoint, resolve_model_path
+
+        card = yaml.safe_load(Path(args.card).read_text()) if args.card else {}
+        if args.name:
+            card["name"] = args.name
+        path = export_checkpoint(resolve_model_path(args.model), args.out, card)
+        print(f"wrote inference checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     model = load_model(args.model, dtype=args.dtype)
     scripted = torch.jit.script(model)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt")
     p.add_argument("--model", default="pretrained")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "checkpoint"],
+                   help="torchscript: a scripted model; checkpoint: a safe inference checkpoint (weights + card)")
+    p.add_argument("--card", help="with --format checkpoint: YAML file of model-card entries to store")
+    p.add_argument("--name", help="with --format checkpoint: model name stored in the card")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_export)
 

@@ -1,0 +1,222 @@
+"""ETCalculator: ASE conventions, agreement with the bare model, stress, errors, dynamics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from forcefield_et import CheckpointError, ETCalculator, build_model, save_checkpoint
+from forcefield_et.calculators.ase import NonFiniteError
+
+from tests.conftest import shared_path
+
+
+def _aspirin_atoms() -> Atoms:
+    data = np.load(shared_path("rmd17", "rmd17_aspirin_train_01.npz"))
+    return Atoms(numbers=data["nuclear_charges"], positions=data["coords"][0])
+
+
+def _water_atoms() -> Atoms:
+    from forcefield_et.data import read_deepmd
+
+    water = read_deepmd(shared_path("water", "data_0"))
+    return water.to_ase(0)
+
+
+@pytest.fixture
+def calc(small_model) -> ETCalculator:
+    return ETCalculator(small_model, device="cpu", dtype="float64")
+
+
+def test_implemented_properties_and_results(calc):
+    atoms = _aspirin_atoms()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    assert set(ETCalculator.implemented_properties) >= {"energy", "free_energy", "forces", "stress"}
+    assert forces.shape == (21, 3) and forces.dtype == np.float64
+    assert atoms.get_potential_energy(force_consistent=True) == energy
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+def test_matches_bare_model(calc, small_model):
+    atoms = _aspirin_atoms()
+    atoms.calc = calc
+    out = small_model(torch.tensor(atoms.numbers), torch.tensor(atoms.positions))
+    assert atoms.get_potential_energy() == pytest.approx(float(out["energy"][0].detach()), rel=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), out["forces"].detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_results_are_cached_until_atoms_change(calc):
+    atoms = _aspirin_atoms()
+    atoms.calc = calc
+    atoms.get_forces()
+    calls = calc.n_calls
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    assert calc.n_calls == calls
+    atoms.positions[0, 0] += 0.01
+    atoms.get_potential_energy()
+    assert calc.n_calls == calls + 1
+
+
+def test_stress_matches_finite_differences_on_water_box(small_model):
+    atoms = _water_atoms()
+    atoms.calc = ETCalculator(small_model, device="cpu", dtype="float64")
+    stress = atoms.get_stress()
+    numerical = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    np.testing.assert_allclose(stress, numerical, rtol=1e-5, atol=1e-9)
+    assert np.abs(stress).max() > 1e-6  # not trivially zero
+
+
+def test_batch_evaluate_equals_single_calls(calc):
+    from forcefield_et.data import read_rmd17
+
+    frames = [read_rmd17(shared_path("rmd17", f"rmd17_{m}_test_01.npz")).to_ase(0) for m in ("ethanol", "aspirin", "uracil")]
+    batched = calc.batch_evaluate(frames, batch_size=2)
+    for atoms, result in zip(frames, batched):
+        atoms.calc = calc
+        assert result["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
+        np.testing.assert_allclose(result["forces"], atoms.get_forces(), atol=1e-10)
+
+
+def test_batch_evaluate_periodic_gives_stress(calc):
+    water = _water_atoms()
+    result = calc.batch_evaluate([water])[0]
+    water.calc = calc
+    np.testing.assert_allclose(result["stress"], water.get_stress(), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "make_atoms, error, fragment",
+    [
+        (lambda: Atoms("UH", positions=[[0, 0, 0], [0, 0, 1.5]]), ValueError, "U (Z=92) not supported"),
+        (lambda: Atoms("CH", positions=[[0, 0, 0], [np.nan, 0, 1]]), ValueError, "non-finite"),
+        (lambda: Atoms("CH", positions=[[0, 0, 0], [0, 0, 1]], pbc=True), ValueError, "without a valid cell"),
+        (lambda: Atoms("CH", positions=[[0, 0, 0], [0, 0, 1]], cell=[5, 5, 5], pbc=[True, True, False]),
+         NotImplementedError, "mixed periodicity"),
+        (lambda: Atoms(), ValueError, "no atoms"),
+    ],
+)
+def test_bad_input_gives_clear_errors(calc, make_atoms, error, fragment):
+    atoms = make_atoms()
+    atoms.calc = calc
+    with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        atoms.get_potential_energy()
+
+
+def test_unknown_element_lists_supported_elements(calc):
+    atoms = Atoms("UH", positions=[[0, 0, 0], [0, 0, 1.5]])
+    atoms.calc = calc
+    with pytest.raises(ValueError, match="supported: H C N O F S Cl"):
+        atoms.get_potential_energy()
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(CheckpointError, match="neither an existing file nor a bundled model"):
+        ETCalculator(str(tmp_path / "missing.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        ETCalculator(str(corrupt))
+
+
+def test_model_path_and_dtype(tmp_path, small_model):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, small_model)
+    calc32 = ETCalculator(str(path), device="cpu", dtype="float32")
+    calc64 = ETCalculator(str(path), device="cpu", dtype="float64")
+    atoms = _aspirin_atoms()
+    e32 = calc32.get_potential_energy(atoms)
+    e64 = calc64.get_potential_energy(atoms)
+    assert e32 == pytest.approx(e64, rel=1e-5)
+    with pytest.raises(ValueError, match="float32"):
+        ETCalculator(str(path), dtype="float16")
+
+
+def test_non_finite_output_raises_with_atoms(small_model):
+    broken = build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16).double()
+    with torch.no_grad():
+        broken.head.mlp[2].weight.fill_(float("nan"))
+    atoms = _aspirin_atoms()
+    atoms.calc = ETCalculator(broken, device="cpu", dtype="float64")
+    with pytest.raises(NonFiniteError, match="offending atoms: 0 \\(C\\)"):
+        atoms.get_forces()
+
+
+def test_optimisers_and_vibrations(calc, tmp_path):
+    from ase.optimize import BFGS, FIRE
+    from ase.vibrations import Vibrations
+
+    data = np.load(shared_path("rmd17", "rmd17_ethanol_train_01.npz"))
+    for optimizer in (BFGS, FIRE):
+        atoms = Atoms(numbers=data["nuclear_charges"], positions=data["coords"][0])
+        atoms.calc = calc
+        start = np.abs(atoms.get_forces()).max()
+        optimizer(atoms, logfile=None).run(fmax=0.05, steps=300)
+        assert np.abs(atoms.get_forces()).max() < min(0.05, start)
+    vib = Vibrations(atoms, name=str(tmp_path / "vib"))
+    vib.run()
+    frequencies = vib.get_frequencies()
+    assert len(frequencies) == 27
+    # After relaxation: six near-zero modes (translations, rotations), the rest real.
+    assert np.sum(np.abs(frequencies) < 60) >= 6
+    assert np.all(np.real(frequencies[6:]) > 0)
+
+
+def test_thermostats_run(calc):
+    from ase.md.langevin import Langevin
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    for make in (
+        lambda a: Langevin(a, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0)),
+        lambda a: NoseHooverChainNVT(a, 0.5 * units.fs, temperature_K=300, tdamp=50 * units.fs),
+    ):
+        atoms = _aspirin_atoms()
+        atoms.calc = calc
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
+        make(atoms).run(20)
+        assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_npt_runs_with_stress(small_model):
+    from ase.md.nptberendsen import NPTBerendsen
+
+    atoms = _water_atoms()
+    atoms.calc = ETCalculator(small_model, device="cpu", dtype="float64")
+    volume = atoms.get_volume()
+    NPTBerendsen(atoms, 0.5 * units.fs, temperature_K=300, pressure_au=1.01325 * units.bar,
+                 taut=100 * units.fs, taup=500 * units.fs, compressibility_au=4.57e-5 / units.bar).run(3)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_volume() != volume
+    assert full_3x3_to_voigt_6_stress(np.eye(3)).shape == (6,)
+
+
+def test_nve_energy_conservation_aspirin_float64():
+    """float64 velocity-Verlet NVE on rMD17 aspirin, 0.5 fs, 2000 steps: total-energy
+    fluctuation stays far below the kinetic-energy scale."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from forcefield_et.checkpoint import bundled_models
+
+    # A trained model is needed: a random one releases energy and heats the molecule to ~2500 K.
+    assert "pretrained" in bundled_models(), "the bundled pretrained checkpoint is missing"
+    atoms = _aspirin_atoms()
+    atoms.calc = ETCalculator("pretrained", device="cpu", dtype="float64")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = VelocityVerlet(atoms, 0.5 * units.fs)
+    totals = []
+    dynamics.attach(lambda: totals.append(atoms.get_total_energy()), interval=10)
+    dynamics.run(2000)
+    totals = np.array(totals)
+    fluctuation = totals.max() - totals.min()
+    kinetic_scale = 1.5 * len(atoms) * units.kB * 300
+    assert np.all(np.isfinite(totals))
+    assert fluctuation < 5e-3 * kinetic_scale, f"total energy fluctuates by {fluctuation:.2e} eV"
