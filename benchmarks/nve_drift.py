@@ -79,8 +79,13 @@ def main() -> None:
     results = [run(args.model, dtype, steps, args.timestep, interval) for dtype in ("float32", "float64")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "nve_drift", "model": args.model, "molecule": "aspirin (rMD17 geometry)",
-               "machine": machine_info(), "runs": results}
+    payload = {
+        "benchmark": "nve_drift",
+        "model": args.model,
+        "molecule": "aspirin (rMD17 geometry)",
+        "machine": machine_info(),
+        "runs": results,
+    }
     (out / "nve_drift.json").write_text(json.dumps(payload, indent=2))
 
     import matplotlib
@@ -90,8 +95,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
-        ax.plot(r["time_ps"], r["total_energy_eV"],
-                label=f"{r['dtype']}: drift {r['drift_eV_per_atom_per_ns']:.2e} eV/atom/ns")
+        ax.plot(
+            r["time_ps"],
+            r["total_energy_eV"],
+            label=f"{r['dtype']}: drift {r['drift_eV_per_atom_per_ns']:.2e} eV/atom/ns",
+        )
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("E_total − E_total(0) (eV)")
     ax.set_title(f"NVE, aspirin, {args.timestep} fs, model {args.model}")
@@ -99,8 +107,10 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "nve_drift.png", dpi=110)
     for r in results:
-        print(f"{r['dtype']}: drift {r['drift_eV_per_atom_per_ns']:.3e} eV/atom/ns, fluctuation "
-              f"{r['fluctuation_eV']:.2e} eV, {r['steps_per_s']:.1f} steps/s")
+        print(
+            f"{r['dtype']}: drift {r['drift_eV_per_atom_per_ns']:.3e} eV/atom/ns, fluctuation "
+            f"{r['fluctuation_eV']:.2e} eV, {r['steps_per_s']:.1f} steps/s"
+        )
 
 
 if __name__ == "__main__":

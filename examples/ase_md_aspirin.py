@@ -29,8 +29,15 @@ def main() -> None:
 
     atoms = read(structure_path("aspirin"))  # rMD17 aspirin geometry shipped with the package
     atoms.calc = ETCalculator(args.model, dtype="float32")
-    summary = run_md(atoms, args.out, steps=args.steps, timestep_fs=args.timestep,
-                     temperature_K=args.temperature, thermostat="langevin", friction_per_fs=0.01)
+    summary = run_md(
+        atoms,
+        args.out,
+        steps=args.steps,
+        timestep_fs=args.timestep,
+        temperature_K=args.temperature,
+        thermostat="langevin",
+        friction_per_fs=0.01,
+    )
     print(json.dumps(summary, indent=2))
     print(f"trajectory: {args.out}/trajectory.traj   plot: {args.out}/md.png   log: {args.out}/md_log.csv")
 

@@ -12,7 +12,15 @@ __version__ = "0.1.0"
 from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .model import Potential, build_model
 
-__all__ = ["CheckpointError", "ETCalculator", "Potential", "__version__", "build_model", "load_model", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "ETCalculator",
+    "Potential",
+    "__version__",
+    "build_model",
+    "load_model",
+    "save_checkpoint",
+]
 
 
 def __getattr__(name: str):

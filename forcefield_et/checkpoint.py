@@ -21,7 +21,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import torch
 
@@ -37,7 +37,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, unsafe, or from an unsupported format version."""
 
 
-def _digest_update(h: "hashlib._Hash", value: Any) -> None:
+def _digest_update(h: hashlib._Hash, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
@@ -93,11 +93,14 @@ def atomic_torch_save(payload: Dict[str, Any], path: PathLike) -> Path:
     return path
 
 
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
     """The git commit of the source tree this package was imported from, if any."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
             timeout=5,
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
@@ -108,8 +111,8 @@ def git_commit() -> Optional[str]:
 def save_checkpoint(
     path: PathLike,
     model: torch.nn.Module,
-    metadata: Optional[Dict[str, Any]] = None,
-    training_state: Optional[Dict[str, Any]] = None,
+    metadata: Dict[str, Any] | None = None,
+    training_state: Dict[str, Any] | None = None,
 ) -> Path:
     """Save a model (and optionally the training state for resuming) atomically.
 
@@ -180,7 +183,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     return payload
 
 
-def export_checkpoint(source: PathLike, destination: PathLike, card: Optional[Dict[str, Any]] = None) -> Path:
+def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, Any] | None = None) -> Path:
     """Copy a (training) checkpoint to an inference checkpoint: the model weights and metadata
     only (no optimiser state), with ``card`` entries (name, description, level of theory,
     limits, ...) merged into the metadata. Written atomically, checksummed."""

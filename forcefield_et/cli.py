@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 EPILOG = """examples:
   forcefield-et pretrain --config configs/pretrain_cpu_small.yaml
@@ -83,8 +83,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
 
-    result = evaluate_model(args.model, args.data, out_dir=args.out, data_format=args.format,
-                            max_frames=args.max_frames, dtype=args.dtype, batch_size=args.batch_size)
+    result = evaluate_model(
+        args.model,
+        args.data,
+        out_dir=args.out,
+        data_format=args.format,
+        max_frames=args.max_frames,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -101,11 +108,22 @@ def _cmd_md(args: argparse.Namespace) -> int:
         path = structure_path(args.structure)
     atoms = read(str(path))
     atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype)
-    print(f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
-          f"{args.timestep} fs, {args.thermostat} at {args.temperature} K -> {args.out}/")
-    summary = run_md(atoms, args.out, steps=args.steps, timestep_fs=args.timestep, temperature_K=args.temperature,
-                     thermostat=args.thermostat, friction_per_fs=args.friction, interval=args.interval,
-                     seed=args.seed, progress=not args.no_progress)
+    print(
+        f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
+        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K -> {args.out}/"
+    )
+    summary = run_md(
+        atoms,
+        args.out,
+        steps=args.steps,
+        timestep_fs=args.timestep,
+        temperature_K=args.temperature,
+        thermostat=args.thermostat,
+        friction_per_fs=args.friction,
+        interval=args.interval,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -130,8 +148,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     scripted = torch.jit.script(model)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     scripted.save(args.out)
-    print(f"wrote TorchScript model {args.out}: forward(z [N] long, pos [N,3] Å, batch, cell) -> "
-          f"{{energy eV, forces eV/Å, stress eV/Å³}}, {args.dtype}")
+    print(
+        f"wrote TorchScript model {args.out}: forward(z [N] long, pos [N,3] Å, batch, cell) -> "
+        f"{{energy eV, forces eV/Å, stress eV/Å³}}, {args.dtype}"
+    )
     return 0
 
 
@@ -145,8 +165,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"model:      {args.model}  ({path}, {path.stat().st_size / 1e6:.1f} MB)")
     print(f"elements:   {' '.join(symbol(z) for z in hyper.get('elements', []))}")
     print(f"cutoff:     {hyper.get('cutoff')} Å")
-    print(f"size:       {hyper.get('hidden_channels')} hidden, {hyper.get('num_layers')} layers, "
-          f"{hyper.get('num_heads')} heads, {hyper.get('num_rbf')} RBF")
+    print(
+        f"size:       {hyper.get('hidden_channels')} hidden, {hyper.get('num_layers')} layers, "
+        f"{hyper.get('num_heads')} heads, {hyper.get('num_rbf')} RBF"
+    )
     print(f"units:      {meta.get('units')}")
     training = meta.get("training") or {}
     for source in training.get("sources", []):
@@ -171,25 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="force-centric pretraining from a YAML config",
-                       epilog="example: forcefield-et pretrain --config configs/pretrain_cpu_small.yaml",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "pretrain",
+        help="force-centric pretraining from a YAML config",
+        epilog="example: forcefield-et pretrain --config configs/pretrain_cpu_small.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="YAML training configuration (see configs/)")
     p.add_argument("--max-steps", type=int, help="override optim.max_steps")
     p.add_argument("--run-dir", help="override run_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune a model (or train from scratch) on energies and forces",
-                       epilog="example: forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
-                              "--n-train 1000 --out runs/aspirin",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model (or train from scratch) on energies and forces",
+        epilog="example: forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
+        "--n-train 1000 --out runs/aspirin",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
     p.add_argument("--train", required=True, nargs="+", help="training data file(s) (extxyz, ASE db, npz, ...)")
     p.add_argument("--format", default="auto", help="reader (auto, rmd17, ase, ase_db, deepmd, ...)")
     p.add_argument("--n-train", type=int, help="use the first N frames for training")
-    p.add_argument("--n-valid-from-train", type=int, default=50,
-                   help="with --n-train and no --valid: validation frames taken after the first N (default 50)")
+    p.add_argument(
+        "--n-valid-from-train",
+        type=int,
+        default=50,
+        help="with --n-train and no --valid: validation frames taken after the first N (default 50)",
+    )
     p.add_argument("--valid", help="validation data file")
     p.add_argument("--valid-fraction", type=float, default=0.05, help="validation split when no --valid")
     p.add_argument("--valid-max-frames", type=int, default=500)
@@ -212,10 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="energy/force errors on a dataset, JSON + parity plot",
-                       epilog="example: forcefield-et evaluate --model rmd17-aspirin --data "
-                              "rmd17_aspirin_test_01.npz --out eval_aspirin",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="energy/force errors on a dataset, JSON + parity plot",
+        epilog="example: forcefield-et evaluate --model rmd17-aspirin --data "
+        "rmd17_aspirin_test_01.npz --out eval_aspirin",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--format", default="auto")
@@ -225,12 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("md", help="run MD with ASE from a structure file (or a bundled structure)",
-                       epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
-                              "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("structure", nargs="?", default="aspirin",
-                   help="structure file readable by ASE, or a bundled name (default: aspirin)")
+    p = sub.add_parser(
+        "md",
+        help="run MD with ASE from a structure file (or a bundled structure)",
+        epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
+        "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "structure",
+        nargs="?",
+        default="aspirin",
+        help="structure file readable by ASE, or a bundled name (default: aspirin)",
+    )
     p.add_argument("--model", default="pretrained")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -245,12 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
 
-    p = sub.add_parser("export", help="export a model to TorchScript",
-                       epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt")
+    p = sub.add_parser(
+        "export",
+        help="export a model to TorchScript",
+        epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt",
+    )
     p.add_argument("--model", default="pretrained")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", default="torchscript", choices=["torchscript", "checkpoint"],
-                   help="torchscript: a scripted model; checkpoint: a safe inference checkpoint (weights + card)")
+    p.add_argument(
+        "--format",
+        default="torchscript",
+        choices=["torchscript", "checkpoint"],
+        help="torchscript: a scripted model; checkpoint: a safe inference checkpoint (weights + card)",
+    )
     p.add_argument("--card", help="with --format checkpoint: YAML file of model-card entries to store")
     p.add_argument("--name", help="with --format checkpoint: model name stored in the card")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -262,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

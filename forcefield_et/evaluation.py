@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch
@@ -26,8 +26,12 @@ def predict(model: Potential, data: ConformationSet, batch_size: int = 32) -> Di
     for start in range(0, len(data), batch_size):
         batch = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
         cell = batch.get("cell")
-        out = model(batch["z"].to(device), batch["pos"].to(device), batch["batch"].to(device),
-                    None if cell is None else cell.to(device))
+        out = model(
+            batch["z"].to(device),
+            batch["pos"].to(device),
+            batch["batch"].to(device),
+            None if cell is None else cell.to(device),
+        )
         energies.append(out["energy"].detach().double().cpu())
         forces.append(out["forces"].detach().double().cpu())
     return {"energy": torch.cat(energies).numpy(), "forces": torch.cat(forces).numpy()}
@@ -50,7 +54,9 @@ def error_metrics(data: ConformationSet, prediction: Dict[str, np.ndarray]) -> D
     return metrics
 
 
-def parity_plot(data: ConformationSet, prediction: Dict[str, np.ndarray], path: Union[str, Path], title: str = "") -> Path:
+def parity_plot(
+    data: ConformationSet, prediction: Dict[str, np.ndarray], path: Union[str, Path], title: str = ""
+) -> Path:
     """Write a PNG with energy (per atom, shifted by the mean) and force-component parity panels."""
     import matplotlib
 
@@ -93,9 +99,9 @@ def parity_plot(data: ConformationSet, prediction: Dict[str, np.ndarray], path: 
 def evaluate_model(
     model: Union[str, Potential],
     data: Union[str, Path, ConformationSet],
-    out_dir: Optional[Union[str, Path]] = None,
+    out_dir: Union[str, Path] | None = None,
     data_format: str = "auto",
-    max_frames: Optional[int] = None,
+    max_frames: int | None = None,
     dtype: str = "float32",
     batch_size: int = 32,
 ) -> Dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 from ase import Atoms, units
@@ -19,7 +19,12 @@ THERMOSTATS = ("langevin", "nose-hoover", "nve")
 
 
 def make_dynamics(
-    atoms: Atoms, thermostat: str, timestep_fs: float, temperature_K: float, friction_per_fs: float, seed: int,
+    atoms: Atoms,
+    thermostat: str,
+    timestep_fs: float,
+    temperature_K: float,
+    friction_per_fs: float,
+    seed: int,
     tdamp_fs: float = 50.0,
 ):
     """An ASE dynamics object: Langevin, Nosé–Hoover chain NVT, or velocity-Verlet NVE."""
@@ -27,8 +32,9 @@ def make_dynamics(
     if thermostat == "langevin":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                        friction=friction_per_fs / units.fs, rng=rng)
+        return Langevin(
+            atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs, rng=rng
+        )
     if thermostat == "nose-hoover":
         from ase.md.nose_hoover_chain import NoseHooverChainNVT
 
@@ -73,8 +79,15 @@ def run_md(
     def record() -> None:
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
-        rows.append({"time_fs": dynamics.nsteps * timestep_fs, "epot_eV": epot, "ekin_eV": ekin,
-                     "etot_eV": epot + ekin, "temperature_K": atoms.get_temperature()})
+        rows.append(
+            {
+                "time_fs": dynamics.nsteps * timestep_fs,
+                "epot_eV": epot,
+                "ekin_eV": ekin,
+                "etot_eV": epot + ekin,
+                "temperature_K": atoms.get_temperature(),
+            }
+        )
         trajectory.write()
 
     record()
@@ -109,7 +122,7 @@ def run_md(
     return summary
 
 
-def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: Optional[str] = None) -> Path:
+def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str | None = None) -> Path:
     """PNG with potential/kinetic/total energy and temperature against time."""
     import matplotlib
 

@@ -16,11 +16,10 @@ Conventions: the edge vector of pair (i, j) is ``pos[j] - pos[i] + shift @ cell`
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
-
 
 
 def _brute_force_pairs(pos: Tensor, batch: Tensor, n_structures: int) -> Tuple[Tensor, Tensor]:
@@ -52,12 +51,12 @@ def _cell_list_pairs(
     dims = torch.maximum(bin_of_points.max(0).values, bin_of_centers.max(0).values) + 3
     nx, ny, nz = int(dims[0]), int(dims[1]), int(dims[2])
 
-    point_keys = (
-        ((point_group * nz) + (bin_of_points[:, 2] + 1)) * ny + (bin_of_points[:, 1] + 1)
-    ) * nx + (bin_of_points[:, 0] + 1)
-    center_keys = (
-        ((center_group * nz) + (bin_of_centers[:, 2] + 1)) * ny + (bin_of_centers[:, 1] + 1)
-    ) * nx + (bin_of_centers[:, 0] + 1)
+    point_keys = (((point_group * nz) + (bin_of_points[:, 2] + 1)) * ny + (bin_of_points[:, 1] + 1)) * nx + (
+        bin_of_points[:, 0] + 1
+    )
+    center_keys = (((center_group * nz) + (bin_of_centers[:, 2] + 1)) * ny + (bin_of_centers[:, 1] + 1)) * nx + (
+        bin_of_centers[:, 0] + 1
+    )
     sorted_keys, order = torch.sort(point_keys)
     shifts: List[int] = []
     for dz in range(-1, 2):
@@ -78,9 +77,7 @@ def _cell_list_pairs(
     return c, p
 
 
-def _periodic_images(
-    pos: Tensor, cell: Tensor, cutoff: float
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _periodic_images(pos: Tensor, cell: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Wrap one periodic structure into its cell and build the image atoms within ``cutoff``
     of the cell. Returns wrapped_pos [n,3], wrap_shift [n,3] (integer-valued, such that
     pos = wrapped + wrap_shift @ cell), image_pos [m,3], image_atom [m], image_shift [m,3]."""
@@ -118,8 +115,8 @@ def _periodic_images(
 def radius_graph(
     pos: Tensor,
     cutoff: float,
-    batch: Optional[Tensor] = None,
-    cell: Optional[Tensor] = None,
+    batch: Tensor | None = None,
+    cell: Tensor | None = None,
     method: str = "auto",
     brute_force_max_atoms: int = 384,
 ) -> Tuple[Tensor, Tensor]:
@@ -143,9 +140,7 @@ def radius_graph(
     if batch is None:
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=device)
     if pos.shape[0] == 0:
-        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros(
-            (0, 3), dtype=pos.dtype, device=device
-        )
+        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros((0, 3), dtype=pos.dtype, device=device)
     n_structures = int(batch.max()) + 1
     if cell is not None:
         return _periodic_radius_graph(pos, cutoff, batch, cell, n_structures)
@@ -201,14 +196,12 @@ def _periodic_radius_graph(
         edges.append(torch.stack([members[c], members[j]]))
         edge_shifts.append(shift)
     if len(edges) == 0:
-        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros(
-            (0, 3), dtype=pos.dtype, device=device
-        )
+        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros((0, 3), dtype=pos.dtype, device=device)
     return torch.cat(edges, 1), torch.cat(edge_shifts, 0)
 
 
 def brute_force_reference(
-    pos: Tensor, cutoff: float, batch: Optional[Tensor] = None, cell: Optional[Tensor] = None
+    pos: Tensor, cutoff: float, batch: Tensor | None = None, cell: Tensor | None = None
 ) -> Tuple[Tensor, Tensor]:
     """O(N^2 * images) reference used by the tests: same contract as :func:`radius_graph`."""
     if batch is None:
@@ -253,7 +246,7 @@ def edges_as_set(edge_index: Tensor, shifts: Tensor) -> set:
     return {tuple(r) for r in rows.tolist()}
 
 
-def torch_cluster_radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None) -> Tensor:
+def torch_cluster_radius_graph(pos: Tensor, cutoff: float, batch: Tensor | None = None) -> Tensor:
     """Optional backend: torch-cluster's ``radius_graph`` with no neighbour cap, returned in
     this module's (centre, neighbour) convention. Raises ImportError when not installed."""
     from torch_cluster import radius_graph as tc_radius_graph  # optional dependency

@@ -31,7 +31,14 @@ ENERGY_UNITS = {
     "Hartree": HARTREE_TO_EV,
     "Ha": HARTREE_TO_EV,
 }
-LENGTH_UNITS = {"Angstrom": 1.0, "Å": 1.0, "A": 1.0, "nm": NM_TO_ANGSTROM, "Bohr": BOHR_TO_ANGSTROM, "bohr": BOHR_TO_ANGSTROM}
+LENGTH_UNITS = {
+    "Angstrom": 1.0,
+    "Å": 1.0,
+    "A": 1.0,
+    "nm": NM_TO_ANGSTROM,
+    "Bohr": BOHR_TO_ANGSTROM,
+    "bohr": BOHR_TO_ANGSTROM,
+}
 
 
 def energy_factor(unit: str) -> float:

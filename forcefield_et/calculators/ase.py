@@ -7,7 +7,7 @@ order xx, yy, zz, yz, xz, xy) for periodic systems.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,8 +73,8 @@ class ETCalculator(Calculator):
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self._supported = np.zeros(max(self.elements) + 1, dtype=bool)
         self._supported[self.elements] = True
-        self._numbers_cache: Optional[np.ndarray] = None
-        self._z_tensor: Optional[torch.Tensor] = None
+        self._numbers_cache: np.ndarray | None = None
+        self._z_tensor: torch.Tensor | None = None
         self.n_calls = 0
 
     # ------------------------------------------------------------------ checks
@@ -93,7 +93,9 @@ class ETCalculator(Calculator):
         positions = atoms.get_positions()
         finite = np.isfinite(positions).all(axis=1)
         if not finite.all():
-            raise ValueError(f"ETCalculator: non-finite (NaN/inf) positions for atoms {np.flatnonzero(~finite).tolist()}")
+            raise ValueError(
+                f"ETCalculator: non-finite (NaN/inf) positions for atoms {np.flatnonzero(~finite).tolist()}"
+            )
         pbc = atoms.get_pbc()
         if pbc.any() and not pbc.all():
             raise NotImplementedError(
@@ -107,7 +109,7 @@ class ETCalculator(Calculator):
     # ------------------------------------------------------------------ ASE API
     def calculate(
         self,
-        atoms: Optional[Atoms] = None,
+        atoms: Atoms | None = None,
         properties: Sequence[str] = ("energy",),
         system_changes: Sequence[str] = all_changes,
     ) -> None:
@@ -131,7 +133,9 @@ class ETCalculator(Calculator):
         self._check_finite(energy, forces, numbers)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if cell is not None:
-            self.results["stress"] = _full_stress_to_voigt(output["stress"][0].detach().cpu().numpy().astype(np.float64))
+            self.results["stress"] = _full_stress_to_voigt(
+                output["stress"][0].detach().cpu().numpy().astype(np.float64)
+            )
 
     def _evaluate(self, z, pos, batch, cell, n_atoms: int) -> Dict[str, torch.Tensor]:
         try:
@@ -159,7 +163,7 @@ class ETCalculator(Calculator):
         """Energies and forces (and stress for periodic structures) of many structures in
         batched passes: returns one dict per structure with ``energy`` (eV), ``forces``
         [n, 3] (eV/Å) and, if periodic, ``stress`` (Voigt, eV/Å³)."""
-        results: List[Optional[Dict[str, Any]]] = [None] * len(structures)
+        results: List[Dict[str, Any] | None] = [None] * len(structures)
         for atoms in structures:
             self.check_atoms(atoms)
         groups = {False: [], True: []}
@@ -176,7 +180,9 @@ class ETCalculator(Calculator):
         numbers = np.concatenate([a.get_atomic_numbers() for a in chunk])
         z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
         pos = torch.as_tensor(np.concatenate([a.get_positions() for a in chunk]), dtype=self.dtype, device=self.device)
-        batch = torch.repeat_interleave(torch.arange(len(chunk), device=self.device), torch.as_tensor(counts, device=self.device))
+        batch = torch.repeat_interleave(
+            torch.arange(len(chunk), device=self.device), torch.as_tensor(counts, device=self.device)
+        )
         cell = None
         if periodic:
             cell = torch.as_tensor(np.stack([a.get_cell().array for a in chunk]), dtype=self.dtype, device=self.device)

@@ -39,9 +39,7 @@ class NeighborEmbedding(nn.Module):
         nn.init.xavier_uniform_(self.combine.weight)
         nn.init.zeros_(self.combine.bias)
 
-    def forward(
-        self, element: Tensor, x: Tensor, edge_index: Tensor, rbf: Tensor, cutoff_weight: Tensor
-    ) -> Tensor:
+    def forward(self, element: Tensor, x: Tensor, edge_index: Tensor, rbf: Tensor, cutoff_weight: Tensor) -> Tensor:
         weight = self.distance_proj(rbf) * cutoff_weight.unsqueeze(-1)
         messages = self.embedding(element[edge_index[1]]) * weight
         aggregated = torch.zeros_like(x).index_add_(0, edge_index[0], messages)

@@ -8,7 +8,7 @@ TorchScript-compatible (``torch.jit.script``) and works in float32 or float64.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,7 @@ class Potential(nn.Module):
         )
         self.head = EnergyHead(hidden_channels, len(elements))
 
-    def _check_inputs(self, z: Tensor, pos: Tensor, batch: Tensor, cell: Optional[Tensor]) -> None:
+    def _check_inputs(self, z: Tensor, pos: Tensor, batch: Tensor, cell: Tensor | None) -> None:
         if z.dim() != 1 or z.dtype != torch.long:
             raise ValueError("Potential: z must be a 1-D torch.long tensor of atomic numbers [N]")
         if pos.dim() != 2 or pos.shape[1] != 3 or pos.shape[0] != z.shape[0]:
@@ -102,7 +102,7 @@ class Potential(nn.Module):
                 raise ValueError("Potential: cell is degenerate (zero volume)")
 
     def forward(
-        self, z: Tensor, pos: Tensor, batch: Optional[Tensor] = None, cell: Optional[Tensor] = None
+        self, z: Tensor, pos: Tensor, batch: Tensor | None = None, cell: Tensor | None = None
     ) -> Dict[str, Tensor]:
         """z [N] long, pos [N, 3] Å, batch [N] long (None: one structure), cell [B, 3, 3] Å
         (None: no PBC). Returns energy [B] eV, forces [N, 3] eV/Å, and stress [B, 3, 3] eV/Å³
@@ -141,9 +141,7 @@ class Potential(nn.Module):
         x, vec = self.representation(element, edge_index, edge_vectors)
         energy = self.head(x, element, batch, n_structures)
 
-        grads = torch.autograd.grad(
-            [energy.sum()], inputs, create_graph=self.training, allow_unused=True
-        )
+        grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
         grad_pos = grads[0]
         forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
         result: Dict[str, Tensor] = {"energy": energy, "forces": forces}
@@ -171,6 +169,8 @@ def build_model(**hyperparameters: Any) -> Potential:
     """
     unknown = set(hyperparameters) - set(DEFAULT_HYPERPARAMETERS)
     if unknown:
-        raise TypeError(f"build_model: unknown hyperparameters {sorted(unknown)}; known: {sorted(DEFAULT_HYPERPARAMETERS)}")
+        raise TypeError(
+            f"build_model: unknown hyperparameters {sorted(unknown)}; known: {sorted(DEFAULT_HYPERPARAMETERS)}"
+        )
     config = {**DEFAULT_HYPERPARAMETERS, **hyperparameters}
     return Potential(**config)

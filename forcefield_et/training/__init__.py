@@ -4,5 +4,13 @@ from .config import ConfigError, SourceConfig, TrainConfig, config_from_dict, lo
 from .objectives import ObjectiveConfig
 from .trainer import Trainer, train
 
-__all__ = ["ConfigError", "ObjectiveConfig", "SourceConfig", "TrainConfig", "Trainer", "config_from_dict",
-           "load_config", "train"]
+__all__ = [
+    "ConfigError",
+    "ObjectiveConfig",
+    "SourceConfig",
+    "TrainConfig",
+    "Trainer",
+    "config_from_dict",
+    "load_config",
+    "train",
+]

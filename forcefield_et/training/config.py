@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import yaml
@@ -49,13 +49,16 @@ class SourceConfig:
     weight: float = 1.0
     ratio: float = 1.0
     options: Dict[str, Any] = field(default_factory=dict)
-    units: Optional[Dict[str, str]] = None
-    max_frames: Optional[int] = None
-    first_frames: Optional[int] = None
-    max_force: Optional[float] = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
+    units: Dict[str, str] | None = None
+    max_frames: int | None = None
+    first_frames: int | None = None
+    max_force: float | None = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
     split: str = "molecule"  # validation hold-out: "molecule" (whole molecules) or "frame"
     valid_fraction: float = 0.05
-    valid_path: Optional[str] = None
+    valid_path: str | None = None
+    valid_options: Dict[str, Any] = field(default_factory=dict)  # reader options for valid_path
+    frames: str | None = None  # slice "start:stop[:step]" of the file's frames used for training
+    valid_frames: str | None = None  # slice of the validation file's frames
     valid_max_frames: int = 500
 
 
@@ -89,8 +92,8 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     model: Dict[str, Any] = field(default_factory=dict)
-    init_from: Optional[str] = None
-    data_root: Optional[str] = None
+    init_from: str | None = None
+    data_root: str | None = None
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     description: str = ""
@@ -127,6 +130,9 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         if source.format not in READERS:
             raise ConfigError(f"source {source.name!r}: unknown format {source.format!r}; known: {sorted(READERS)}")
         _check_units(source)
+        for selection in (source.frames, source.valid_frames):
+            if selection is not None:
+                parse_slice(selection)
         if source.split not in ("molecule", "frame"):
             raise ConfigError(f"source {source.name!r}: split must be 'molecule' or 'frame'")
     if config.optim.schedule not in ("cosine", "plateau"):
@@ -162,6 +168,18 @@ def _check_units(source: SourceConfig) -> None:
                 )
 
 
+def parse_slice(text: str) -> slice:
+    """'100:200', ':950', '0:1000:2' -> slice; raises ConfigError otherwise."""
+    parts = str(text).split(":")
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"frame selection {text!r} must look like 'start:stop' or 'start:stop:step'")
+    try:
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise ConfigError(f"frame selection {text!r} must contain integers") from None
+    return slice(*values)
+
+
 def load_config(path: str | os.PathLike) -> TrainConfig:
     """Read and validate a YAML training configuration."""
     path = Path(path)
@@ -174,7 +192,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     return config_from_dict(values or {})
 
 
-def resolve_path(path: str, data_root: Optional[str]) -> Path:
+def resolve_path(path: str, data_root: str | None) -> Path:
     p = Path(os.path.expandvars(path)).expanduser()
     if not p.is_absolute() and data_root:
         p = Path(os.path.expandvars(data_root)).expanduser() / p
@@ -182,7 +200,10 @@ def resolve_path(path: str, data_root: Optional[str]) -> Path:
 
 
 def read_source(
-    source: SourceConfig, data_root: Optional[str], path: Union[str, List[str], None] = None
+    source: SourceConfig,
+    data_root: str | None,
+    path: Union[str, List[str], None] = None,
+    validation: bool = False,
 ) -> ConformationSet:
     """Read one source's data (or its validation file) with the configured reader and filters."""
     from ..data import readers as readers_module
@@ -190,6 +211,8 @@ def read_source(
     function_name, native = READERS[source.format]
     reader = getattr(readers_module, function_name)
     options = dict(source.options)
+    if validation:
+        options.update(source.valid_options)
     if native is None and source.units:
         options.setdefault("energy_unit", source.units.get("energy", "eV"))
         if source.format == "ase":
@@ -202,6 +225,9 @@ def read_source(
         norms = np.linalg.norm(data.forces, axis=1)
         frame_max = np.maximum.reduceat(norms, data.offsets[:-1]) if len(data) else norms
         data = data.subset(np.flatnonzero(frame_max <= source.max_force))
+    selection = source.valid_frames if validation else source.frames
+    if selection is not None:
+        data = data.subset(np.arange(len(data))[parse_slice(selection)])
     if source.first_frames is not None:
         data = data.subset(np.arange(min(source.first_frames, len(data))))
     if source.max_frames is not None and len(data) > source.max_frames:

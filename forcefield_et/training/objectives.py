@@ -72,9 +72,7 @@ def prepare_equilibrium(batch: Dict[str, Tensor], config: ObjectiveConfig, gener
     batch["forces"] = forces
 
 
-def loss_terms(
-    batch: Dict[str, Tensor], n_sources: int
-) -> Dict[str, Tuple[Tensor, Tensor]]:
+def loss_terms(batch: Dict[str, Tensor], n_sources: int) -> Dict[str, Tuple[Tensor, Tensor]]:
     """Masks that define each term, per source: returns, for each term name, the per-atom
     (or per-frame) mask and the source index of each element. Used to count denominators."""
     atom_source = batch["source"][batch["batch"]]
@@ -121,20 +119,20 @@ def compute_loss(
         "ef_forces": config.force_weight,
         "energy": config.energy_weight,
     }
-    force_error = (output["forces"] - batch["forces"]).pow(2).sum(-1) / 3.0  # [A]
-    energy_error = None
-    if bool(masks["energy"][0].any()):
-        target = batch["energy"].to(output["energy"].dtype)
-        energy_error = ((output["energy"] - target) / batch["n_atoms"].to(output["energy"].dtype)).pow(2)
     total = output["forces"].new_zeros(())
     parts: Dict[str, float] = {}
     for t, name in enumerate(TERM_NAMES):
         mask, source = masks[name]
         if not bool(mask.any()):
             continue
-        values = energy_error if name == "energy" else force_error
-        assert values is not None
-        per_element = values[mask]
+        # Select before subtracting: unlabelled entries (NaN targets, e.g. the forces of an
+        # energy-only source) must not enter the graph, or 0 * NaN = NaN reaches the gradients.
+        if name == "energy":
+            predicted = output["energy"][mask]
+            target = batch["energy"][mask].to(predicted.dtype)
+            per_element = ((predicted - target) / batch["n_atoms"][mask].to(predicted.dtype)).pow(2)
+        else:
+            per_element = (output["forces"][mask] - batch["forces"][mask]).pow(2).sum(-1) / 3.0
         denom = counts[t].clamp(min=1.0).to(per_element.dtype)[source[mask]]
         weights = source_weights.to(per_element.dtype)[source[mask]] * term_weight[name]
         term = (per_element * weights / denom).sum()

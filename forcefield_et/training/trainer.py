@@ -19,7 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def _distributed() -> Tuple[int, int]:
     return 0, 1
 
 
-def fit_atomic_energies(data: ConformationSet, elements: List[int], residual: Optional[np.ndarray] = None) -> np.ndarray:
+def fit_atomic_energies(data: ConformationSet, elements: List[int], residual: np.ndarray | None = None) -> np.ndarray:
     """Least-squares per-element reference energies E0 [n_elements] (eV) from frame energies
     (or from ``residual`` energies), minimum-norm when compositions are collinear."""
     index = {z: k for k, z in enumerate(elements)}
@@ -67,7 +67,9 @@ def fit_atomic_energies(data: ConformationSet, elements: List[int], residual: Op
     return solution
 
 
-def split_by_molecule_id(data: ConformationSet, valid_fraction: float, seed: int) -> Tuple[ConformationSet, ConformationSet]:
+def split_by_molecule_id(
+    data: ConformationSet, valid_fraction: float, seed: int
+) -> Tuple[ConformationSet, ConformationSet]:
     """Hold out whole molecules: molecule ``m`` is in validation iff a uniform draw seeded by
     (seed, m) is below ``valid_fraction``. The decision depends only on the id, so sources that
     share molecule ids (the xTB corpus kinds, and QM9 whose row i is xTB start i) hold out the
@@ -107,7 +109,8 @@ class Trainer:
         self.plateau_bad = 0
         self.plateau_best = math.inf
         self.sampler = MixedBatchSampler(
-            [len(s.data) for s in self.sources], batch_shares([s.ratio for s in self.sources], config.optim.batch_size),
+            [len(s.data) for s in self.sources],
+            batch_shares([s.ratio for s in self.sources], config.optim.batch_size),
             config.seed,
         )
 
@@ -119,7 +122,7 @@ class Trainer:
         for sc in cfg.sources:
             data = read_source(sc, cfg.data_root)
             if sc.valid_path:
-                train, valid = data, read_source(sc, cfg.data_root, path=sc.valid_path)
+                train, valid = data, read_source(sc, cfg.data_root, path=sc.valid_path, validation=True)
             elif sc.valid_fraction > 0 and sc.split == "frame":
                 train, valid = data.split_random(sc.valid_fraction, seed=cfg.seed)
             elif sc.valid_fraction > 0:
@@ -158,7 +161,7 @@ class Trainer:
         """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""
         force_sets = [s.data for s in self.sources if s.data.forces is not None and s.objective != "equilibrium"]
         if force_sets:
-            forces = np.concatenate([d.forces[: 200_000] for d in force_sets])
+            forces = np.concatenate([d.forces[:200_000] for d in force_sets])
             forces = forces[np.isfinite(forces).all(1)]
             rms = float(np.sqrt(np.mean(forces**2))) if len(forces) else 1.0
             self.model.head.scale.fill_(max(rms, 1e-3))
@@ -222,13 +225,19 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def _metadata(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def _metadata(self, extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
         meta: Dict[str, Any] = {
             "training": {
                 "config": self.config.to_dict(),
                 "step": self.step,
                 "sources": [
-                    {"name": s.name, "objective": s.objective, "frames": len(s.data), "weight": s.weight, "ratio": s.ratio}
+                    {
+                        "name": s.name,
+                        "objective": s.objective,
+                        "frames": len(s.data),
+                        "weight": s.weight,
+                        "ratio": s.ratio,
+                    }
                     for s in self.sources
                 ],
                 "parent": (self.parent or {}).get("name") if self.parent else None,
@@ -354,7 +363,13 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         self._update_ema()
-        return {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm, "frames": float(len(batch["n_atoms"])), **parts}
+        return {
+            "loss": float(loss.detach()),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "frames": float(len(batch["n_atoms"])),
+            **parts,
+        }
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> Dict[str, float]:
@@ -441,9 +456,15 @@ class Trainer:
                 raise FloatingPointError(f"non-finite training loss at step {self.step}: {info}")
             if self.step % cfg.log_every == 0:
                 elapsed = time.perf_counter() - window_start
-                row = {"step": self.step, "kind": "train", "lr": info["lr"], "loss": info["loss"],
-                       "time_s": elapsed, "conf_per_s": window_frames / max(elapsed, 1e-9),
-                       "grad_norm": info["grad_norm"]}
+                row = {
+                    "step": self.step,
+                    "kind": "train",
+                    "lr": info["lr"],
+                    "loss": info["loss"],
+                    "time_s": elapsed,
+                    "conf_per_s": window_frames / max(elapsed, 1e-9),
+                    "grad_norm": info["grad_norm"],
+                }
                 row.update({f"train/{k}": info[k] for k in TERM_NAMES if k in info})
                 self._log(row)
                 bar.set_postfix(loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.2e}", cps=f"{row['conf_per_s']:.0f}")
@@ -451,8 +472,15 @@ class Trainer:
             if self.step % cfg.valid_every == 0 or self.step == cfg.max_steps:
                 last_valid = self.validate()
                 self._after_validation(last_valid)
-                self._log({"step": self.step, "kind": "valid", "lr": info["lr"], "loss": last_valid["valid_loss"],
-                           **last_valid})
+                self._log(
+                    {
+                        "step": self.step,
+                        "kind": "valid",
+                        "lr": info["lr"],
+                        "loss": last_valid["valid_loss"],
+                        **last_valid,
+                    }
+                )
                 if self.progress:
                     bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_valid.items()))
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:

@@ -11,7 +11,6 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from forcefield_et import CheckpointError, ETCalculator, build_model, save_checkpoint
 from forcefield_et.calculators.ase import NonFiniteError
-
 from tests.conftest import shared_path
 
 
@@ -77,7 +76,9 @@ def test_stress_matches_finite_differences_on_water_box(small_model):
 def test_batch_evaluate_equals_single_calls(calc):
     from forcefield_et.data import read_rmd17
 
-    frames = [read_rmd17(shared_path("rmd17", f"rmd17_{m}_test_01.npz")).to_ase(0) for m in ("ethanol", "aspirin", "uracil")]
+    frames = [
+        read_rmd17(shared_path("rmd17", f"rmd17_{m}_test_01.npz")).to_ase(0) for m in ("ethanol", "aspirin", "uracil")
+    ]
     batched = calc.batch_evaluate(frames, batch_size=2)
     for atoms, result in zip(frames, batched):
         atoms.calc = calc
@@ -98,8 +99,11 @@ def test_batch_evaluate_periodic_gives_stress(calc):
         (lambda: Atoms("UH", positions=[[0, 0, 0], [0, 0, 1.5]]), ValueError, "U (Z=92) not supported"),
         (lambda: Atoms("CH", positions=[[0, 0, 0], [np.nan, 0, 1]]), ValueError, "non-finite"),
         (lambda: Atoms("CH", positions=[[0, 0, 0], [0, 0, 1]], pbc=True), ValueError, "without a valid cell"),
-        (lambda: Atoms("CH", positions=[[0, 0, 0], [0, 0, 1]], cell=[5, 5, 5], pbc=[True, True, False]),
-         NotImplementedError, "mixed periodicity"),
+        (
+            lambda: Atoms("CH", positions=[[0, 0, 0], [0, 0, 1]], cell=[5, 5, 5], pbc=[True, True, False]),
+            NotImplementedError,
+            "mixed periodicity",
+        ),
         (lambda: Atoms(), ValueError, "no atoms"),
     ],
 )
@@ -175,7 +179,9 @@ def test_thermostats_run(calc):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     for make in (
-        lambda a: Langevin(a, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0)),
+        lambda a: Langevin(
+            a, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0)
+        ),
         lambda a: NoseHooverChainNVT(a, 0.5 * units.fs, temperature_K=300, tdamp=50 * units.fs),
     ):
         atoms = _aspirin_atoms()
@@ -191,8 +197,15 @@ def test_npt_runs_with_stress(small_model):
     atoms = _water_atoms()
     atoms.calc = ETCalculator(small_model, device="cpu", dtype="float64")
     volume = atoms.get_volume()
-    NPTBerendsen(atoms, 0.5 * units.fs, temperature_K=300, pressure_au=1.01325 * units.bar,
-                 taut=100 * units.fs, taup=500 * units.fs, compressibility_au=4.57e-5 / units.bar).run(3)
+    NPTBerendsen(
+        atoms,
+        0.5 * units.fs,
+        temperature_K=300,
+        pressure_au=1.01325 * units.bar,
+        taut=100 * units.fs,
+        taup=500 * units.fs,
+        compressibility_au=4.57e-5 / units.bar,
+    ).run(3)
     assert np.isfinite(atoms.get_potential_energy())
     assert atoms.get_volume() != volume
     assert full_3x3_to_voigt_6_stress(np.eye(3)).shape == (6,)

@@ -1,0 +1,196 @@
+"""Fine-tuning study on rMD17: pretrained -> fine-tuned ET against the same ET from scratch.
+
+    python -m benchmarks.finetune_study                      # 4 molecules x {50,100,250,1000}
+    python -m benchmarks.finetune_study --quick              # CI: ethanol, 50 frames, a few steps
+    python -m benchmarks.finetune_study --molecules aspirin --sizes 50 100 --steps 3000
+
+Protocol (identical for both starts): train on the first N frames of the rMD17 ``train_01``
+split (N = 1000 means the first 950, because the last 50 frames of the same 1000-frame split
+are the validation set that selects the best EMA checkpoint), a fixed step budget, batch 8,
+energy + force loss; test on the ``test_01`` split (never seen in training). Each run writes
+its own JSON, so the study resumes where it stopped. Outputs ``finetune_study.json`` and
+``finetune_curves.png`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.checkpoint import bundled_models, read_checkpoint
+from forcefield_et.data import read_rmd17
+from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.training import config_from_dict, train
+
+from .machine import machine_info
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
+VALID_FRAMES = 50
+SPLIT_FRAMES = 1000
+
+
+def run_one(
+    molecule: str,
+    n_train: int,
+    start: str,
+    steps: int,
+    out: Path,
+    data_root: Path,
+    test_frames: int | None,
+    seed: int = 0,
+    threads: int = 1,
+) -> Dict[str, Any]:
+    """Fine-tune (start='pretrained' or a checkpoint path) or train from scratch (start='scratch')."""
+    run_dir = out / "runs" / f"{molecule}-{n_train}-{Path(start).stem}"
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    n_used = min(n_train, SPLIT_FRAMES - VALID_FRAMES)
+    train_file = data_root / f"rmd17_{molecule}_train_01.npz"
+    source = {
+        "name": molecule,
+        "format": "rmd17",
+        "path": str(train_file),
+        "objective": "energy_forces",
+        "frames": f"0:{n_used}",
+        # Validation: the last 50 frames of the same 1000-frame train split.
+        "valid_path": str(train_file),
+        "valid_frames": f"{SPLIT_FRAMES - VALID_FRAMES}:{SPLIT_FRAMES}",
+    }
+    values: Dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "dtype": "float32",
+        "sources": [source],
+        "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
+        "optim": {
+            "batch_size": 8,
+            "max_steps": steps,
+            "lr": 5e-4,
+            "min_lr": 1e-6,
+            "warmup_steps": max(1, steps // 20),
+            "valid_every": max(1, steps // 10),
+            "checkpoint_every": max(1, steps // 10),
+            "log_every": max(1, steps // 50),
+            "ema_decay": 0.99,
+            "threads": threads,
+        },
+    }
+    if start == "scratch":
+        values["model"] = _pretrained_architecture()
+    else:
+        values["init_from"] = start
+    config = config_from_dict(values)
+    start_time = time.perf_counter()
+    trainer, valid_metrics = train(config, progress=False)
+    wall = time.perf_counter() - start_time
+    best = run_dir / "best.pt"
+    from forcefield_et import load_model
+
+    model = load_model(best, dtype="float32")
+    test = read_rmd17(data_root / f"rmd17_{molecule}_test_01.npz")
+    if test_frames is not None and test_frames < len(test):
+        test = test.subset(np.arange(test_frames))
+    with torch.enable_grad():
+        metrics = error_metrics(test, predict(model, test))
+    result = {
+        "molecule": molecule,
+        "n_train": n_used,
+        "n_train_requested": n_train,
+        "start": Path(start).stem,
+        "steps": steps,
+        "wall_time_s": wall,
+        "test_frames": len(test),
+        "test_force_mae_meV_A": metrics["force_mae_meV_A"],
+        "test_energy_mae_meV": metrics["energy_mae_meV"],
+        "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
+        "valid_force_mae_meV_A": valid_metrics.get(f"{molecule}/force_mae_meV_A"),
+    }
+    result_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _pretrained_architecture() -> Dict[str, Any]:
+    """The bundled pretrained model's hyperparameters, so that scratch runs match it."""
+    models = bundled_models()
+    if "pretrained" not in models:
+        raise FileNotFoundError(
+            "the bundled pretrained checkpoint is missing (forcefield_et/checkpoints/pretrained.pt)"
+        )
+    hyper = dict(read_checkpoint(models["pretrained"])["metadata"]["hyperparameters"])
+    return hyper
+
+
+def plot(results: List[Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    molecules = sorted({r["molecule"] for r in results})
+    fig, axes = plt.subplots(1, len(molecules), figsize=(4 * len(molecules), 3.6), squeeze=False)
+    for ax, molecule in zip(axes[0], molecules):
+        for start, style in (("pretrained", "o-"), ("scratch", "s--")):
+            rows = sorted(
+                (r for r in results if r["molecule"] == molecule and r["start"] == start), key=lambda r: r["n_train"]
+            )
+            if rows:
+                ax.loglog([r["n_train"] for r in rows], [r["test_force_mae_meV_A"] for r in rows], style, label=start)
+        ax.set_title(molecule)
+        ax.set_xlabel("training frames")
+        ax.set_ylabel("test force MAE (meV/Å)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecules", nargs="+", default=["aspirin", "ethanol", "naphthalene", "salicylic"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[50, 100, 250, 1000])
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        default=["pretrained", "scratch"],
+        help="'pretrained', 'scratch', or checkpoint paths (e.g. ablation models)",
+    )
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per run (batch 8)")
+    parser.add_argument("--test-frames", type=int, default=1000)
+    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--out", default="benchmarks/results/finetune_study")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, 10 steps, 50 test frames")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.molecules, args.sizes, args.steps, args.test_frames = ["ethanol"], [50], 10, 50
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for molecule in args.molecules:
+        for size in args.sizes:
+            for start in args.starts:
+                result = run_one(
+                    molecule, size, start, args.steps, out, Path(args.data_root), args.test_frames, threads=args.threads
+                )
+                print(json.dumps(result))
+                results.append(result)
+    summary = {
+        "benchmark": "finetune_study",
+        "machine": machine_info(),
+        "steps": args.steps,
+        "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
+        "runs": results,
+    }
+    (out / "finetune_study.json").write_text(json.dumps(summary, indent=2))
+    plot(results, out / "finetune_curves.png")
+
+
+if __name__ == "__main__":
+    main()
