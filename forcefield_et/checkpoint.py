@@ -85,9 +85,12 @@ def atomic_torch_save(payload: Dict[str, Any], path: PathLike) -> Path:
             os.unlink(tmp_name)
         except OSError:
             pass
-        if isinstance(error, OSError):
+        # torch.save's archive writer turns a failed write() (disk full, I/O error) into a
+        # RuntimeError whose __context__ is the OSError: report that OSError.
+        reason = error if isinstance(error, OSError) else error.__context__
+        if isinstance(reason, OSError) and isinstance(error, (OSError, RuntimeError)):
             raise CheckpointError(
-                f"could not write checkpoint {path}: {error}. The previous checkpoint (if any) is unchanged."
+                f"could not write checkpoint {path}: {reason}. The previous checkpoint (if any) is unchanged."
             ) from error
         raise
     return path

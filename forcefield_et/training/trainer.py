@@ -349,7 +349,18 @@ class Trainer:
         loss, parts = compute_loss(output, batch, self.source_weights, self.config.objectives, counts)
         loss.backward()
         if self.world_size > 1:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # A parameter can get a gradient on some workers only (e.g. the energy head's last bias
+            # when only one worker's frames have an energy term): every worker must all-reduce the
+            # same tensors, so agree on the set first and use zeros where a local one is missing.
+            params = list(self.model.parameters())
+            present = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+            dist.all_reduce(present)
+            grads = []
+            for p, n_workers in zip(params, present.tolist()):
+                if n_workers > 0:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    grads.append(p.grad)
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
             offset = 0
@@ -398,7 +409,7 @@ class Trainer:
                     with torch.enable_grad():
                         out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
                     loss, _ = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
-                    loss_sum += float(loss) * len(frames)
+                    loss_sum += float(loss.detach()) * len(frames)
                     forces = out["forces"].detach()
                     if source.objective == "equilibrium":
                         clean = ~batch["denoised"][batch["batch"]]

@@ -1,0 +1,167 @@
+"""Command-line interface (forcefield_et.cli): help, info, evaluate, finetune, export, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forcefield_et import build_model, load_model, save_checkpoint
+from forcefield_et.checkpoint import read_checkpoint
+from forcefield_et.cli import build_parser, main
+from forcefield_et.data import read_rmd17
+from tests.conftest import shared_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["pretrain", "finetune", "evaluate", "md", "export", "info"]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16, cutoff=4.5).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    save_checkpoint(path, model, {"description": "small CLI test model"})
+    return path
+
+
+def run_main(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_parser_knows_every_subcommand():
+    actions = [a for a in build_parser()._actions if a.dest == "command"]
+    assert sorted(actions[0].choices) == sorted(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[cmd, "--help"] for cmd in SUBCOMMANDS],
+                         ids=["main"] + SUBCOMMANDS)
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: forcefield-et" in out
+    if argv == ["--help"]:
+        assert all(cmd in out for cmd in SUBCOMMANDS)
+    else:
+        assert "example" in out  # every subcommand shows an example
+
+
+def test_info_prints_elements_and_cutoff(small_checkpoint, capsys):
+    code, out, _ = run_main(["info", small_checkpoint], capsys)
+    assert code == 0
+    assert "elements:   H C N O F S Cl" in out
+    assert "cutoff:     4.5 Å" in out
+    assert "32 hidden, 2 layers" in out
+    assert "small CLI test model" in out
+
+
+def test_evaluate_writes_metrics_and_parity_plot(small_checkpoint, tmp_path, capsys):
+    data = shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    out_dir = tmp_path / "eval"
+    code, out, _ = run_main(["evaluate", "--model", small_checkpoint, "--data", data, "--max-frames", 20,
+                             "--out", out_dir], capsys)
+    assert code == 0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["frames"] == 20 and metrics["atoms"] == 180
+    # the file holds the errors of this model on these frames
+    model = load_model(small_checkpoint)
+    frames = read_rmd17(data, max_frames=20)
+    batch = torch.arange(20).repeat_interleave(9)
+    pred = model(torch.as_tensor(frames.z), torch.as_tensor(frames.pos, dtype=torch.float32), batch)
+    mae = 1000 * np.abs(pred["forces"].detach().double().numpy() - frames.forces).mean()
+    assert metrics["force_mae_meV_A"] == pytest.approx(mae, rel=1e-4)
+    assert metrics["force_mae_meV_A"] > 0 and "energy_mae_meV" in metrics
+    png = out_dir / "parity.png"
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(out)["force_mae_meV_A"] == metrics["force_mae_meV_A"]
+
+
+def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
+    train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
+    out_dir = tmp_path / "ft"
+    code, out, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 32, "--num-layers", 2,
+                             "--train", train, "--format", "rmd17", "--n-train", 40, "--steps", 20,
+                             "--out", out_dir, "--no-progress", "--threads", 1], capsys)
+    assert code == 0
+    best = load_model(out_dir / "best.pt")
+    assert best.hyperparameters["hidden_channels"] == 32 and best.hyperparameters["num_layers"] == 2
+    training = best.metadata["training"]
+    assert training["step"] == 20
+    assert training["sources"][0]["frames"] == 40  # --n-train frames for training, the rest validates
+    assert training["sources"][0]["objective"] == "energy_forces"
+    assert training["parent"] is None
+    assert "finetune/force_mae_meV_A" in best.metadata["validation"]
+    assert read_checkpoint(out_dir / "last.pt")["training_state"]["step"] == 20
+    assert "valid_loss" in json.loads(out[out.index("{"):])
+
+
+def test_export_torchscript_gives_the_same_energy(small_checkpoint, tmp_path, capsys):
+    out_file = tmp_path / "sub" / "x.pt"
+    code, _, _ = run_main(["export", "--model", small_checkpoint, "--out", out_file], capsys)
+    assert code == 0
+    scripted = torch.jit.load(str(out_file))
+    model = load_model(small_checkpoint)
+    z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
+    pos = torch.tensor([[-0.0007, -0.5570, 0.0], [1.2016, 0.3832, 0.0], [-1.1732, 0.2464, 0.0],
+                        [-0.0289, -1.1923, 0.8899], [-0.0289, -1.1923, -0.8899], [1.1638, 1.0311, 0.8816],
+                        [1.1638, 1.0311, -0.8816], [2.1411, -0.1823, 0.0], [-1.9488, -0.3188, 0.0]])
+    batch = torch.zeros(9, dtype=torch.long)
+    ref = model(z, pos, batch)
+    got = scripted(z, pos, batch, None)
+    assert torch.allclose(got["energy"].detach(), ref["energy"].detach(), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(got["forces"], ref["forces"], rtol=1e-5, atol=1e-6)
+    assert float(ref["forces"].abs().max()) > 0
+
+
+def test_export_inference_checkpoint_with_card(small_checkpoint, tmp_path, capsys):
+    card = tmp_path / "card.yaml"
+    card.write_text("description: a card\nlimits: none\n")
+    out_file = tmp_path / "inference.pt"
+    code, _, _ = run_main(["export", "--model", small_checkpoint, "--format", "checkpoint", "--card", card,
+                           "--name", "demo", "--out", out_file], capsys)
+    assert code == 0
+    meta = read_checkpoint(out_file)["metadata"]
+    assert meta["name"] == "demo" and meta["description"] == "a card" and meta["limits"] == "none"
+
+
+def test_missing_config_file_is_exit_code_2_with_a_message(tmp_path, capsys):
+    missing = tmp_path / "no_such_config.yaml"
+    code, out, err = run_main(["pretrain", "--config", missing], capsys)
+    assert code == 2
+    assert "pretrain" in err and "not found" in err and str(missing) in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_other_bad_inputs_are_clear_errors(tmp_path, capsys):
+    argv = ["evaluate", "--model", tmp_path / "nope.pt", "--data", tmp_path / "d.xyz"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "nope.pt" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\nsources: [{name: a, path: a.xyz, formt: ase}]\n")
+    code, _, err = run_main(["pretrain", "--config", bad], capsys)
+    assert code == 2 and "formt" in err
+    with pytest.raises(SystemExit) as info:  # argparse usage errors: exit 2 too
+        main(["finetune", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "--train" in capsys.readouterr().err
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    """The installed ``forcefield-et`` script (or python -m forcefield_et.cli) returns main()'s code."""
+    exe = Path(sys.executable).parent / "forcefield-et"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "forcefield_et.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd + ["pretrain", "--config", str(tmp_path / "missing.yaml")],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 2
+    assert "not found" in result.stderr
