@@ -95,6 +95,9 @@ class EquivariantAttention(nn.Module):
         attn = (q[i] * k[j] * dk).view(-1, self.num_heads, self.head_dim).sum(-1)
         attn = torch.nn.functional.silu(attn) * cutoff_weight.unsqueeze(-1)
 
+        # The value filters vanish smoothly at the cutoff too, so that every message (scalar and
+        # vector) goes to zero as a neighbour leaves the sphere: energy and forces stay continuous.
+        dv = dv * cutoff_weight.unsqueeze(-1)
         x_msg, vec_gate, dir_gate = torch.split(v[j] * dv, [F, F, F], dim=-1)
         x_msg = (x_msg.view(-1, self.num_heads, self.head_dim) * attn.unsqueeze(-1)).view(-1, F)
         vec_msg = vec[j] * vec_gate.unsqueeze(1) + dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)

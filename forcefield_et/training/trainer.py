@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -455,7 +456,14 @@ class Trainer:
             with open(self.run_dir / "config.yaml", "w") as handle:
                 yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
         last_valid: Dict[str, float] = {}
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc="train",
+            unit="step",
+            mininterval=0.5 if sys.stderr.isatty() else 60.0,  # keep background logs short
+        )
         if resumed and self.progress:
             bar.write(f"resumed from {self.run_dir / 'last.pt'} at step {self.step}")
         window_start, window_frames = time.perf_counter(), 0.0
