@@ -48,7 +48,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         "valid_max_frames": args.valid_max_frames,
     }
     if args.n_train is not None:
-        source["first_frames"] = args.n_train + (0 if args.valid else args.n_valid_from_train)
+        source["frames"] = f"0:{args.n_train}"
+        if not args.valid:
+            # Validation: the frames right after the first n_train of the same file(s).
+            source["valid_path"] = args.train
+            source["valid_frames"] = f"{args.n_train}:{args.n_train + args.n_valid_from_train}"
     if args.valid:
         source["valid_path"] = args.valid
     values = {
@@ -72,9 +76,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     }
     if args.model == "scratch" and args.hidden_channels:
         values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
-    if args.n_train is not None and not args.valid:
-        # Validation comes from the frames after the first n_train (never from a test file).
-        values["sources"][0]["valid_fraction"] = args.n_valid_from_train / (args.n_train + args.n_valid_from_train)
     _, metrics = train(config_from_dict(values), progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     return 0

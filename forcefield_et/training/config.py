@@ -51,7 +51,6 @@ class SourceConfig:
     options: Dict[str, Any] = field(default_factory=dict)
     units: Dict[str, str] | None = None
     max_frames: int | None = None
-    first_frames: int | None = None
     max_force: float | None = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
     split: str = "molecule"  # validation hold-out: "molecule" (whole molecules) or "frame"
     valid_fraction: float = 0.05
@@ -228,9 +227,7 @@ def read_source(
     selection = source.valid_frames if validation else source.frames
     if selection is not None:
         data = data.subset(np.arange(len(data))[parse_slice(selection)])
-    if source.first_frames is not None:
-        data = data.subset(np.arange(min(source.first_frames, len(data))))
-    if source.max_frames is not None and len(data) > source.max_frames:
+    if not validation and source.max_frames is not None and len(data) > source.max_frames:
         rng = np.random.default_rng(0)
         data = data.subset(np.sort(rng.choice(len(data), source.max_frames, replace=False)))
     data.source = source.name

@@ -122,7 +122,7 @@ model: {hidden_channels: 32, num_layers: 2}
 objectives: {sigma: 0.05, k: 20.0, denoise_fraction: 0.25}
 sources:
   - {name: eth, format: rmd17, path: rmd17/rmd17_ethanol_train_01.npz, objective: energy_forces,
-     first_frames: 200, units: {energy: kcal/mol}}
+     frames: "0:200", units: {energy: kcal/mol}}
   - {name: relaxed, format: xtb_corpus, path: xtb/xtb_shard0.npz, options: {kinds: [0]},
      objective: equilibrium, ratio: 0.25, weight: 0.5}
 optim: {batch_size: 8, max_steps: 100, lr: 1.0e-3, schedule: plateau}
@@ -134,7 +134,7 @@ optim: {batch_size: 8, max_steps: 100, lr: 1.0e-3, schedule: plateau}
     assert config.model == {"hidden_channels": 32, "num_layers": 2}
     assert config.objectives.k == 20.0 and config.objectives.denoise_fraction == 0.25
     assert [s.name for s in config.sources] == ["eth", "relaxed"]
-    assert config.sources[0].first_frames == 200
+    assert config.sources[0].frames == "0:200"
     assert config.sources[1].options == {"kinds": [0]} and config.sources[1].weight == 0.5
     assert config.optim.schedule == "plateau" and config.optim.lr == 1e-3
     # to_dict round-trips through YAML to the same configuration
