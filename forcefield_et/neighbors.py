@@ -32,7 +32,9 @@ def _brute_force_pairs(pos: Tensor, batch: Tensor, n_structures: int) -> Tuple[T
     i = torch.repeat_interleave(torch.arange(n_atoms, device=pos.device), per_atom)
     start_of_row = torch.cumsum(per_atom, 0) - per_atom
     offsets = torch.arange(i.shape[0], device=pos.device) - torch.repeat_interleave(start_of_row, per_atom)
-    j = ptr[batch[i]] + offsets
+    # Atoms of each structure in contiguous order, so that an unsorted batch vector works too.
+    order = torch.argsort(batch, stable=True)
+    j = order[ptr[batch[i]] + offsets]
     keep = i != j
     return i[keep], j[keep]
 

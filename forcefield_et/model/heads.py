@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -19,7 +21,10 @@ def _mlp(hidden_channels: int, out_channels: int = 1) -> nn.Sequential:
 
 
 class EnergyHead(nn.Module):
-    """E_b = sum_{i in b} (scale * MLP(x_i) + shift + E0[element_i]), in eV.
+    """E_b = sum_{i in b} (scale * (MLP(x_i) - MLP(x_iso[element_i])) + shift + E0[element_i]), in eV.
+
+    ``x_iso`` are the features of an isolated atom of each element, so that a single atom, or
+    atoms farther apart than the cutoff, get exactly the reference energy shift + E0.
 
     ``scale`` and ``shift`` standardise the network output (eV); ``atomic_energies`` [n_elements]
     are per-element reference energies E0 (eV). All three are buffers stored in checkpoints.
@@ -32,8 +37,15 @@ class EnergyHead(nn.Module):
         self.register_buffer("shift", torch.tensor(0.0))
         self.register_buffer("atomic_energies", torch.zeros(num_elements))
 
-    def forward(self, x: Tensor, element: Tensor, batch: Tensor, n_structures: int) -> Tensor:
-        atom_energy = self.mlp(x).squeeze(-1) * self.scale + self.shift + self.atomic_energies[element]
+    def forward(
+        self, x: Tensor, element: Tensor, batch: Tensor, n_structures: int, x_isolated: Optional[Tensor] = None
+    ) -> Tensor:
+        if x_isolated is None:
+            output = self.mlp(x).squeeze(-1)
+        else:  # one MLP call for the atoms and the isolated-atom references
+            both = self.mlp(torch.cat([x, x_isolated], dim=0)).squeeze(-1)
+            output = both[: x.shape[0]] - both[x.shape[0] :][element]
+        atom_energy = output * self.scale + self.shift + self.atomic_energies[element]
         return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
 
 

@@ -138,8 +138,12 @@ class Potential(nn.Module):
                 raise ValueError("Potential: two atoms are at the same position (closer than 0.01 Å)")
 
         element = self.element_index[z]
-        x, vec = self.representation(element, edge_index, edge_vectors)
-        energy = self.head(x, element, batch, n_structures)
+        # One isolated (edge-free) atom per supported element rides along in the same pass: its
+        # features define the energy zero of each element (see EnergyHead).
+        n_atoms = element.shape[0]
+        references = torch.arange(len(self.elements), device=element.device)
+        x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors)
+        energy = self.head(x_all[:n_atoms], element, batch, n_structures, x_all[n_atoms:])
 
         grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
         grad_pos = grads[0]

@@ -1,0 +1,1 @@
+"""Benchmarks of forcefield_et (run as ``python -m benchmarks.<name>``; results in benchmarks/results/)."""
