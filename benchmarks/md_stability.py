@@ -1,0 +1,745 @@
+"""MD stability and speed benchmark (MDsim protocol, Fu et al. 2022, "Forces are not enough").
+
+    python -m benchmarks.md_stability --quick                     # aspirin + ethanol, 2 ps each (CI)
+    python -m benchmarks.md_stability --full                      # 4 molecules x 3 models x 300 ps
+    nohup python -m benchmarks.md_stability --full > md_stability.log 2>&1 &   # resumable
+    python -m benchmarks.md_stability --quick --model-path mine=runs/x/best.pt --models mine
+
+Protocol (per molecule and model): start from an rMD17 *test*-split frame (``--start-frame``),
+Maxwell-Boltzmann velocities at 500 K (seeded; centre-of-mass motion and rotation removed),
+Nose-Hoover chain NVT (ASE ``NoseHooverChainNVT``, chain length 3, damping time 10 fs, which
+gives the first thermostat the same mass as MDsim's ``ttime = 20`` time steps) at 500 K with a
+0.5 fs time step for 300 ps (600,000 steps), positions saved every 100 steps (0.05 ps).
+
+- Bonds: atom pairs of the start frame that ASE's ``NeighborList(natural_cutoffs(atoms),
+  self_interaction=False)`` connects, i.e. d_ij < r_cov,i + r_cov,j + 0.6 Å (ASE adds its default
+  0.3 Å skin to each radius). This is MDsim's definition and yields exactly the covalent bonds of
+  the four molecules. Reference bond lengths: the mean over the rMD17 test-split frames (MDsim
+  uses the mean over its reference data).
+- Collapse: the first saved frame in which any bond deviates by more than 0.5 Å from its reference
+  length, or in which positions/forces become non-finite. The simulation stops there. Stability
+  (ps) is the time of that frame, or the simulated time if it never collapses (300 ps at most).
+- h(r): histogram of all interatomic distances (each pair i<j once), 500 bins on (0, 10] Å, over
+  the saved frames up to and including the collapse frame, normalised to unit sum (each bin is
+  the fraction of pair distances in it). The reference h(r) uses all rMD17 test-split frames.
+  ``hr_mae`` is the mean over the 500 bins of |h_model - h_ref|; ``hr_mae_mdsim`` = 500 x
+  ``hr_mae`` equals MDsim's number (density-normalised histograms, MAE times the 10 Å range).
+- Speed: MD steps per second of wall time (integrator + model, one process, ``--threads``
+  intra-op threads, default 1) and ns/day.
+
+Models: ``et-pretrained-finetuned`` (bundled ``rmd17-<mol>`` checkpoint), ``et-scratch``
+(``benchmarks/cache/et-scratch-<mol>/best.pt``) and ``nequip``
+(``benchmarks/cache/nequip-<mol>/model.nequip.pth``), all made by ``python -m benchmarks.prepare``
+or the fine-tuning pipeline. Missing models are skipped and the reason recorded.
+``--model-path NAME=PATH`` adds any ETCalculator checkpoint (or a ``.nequip.pth`` file); ``{molecule}``
+in PATH is replaced by the molecule name.
+
+Each (molecule, model) run lives in ``<out>/runs/<molecule>__<model>/``: ``state.npz`` (saved
+frames, positions, momenta, Nose-Hoover chain state, step count; rewritten atomically every
+``--checkpoint-every`` saved frames, so a killed run resumes exactly where it stopped),
+``result.json`` (written when the run ends), ``hr.npy`` and ``trajectory.npz``. A run whose
+``result.json`` matches the current protocol and model file is not repeated. The summary
+``md_stability.json`` and the plots ``stability.png``, ``hr_<molecule>.png`` and ``speed.png`` are
+rebuilt at the end of every invocation from all completed runs in ``<out>/runs`` that share the
+current protocol (so separate invocations per molecule, e.g. one per core, add up to one summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = Path(__file__).resolve().parent / "cache"
+RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
+MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
+QUICK_MOLECULES = ("aspirin", "ethanol")
+DEFAULT_MODELS = ("et-pretrained-finetuned", "et-scratch", "nequip")
+NEQUIP_COMPILED_NAME = "model.nequip.pth"
+NH_CHAIN_LENGTH = 3  # ASE NoseHooverChainNVT default, used by forcefield_et.md.make_dynamics
+MIN_TEMPERATURE_K, MAX_TEMPERATURE_K = 0.1, 1.0e5  # MDsim's sanity range for early stopping
+
+
+# ---------------------------------------------------------------------------------------- protocol
+@dataclass
+class Protocol:
+    """MD and analysis settings; every field goes into the JSON and into each run's fingerprint."""
+
+    temperature_K: float = 500.0
+    timestep_fs: float = 0.5
+    time_ps: float = 300.0
+    save_every: int = 100
+    thermostat: str = "nose-hoover"
+    tdamp_fs: float = 10.0
+    nh_chain_length: int = NH_CHAIN_LENGTH
+    start_split: str = "test"
+    start_frame: int = 0
+    seed: int = 0
+    collapse_threshold_A: float = 0.5
+    bond_definition: str = "ase NeighborList(natural_cutoffs, skin 0.3): d < r_i + r_j + 0.6 A on the start frame"
+    reference_bond_lengths: str = "mean over the rMD17 test-split frames"
+    hr_bins: int = 500
+    hr_r_max_A: float = 10.0
+    hr_normalisation: str = "unit sum over the 500 bins (fraction of pair distances per bin)"
+    hr_reference: str = "all rMD17 test-split frames (split 01)"
+    dtype: str = "float32"
+    threads: int = 1
+    device: str = "cpu"
+
+    @property
+    def n_saves(self) -> int:
+        return max(1, int(round(self.time_ps * 1000.0 / self.timestep_fs / self.save_every)))
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_saves * self.save_every
+
+    @property
+    def save_interval_ps(self) -> float:
+        return self.save_every * self.timestep_fs / 1000.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out.update(n_steps=self.n_steps, n_saved_frames=self.n_saves + 1, save_interval_ps=self.save_interval_ps)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- analysis
+def find_bonds(numbers: Sequence[int], positions: np.ndarray) -> np.ndarray:
+    """Bonded pairs [B, 2] (i < j) of one structure, MDsim's definition: ASE NeighborList with
+    natural (covalent) cutoffs and its default 0.3 Å skin per atom, i.e. d < r_i + r_j + 0.6 Å."""
+    from ase import Atoms
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
+    neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
+    neighbours.update(atoms)
+    i, j = neighbours.get_connectivity_matrix(sparse=False).nonzero()
+    pairs = np.sort(np.stack([i, j], axis=1), axis=1) if len(i) else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(pairs, axis=0).astype(np.int64)
+
+
+def bond_lengths(positions: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    """Bond lengths (Å): [F, B] for a trajectory [F, N, 3], [B] for one frame [N, 3]."""
+    pos = np.asarray(positions, dtype=np.float64)
+    delta = pos[..., bonds[:, 0], :] - pos[..., bonds[:, 1], :]
+    return np.linalg.norm(delta, axis=-1)
+
+
+def max_bond_deviation(positions: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray) -> np.ndarray:
+    """Largest |bond length - reference| (Å) per frame; inf for non-finite frames."""
+    lengths = bond_lengths(positions, bonds)
+    deviation = np.abs(lengths - reference_lengths).max(axis=-1) if bonds.size else np.zeros(lengths.shape[:-1])
+    return np.where(np.isfinite(deviation), deviation, np.inf)
+
+
+def collapse_frame(
+    trajectory: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5
+) -> int | None:
+    """Index of the first frame of ``trajectory`` [F, N, 3] in which any bond deviates by more
+    than ``threshold`` Å from ``reference_lengths`` (or positions are non-finite); None if none."""
+    deviation = max_bond_deviation(np.asarray(trajectory)[None] if np.ndim(trajectory) == 2 else trajectory,
+                                   bonds, reference_lengths)
+    bad = np.flatnonzero(deviation > threshold)
+    return int(bad[0]) if len(bad) else None
+
+
+def hr_edges(bins: int = 500, r_max: float = 10.0) -> np.ndarray:
+    return np.linspace(0.0, r_max, bins + 1)
+
+
+def distance_histogram(trajectory: np.ndarray, bins: int = 500, r_max: float = 10.0) -> np.ndarray:
+    """h(r): histogram of all interatomic distances (each pair i<j once, all frames) in ``bins``
+    equal bins on (0, r_max] Å, normalised to unit sum (fraction of the in-range distances per
+    bin). Distances beyond r_max and non-finite frames are left out. Returns [bins] float64."""
+    traj = np.asarray(trajectory, dtype=np.float64)
+    if traj.ndim == 2:
+        traj = traj[None]
+    traj = traj[np.isfinite(traj).all(axis=(1, 2))]
+    i, j = np.triu_indices(traj.shape[1], k=1)
+    distances = np.linalg.norm(traj[:, i] - traj[:, j], axis=-1).ravel()
+    distances = distances[(distances > 0.0) & (distances <= r_max)]
+    counts = np.histogram(distances, bins=hr_edges(bins, r_max))[0].astype(np.float64)
+    total = counts.sum()
+    return counts / total if total > 0 else counts
+
+
+def hr_mae(h_model: np.ndarray, h_reference: np.ndarray) -> float:
+    """Mean absolute difference over bins of two unit-sum h(r) histograms."""
+    return float(np.mean(np.abs(np.asarray(h_model) - np.asarray(h_reference))))
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class Reference:
+    """rMD17 reference for one molecule: atomic numbers, test-split frames, bonds and h(r)."""
+
+    molecule: str
+    numbers: np.ndarray
+    frames: np.ndarray  # [F, N, 3] Å
+    bonds: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    bond_reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    source: str = ""
+
+
+def rmd17_path(molecule: str, split: str) -> Path:
+    return RMD17_DIR / f"rmd17_{molecule}_{split}_01.npz"
+
+
+def load_reference(molecule: str, protocol: Protocol) -> Reference:
+    from forcefield_et.data import read_rmd17
+
+    path = rmd17_path(molecule, protocol.start_split)
+    if not path.is_file():
+        raise FileNotFoundError(f"rMD17 file {path} not found (../shared/data/rmd17 is needed)")
+    data = read_rmd17(path)
+    n = int(data.n_atoms[0])
+    frames = data.pos.reshape(len(data), n, 3)
+    numbers = data.z[:n].copy()
+    if not 0 <= protocol.start_frame < len(frames):
+        raise ValueError(f"--start-frame {protocol.start_frame} outside the {len(frames)} frames of {path.name}")
+    bonds = find_bonds(numbers, frames[protocol.start_frame])
+    return Reference(
+        molecule=molecule, numbers=numbers, frames=frames, bonds=bonds,
+        bond_reference=bond_lengths(frames, bonds).mean(axis=0),
+        hr=distance_histogram(frames, protocol.hr_bins, protocol.hr_r_max_A), source=path.name,
+    )
+
+
+# ---------------------------------------------------------------------------------------- models
+@dataclass
+class ModelSpec:
+    name: str
+    kind: str  # "et" | "nequip"
+    path: Path | None
+    description: str
+    skip_reason: str | None = None
+
+
+def _describe_et(path: Path) -> str:
+    from forcefield_et.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(path)["metadata"]
+    h = meta.get("hyperparameters", {})
+    parent = (meta.get("training") or {}).get("parent")
+    step = (meta.get("training") or {}).get("step")
+    return (f"ET {h.get('hidden_channels')} hidden, {h.get('num_layers')} layers, {h.get('num_heads')} heads, "
+            f"{h.get('num_rbf')} RBF, cutoff {h.get('cutoff')} A; parent {parent or 'none (from scratch)'}; "
+            f"{step if step is not None else '?'} training steps")
+
+
+def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: Path = CACHE_DIR) -> ModelSpec:
+    """Where the model ``name`` for ``molecule`` lives, or why it is skipped."""
+    if name in extra:
+        path = Path(str(extra[name]).replace("{molecule}", molecule))
+        if not path.is_file():
+            return ModelSpec(name, "et", path, "", f"--model-path file {path} does not exist")
+        if path.name.endswith(".nequip.pth"):
+            return ModelSpec(name, "nequip", path, f"NequIP TorchScript model {path.name}")
+        return ModelSpec(name, "et", path, _describe_et(path))
+    if name == "et-pretrained-finetuned":
+        from forcefield_et.checkpoint import bundled_models
+
+        bundled = bundled_models()
+        key = f"rmd17-{molecule}"
+        if key not in bundled:
+            return ModelSpec(name, "et", None, "", (
+                f"bundled checkpoint {key!r} is not in forcefield_et/checkpoints (have: "
+                f"{', '.join(sorted(bundled)) or 'none'}); fine-tune the pretrained model on the 1000 rMD17 "
+                f"train frames and export it as forcefield_et/checkpoints/{key}.pt"))
+        return ModelSpec(name, "et", bundled[key], f"bundled {key}: " + _describe_et(bundled[key]))
+    if name == "et-scratch":
+        path = cache_dir / f"et-scratch-{molecule}" / "best.pt"
+        if not path.is_file():
+            return ModelSpec(name, "et", path, "", f"{path} not found; run: python -m benchmarks.prepare "
+                             f"--molecules {molecule} --models et-scratch")
+        return ModelSpec(name, "et", path, _describe_et(path))
+    if name == "nequip":
+        path = cache_dir / f"nequip-{molecule}" / NEQUIP_COMPILED_NAME
+        if not path.is_file():
+            return ModelSpec(name, "nequip", path, "", f"{path} not found; run: python -m benchmarks.prepare "
+                             f"--molecules {molecule} --models nequip")
+        info = cache_dir / f"nequip-{molecule}" / "model_info.json"
+        description = "NequIP (nequip-train, TorchScript via nequip-compile)"
+        if info.is_file():
+            description = json.loads(info.read_text()).get("description", description)
+        return ModelSpec(name, "nequip", path, description)
+    known = ", ".join(list(DEFAULT_MODELS) + sorted(extra))
+    return ModelSpec(name, "et", None, "", f"unknown model name {name!r} (known: {known}; add --model-path NAME=PATH)")
+
+
+def make_calculator(spec: ModelSpec, protocol: Protocol):
+    """An ASE calculator for ``spec`` on ``protocol.device``."""
+    if spec.kind == "nequip":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from nequip.integrations.ase import NequIPCalculator
+
+            return NequIPCalculator.from_compiled_model(str(spec.path), device=protocol.device,
+                                                        chemical_species_to_atom_type_map=True)
+    from forcefield_et.calculators.ase import ETCalculator
+
+    return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype)
+
+
+def protocol_key(protocol: Protocol) -> str:
+    return hashlib.sha256(json.dumps(protocol.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Completed runs in ``out/runs`` with the same protocol that this invocation did not touch (for
+    example runs of other molecules made by a parallel invocation), so the summary covers them all."""
+    seen = {(r["molecule"], r["model"]) for r in have}
+    found = []
+    for path in sorted((out / "runs").glob("*/result.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if result.get("protocol_key") == protocol_key(protocol) and (result["molecule"], result["model"]) not in seen:
+            found.append(result)
+    return found
+
+
+def file_digest(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- one run
+def _atomic_savez(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _thermostat_state(dynamics) -> Dict[str, np.ndarray] | None:
+    thermostat = getattr(dynamics, "_thermostat", None)
+    if thermostat is None or not hasattr(thermostat, "_eta") or not hasattr(thermostat, "_p_eta"):
+        return None
+    return {"eta": np.array(thermostat._eta, dtype=np.float64), "p_eta": np.array(thermostat._p_eta, dtype=np.float64)}
+
+
+def _restore_thermostat(dynamics, eta: np.ndarray, p_eta: np.ndarray) -> bool:
+    thermostat = getattr(dynamics, "_thermostat", None)
+    if thermostat is None or not hasattr(thermostat, "_eta") or np.shape(thermostat._eta) != np.shape(eta):
+        return False
+    thermostat._eta = np.array(eta, dtype=np.float64)
+    thermostat._p_eta = np.array(p_eta, dtype=np.float64)
+    return True
+
+
+class RunLogger:
+    def __init__(self, prefix: str, quiet: bool = False) -> None:
+        self.prefix = prefix
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {self.prefix}: {message}", flush=True)
+
+
+def run_one(
+    spec: ModelSpec, reference: Reference, protocol: Protocol, run_dir: Path, checkpoint_every: int = 50,
+    restart: bool = False, quiet: bool = False,
+) -> Dict[str, Any]:
+    """Run (or resume, or reuse) one molecule/model simulation and return its result dict."""
+    from ase import Atoms
+    from ase.md import velocitydistribution as vd
+
+    from forcefield_et.md import make_dynamics
+
+    log = RunLogger(f"{reference.molecule}/{spec.name}", quiet)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path, state_path = run_dir / "result.json", run_dir / "state.npz"
+    fingerprint = {"protocol": protocol.to_dict(), "model_file_sha256": file_digest(spec.path),
+                   "model_kind": spec.kind, "molecule": reference.molecule}
+    fingerprint_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    if restart:
+        for path in (result_path, state_path):
+            path.unlink(missing_ok=True)
+    if result_path.is_file():
+        previous = json.loads(result_path.read_text())
+        if previous.get("fingerprint") == fingerprint_key:
+            log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
+            return previous
+        log("result.json is from a different protocol or model file; running again")
+        result_path.unlink()
+
+    calculator = make_calculator(spec, protocol)
+    atoms = Atoms(numbers=reference.numbers, positions=reference.frames[protocol.start_frame].copy())
+    atoms.calc = calculator
+    frames: List[np.ndarray] = [reference.frames[protocol.start_frame].astype(np.float32)]
+    temperatures: List[float] = []
+    steps_done, md_wall_s, resume_note, thermo = 0, 0.0, "fresh start", None
+    if state_path.is_file():
+        state = np.load(state_path)
+        if str(state["fingerprint"]) == fingerprint_key:
+            atoms.set_positions(state["positions"])
+            atoms.set_momenta(state["momenta"])
+            frames = list(state["frames"])
+            temperatures = list(state["temperatures"])
+            steps_done, md_wall_s = int(state["steps_done"]), float(state["md_wall_s"])
+            thermo = (state["eta"], state["p_eta"]) if "eta" in state.files else None
+            resume_note = f"resumed at step {steps_done}"
+        else:
+            log("state.npz is from a different protocol or model file; starting over")
+    if steps_done == 0:
+        thermalize = getattr(vd, "thermalize_momenta", None)  # ASE >= 3.29; MaxwellBoltzmannDistribution before
+        if thermalize is None:
+            vd.MaxwellBoltzmannDistribution(atoms, temperature_K=protocol.temperature_K,
+                                            rng=np.random.default_rng(protocol.seed))
+        else:
+            thermalize(atoms, protocol.temperature_K, rng=np.random.default_rng(protocol.seed))
+        vd.Stationary(atoms)
+        vd.ZeroRotation(atoms)
+        temperatures = [float(atoms.get_temperature())]
+    dynamics = make_dynamics(atoms, protocol.thermostat, protocol.timestep_fs, protocol.temperature_K,
+                             friction_per_fs=0.01, seed=protocol.seed, tdamp_fs=protocol.tdamp_fs)
+    if thermo is not None and not _restore_thermostat(dynamics, *thermo):
+        log("cannot restore the thermostat state with this ASE version; restarting the run")
+        return run_one(spec, reference, protocol, run_dir, checkpoint_every, restart=True, quiet=quiet)
+    dynamics.nsteps = steps_done
+
+    def save_state() -> None:
+        extra = _thermostat_state(dynamics) or {}
+        _atomic_savez(state_path, fingerprint=np.array(fingerprint_key), positions=atoms.get_positions(),
+                      momenta=atoms.get_momenta(), frames=np.asarray(frames, dtype=np.float32),
+                      temperatures=np.asarray(temperatures), steps_done=np.array(steps_done),
+                      md_wall_s=np.array(md_wall_s), **extra)
+
+    collapsed_at: int | None = None
+    reason = None
+    deviation_history = list(max_bond_deviation(np.asarray(frames), reference.bonds, reference.bond_reference))
+    if deviation_history and max(deviation_history) > protocol.collapse_threshold_A:  # resumed after collapse
+        collapsed_at = int(np.flatnonzero(np.asarray(deviation_history) > protocol.collapse_threshold_A)[0])
+        reason = f"bond deviation > {protocol.collapse_threshold_A} A"
+    log(f"{resume_note}; {protocol.n_steps} steps ({protocol.time_ps:g} ps), {len(reference.numbers)} atoms, "
+        f"{len(reference.bonds)} bonds, model: {spec.description}")
+    last_report = time.perf_counter()
+    while collapsed_at is None and steps_done < protocol.n_steps:
+        start = time.perf_counter()
+        try:
+            dynamics.run(protocol.save_every)
+            failure = None
+        except (FloatingPointError, ValueError, RuntimeError) as error:  # NonFiniteError is a FloatingPointError
+            failure = f"{type(error).__name__}: {str(error)[:200]}"
+        md_wall_s += time.perf_counter() - start
+        if failure is not None:
+            steps_done = int(dynamics.nsteps)
+            positions = np.full_like(frames[0], np.nan)
+        else:
+            steps_done += protocol.save_every
+            positions = atoms.get_positions()
+        frames.append(np.asarray(positions, dtype=np.float32))
+        temperature = float(atoms.get_temperature()) if failure is None else float("nan")
+        temperatures.append(temperature)
+        deviation = float(max_bond_deviation(positions, reference.bonds, reference.bond_reference))
+        if failure is not None or not np.isfinite(positions).all():
+            collapsed_at, reason = len(frames) - 1, failure or "non-finite positions"
+        elif deviation > protocol.collapse_threshold_A:
+            collapsed_at = len(frames) - 1
+            reason = f"bond deviation {deviation:.2f} A > {protocol.collapse_threshold_A} A"
+        elif not MIN_TEMPERATURE_K <= temperature <= MAX_TEMPERATURE_K:
+            collapsed_at, reason = len(frames) - 1, f"temperature {temperature:.3g} K out of range"
+        if (len(frames) - 1) % checkpoint_every == 0 or collapsed_at is not None:
+            save_state()
+        if time.perf_counter() - last_report > 60 or collapsed_at is not None:
+            last_report = time.perf_counter()
+            log(f"{steps_done * protocol.timestep_fs / 1000:.2f} ps, {steps_done / max(md_wall_s, 1e-9):.1f} steps/s, "
+                f"T {temperature:.0f} K, max bond dev {deviation:.3f} A"
+                + (f"; COLLAPSED: {reason}" if collapsed_at is not None else ""))
+    save_state()
+
+    frames_arr = np.asarray(frames, dtype=np.float32)
+    analysed = frames_arr[: collapsed_at + 1] if collapsed_at is not None else frames_arr
+    hr = distance_histogram(analysed, protocol.hr_bins, protocol.hr_r_max_A)
+    if collapsed_at is not None:
+        stability_ps = min(collapsed_at * protocol.save_interval_ps, steps_done * protocol.timestep_fs / 1000.0)
+    else:
+        stability_ps = steps_done * protocol.timestep_fs / 1000.0
+    steps_per_s = steps_done / md_wall_s if md_wall_s > 0 else float("nan")
+    np.save(run_dir / "hr.npy", hr)
+    _atomic_savez(run_dir / "trajectory.npz", positions=frames_arr, numbers=reference.numbers,
+                  time_ps=np.arange(len(frames_arr)) * protocol.save_interval_ps,
+                  temperature_K=np.asarray(temperatures))
+    finite_t = np.asarray([t for t in temperatures[1:] if np.isfinite(t)])
+    finite_dev = [d for d in max_bond_deviation(analysed, reference.bonds, reference.bond_reference) if np.isfinite(d)]
+    result = {
+        "molecule": reference.molecule,
+        "model": spec.name,
+        "model_kind": spec.kind,
+        "model_description": spec.description,
+        "model_path": str(spec.path),
+        "n_atoms": int(len(reference.numbers)),
+        "n_bonds": int(len(reference.bonds)),
+        "start_frame": f"{reference.source}[{protocol.start_frame}]",
+        "steps": int(steps_done),
+        "simulated_ps": steps_done * protocol.timestep_fs / 1000.0,
+        "stability_ps": float(stability_ps),
+        "collapsed": collapsed_at is not None,
+        "collapse_frame": collapsed_at,
+        "collapse_reason": reason,
+        "max_bond_deviation_A": float(max(finite_dev)) if finite_dev else None,
+        "hr_frames": int(len(analysed)),
+        "hr_mae": hr_mae(hr, reference.hr),
+        "hr_mae_mdsim": hr_mae(hr, reference.hr) * protocol.hr_bins,
+        "mean_temperature_K": float(finite_t.mean()) if len(finite_t) else None,
+        "steps_per_s": steps_per_s,
+        "ns_per_day": steps_per_s * protocol.timestep_fs * 1e-6 * 86400.0,
+        "md_wall_s": md_wall_s,
+        "resume": resume_note,
+        "fingerprint": fingerprint_key,
+        "protocol_key": protocol_key(protocol),
+        "run_dir": str(run_dir),
+    }
+    _atomic_write_json(result_path, result)
+    log(f"done: stability {stability_ps:.2f} ps ({'collapsed' if collapsed_at is not None else 'stable'}), "
+        f"h(r) MAE {result['hr_mae']:.2e}, {steps_per_s:.1f} steps/s, {result['ns_per_day']:.3f} ns/day")
+    return result
+
+
+# ---------------------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grouped_bars(runs: List[Dict[str, Any]], molecules: Sequence[str], models: Sequence[str], key: str,
+                  ylabel: str, title: str, path: Path, hline: float | None = None, log: bool = False) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(molecules) + 2), 4.2))
+    width = 0.8 / max(1, len(models))
+    lookup = {(r["molecule"], r["model"]): r for r in runs}
+    for k, model in enumerate(models):
+        xs, ys, stable = [], [], []
+        for m, molecule in enumerate(molecules):
+            run = lookup.get((molecule, model))
+            if run is None or run.get(key) is None or not np.isfinite(run[key]):
+                continue
+            xs.append(m + (k - (len(models) - 1) / 2) * width)
+            ys.append(run[key])
+            stable.append(not run.get("collapsed", False))
+        bars = ax.bar(xs, ys, width=width * 0.95, label=model, color=f"C{k}")
+        if key == "stability_ps":
+            for bar, ok in zip(bars, stable):
+                if ok:
+                    bar.set_hatch("//")
+    if hline is not None:
+        ax.axhline(hline, color="k", lw=0.8, ls="--")
+    ax.set_xticks(range(len(molecules)), molecules)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _hr_plot(molecule: str, reference_hr: np.ndarray, curves: Dict[str, np.ndarray], protocol: Protocol,
+             path: Path) -> Path:
+    plt = _plt()
+    edges = hr_edges(protocol.hr_bins, protocol.hr_r_max_A)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(centres, reference_hr, "k--", lw=1.5, label="rMD17 reference (test split)")
+    for k, (model, hr) in enumerate(curves.items()):
+        ax.plot(centres, hr, lw=1.0, color=f"C{k}", label=model)
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("h(r) (fraction of pairs per 0.02 Å bin)")
+    ax.set_title(f"{molecule}: interatomic distance histogram, 500 K NVT", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- driver
+def parse_model_paths(items: Sequence[str]) -> Dict[str, Path]:
+    extra: Dict[str, Path] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--model-path expects NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        extra[name.strip()] = Path(path).expanduser()
+    return extra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.md_stability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="aspirin + ethanol, 2 ps (CI)")
+    mode.add_argument("--full", action="store_true", help="4 molecules, 300 ps (the default)")
+    parser.add_argument("--molecules", nargs="+", choices=MOLECULES)
+    parser.add_argument("--models", nargs="+", help=f"model names (default: {' '.join(DEFAULT_MODELS)} + --model-path)")
+    parser.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
+                        help="extra model: an ETCalculator checkpoint or a .nequip.pth file; '{molecule}' in PATH "
+                             "is replaced by the molecule name (repeatable)")
+    parser.add_argument("--out", help="output folder (default benchmarks/results/md_stability, "
+                                      "or benchmarks/results/md_stability_quick with --quick)")
+    parser.add_argument("--time-ps", type=float, help="simulated time per run (default 300, --quick 2)")
+    parser.add_argument("--temperature", type=float, default=500.0, help="K")
+    parser.add_argument("--timestep", type=float, default=0.5, help="fs")
+    parser.add_argument("--save-every", type=int, default=100, help="steps between saved frames")
+    parser.add_argument("--tdamp", type=float, default=10.0, help="Nose-Hoover damping time (fs)")
+    parser.add_argument("--start-frame", type=int, default=0, help="index in the rMD17 test split")
+    parser.add_argument("--seed", type=int, default=0, help="velocity seed")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="ET model precision")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="saved frames between state checkpoints")
+    parser.add_argument("--restart", action="store_true", help="discard earlier results/state of the selected runs")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    extra = parse_model_paths(args.model_path)
+    molecules = list(args.molecules or (QUICK_MOLECULES if args.quick else MOLECULES))
+    models = list(args.models or (list(DEFAULT_MODELS) + [n for n in extra if n not in DEFAULT_MODELS]))
+    default_out = "benchmarks/results/md_stability_quick" if args.quick else "benchmarks/results/md_stability"
+    out = Path(args.out or default_out)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol = Protocol(
+        temperature_K=args.temperature, timestep_fs=args.timestep,
+        time_ps=args.time_ps if args.time_ps is not None else (2.0 if args.quick else 300.0),
+        save_every=args.save_every, tdamp_fs=args.tdamp, start_frame=args.start_frame, seed=args.seed,
+        dtype=args.dtype, threads=max(1, args.threads), device=args.device,
+    )
+    print(f"MD stability benchmark: {', '.join(molecules)} x {', '.join(models)}; {protocol.time_ps:g} ps "
+          f"({protocol.n_steps} steps) per run -> {out}/", flush=True)
+
+    runs: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, str]] = []
+    references: Dict[str, Reference] = {}
+    started = time.perf_counter()
+    for molecule in molecules:
+        try:
+            references[molecule] = load_reference(molecule, protocol)
+        except (FileNotFoundError, ValueError) as error:
+            for model in models:
+                skipped.append({"molecule": molecule, "model": model, "reason": str(error)})
+            print(f"{molecule}: skipped: {error}", flush=True)
+            continue
+        for model in models:
+            spec = resolve_model(model, molecule, extra)
+            if spec.skip_reason:
+                skipped.append({"molecule": molecule, "model": model, "reason": spec.skip_reason})
+                print(f"{molecule}/{model}: skipped: {spec.skip_reason}", flush=True)
+                continue
+            try:
+                runs.append(run_one(spec, references[molecule], protocol, out / "runs" / f"{molecule}__{model}",
+                                    checkpoint_every=max(1, args.checkpoint_every), restart=args.restart,
+                                    quiet=args.quiet))
+            except Exception as error:  # one broken model must not stop the others
+                reason = f"run failed: {type(error).__name__}: {error}"
+                skipped.append({"molecule": molecule, "model": model, "reason": reason})
+                print(f"{molecule}/{model}: {reason}", flush=True)
+
+    from .machine import machine_info
+
+    runs += collect_previous_runs(out, protocol, runs)
+    all_molecules = [m for m in MOLECULES if any(r["molecule"] == m for r in runs)]
+    all_models = list(dict.fromkeys(list(models) + [r["model"] for r in runs]))
+    for molecule in all_molecules:
+        if molecule not in references:
+            references[molecule] = load_reference(molecule, protocol)
+    plot_models = [m for m in all_models if any(r["model"] == m for r in runs)]
+    plot_molecules = all_molecules
+    figures = {}
+    if runs:
+        figures["stability"] = str(_grouped_bars(
+            runs, plot_molecules, plot_models, "stability_ps", "stability (ps)",
+            f"Time to collapse (bond deviation > {protocol.collapse_threshold_A} Å), 500 K NVT; hatched: no collapse",
+            out / "stability.png", hline=protocol.time_ps))
+        figures["speed"] = str(_grouped_bars(
+            runs, plot_molecules, plot_models, "steps_per_s", "MD steps / s",
+            f"MD speed ({protocol.device}, {protocol.threads} thread(s), {protocol.dtype} ET)", out / "speed.png"))
+        for molecule in plot_molecules:
+            curves = {r["model"]: np.load(Path(r["run_dir"]) / "hr.npy") for r in runs if r["molecule"] == molecule}
+            if curves:
+                figures[f"hr_{molecule}"] = str(_hr_plot(molecule, references[molecule].hr, curves, protocol,
+                                                         out / f"hr_{molecule}.png"))
+    summary = {
+        "benchmark": "md_stability",
+        "description": "MDsim protocol (Fu et al. 2022, arXiv:2210.07237): Nose-Hoover NVT from an rMD17 test "
+                       "frame; stability = time to the first saved frame with a bond deviating > 0.5 A; h(r) MAE "
+                       "against the rMD17 test-split frames; speed in steps/s and ns/day.",
+        "mode": "quick" if args.quick else "full",
+        "machine": machine_info(),
+        "protocol": protocol.to_dict(),
+        "molecules": plot_molecules,
+        "models": plot_models,
+        "runs": [{k: v for k, v in r.items() if k not in ("fingerprint", "protocol_key")} for r in runs],
+        "skipped": skipped,
+        "figures": figures,
+        "wall_time_s": time.perf_counter() - started,
+        "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
+    }
+    _atomic_write_json(out / "md_stability.json", summary)
+    print(f"wrote {out / 'md_stability.json'} ({len(runs)} runs, {len(skipped)} skipped) and "
+          f"{len(figures)} figures", flush=True)
+    for r in runs:
+        print(f"  {r['molecule']:<12} {r['model']:<24} stability {r['stability_ps']:8.2f} ps "
+              f"{'(collapsed)' if r['collapsed'] else '(stable)   '} h(r) MAE {r['hr_mae']:.2e}  "
+              f"{r['steps_per_s']:7.1f} steps/s  {r['ns_per_day']:.3f} ns/day", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "Protocol", "bond_lengths", "collapse_frame", "distance_histogram", "find_bonds", "hr_mae", "load_reference",
+    "max_bond_deviation", "resolve_model", "run_one",
+]

@@ -1,0 +1,156 @@
+"""benchmarks/md_stability.py: collapse criterion, h(r), model resolution, resume, and an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from benchmarks import md_stability as ms
+from tests.conftest import REPO_ROOT, shared_path
+
+
+def _ethanol_trajectory(n_frames: int = 12, seed: int = 0):
+    atoms = molecule("CH3CH2OH")
+    rng = np.random.default_rng(seed)
+    frames = atoms.positions[None] + rng.normal(scale=0.01, size=(n_frames, len(atoms), 3))
+    return atoms, frames
+
+
+def _stretch(frames: np.ndarray, bonds: np.ndarray, numbers: np.ndarray, frame: int, amount: float) -> np.ndarray:
+    """Move the hydrogen of the first X-H bond away from its partner by ``amount`` Å from ``frame`` on."""
+    frames = frames.copy()
+    i, j = next((a, b) for a, b in bonds if numbers[a] == 1 or numbers[b] == 1)
+    h, partner = (i, j) if numbers[i] == 1 else (j, i)
+    for f in range(frame, len(frames)):
+        direction = frames[f, h] - frames[f, partner]
+        direction /= np.linalg.norm(direction)
+        frames[f, h] += amount * direction
+    return frames
+
+
+def test_find_bonds_ethanol():
+    atoms, _ = _ethanol_trajectory()
+    bonds = ms.find_bonds(atoms.numbers, atoms.positions)
+    assert len(bonds) == 8  # C-C, C-O, O-H, 5 C-H
+    assert (bonds[:, 0] < bonds[:, 1]).all()
+
+
+@pytest.mark.parametrize("amount, expected", [(0.6, 7), (0.4, None)])
+def test_collapse_frame_detects_stretched_bond(amount, expected):
+    atoms, frames = _ethanol_trajectory()
+    bonds = ms.find_bonds(atoms.numbers, frames[0])
+    reference = ms.bond_lengths(frames[0], bonds)
+    stretched = _stretch(frames, bonds, atoms.numbers, frame=7, amount=amount)
+    assert ms.collapse_frame(stretched, bonds, reference, threshold=0.5) == expected
+    assert ms.collapse_frame(frames, bonds, reference, threshold=0.5) is None
+
+
+def test_collapse_frame_non_finite_counts_as_collapse():
+    atoms, frames = _ethanol_trajectory()
+    bonds = ms.find_bonds(atoms.numbers, frames[0])
+    frames[4, 2] = np.nan
+    assert ms.collapse_frame(frames, bonds, ms.bond_lengths(frames[0], bonds)) == 4
+
+
+def test_distance_histogram_normalisation_and_identity():
+    _, frames = _ethanol_trajectory()
+    h = ms.distance_histogram(frames, bins=500, r_max=10.0)
+    assert h.shape == (500,)
+    assert h.sum() == pytest.approx(1.0, abs=1e-12)
+    assert ms.hr_mae(h, ms.distance_histogram(frames.copy())) == 0.0
+    other = ms.distance_histogram(frames * 1.1)
+    assert ms.hr_mae(h, other) > 0.0
+
+
+def test_distance_histogram_bins():
+    # two atoms 1.01 Å apart: one pair, bin [1.00, 1.02) of width 0.02 Å
+    frames = np.array([[[0.0, 0.0, 0.0], [1.01, 0.0, 0.0]]])
+    h = ms.distance_histogram(frames)
+    assert h[50] == 1.0 and h.sum() == 1.0
+
+
+def test_missing_models_are_skipped_with_reason(tmp_path):
+    spec = ms.resolve_model("et-scratch", "aspirin", {}, cache_dir=tmp_path)
+    assert spec.skip_reason and "benchmarks.prepare" in spec.skip_reason
+    spec = ms.resolve_model("nequip", "aspirin", {}, cache_dir=tmp_path)
+    assert spec.skip_reason and "nequip" in spec.skip_reason
+    assert ms.resolve_model("nope", "aspirin", {}, cache_dir=tmp_path).skip_reason
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    from forcefield_et import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16))
+    return path
+
+
+def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    import forcefield_et.md as fmd
+
+    # A random model is unstable at 500 K: test the bookkeeping at 100 K with a loose threshold.
+    protocol = ms.Protocol(time_ps=0.06, save_every=20, temperature_K=100.0, collapse_threshold_A=100.0)
+    reference = ms.load_reference("ethanol", protocol)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    straight = ms.run_one(spec, reference, protocol, tmp_path / "a", checkpoint_every=1, quiet=True)
+
+    original = fmd.make_dynamics
+    calls = {"n": 0}
+
+    def dying_dynamics(*args, **kwargs):
+        dynamics = original(*args, **kwargs)
+        run = dynamics.run
+
+        def run_or_die(steps):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return run(steps)
+
+        dynamics.run = run_or_die
+        return dynamics
+
+    monkeypatch.setattr(fmd, "make_dynamics", dying_dynamics)
+    with pytest.raises(KeyboardInterrupt):
+        ms.run_one(spec, reference, protocol, tmp_path / "b", checkpoint_every=1, quiet=True)
+    monkeypatch.setattr(fmd, "make_dynamics", original)
+    resumed = ms.run_one(spec, reference, protocol, tmp_path / "b", checkpoint_every=1, quiet=True)
+    assert resumed["resume"] == "resumed at step 40"
+    a = np.load(tmp_path / "a" / "trajectory.npz")["positions"]
+    b = np.load(tmp_path / "b" / "trajectory.npz")["positions"]
+    assert a.shape == b.shape == (7, 9, 3)
+    np.testing.assert_array_equal(a, b)
+    assert resumed["hr_mae"] == straight["hr_mae"]
+
+
+def test_quick_end_to_end(tmp_path, small_checkpoint):
+    shared_path("rmd17", "rmd17_aspirin_test_01.npz")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmarks.md_stability", "--quick", "--model-path",
+               f"small={small_checkpoint}", "--models", "small", "--time-ps", "0.05", "--out", str(out), "--quiet"]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "md_stability.json").read_text())
+    assert summary["protocol"]["n_steps"] == 100 and summary["protocol"]["hr_bins"] == 500
+    assert "cpu" in summary["machine"]
+    runs = {r["molecule"]: r for r in summary["runs"]}
+    assert set(runs) == {"aspirin", "ethanol"}
+    for run in runs.values():
+        assert run["model"] == "small" and run["steps_per_s"] > 0 and run["ns_per_day"] > 0
+        assert 0 < run["stability_ps"] <= 0.05 and isinstance(run["collapsed"], bool)
+        assert run["hr_mae"] >= 0 and run["n_bonds"] > 0
+    for name in ("stability.png", "speed.png", "hr_aspirin.png", "hr_ethanol.png"):
+        assert (out / name).stat().st_size > 1000
+    assert Path(runs["aspirin"]["run_dir"], "result.json").is_file()
