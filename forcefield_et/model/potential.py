@@ -8,7 +8,7 @@ TorchScript-compatible (``torch.jit.script``) and works in float32 or float64.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -107,16 +107,39 @@ class Potential(nn.Module):
         """z [N] long, pos [N, 3] Å, batch [N] long (None: one structure), cell [B, 3, 3] Å
         (None: no PBC). Returns energy [B] eV, forces [N, 3] eV/Å, and stress [B, 3, 3] eV/Å³
         when a cell is given."""
+        batch, cell = self._prepare(z, pos, batch, cell)
+        edge_index, shifts = radius_graph(pos.detach(), self.cutoff, batch, cell)
+        return self._evaluate(z, pos, batch, cell, edge_index, shifts)
+
+    @torch.jit.export
+    def forward_with_neighbors(
+        self, z: Tensor, pos: Tensor, batch: Tensor | None, cell: Tensor | None, edge_index: Tensor, shifts: Tensor
+    ) -> Dict[str, Tensor]:
+        """As :meth:`forward`, with a neighbour list computed elsewhere (e.g. matscipy for large
+        periodic systems on CPU). ``edge_index`` [2, E] holds every ordered pair (i, j) within the
+        cutoff, ``shifts`` [E, 3] integer cell shifts: edge vector = pos[j] - pos[i] + shifts @ cell.
+        Pairs beyond the cutoff contribute nothing; missing pairs are the caller's responsibility."""
+        batch, cell = self._prepare(z, pos, batch, cell)
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2 or shifts.shape[0] != edge_index.shape[1]:
+            raise ValueError("Potential: edge_index must be [2, E] and shifts [E, 3]")
+        return self._evaluate(z, pos, batch, cell, edge_index, shifts.to(pos.dtype))
+
+    def _prepare(
+        self, z: Tensor, pos: Tensor, batch: Tensor | None, cell: Tensor | None
+    ) -> Tuple[Tensor, Tensor | None]:
         if batch is None:
             batch = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
         if cell is not None and cell.dim() == 2:
             cell = cell.unsqueeze(0)
         self._check_inputs(z, pos, batch, cell)
-        n_structures = int(batch.max()) + 1
-        if cell is not None and cell.shape[0] != n_structures:
+        if cell is not None and cell.shape[0] != int(batch.max()) + 1:
             raise ValueError("Potential: cell must hold one [3, 3] cell per structure in the batch")
+        return batch, cell
 
-        edge_index, shifts = radius_graph(pos.detach(), self.cutoff, batch, cell)
+    def _evaluate(
+        self, z: Tensor, pos: Tensor, batch: Tensor, cell: Tensor | None, edge_index: Tensor, shifts: Tensor
+    ) -> Dict[str, Tensor]:
+        n_structures = int(batch.max()) + 1
         if not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
         inputs: List[Tensor] = [pos]

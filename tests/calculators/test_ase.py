@@ -240,3 +240,17 @@ def test_nve_energy_conservation_aspirin_float64():
     assert fluctuation < 1e-2 * kinetic_scale, f"total energy fluctuates by {fluctuation:.2e} eV"
     drift = abs(np.polyfit(np.arange(len(totals)), totals, 1)[0] * len(totals))
     assert drift < 5e-3 * kinetic_scale, f"total energy drifts by {drift:.2e} eV over 1 ps"
+
+
+def test_matscipy_neighbour_list_gives_identical_results(small_model):
+    pytest.importorskip("matscipy", reason="matscipy is an optional backend (pip install matscipy)")
+    water = _water_atoms()
+    results = {}
+    for backend in ("torch", "matscipy"):
+        calc = ETCalculator(small_model, device="cpu", dtype="float64", neighbor_list=backend)
+        results[backend] = (calc.get_potential_energy(water), calc.get_forces(water), calc.get_stress(water))
+    assert results["matscipy"][0] == pytest.approx(results["torch"][0], rel=1e-12)
+    np.testing.assert_allclose(results["matscipy"][1], results["torch"][1], atol=1e-10)
+    np.testing.assert_allclose(results["matscipy"][2], results["torch"][2], atol=1e-12)
+    auto = ETCalculator(small_model, device="cpu", dtype="float64")
+    assert auto._use_matscipy(len(water)) and not auto._use_matscipy(21)
