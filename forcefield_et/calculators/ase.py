@@ -68,7 +68,9 @@ class ETCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         if neighbor_list not in ("auto", "torch", "matscipy"):
-            raise ValueError(f"ETCalculator: neighbor_list must be 'auto', 'torch' or 'matscipy', got {neighbor_list!r}")
+            raise ValueError(
+                f"ETCalculator: neighbor_list must be 'auto', 'torch' or 'matscipy', got {neighbor_list!r}"
+            )
         self.neighbor_list = neighbor_list
         self.device = _resolve_device(device)
         self.dtype = resolve_dtype(dtype)
