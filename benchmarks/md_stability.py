@@ -381,9 +381,8 @@ def run_one(
 ) -> Dict[str, Any]:
     """Run (or resume, or reuse) one molecule/model simulation and return its result dict."""
     from ase import Atoms
-    from ase.md import velocitydistribution as vd
 
-    from forcefield_et.md import make_dynamics
+    from forcefield_et.md import initial_velocities, make_dynamics
 
     log = RunLogger(f"{reference.molecule}/{spec.name}", quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -421,14 +420,7 @@ def run_one(
         else:
             log("state.npz is from a different protocol or model file; starting over")
     if steps_done == 0:
-        thermalize = getattr(vd, "thermalize_momenta", None)  # ASE >= 3.29; MaxwellBoltzmannDistribution before
-        if thermalize is None:
-            vd.MaxwellBoltzmannDistribution(atoms, temperature_K=protocol.temperature_K,
-                                            rng=np.random.default_rng(protocol.seed))
-        else:
-            thermalize(atoms, protocol.temperature_K, rng=np.random.default_rng(protocol.seed))
-        vd.Stationary(atoms)
-        vd.ZeroRotation(atoms)
+        initial_velocities(atoms, protocol.temperature_K, protocol.seed, remove_rotation=True)
         temperatures = [float(atoms.get_temperature())]
     dynamics = make_dynamics(atoms, protocol.thermostat, protocol.timestep_fs, protocol.temperature_K,
                              friction_per_fs=0.01, seed=protocol.seed, tdamp_fs=protocol.tdamp_fs)

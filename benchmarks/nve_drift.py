@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 from forcefield_et import ETCalculator
+from forcefield_et.md import initial_velocities
 from forcefield_et.structures import structure_path
 
 from .machine import machine_info
@@ -41,9 +41,7 @@ def run(model: str, dtype: str, steps: int, timestep_fs: float, interval: int, s
     relax.calc = ETCalculator(model, device="cpu", dtype="float64")
     BFGS(relax, logfile=None).run(fmax=0.01, steps=1000)
     atoms.positions = relax.positions
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    ZeroRotation(atoms)
+    initial_velocities(atoms, 300.0, seed)
     dynamics = VelocityVerlet(atoms, timestep_fs * units.fs)
     times, totals, temperatures = [], [], []
 

@@ -83,10 +83,9 @@ def update_prepare_log(cache: Path, key: str, entry: Dict[str, Any]) -> None:
 def check_calculator(calc, molecule: str, md_steps: int = 20) -> Dict[str, Any]:
     """Force MAE on the 50 validation frames and a short 500 K Nose-Hoover run with ``calc``."""
     from ase import Atoms
-    from ase.md import velocitydistribution as vd
 
     from forcefield_et.data import read_rmd17
-    from forcefield_et.md import make_dynamics
+    from forcefield_et.md import initial_velocities, make_dynamics
 
     data = read_rmd17(rmd17_train_path(molecule))
     n = int(data.n_atoms[0])
@@ -101,11 +100,7 @@ def check_calculator(calc, molecule: str, md_steps: int = 20) -> Dict[str, Any]:
     eval_ms = 1000 * (time.perf_counter() - start) / (VALID_FRAMES[1] - VALID_FRAMES[0])
     atoms = Atoms(numbers=numbers, positions=pos[VALID_FRAMES[0]])
     atoms.calc = calc
-    thermalize = getattr(vd, "thermalize_momenta", None)
-    if thermalize is not None:
-        thermalize(atoms, 500.0, rng=np.random.default_rng(0))
-    else:
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=500.0, rng=np.random.default_rng(0))
+    initial_velocities(atoms, 500.0, seed=0, remove_rotation=False)
     dynamics = make_dynamics(atoms, "nose-hoover", 0.5, 500.0, 0.01, 0, tdamp_fs=10.0)
     start = time.perf_counter()
     dynamics.run(md_steps)

@@ -22,6 +22,8 @@ EPILOG = """examples:
   forcefield-et info pretrained
 """
 
+SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
+
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .training import load_config, train
@@ -98,6 +100,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
+    import torch
     from ase.io import read
 
     from .calculators.ase import ETCalculator
@@ -108,10 +111,15 @@ def _cmd_md(args: argparse.Namespace) -> int:
     if not path.is_file():
         path = structure_path(args.structure)
     atoms = read(str(path))
+    threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
+    torch.set_num_threads(threads)
     atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype)
+    relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
-        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K -> {args.out}/"
+        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, {threads} torch thread(s)"
+        + (f", after relaxing to fmax {relax_fmax} eV/Å" if relax_fmax is not None else "")
+        + f" -> {args.out}/"
     )
     summary = run_md(
         atoms,
@@ -124,6 +132,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         interval=args.interval,
         seed=args.seed,
         progress=not args.no_progress,
+        relax_fmax=relax_fmax,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -285,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--relax-fmax",
+        type=float,
+        default=0.05,
+        help="relax with FIRE to this largest force (eV/Å) before MD (default 0.05)",
+    )
+    p.add_argument("--no-relax", action="store_true", help="start MD from the input geometry as it is")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help=f"torch CPU threads; 0 (default): 1 below {SMALL_SYSTEM_ATOMS} atoms, where more threads "
+        "only add overhead (see docs/benchmarks.md), else torch's default",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
 

@@ -32,8 +32,15 @@ def make_dynamics(
     if thermostat == "langevin":
         from ase.md.langevin import Langevin
 
+        # fixcm=False: ASE >= 3.28 deprecates fixcm=True (it biases the NVT distribution of small
+        # systems); the centre of mass of a free molecule may then diffuse, which changes nothing.
         return Langevin(
-            atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs, rng=rng
+            atoms,
+            timestep_fs * units.fs,
+            temperature_K=temperature_K,
+            friction=friction_per_fs / units.fs,
+            fixcm=False,
+            rng=rng,
         )
     if thermostat == "nose-hoover":
         from ase.md.nose_hoover_chain import NoseHooverChainNVT
@@ -44,6 +51,22 @@ def make_dynamics(
 
         return VelocityVerlet(atoms, timestep_fs * units.fs)
     raise ValueError(f"thermostat must be one of {THERMOSTATS}, got {thermostat!r}")
+
+
+def initial_velocities(atoms: Atoms, temperature_K: float, seed: int, remove_rotation: bool | None = None) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K`` (K), then zero total momentum and, for a
+    non-periodic structure (or when ``remove_rotation``), zero angular momentum."""
+    from ase.md import velocitydistribution as vd
+
+    rng = np.random.default_rng(seed)
+    thermalize = getattr(vd, "thermalize_momenta", None)  # ASE >= 3.29 deprecates the older name
+    if thermalize is not None:
+        thermalize(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    vd.Stationary(atoms)
+    if remove_rotation if remove_rotation is not None else not atoms.pbc.any():
+        vd.ZeroRotation(atoms)
 
 
 def run_md(
@@ -57,21 +80,23 @@ def run_md(
     interval: int = 10,
     seed: int = 0,
     progress: bool = True,
+    relax_fmax: float | None = None,
+    relax_steps: int = 500,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
-    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift)."""
-    import time
+    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift).
 
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    With ``relax_fmax`` (eV/Å), the structure is first relaxed with FIRE to that largest atomic
+    force (at most ``relax_steps`` steps), so that MD starts near the model's own minimum instead
+    of heating up from the potential energy of the input geometry."""
+    import time
 
     if atoms.calc is None:
         raise ValueError("run_md: atoms has no calculator (set atoms.calc = ETCalculator(...))")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
+    relaxation = relax(atoms, relax_fmax, relax_steps, out / "relax.log") if relax_fmax is not None else None
+    initial_velocities(atoms, temperature_K, seed)
     dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
     rows: List[Dict[str, float]] = []
     trajectory = Trajectory(str(out / "trajectory.traj"), "w", atoms)
@@ -119,7 +144,25 @@ def run_md(
         "total_energy_drift_eV": float(etot[-1] - etot[0]),
         "out_dir": str(out),
     }
+    if relaxation is not None:
+        summary["relaxation"] = relaxation
     return summary
+
+
+def relax(atoms: Atoms, fmax: float, max_steps: int, logfile: Union[str, Path, None] = None) -> Dict[str, Any]:
+    """Relax ``atoms`` in place with FIRE until the largest atomic force is below ``fmax``
+    (eV/Å) or ``max_steps`` is reached. Returns the energy change (eV), steps and final fmax."""
+    from ase.optimize import FIRE
+
+    energy_before = atoms.get_potential_energy()
+    optimizer = FIRE(atoms, logfile=str(logfile) if logfile is not None else None)
+    converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+    return {
+        "converged": converged,
+        "steps": int(optimizer.nsteps),
+        "fmax_eV_A": float(np.linalg.norm(atoms.get_forces(), axis=1).max()),
+        "energy_change_eV": float(atoms.get_potential_energy() - energy_before),
+    }
 
 
 def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str | None = None) -> Path:

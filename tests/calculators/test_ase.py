@@ -180,7 +180,7 @@ def test_thermostats_run(calc):
 
     for make in (
         lambda a: Langevin(
-            a, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(0)
+            a, 0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, fixcm=False, rng=np.random.default_rng(0)
         ),
         lambda a: NoseHooverChainNVT(a, 0.5 * units.fs, temperature_K=300, tdamp=50 * units.fs),
     ):
