@@ -41,7 +41,7 @@ class NeighborEmbedding(nn.Module):
 
     def forward(self, element: Tensor, x: Tensor, edge_index: Tensor, rbf: Tensor, cutoff_weight: Tensor) -> Tensor:
         weight = self.distance_proj(rbf) * cutoff_weight.unsqueeze(-1)
-        messages = self.embedding(element[edge_index[1]]) * weight
+        messages = self.embedding(element.index_select(0, edge_index[1])) * weight
         aggregated = torch.zeros_like(x).index_add_(0, edge_index[0], messages)
         return self.combine(torch.cat([x, aggregated], dim=-1))
 
@@ -92,15 +92,17 @@ class EquivariantAttention(nn.Module):
         filters = torch.nn.functional.silu(self.filter_proj(rbf))
         dk, dv = torch.split(filters, [F, 3 * F], dim=-1)
 
-        attn = (q[i] * k[j] * dk).view(-1, self.num_heads, self.head_dim).sum(-1)
+        # index_select, not q[i]: its backward is an index_add, while advanced indexing's backward
+        # is an accumulating index_put that costs several times more on CPU.
+        attn = (q.index_select(0, i) * k.index_select(0, j) * dk).view(-1, self.num_heads, self.head_dim).sum(-1)
         attn = torch.nn.functional.silu(attn) * cutoff_weight.unsqueeze(-1)
 
         # The value filters vanish smoothly at the cutoff too, so that every message (scalar and
         # vector) goes to zero as a neighbour leaves the sphere: energy and forces stay continuous.
         dv = dv * cutoff_weight.unsqueeze(-1)
-        x_msg, vec_gate, dir_gate = torch.split(v[j] * dv, [F, F, F], dim=-1)
+        x_msg, vec_gate, dir_gate = torch.split(v.index_select(0, j) * dv, [F, F, F], dim=-1)
         x_msg = (x_msg.view(-1, self.num_heads, self.head_dim) * attn.unsqueeze(-1)).view(-1, F)
-        vec_msg = vec[j] * vec_gate.unsqueeze(1) + dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)
+        vec_msg = vec.index_select(0, j) * vec_gate.unsqueeze(1) + dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)
 
         x_agg = torch.zeros((n_atoms, F), dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
         vec_agg = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)

@@ -44,8 +44,8 @@ class EnergyHead(nn.Module):
             output = self.mlp(x).squeeze(-1)
         else:  # one MLP call for the atoms and the isolated-atom references
             both = self.mlp(torch.cat([x, x_isolated], dim=0)).squeeze(-1)
-            output = both[: x.shape[0]] - both[x.shape[0] :][element]
-        atom_energy = output * self.scale + self.shift + self.atomic_energies[element]
+            output = both[: x.shape[0]] - both[x.shape[0] :].index_select(0, element)
+        atom_energy = output * self.scale + self.shift + self.atomic_energies.index_select(0, element)
         return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
 
 

@@ -151,10 +151,11 @@ class Potential(nn.Module):
             positions = pos + torch.bmm(pos.unsqueeze(1), symmetric[batch]).squeeze(1)
             cell = cell + torch.bmm(cell, symmetric)
             inputs.append(strain)
-            edge_vectors = positions[edge_index[1]] - positions[edge_index[0]]
-            edge_vectors = edge_vectors + torch.bmm(shifts.unsqueeze(1), cell[batch[edge_index[0]]]).squeeze(1)
+            edge_vectors = positions.index_select(0, edge_index[1]) - positions.index_select(0, edge_index[0])
+            edge_cells = cell.index_select(0, batch.index_select(0, edge_index[0]))
+            edge_vectors = edge_vectors + torch.bmm(shifts.unsqueeze(1), edge_cells).squeeze(1)
         else:
-            edge_vectors = positions[edge_index[1]] - positions[edge_index[0]]
+            edge_vectors = positions.index_select(0, edge_index[1]) - positions.index_select(0, edge_index[0])
 
         if edge_vectors.shape[0] > 0:
             if bool((edge_vectors.detach().pow(2).sum(-1) < self.min_distance * self.min_distance).any()):
