@@ -17,6 +17,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ..checkpoint import load_model, resolve_dtype
 from ..elements import symbol
 from ..model import Potential
+from ..runtime import keep_freed_memory
 
 
 class NonFiniteError(FloatingPointError):
@@ -74,6 +75,8 @@ class ETCalculator(Calculator):
         self.neighbor_list = neighbor_list
         self.device = _resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large systems: no page-fault storm per call (see runtime.py)
         if isinstance(model, torch.nn.Module):
             self.model_name = type(model).__name__
             self.model = model.to(device=self.device, dtype=self.dtype).eval()

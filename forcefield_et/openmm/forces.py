@@ -17,6 +17,7 @@ from typing import Any, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..runtime import keep_freed_memory
 from .module import OpenMMModule
 
 __all__ = [
@@ -182,6 +183,8 @@ class PythonForceComputation:
         self.module = module.to(device)
         self.periodic = bool(periodic)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large systems: no page-fault storm per call (see runtime.py)
 
     def __call__(self, state: Any) -> Tuple[float, np.ndarray]:
         from openmm import unit

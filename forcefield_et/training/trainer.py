@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_model, read_checkpoint, resolve_dtype, save_checkpoint
 from ..data.conformations import ConformationSet
 from ..model import DEFAULT_ELEMENTS, build_model
+from ..runtime import keep_freed_memory
 from .batching import (
     MixedBatchSampler,
     Source,
@@ -95,6 +96,8 @@ class Trainer:
         self.progress = progress and self.rank == 0
         if config.optim.threads > 0:
             torch.set_num_threads(config.optim.threads)
+        if not torch.cuda.is_available():
+            keep_freed_memory()  # see runtime.py
         self.dtype = resolve_dtype(config.dtype)
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
