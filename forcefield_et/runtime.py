@@ -1,4 +1,6 @@
-"""Process-level CPU runtime settings that make the model fast on large systems.
+"""Process-level CPU runtime concerns: malloc settings that keep large systems fast, and the
+memory check that turns a structure too large for RAM into a clear error instead of a kill by
+the kernel's out-of-memory killer.
 
 glibc's malloc hands every freed block above its mmap threshold (at most 32 MB by default)
 back to the kernel, so each energy+forces call of a large system maps fresh pages for its
@@ -46,4 +48,40 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
-__all__ = ["keep_freed_memory"]
+# Peak memory of one energy+forces call per edge, per layer and per feature channel, in units of
+# the dtype's size: the autograd graph keeps about 21 such values (5.2 GB measured for 80k edges
+# of the default float32 model on 1,536 water atoms, benchmarks/speed.py); 24 leaves a margin.
+VALUES_PER_EDGE_LAYER_CHANNEL = 24
+MEMORY_FRACTION = 0.8  # refuse when the estimate exceeds this share of the available memory
+
+
+def estimate_call_memory_bytes(n_edges: int, num_layers: int, hidden_channels: int, itemsize: int) -> int:
+    """Estimated peak bytes of one energy+forces evaluation with ``n_edges`` directed edges."""
+    return int(n_edges) * int(num_layers) * int(hidden_channels) * int(itemsize) * VALUES_PER_EDGE_LAYER_CHANNEL
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(n_atoms: int, n_edges: int, num_layers: int, hidden_channels: int, itemsize: int) -> None:
+    """Raise MemoryError, with the numbers, when an evaluation would not fit in the available RAM."""
+    needed = estimate_call_memory_bytes(n_edges, num_layers, hidden_channels, itemsize)
+    available = available_memory_bytes()
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise MemoryError(
+            f"{n_atoms} atoms with {n_edges} neighbour pairs need about {needed / 2**30:.1f} GiB for one "
+            f"energy+forces call, but only {available / 2**30:.1f} GiB of memory is available; use a smaller "
+            "system or a GPU with enough memory" + (", or float32 instead of float64" if itemsize > 4 else "")
+        )
+
+
+__all__ = ["available_memory_bytes", "check_memory", "estimate_call_memory_bytes", "keep_freed_memory"]

@@ -17,7 +17,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ..checkpoint import load_model, resolve_dtype
 from ..elements import symbol
 from ..model import Potential
-from ..runtime import keep_freed_memory
+from ..neighbors import radius_graph
+from ..runtime import check_memory, keep_freed_memory
 
 
 class NonFiniteError(FloatingPointError):
@@ -54,6 +55,7 @@ class ETCalculator(Calculator):
     """
 
     MATSCIPY_MIN_ATOMS = 100
+    MEMORY_CHECK_MIN_ATOMS = 500  # from this size on, the memory a call needs is checked first
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
     default_parameters: Dict[str, Any] = {}
@@ -141,7 +143,16 @@ class ETCalculator(Calculator):
         cell = None
         if atoms.pbc.all():
             cell = torch.as_tensor(atoms.get_cell().array, dtype=self.dtype, device=self.device).unsqueeze(0)
-        edges = self._matscipy_edges(atoms) if cell is not None and self._use_matscipy(len(atoms)) else None
+        edges = None
+        if cell is not None and self._use_matscipy(len(atoms)):
+            edges = self._matscipy_edges(atoms)
+        elif len(atoms) >= self.MEMORY_CHECK_MIN_ATOMS and self.device.type == "cpu":
+            edges = radius_graph(pos, self.cutoff, None, cell)
+        if edges is not None and self.device.type == "cpu":
+            hyper = self.model.hyperparameters
+            check_memory(
+                len(atoms), edges[0].shape[1], hyper["num_layers"], hyper["hidden_channels"], pos.element_size()
+            )
         output = self._evaluate(self._z_tensor, pos, None, cell, len(atoms), edges)
         energy = float(output["energy"][0].detach())
         forces = output["forces"].detach().cpu().numpy().astype(np.float64)
