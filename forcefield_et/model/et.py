@@ -80,14 +80,18 @@ class EquivariantAttention(nn.Module):
         rbf: Tensor,
         cutoff_weight: Tensor,
         unit_vectors: Tensor,
+        vectors_are_zero: bool = False,
+        update_vectors: bool = True,
     ) -> Tuple[Tensor, Tensor]:
+        """x [N, F], vec [N, 3, F]; edges as in :class:`EquivariantTransformer`. Returns the updates
+        (dx [N, F], dvec [N, 3, F]). Two shortcuts skip work on the [E, 3, F] vector messages, with
+        bit-identical results: ``vectors_are_zero`` (first layer: every term in vec vanishes) and
+        ``update_vectors=False`` (last layer when only scalars are read: dvec is returned empty)."""
         F = self.hidden_channels
         n_atoms = x.shape[0]
         i, j = edge_index[0], edge_index[1]
 
         q, k, v = torch.split(self.qkv_proj(self.layernorm(x)), [F, F, 3 * F], dim=-1)
-        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
-        vec_dot = (vec1 * vec2).sum(dim=1)
 
         filters = torch.nn.functional.silu(self.filter_proj(rbf))
         dk, dv = torch.split(filters, [F, 3 * F], dim=-1)
@@ -100,16 +104,30 @@ class EquivariantAttention(nn.Module):
         # The value filters vanish smoothly at the cutoff too, so that every message (scalar and
         # vector) goes to zero as a neighbour leaves the sphere: energy and forces stay continuous.
         dv = dv * cutoff_weight.unsqueeze(-1)
-        x_msg, vec_gate, dir_gate = torch.split(v.index_select(0, j) * dv, [F, F, F], dim=-1)
+        if update_vectors:
+            x_msg, vec_gate, dir_gate = torch.split(v.index_select(0, j) * dv, [F, F, F], dim=-1)
+        else:
+            x_msg = v[:, :F].index_select(0, j) * dv[:, :F]
+            vec_gate, dir_gate = x_msg, x_msg  # unused
         x_msg = (x_msg.view(-1, self.num_heads, self.head_dim) * attn.unsqueeze(-1)).view(-1, F)
-        vec_msg = vec.index_select(0, j) * vec_gate.unsqueeze(1) + dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)
-
         x_agg = torch.zeros((n_atoms, F), dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
-        vec_agg = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
-
         o1, o2, o3 = torch.split(self.out_proj(x_agg), [F, F, F], dim=-1)
-        dx = vec_dot * o2 + o3
-        dvec = vec3 * o1.unsqueeze(1) + vec_agg
+
+        if vectors_are_zero:
+            dx = o3
+            vec3 = vec  # unused
+        else:
+            vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
+            dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        if not update_vectors:
+            return dx, torch.zeros((0, 3, F), dtype=x.dtype, device=x.device)
+
+        vec_msg = dir_gate.unsqueeze(1) * unit_vectors.unsqueeze(-1)
+        if not vectors_are_zero:
+            vec_msg = vec.index_select(0, j) * vec_gate.unsqueeze(1) + vec_msg
+        dvec = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
+        if not vectors_are_zero:
+            dvec = vec3 * o1.unsqueeze(1) + dvec
         return dx, dvec
 
 
@@ -148,9 +166,13 @@ class EquivariantTransformer(nn.Module):
         self.embedding.reset_parameters()
         self.neighbor_embedding.reset_parameters()
 
-    def forward(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor, vector_output: bool = True
+    ) -> Tuple[Tensor, Tensor]:
         """element [N] (embedding indices), edge_index [2, E], edge_vectors [E, 3] in Å
-        (pos[j] - pos[i]). Returns scalar features [N, F] and vector features [N, 3, F]."""
+        (pos[j] - pos[i]). Returns scalar features [N, F] and vector features [N, 3, F];
+        with ``vector_output=False`` (energy models) the last layer's vector update is skipped
+        and the returned vector features are those entering the last layer."""
         distances = torch.linalg.norm(edge_vectors, dim=-1)
         unit_vectors = edge_vectors / distances.unsqueeze(-1)
         rbf = self.rbf(distances)
@@ -159,8 +181,11 @@ class EquivariantTransformer(nn.Module):
         x = self.embedding(element)
         x = self.neighbor_embedding(element, x, edge_index, rbf, cutoff_weight)
         vec = torch.zeros((x.shape[0], 3, x.shape[1]), dtype=x.dtype, device=x.device)
-        for layer in self.layers:
-            dx, dvec = layer(x, vec, edge_index, rbf, cutoff_weight, unit_vectors)
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            update_vectors = vector_output or index < last
+            dx, dvec = layer(x, vec, edge_index, rbf, cutoff_weight, unit_vectors, index == 0, update_vectors)
             x = x + dx
-            vec = vec + dvec
+            if update_vectors:
+                vec = vec + dvec
         return self.final_norm(x), vec

@@ -166,7 +166,7 @@ class Potential(nn.Module):
         # features define the energy zero of each element (see EnergyHead).
         n_atoms = element.shape[0]
         references = torch.arange(len(self.elements), device=element.device)
-        x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors)
+        x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors, False)
         energy = self.head(x_all[:n_atoms], element, batch, n_structures, x_all[n_atoms:])
 
         grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
