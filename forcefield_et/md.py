@@ -7,6 +7,7 @@ of energy and temperature against time.
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -116,7 +117,13 @@ def run_md(
         trajectory.write()
 
     record()
-    bar = tqdm(total=steps, disable=not progress, desc=f"MD {thermostat}", unit="step")
+    bar = tqdm(
+        total=steps,
+        disable=not progress,
+        desc=f"MD {thermostat}",
+        unit="step",
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep logs of background runs short
+    )
     start = time.perf_counter()
     done = 0
     try:
