@@ -60,13 +60,34 @@ def estimate_call_memory_bytes(n_edges: int, num_layers: int, hidden_channels: i
     return int(n_edges) * int(num_layers) * int(hidden_channels) * int(itemsize) * VALUES_PER_EDGE_LAYER_CHANNEL
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")
+    ]
+
+
+def malloc_free_bytes() -> int:
+    """Bytes that glibc's malloc holds free for reuse in this process (0 where unknown). With
+    :func:`keep_freed_memory` in effect, this is memory a new call can use without the kernel."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return 0
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
 def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    """Memory a new evaluation can use: MemAvailable from /proc/meminfo (Linux) plus what this
+    process's malloc holds free; None where /proc/meminfo cannot be read."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 + malloc_free_bytes()
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -84,4 +105,10 @@ def check_memory(n_atoms: int, n_edges: int, num_layers: int, hidden_channels: i
         )
 
 
-__all__ = ["available_memory_bytes", "check_memory", "estimate_call_memory_bytes", "keep_freed_memory"]
+__all__ = [
+    "available_memory_bytes",
+    "check_memory",
+    "estimate_call_memory_bytes",
+    "keep_freed_memory",
+    "malloc_free_bytes",
+]

@@ -40,3 +40,14 @@ def test_the_calculator_applies_it_on_cpu(small_model):
 
     ETCalculator(small_model, device="cpu")
     assert runtime._applied is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallinfo2 is a glibc function")
+def test_available_memory_counts_what_malloc_keeps_for_reuse():
+    from forcefield_et.runtime import available_memory_bytes, keep_freed_memory, malloc_free_bytes
+
+    keep_freed_memory()
+    blocks = [bytearray(50 * 2**20) for _ in range(4)]  # 200 MiB from the heap, then freed
+    del blocks
+    assert malloc_free_bytes() >= 150 * 2**20
+    assert available_memory_bytes() >= malloc_free_bytes()
