@@ -1,0 +1,34 @@
+"""benchmarks.qm9_property: fold construction and the --quick pipeline on the real QM9 subset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from benchmarks.qm9_property import N_FOLDS, N_VALID, fold_indices, main
+from tests.conftest import shared_path
+
+
+def test_folds_are_disjoint_and_cover_every_molecule():
+    tests = []
+    for fold in range(N_FOLDS):
+        split = fold_indices(500, N_FOLDS, fold)
+        assert len(split["valid"]) == N_VALID and len(split["test"]) == 100
+        parts = [split["train"], split["valid"], split["test"]]
+        assert sum(len(p) for p in parts) == 500
+        assert len(np.unique(np.concatenate(parts))) == 500
+        tests.append(split["test"])
+    assert sorted(np.concatenate(tests).tolist()) == list(range(500))
+
+
+def test_quick_run_compares_both_starts_on_held_out_molecules(tmp_path):
+    data = shared_path("qm9", "qm9_500_U0_eV.db")
+    summary = main(["--quick", "--data", str(data), "--out", str(tmp_path)])
+    runs = summary["runs"]
+    assert {r["start"] for r in runs} == {"pretrained", "scratch"}
+    for run in runs:
+        assert run["n_train"] == 360 and run["n_test"] == 100
+        assert np.isfinite(run["test_u0_mae_meV"]) and run["test_u0_mae_meV"] > 0
+    assert json.loads((tmp_path / "qm9_property.json").read_text())["runs"] == runs
+    assert (tmp_path / "qm9_property.png").stat().st_size > 1000
