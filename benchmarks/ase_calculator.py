@@ -27,16 +27,7 @@ from ase.md.verlet import VelocityVerlet
 from forcefield_et import ETCalculator
 from forcefield_et.structures import structure_path
 
-from .machine import machine_info
-
-
-def _median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from .machine import machine_info, median_ms
 
 
 def main() -> None:
@@ -72,8 +63,8 @@ def main() -> None:
         # Interleave the two measurements in rounds so load changes hit both alike.
         bare_ms, calc_ms = [], []
         for _ in range(3):
-            bare_ms.append(_median_ms(bare, repeats))
-            calc_ms.append(_median_ms(through_calculator, repeats))
+            bare_ms.append(median_ms(bare, repeats))
+            calc_ms.append(median_ms(through_calculator, repeats))
         dynamics = VelocityVerlet(atoms, 0.5 * units.fs)
         start = time.perf_counter()
         dynamics.run(md_steps)

@@ -63,30 +63,8 @@ def run_one(
         "valid_path": str(train_file),
         "valid_frames": f"{SPLIT_FRAMES - VALID_FRAMES}:{SPLIT_FRAMES}",
     }
-    values: Dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "seed": seed,
-        "dtype": "float32",
-        "sources": [source],
-        "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
-        "optim": {
-            "batch_size": 8,
-            "max_steps": steps,
-            "lr": 5e-4,
-            "min_lr": 1e-6,
-            "warmup_steps": max(1, steps // 20),
-            "valid_every": max(1, steps // 10),
-            "checkpoint_every": max(1, steps // 10),
-            "log_every": max(1, steps // 50),
-            "ema_decay": 0.99,
-            "threads": threads,
-        },
-    }
-    if start == "scratch":
-        values["model"] = _pretrained_architecture()
-    else:
-        values["init_from"] = start
-    config = config_from_dict(values)
+    objectives = {"energy_weight": 1.0, "force_weight": 10.0}
+    config = study_config(run_dir, seed, [source], objectives, start, steps, batch_size=8, threads=threads)
     start_time = time.perf_counter()
     trainer, valid_metrics = train(config, progress=False)
     wall = time.perf_counter() - start_time
@@ -114,6 +92,45 @@ def run_one(
     }
     result_path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def study_config(
+    run_dir: Path,
+    seed: int,
+    sources: List[Dict[str, Any]],
+    objectives: Dict[str, float],
+    start: str,
+    steps: int,
+    batch_size: int,
+    threads: int = 1,
+):
+    """The training config every study run shares: AdamW lr 5e-4 with 5 % warm-up and cosine decay to
+    1e-6, EMA 0.99, validation and checkpoints every 10 % of ``steps``. ``start`` is 'scratch' (the
+    bundled pretrained model's architecture, freshly initialised), 'pretrained' or a checkpoint path."""
+    values: Dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "dtype": "float32",
+        "sources": sources,
+        "objectives": objectives,
+        "optim": {
+            "batch_size": batch_size,
+            "max_steps": steps,
+            "lr": 5e-4,
+            "min_lr": 1e-6,
+            "warmup_steps": max(1, steps // 20),
+            "valid_every": max(1, steps // 10),
+            "checkpoint_every": max(1, steps // 10),
+            "log_every": max(1, steps // 50),
+            "ema_decay": 0.99,
+            "threads": threads,
+        },
+    }
+    if start == "scratch":
+        values["model"] = _pretrained_architecture()
+    else:
+        values["init_from"] = start
+    return config_from_dict(values)
 
 
 def _pretrained_architecture() -> Dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Machine and version facts recorded in every benchmark's JSON output."""
+"""Machine and version facts recorded in every benchmark's JSON output, and a timing helper."""
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Dict
+import statistics
+import time
+from typing import Any, Callable, Dict
 
 
 def cpu_model() -> str:
@@ -37,3 +39,13 @@ def machine_info() -> Dict[str, Any]:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     return info
+
+
+def median_ms(function: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``function``, in ms."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)

@@ -33,18 +33,9 @@ from ase.io import read
 from forcefield_et import build_model, load_model
 from forcefield_et.structures import structure_path
 
-from .machine import machine_info
+from .machine import machine_info, median_ms
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def _median_ms(function: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def inference(model: torch.nn.Module, repeats: int, rounds: int) -> Dict[str, float]:
@@ -68,8 +59,8 @@ def inference(model: torch.nn.Module, repeats: int, rounds: int) -> Dict[str, fl
         call(scripted)()
     eager_ms, scripted_ms = [], []
     for _ in range(rounds):
-        eager_ms.append(_median_ms(call(model), repeats))
-        scripted_ms.append(_median_ms(call(scripted), repeats))
+        eager_ms.append(median_ms(call(model), repeats))
+        scripted_ms.append(median_ms(call(scripted), repeats))
     eager_out, scripted_out = model(z, base), scripted(z, base)
     eager_out = {k: v.detach() for k, v in eager_out.items()}
     scripted_out = {k: v.detach() for k, v in scripted_out.items()}

@@ -34,9 +34,9 @@ import torch
 from forcefield_et import load_model
 from forcefield_et.data import ConformationSet, read_qm9
 from forcefield_et.evaluation import error_metrics, predict
-from forcefield_et.training import config_from_dict, train
+from forcefield_et.training import train
 
-from .finetune_study import _pretrained_architecture
+from .finetune_study import study_config
 from .machine import machine_info
 
 DATA_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "qm9" / "qm9_500_U0_eV.db"
@@ -69,24 +69,11 @@ def run_fold(data: ConformationSet, fold: int, start: str, steps: int, batch_siz
     split = fold_indices(len(data), N_FOLDS, fold)
     for name in ("train", "valid"):
         _write_extxyz(data, split[name], run_dir / f"{name}.xyz")
-    values: Dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "seed": fold,
-        "dtype": "float32",
-        "sources": [{"name": "qm9_u0", "format": "ase", "path": str(run_dir / "train.xyz"), "objective": "energy",
-                     "valid_path": str(run_dir / "valid.xyz")}],
-        "objectives": {"energy_weight": 1.0},
-        "optim": {"batch_size": batch_size, "max_steps": steps, "lr": 5e-4, "min_lr": 1e-6,
-                  "warmup_steps": max(1, steps // 20), "valid_every": max(1, steps // 10),
-                  "checkpoint_every": max(1, steps // 10), "log_every": max(1, steps // 50), "ema_decay": 0.99,
-                  "threads": threads},
-    }
-    if start == "scratch":
-        values["model"] = _pretrained_architecture()
-    else:
-        values["init_from"] = start
+    source = {"name": "qm9_u0", "format": "ase", "path": str(run_dir / "train.xyz"), "objective": "energy",
+              "valid_path": str(run_dir / "valid.xyz")}
+    config = study_config(run_dir, fold, [source], {"energy_weight": 1.0}, start, steps, batch_size, threads)
     started = time.perf_counter()
-    train(config_from_dict(values), progress=False)
+    train(config, progress=False)
     wall = time.perf_counter() - started
     model = load_model(run_dir / "best.pt", dtype="float32")
     test = data.subset(split["test"])
