@@ -270,6 +270,7 @@ class Trainer:
         """Restore from ``run_dir/last.pt`` if present. Returns whether it resumed."""
         path = self.run_dir / "last.pt"
         if not path.exists():
+            self._truncate_metrics()  # a fresh start: drop rows a previous, unsaved run left behind
             return False
         payload = read_checkpoint(path)
         state = payload.get("training_state")

@@ -27,7 +27,7 @@ from forcefield_et import build_model, load_model
 from forcefield_et.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import evaluate_model
-from forcefield_et.training import Trainer, config_from_dict, load_config
+from forcefield_et.training import Trainer, config_from_dict, load_config, train
 from tests.conftest import shared_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -604,3 +604,15 @@ def test_train_step_is_deterministic_and_uses_the_step_batch(tmp_path):
     # the sources' objectives all contributed
     assert {"forces", "ef_forces", "energy"} <= set(a.train_step()) and a.step == 4
 
+
+
+def test_fresh_start_drops_metrics_left_by_an_unsaved_run(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=10, checkpoint_every=100, valid_every=100)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    header = "step,kind,lr,loss,time_s,conf_per_s\n"
+    (run_dir / "metrics.csv").write_text(header + "5,train,0.001,9.9,1.0,1.0\n50,train,0.001,9.9,1.0,1.0\n")
+    train(config_from_dict(values), progress=False)  # no last.pt: a fresh run, not a resume
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [step for step, kind, _ in rows if kind == "train"] == ["5", "10"]
+    assert all(loss != "9.9" for _, _, loss in rows)
