@@ -85,8 +85,9 @@ class EquivariantAttention(nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """x [N, F], vec [N, 3, F]; edges as in :class:`EquivariantTransformer`. Returns the updates
         (dx [N, F], dvec [N, 3, F]). Two shortcuts skip work on the [E, 3, F] vector messages, with
-        bit-identical results: ``vectors_are_zero`` (first layer: every term in vec vanishes) and
-        ``update_vectors=False`` (last layer when only scalars are read: dvec is returned empty)."""
+        bit-identical results: ``vectors_are_zero`` (first layer: the gathered neighbour vectors
+        vanish) and ``update_vectors=False`` (last layer when only scalars are read: dvec is
+        returned empty)."""
         F = self.hidden_channels
         n_atoms = x.shape[0]
         i, j = edge_index[0], edge_index[1]
@@ -113,12 +114,9 @@ class EquivariantAttention(nn.Module):
         x_agg = torch.zeros((n_atoms, F), dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
         o1, o2, o3 = torch.split(self.out_proj(x_agg), [F, F, F], dim=-1)
 
-        if vectors_are_zero:
-            dx = o3
-            vec3 = vec  # unused
-        else:
-            vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
-            dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        # Node-level (cheap) even when vec is zero, so that every parameter keeps a gradient.
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
+        dx = (vec1 * vec2).sum(dim=1) * o2 + o3
         if not update_vectors:
             return dx, torch.zeros((0, 3, F), dtype=x.dtype, device=x.device)
 
@@ -126,9 +124,7 @@ class EquivariantAttention(nn.Module):
         if not vectors_are_zero:
             vec_msg = vec.index_select(0, j) * vec_gate.unsqueeze(1) + vec_msg
         dvec = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
-        if not vectors_are_zero:
-            dvec = vec3 * o1.unsqueeze(1) + dvec
-        return dx, dvec
+        return dx, vec3 * o1.unsqueeze(1) + dvec
 
 
 class EquivariantTransformer(nn.Module):
