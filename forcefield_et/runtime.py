@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -25,6 +26,11 @@ M_MMAP_THRESHOLD = -3
 THRESHOLD_BYTES = 1 << 30
 
 _applied: bool | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def keep_freed_memory() -> bool:
@@ -39,7 +45,7 @@ def keep_freed_memory() -> bool:
     if platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         ok_mmap = libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1
         ok_trim = libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1
     except (OSError, AttributeError):
@@ -72,8 +78,7 @@ def malloc_free_bytes() -> int:
     """Bytes that glibc's malloc holds free for reuse in this process (0 where unknown). With
     :func:`keep_freed_memory` in effect, this is memory a new call can use without the kernel."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallinfo2 = libc.mallinfo2  # glibc >= 2.33
+        mallinfo2 = _libc().mallinfo2  # glibc >= 2.33
     except (OSError, AttributeError):
         return 0
     mallinfo2.restype = _MallInfo2
