@@ -78,7 +78,34 @@ def require_openmmtorch() -> Any:
         ) from error
     finally:
         logging.getLogger().removeFilter(quiet)
+    _retry_torch_platform_plugins()
     return openmmtorch
+
+
+_retried_plugins: set = set()
+
+
+def _retry_torch_platform_plugins() -> None:
+    """Load openmm-torch's platform plugins that failed when ``openmm`` was imported before torch.
+
+    OpenMM loads its plugins at ``import openmm``; openmm-torch's (libOpenMMTorchReference.so, ...)
+    link against CUDA libraries (libnvrtc) that only torch's own import puts in the process. A script
+    that imports openmm first therefore has no TorchForce kernels ("No Platform supports all the
+    requested kernels"). torch is imported by now, so a second load of those plugins succeeds.
+    """
+    import openmm
+
+    for failure in openmm.Platform.getPluginLoadFailures():
+        if "OpenMMTorch" not in failure or not failure.startswith("Error loading library "):
+            continue
+        path = failure[len("Error loading library ") :].split(": ", 1)[0]
+        if path in _retried_plugins:
+            continue
+        _retried_plugins.add(path)
+        try:
+            openmm.Platform.loadPluginLibrary(path)
+        except Exception:  # e.g. the OpenCL plugin without libOpenCL: that platform stays unavailable
+            pass
 
 
 class _DropSimtkWarning(logging.Filter):
