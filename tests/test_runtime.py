@@ -10,7 +10,6 @@ import sys
 import pytest
 
 CHECK = """
-import ctypes, sys
 from forcefield_et.runtime import keep_freed_memory
 first = keep_freed_memory()
 second = keep_freed_memory()

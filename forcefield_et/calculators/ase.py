@@ -148,7 +148,7 @@ class ETCalculator(Calculator):
             edges = self._matscipy_edges(atoms)
         elif len(atoms) >= self.MEMORY_CHECK_MIN_ATOMS and self.device.type == "cpu":
             edges = radius_graph(pos, self.cutoff, None, cell)
-        if edges is not None and self.device.type == "cpu":
+        if edges is not None:  # both branches above run on CPU only
             hyper = self.model.hyperparameters
             check_memory(
                 len(atoms), edges[0].shape[1], hyper["num_layers"], hyper["hidden_channels"], pos.element_size()
