@@ -61,6 +61,9 @@ class SourceConfig:
     valid_max_frames: int = 500
 
 
+SELECTION_METRICS = ("valid_loss", "valid_loss_without_denoise")
+
+
 @dataclass
 class OptimConfig:
     """Optimiser, schedule and loop settings."""
@@ -80,6 +83,10 @@ class OptimConfig:
     checkpoint_every: int = 100
     log_every: int = 20
     threads: int = 0  # 0: leave torch's default
+    # validation metric that selects best.pt (and drives the plateau schedule):
+    # "valid_loss" (the whole objective) or "valid_loss_without_denoise" (the denoising term
+    # left out: it rewards the harmonic target, not the reference forces)
+    select_by: str = "valid_loss"
 
 
 @dataclass
@@ -136,6 +143,8 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
             raise ConfigError(f"source {source.name!r}: split must be 'molecule' or 'frame'")
     if config.optim.schedule not in ("cosine", "plateau"):
         raise ConfigError("optim.schedule must be 'cosine' or 'plateau'")
+    if config.optim.select_by not in SELECTION_METRICS:
+        raise ConfigError(f"optim.select_by must be one of {list(SELECTION_METRICS)}, got {config.optim.select_by!r}")
     if config.dtype not in ("float32", "float64"):
         raise ConfigError("dtype must be 'float32' or 'float64'")
     names = [s.name for s in config.sources]

@@ -225,6 +225,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": list(self.ema),
             "best_valid": self.best_valid,
+            "select_by": self.config.optim.select_by,
             "plateau": [self.plateau_scale, self.plateau_bad, self.plateau_best],
             "config": self.config.to_dict(),
         }
@@ -285,6 +286,9 @@ class Trainer:
         self.best_valid = float(state["best_valid"])
         self.plateau_scale, self.plateau_bad, self.plateau_best = state["plateau"]
         self.plateau_bad = int(self.plateau_bad)
+        if state.get("select_by", "valid_loss") != self.config.optim.select_by:
+            # the stored bests are values of another metric: the next validation sets new ones
+            self.best_valid = self.plateau_best = math.inf
         self._truncate_metrics()
         return True
 
@@ -391,17 +395,18 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         """EMA-weight validation: per-source force MAE/RMSE (meV/Å), energy MAE (meV),
         equilibrium |F| (meV/Å), and ``valid_loss`` (the training objective on the
-        validation frames, with fixed denoising noise), which selects ``best.pt``."""
+        validation frames, with fixed denoising noise) and ``valid_loss_without_denoise``;
+        ``optim.select_by`` names the one that selects ``best.pt``."""
         self._swap_ema()
         self.model.eval()
         metrics: Dict[str, float] = {}
-        total_loss = 0.0
+        total_loss, total_without_denoise = 0.0, 0.0
         try:
             for s, (source, tensors) in enumerate(zip(self.sources, self.valid_tensors)):
                 if tensors is None:
                     continue
                 abs_err, sq_err, n_comp, e_err, n_frames, eq_norm, n_eq = 0.0, 0.0, 0, 0.0, 0, 0.0, 0
-                loss_sum = 0.0
+                loss_sum, denoise_sum = 0.0, 0.0
                 generator = torch.Generator().manual_seed(12345 + s)
                 bs = self.config.optim.batch_size
                 for start in range(0, tensors.n_frames, bs):
@@ -413,8 +418,9 @@ class Trainer:
                     counts = count_terms(batch, len(self.sources))
                     with torch.enable_grad():
                         out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
-                    loss, _ = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
+                    loss, parts = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
                     loss_sum += float(loss.detach()) * len(frames)
+                    denoise_sum += parts.get("denoise", 0.0) * len(frames)
                     forces = out["forces"].detach()
                     if source.objective == "equilibrium":
                         clean = ~batch["denoised"][batch["batch"]]
@@ -432,6 +438,7 @@ class Trainer:
                 name = source.name
                 metrics[f"{name}/valid_loss"] = loss_sum / tensors.n_frames
                 total_loss += loss_sum / tensors.n_frames
+                total_without_denoise += (loss_sum - denoise_sum) / tensors.n_frames
                 if n_comp:
                     metrics[f"{name}/force_mae_meV_A"] = 1000 * abs_err / n_comp
                     metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
@@ -443,6 +450,7 @@ class Trainer:
             self.model.train()
             self._swap_ema()
         metrics["valid_loss"] = total_loss
+        metrics["valid_loss_without_denoise"] = total_without_denoise
         return metrics
 
     def valid_tensors_or_train(self, s: int) -> List[TensorConformations]:
@@ -514,7 +522,7 @@ class Trainer:
         return last_valid
 
     def _after_validation(self, metrics: Dict[str, float]) -> None:
-        value = metrics["valid_loss"]
+        value = metrics[self.config.optim.select_by]
         if value < self.best_valid:
             self.best_valid = value
             self.save_best(metrics)

@@ -616,3 +616,26 @@ def test_fresh_start_drops_metrics_left_by_an_unsaved_run(tmp_path):
     rows = read_metrics(run_dir / "metrics.csv")
     assert [step for step, kind, _ in rows if kind == "train"] == ["5", "10"]
     assert all(loss != "9.9" for _, _, loss in rows)
+
+
+def test_select_by_valid_loss_without_denoise_picks_best_by_the_force_terms(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=20, valid_every=10, checkpoint_every=10,
+                               select_by="valid_loss_without_denoise")
+    trainer = Trainer(config_from_dict(values), progress=False)
+    metrics = trainer.validate()
+    # the equilibrium source's denoising term is part of valid_loss only
+    assert 0.0 < metrics["valid_loss_without_denoise"] < metrics["valid_loss"]
+    trainer.run()
+    best = read_checkpoint(tmp_path / "run" / "best.pt")["metadata"]["validation"]
+    assert trainer.best_valid == pytest.approx(best["valid_loss_without_denoise"])
+    # resuming under another selection metric forgets the stored best (a value of the other metric)
+    values["optim"].update(select_by="valid_loss", max_steps=30)
+    resumed = Trainer(config_from_dict(values), progress=False)
+    assert resumed.resume() and resumed.step == 20 and resumed.best_valid == math.inf
+
+
+def test_select_by_rejects_unknown_metrics(tmp_path):
+    from forcefield_et.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="select_by"):
+        config_from_dict(tiny_mixed_config(tmp_path / "run", select_by="force_mae"))
