@@ -3,13 +3,16 @@
     python -m benchmarks.finetune_study                      # 4 molecules x {50,100,250,1000}
     python -m benchmarks.finetune_study --quick              # CI: ethanol, 50 frames, a few steps
     python -m benchmarks.finetune_study --molecules aspirin --sizes 50 100 --steps 3000
+    python -m benchmarks.finetune_study --report             # summary of every finished run
 
 Protocol (identical for both starts): train on the first N frames of the rMD17 ``train_01``
 split (N = 1000 means the first 950, because the last 50 frames of the same 1000-frame split
 are the validation set that selects the best EMA checkpoint), a fixed step budget, batch 8,
 energy + force loss; test on the ``test_01`` split (never seen in training). Each run writes
-its own JSON, so the study resumes where it stopped. Outputs ``finetune_study.json`` and
-``finetune_curves.png`` in the output folder.
+its own JSON, so the study resumes where it stopped. Every invocation (and ``--report``, which
+trains nothing) rebuilds ``finetune_study.json``, ``finetune_curves.png`` and the markdown table
+``finetune_table.md`` in the output folder from all finished runs there, so runs made by separate
+invocations (one per core, one per session) add up to one summary.
 """
 
 from __future__ import annotations
@@ -184,30 +187,73 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/finetune_study")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, 10 steps, 50 test frames")
+    parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.molecules, args.sizes, args.steps, args.test_frames = ["ethanol"], [50], 10, 50
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for molecule in args.molecules:
-        for size in args.sizes:
-            for start in args.starts:
-                result = run_one(
-                    molecule, size, start, args.steps, out, Path(args.data_root), args.test_frames, threads=args.threads
-                )
-                print(json.dumps(result))
-                results.append(result)
+    if not args.report:
+        for molecule in args.molecules:
+            for size in args.sizes:
+                for start in args.starts:
+                    result = run_one(
+                        molecule, size, start, args.steps, out, Path(args.data_root), args.test_frames,
+                        threads=args.threads,
+                    )
+                    print(json.dumps(result))
+    print(report(out))
+
+
+def finished_runs(out: Path) -> List[Dict[str, Any]]:
+    """Results of every finished run under ``out/runs``, ordered by molecule, size and start."""
+    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+    return sorted(results, key=lambda r: (r["molecule"], r["n_train"], r["start"]))
+
+
+def table(results: List[Dict[str, Any]]) -> str:
+    """Markdown table: test force / energy MAE of scratch and pretrained per molecule and size."""
+    by_key = {(r["molecule"], r["n_train"], r["start"]): r for r in results}
+    lines = [
+        "| molecule | train frames | force MAE scratch | force MAE pretrained | scratch / pretrained "
+        "| energy MAE scratch | energy MAE pretrained |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(run: Dict[str, Any] | None, key: str) -> str:
+        return f"{run[key]:.1f}" if run else "not run"
+
+    for molecule, n_train in sorted({(m, n) for m, n, _ in by_key}):
+        scratch, pretrained = by_key.get((molecule, n_train, "scratch")), by_key.get((molecule, n_train, "pretrained"))
+        ratio = (
+            f"{scratch['test_force_mae_meV_A'] / pretrained['test_force_mae_meV_A']:.2f}×"
+            if scratch and pretrained
+            else "–"
+        )
+        lines.append(
+            f"| {molecule} | {n_train} | {cell(scratch, 'test_force_mae_meV_A')} "
+            f"| {cell(pretrained, 'test_force_mae_meV_A')} | {ratio} | {cell(scratch, 'test_energy_mae_meV')} "
+            f"| {cell(pretrained, 'test_energy_mae_meV')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(out: Path) -> str:
+    """Rebuild the summary JSON, the learning-curve plot and the markdown table from ``out/runs``;
+    returns the table."""
+    results = finished_runs(out)
     summary = {
         "benchmark": "finetune_study",
         "machine": machine_info(),
-        "steps": args.steps,
         "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
         "runs": results,
     }
     (out / "finetune_study.json").write_text(json.dumps(summary, indent=2))
-    plot(results, out / "finetune_curves.png")
-
+    markdown = table(results)
+    (out / "finetune_table.md").write_text(markdown)
+    if results:
+        plot(results, out / "finetune_curves.png")
+    return markdown
 
 if __name__ == "__main__":
     main()

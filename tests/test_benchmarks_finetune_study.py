@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from benchmarks.finetune_study import main
+from benchmarks.finetune_study import main, table
 from tests.conftest import shared_path
 
 
@@ -25,3 +25,21 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     again = json.loads((tmp_path / "finetune_study.json").read_text())["runs"]
     assert {(r["start"], r["wall_time_s"]) for r in again} == first
+    # --report trains nothing and rebuilds the same summary, with the markdown table
+    (tmp_path / "finetune_study.json").unlink()
+    main(["--report", "--out", str(tmp_path)])
+    reported = json.loads((tmp_path / "finetune_study.json").read_text())["runs"]
+    assert {(r["start"], r["wall_time_s"]) for r in reported} == first
+    row = [line for line in (tmp_path / "finetune_table.md").read_text().splitlines() if line.startswith("| ethanol")]
+    assert len(row) == 1 and "×" in row[0]
+
+
+def test_table_gives_the_scratch_over_pretrained_ratio_and_marks_missing_runs():
+    def run(molecule, n, start, force, energy):
+        return {"molecule": molecule, "n_train": n, "start": start, "test_force_mae_meV_A": force,
+                "test_energy_mae_meV": energy}
+
+    rows = table([run("aspirin", 50, "scratch", 90.0, 40.0), run("aspirin", 50, "pretrained", 30.0, 20.0),
+                  run("ethanol", 950, "scratch", 50.0, 25.0)]).splitlines()
+    assert rows[2] == "| aspirin | 50 | 90.0 | 30.0 | 3.00× | 40.0 | 20.0 |"
+    assert rows[3] == "| ethanol | 950 | 50.0 | not run | – | 25.0 | not run |"
