@@ -34,6 +34,7 @@ from forcefield_et.training import config_from_dict, train
 from .machine import machine_info
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
+STUDY_DIR = Path(__file__).resolve().parent / "results" / "finetune_study"
 VALID_FRAMES = 50
 SPLIT_FRAMES = 1000
 
@@ -184,7 +185,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per run (batch 8)")
     parser.add_argument("--test-frames", type=int, default=1000)
     parser.add_argument("--data-root", default=str(DATA_ROOT))
-    parser.add_argument("--out", default="benchmarks/results/finetune_study")
+    parser.add_argument("--out", default=str(STUDY_DIR))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, 10 steps, 50 test frames")
     parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")

@@ -27,8 +27,9 @@ gives the first thermostat the same mass as MDsim's ``ttime = 20`` time steps) a
 - Speed: MD steps per second of wall time (integrator + model, one process, ``--threads``
   intra-op threads, default 1) and ns/day.
 
-Models: ``et-pretrained-finetuned`` (bundled ``rmd17-<mol>`` checkpoint), ``et-scratch``
-(``benchmarks/cache/et-scratch-<mol>/best.pt``) and ``nequip``
+Models: ``et-pretrained-finetuned`` (bundled ``rmd17-<mol>`` checkpoint: the fine-tuning study's
+pretrained 1000-frame run), ``et-scratch`` (the study's scratch run on the same frames with the same
+recipe, ``benchmarks/results/finetune_study/runs/<mol>-1000-scratch/best.pt``) and ``nequip``
 (``benchmarks/cache/nequip-<mol>/model.nequip.pth``), all made by ``python -m benchmarks.prepare``
 or the fine-tuning pipeline. Missing models are skipped and the reason recorded.
 ``--model-path NAME=PATH`` adds any ETCalculator checkpoint (or a ``.nequip.pth`` file); ``{molecule}``
@@ -60,6 +61,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
+# the fine-tuning study's run folders (benchmarks/finetune_study.py; not imported here: it loads torch)
+STUDY_RUNS_DIR = Path(__file__).resolve().parent / "results" / "finetune_study" / "runs"
 RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
 QUICK_MOLECULES = ("aspirin", "ethanol")
@@ -238,7 +241,8 @@ def _describe_et(path: Path) -> str:
             f"{step if step is not None else '?'} training steps")
 
 
-def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: Path = CACHE_DIR) -> ModelSpec:
+def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: Path = CACHE_DIR,
+                  study_runs_dir: Path = STUDY_RUNS_DIR) -> ModelSpec:
     """Where the model ``name`` for ``molecule`` lives, or why it is skipped."""
     if name in extra:
         path = Path(str(extra[name]).replace("{molecule}", molecule))
@@ -259,10 +263,10 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
                 f"train frames and export it as forcefield_et/checkpoints/{key}.pt"))
         return ModelSpec(name, "et", bundled[key], f"bundled {key}: " + _describe_et(bundled[key]))
     if name == "et-scratch":
-        path = cache_dir / f"et-scratch-{molecule}" / "best.pt"
+        path = study_runs_dir / f"{molecule}-1000-scratch" / "best.pt"
         if not path.is_file():
             return ModelSpec(name, "et", path, "", f"{path} not found; run: python -m benchmarks.prepare "
-                             f"--molecules {molecule} --models et-scratch")
+                             f"--molecules {molecule} --models et-scratch (the fine-tuning study's scratch run)")
         return ModelSpec(name, "et", path, _describe_et(path))
     if name == "nequip":
         path = cache_dir / f"nequip-{molecule}" / NEQUIP_COMPILED_NAME

@@ -6,13 +6,15 @@
 
 Both models see the same data: the 1000 frames of the rMD17 ``train_01`` split, frames 0-949 for
 training and frames 950-999 for validation (checkpoint selection), as in
-benchmarks/finetune_study.py. The ``test_01`` split is never read here.
+benchmarks/finetune_study.py. Nothing here trains on the ``test_01`` split (the study run behind
+``et-scratch`` reports its test error, as every study run does).
 
-- ``et-scratch``: forcefield_et's own trainer (the recipe of ``forcefield-et finetune --model
-  scratch``: batch 8, AdamW lr 5e-4 with warm-up and cosine decay, EMA 0.99, per-atom energy
-  weight 1 and force weight 10) with the architecture of the bundled pretrained model (read from
-  forcefield_et/checkpoints/pretrained.pt; 128 hidden, 4 layers, 8 heads, 32 RBF, 5 Å cutoff when
-  it is absent) -> ``<cache>/et-scratch-<mol>/best.pt``. ``--et-steps`` sets the step budget.
+- ``et-scratch``: the fine-tuning study's 1000-frame scratch run (benchmarks/finetune_study.py:
+  the bundled pretrained model's architecture, freshly initialised; batch 8, AdamW lr 5e-4 with
+  warm-up and cosine decay, EMA 0.99, per-atom energy weight 1 and force weight 10), so it differs
+  from the pretrained->fine-tuned ``rmd17-<mol>`` model in its start only ->
+  ``benchmarks/results/finetune_study/runs/<mol>-1000-scratch/best.pt``. ``--et-steps`` sets the
+  step budget (default 2000, the study's).
 - ``nequip``: nequip 0.19's own ``nequip-train`` with a generated Hydra config that follows MDsim's
   NequIP settings for MD17 (configs/md17/nequip/*.yml in github.com/kyonofx/MDsim: r_max 4 Å,
   5 interaction layers, l_max 3 with both parities, 32 features, 8 trainable Bessel functions,
@@ -47,7 +49,7 @@ CACHE_DIR = Path(__file__).resolve().parent / "cache"
 RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
 TRAIN_FRAMES, VALID_FRAMES = (0, 950), (950, 1000)
-FALLBACK_ARCHITECTURE = {"hidden_channels": 128, "num_layers": 4, "num_heads": 8, "num_rbf": 32, "cutoff": 5.0}
+TINY_ARCHITECTURE = {"hidden_channels": 32, "num_layers": 2, "num_heads": 4, "num_rbf": 16, "cutoff": 5.0}
 
 # MDsim's NequIP settings for MD17, in nequip 0.19 names.
 NEQUIP_MDSIM = {
@@ -118,72 +120,69 @@ def check_calculator(calc, molecule: str, md_steps: int = 20) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ ET from scratch
-def et_architecture() -> Dict[str, Any]:
-    """Hyperparameters of the bundled pretrained model (without elements), else the fallback."""
-    from forcefield_et.checkpoint import bundled_models, read_checkpoint
-
-    bundled = bundled_models()
-    if "pretrained" in bundled:
-        hyper = dict(read_checkpoint(bundled["pretrained"])["metadata"]["hyperparameters"])
-        return {**hyper, "_source": str(bundled["pretrained"])}
-    return {**FALLBACK_ARCHITECTURE, "_source": "fallback (forcefield_et/checkpoints/pretrained.pt not found)"}
-
-
 def prepare_et_scratch(molecule: str, cache: Path, steps: int, threads: int, quick: bool, fresh: bool = False,
                        seed: int = 0) -> Dict:
+    """The scratch ET peer. Full mode: exactly the fine-tuning study's 1000-frame scratch run
+    (same frames, recipe and step budget as the pretrained run that becomes ``rmd17-<mol>``), in
+    ``benchmarks/results/finetune_study/runs/<mol>-1000-scratch``. Quick mode: a tiny model into
+    ``<cache>/et-scratch-<mol>`` (pipeline test only)."""
     import torch
 
     from forcefield_et.calculators.ase import ETCalculator
+
+    from .finetune_study import STUDY_DIR, run_one
+
+    if quick:
+        run_dir = cache / f"et-scratch-{molecule}"
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        wall, metrics = _train_tiny_scratch(molecule, run_dir, steps, threads, seed)
+        best, description = run_dir / "best.pt", "tiny (--quick)"
+    else:
+        run_dir = STUDY_DIR / "runs" / f"{molecule}-1000-scratch"
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        log(f"et-scratch/{molecule}: the fine-tuning study's 1000-frame scratch run, {steps} steps -> {run_dir}")
+        torch.set_num_threads(threads)
+        metrics = run_one(molecule, 1000, "scratch", steps, STUDY_DIR, RMD17_DIR, None, seed=seed, threads=threads)
+        wall, best, description = metrics["wall_time_s"], run_dir / "best.pt", "python -m benchmarks.finetune_study"
+    check = check_calculator(ETCalculator(str(best), device="cpu", dtype="float32"), molecule)
+    entry = {
+        "model": "et-scratch", "molecule": molecule, "quick": quick, "path": str(best), "recipe": description,
+        "steps": steps, "batch_size": 8, "wall_time_s": wall, "threads": threads, "final_validation": metrics,
+        "train_frames": f"rmd17_{molecule}_train_01.npz[{TRAIN_FRAMES[0]}:{TRAIN_FRAMES[1]}]",
+        "valid_frames": f"rmd17_{molecule}_train_01.npz[{VALID_FRAMES[0]}:{VALID_FRAMES[1]}]", "check": check,
+    }
+    log(f"et-scratch/{molecule}: done in {wall:.0f} s; valid force MAE {check['valid_force_mae_meV_A']:.1f} meV/Å; "
+        f"20 MD steps finite: {check['md_finite']}")
+    return entry
+
+
+def _train_tiny_scratch(molecule: str, run_dir: Path, steps: int, threads: int, seed: int):
+    """A tiny ET on the same frames (the --quick pipeline test); returns (wall time, validation)."""
+    import torch
+
     from forcefield_et.training import config_from_dict, train
 
-    run_dir = cache / f"et-scratch-{molecule}"
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    architecture = et_architecture()
-    source = architecture.pop("_source")
-    if quick:
-        architecture.update(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16)
-        source = "tiny (--quick)"
     train_file = str(rmd17_train_path(molecule))
     values = {
         "run_dir": str(run_dir),
         "seed": seed,
         "dtype": "float32",
-        "model": architecture,
-        "description": f"ET from scratch on rMD17 {molecule} train_01 frames 0-949 (MD stability benchmark peer)",
+        "model": TINY_ARCHITECTURE,
         "sources": [{
             "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
             "frames": f"{TRAIN_FRAMES[0]}:{TRAIN_FRAMES[1]}", "valid_path": train_file,
             "valid_frames": f"{VALID_FRAMES[0]}:{VALID_FRAMES[1]}",
         }],
         "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
-        "optim": {
-            "batch_size": 8, "max_steps": steps, "lr": 5e-4, "min_lr": 1e-6, "warmup_steps": max(1, steps // 20),
-            "valid_every": max(1, steps // 20), "checkpoint_every": max(1, min(500, steps // 20)),
-            "log_every": max(1, steps // 100), "ema_decay": 0.99, "threads": threads, "schedule": "cosine",
-        },
+        "optim": {"batch_size": 8, "max_steps": steps, "warmup_steps": 1, "valid_every": steps,
+                  "checkpoint_every": steps, "log_every": steps, "ema_decay": 0.99, "threads": threads},
     }
-    log(f"et-scratch/{molecule}: {steps} steps, architecture {architecture} ({source}) -> {run_dir}")
     torch.set_num_threads(threads)
     start = time.perf_counter()
     _, metrics = train(config_from_dict(values), progress=False)
-    wall = time.perf_counter() - start
-    check = check_calculator(ETCalculator(str(run_dir / "best.pt"), device="cpu", dtype="float32"), molecule)
-    entry = {
-        "model": "et-scratch", "molecule": molecule, "quick": quick, "path": str(run_dir / "best.pt"),
-        "architecture": architecture, "architecture_source": source, "steps": steps, "batch_size": 8,
-        "train_frames": f"rmd17_{molecule}_train_01.npz[{TRAIN_FRAMES[0]}:{TRAIN_FRAMES[1]}]",
-        "valid_frames": f"rmd17_{molecule}_train_01.npz[{VALID_FRAMES[0]}:{VALID_FRAMES[1]}]",
-        "wall_time_s": wall, "threads": threads, "final_validation": metrics, "check": check,
-        "equivalent_cli": (f"forcefield-et finetune --model scratch --train {train_file} --format rmd17 "
-                           f"--n-train 950 --n-valid-from-train 50 --steps {steps} --batch-size 8 --lr 5e-4 "
-                           f"--energy-weight 1 --force-weight 10 --ema-decay 0.99 --hidden-channels "
-                           f"{architecture['hidden_channels']} --num-layers {architecture['num_layers']} "
-                           f"--threads {threads} --out {run_dir}"),
-    }
-    log(f"et-scratch/{molecule}: done in {wall:.0f} s; valid force MAE {check['valid_force_mae_meV_A']:.1f} meV/Å; "
-        f"20 MD steps finite: {check['md_finite']}")
-    return entry
+    return time.perf_counter() - start, metrics
 
 
 # ------------------------------------------------------------------------------------ NequIP
@@ -414,7 +413,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny models, a few steps, into <cache>/quick (pipeline test; aspirin + ethanol)")
     parser.add_argument("--cache", help="cache folder (default benchmarks/cache, --quick: benchmarks/cache/quick)")
-    parser.add_argument("--et-steps", type=int, default=20000, help="ET optimiser steps (batch 8; --quick: 20)")
+    parser.add_argument("--et-steps", type=int, default=2000,
+                        help="ET optimiser steps (batch 8; default: the fine-tuning study's 2000; --quick: 20)")
     parser.add_argument("--nequip-max-epochs", type=int, default=NEQUIP_MDSIM["max_epochs"],
                         help="NequIP epoch budget (190 steps of batch 5 each; --quick: 1)")
     parser.add_argument("--nequip-max-time", default="00:12:00:00",

@@ -78,8 +78,9 @@ def test_distance_histogram_bins():
 
 
 def test_missing_models_are_skipped_with_reason(tmp_path):
-    spec = ms.resolve_model("et-scratch", "aspirin", {}, cache_dir=tmp_path)
+    spec = ms.resolve_model("et-scratch", "aspirin", {}, cache_dir=tmp_path, study_runs_dir=tmp_path)
     assert spec.skip_reason and "benchmarks.prepare" in spec.skip_reason
+    assert spec.path == tmp_path / "aspirin-1000-scratch" / "best.pt"
     spec = ms.resolve_model("nequip", "aspirin", {}, cache_dir=tmp_path)
     assert spec.skip_reason and "nequip" in spec.skip_reason
     assert ms.resolve_model("nope", "aspirin", {}, cache_dir=tmp_path).skip_reason
