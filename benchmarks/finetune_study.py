@@ -4,6 +4,7 @@
     python -m benchmarks.finetune_study --quick              # CI: ethanol, 50 frames, a few steps
     python -m benchmarks.finetune_study --molecules aspirin --sizes 50 100 --steps 3000
     python -m benchmarks.finetune_study --report             # summary of every finished run
+    python -m benchmarks.finetune_study --bundle             # export rmd17-<mol> from the 1000-frame runs
 
 Protocol (identical for both starts): train on the first N frames of the rMD17 ``train_01``
 split (N = 1000 means the first 950, because the last 50 frames of the same 1000-frame split
@@ -26,7 +27,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.checkpoint import bundled_models, read_checkpoint
+from forcefield_et.checkpoint import BUNDLED_DIR, bundled_models, export_checkpoint, read_checkpoint
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.training import config_from_dict, train
@@ -189,11 +190,21 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, 10 steps, 50 test frames")
     parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")
+    parser.add_argument(
+        "--bundle",
+        action="store_true",
+        help="train nothing; export each molecule's finished 1000-frame pretrained run as the bundled "
+        "forcefield_et/checkpoints/rmd17-<molecule>.pt",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.molecules, args.sizes, args.steps, args.test_frames = ["ethanol"], [50], 10, 50
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.bundle:
+        for molecule in args.molecules:
+            print(bundle(out, molecule))
+        return
     if not args.report:
         for molecule in args.molecules:
             for size in args.sizes:
@@ -204,6 +215,36 @@ def main(argv: List[str] | None = None) -> None:
                     )
                     print(json.dumps(result))
     print(report(out))
+
+
+def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Path:
+    """Export ``<molecule>-1000-pretrained/best.pt`` as the inference checkpoint ``rmd17-<molecule>``,
+    with a model card that states its data, recipe and test errors."""
+    run_dir = out / "runs" / f"{molecule}-1000-pretrained"
+    result_path = run_dir / "result.json"
+    if not result_path.exists():
+        raise FileNotFoundError(
+            f"{result_path} not found: run python -m benchmarks.finetune_study --molecules {molecule} "
+            "--sizes 1000 --starts pretrained first"
+        )
+    result = json.loads(result_path.read_text())
+    card = {
+        "name": f"rmd17-{molecule}",
+        "description": (
+            f"The bundled pretrained ET fine-tuned on rMD17 {molecule} (train_01 frames 0-{result['n_train'] - 1}; "
+            f"best EMA checkpoint by the validation frames {SPLIT_FRAMES - VALID_FRAMES}-{SPLIT_FRAMES - 1}) with "
+            f"benchmarks/finetune_study.py: {result['steps']} steps of batch 8, energy + force loss."
+        ),
+        "level_of_theory": "PBE/def2-SVP (rMD17, Christensen & von Lilienfeld 2020)",
+        "limits": f"Fitted to one molecule: use it for {molecule} only.",
+        "test_errors": {
+            "split": "rmd17 test_01",
+            "frames": result["test_frames"],
+            "force_mae_meV_A": result["test_force_mae_meV_A"],
+            "energy_mae_meV": result["test_energy_mae_meV"],
+        },
+    }
+    return export_checkpoint(run_dir / "best.pt", destination_dir / f"rmd17-{molecule}.pt", card)
 
 
 def finished_runs(out: Path) -> List[Dict[str, Any]]:

@@ -43,3 +43,26 @@ def test_table_gives_the_scratch_over_pretrained_ratio_and_marks_missing_runs():
                   run("ethanol", 950, "scratch", 50.0, 25.0)]).splitlines()
     assert rows[2] == "| aspirin | 50 | 90.0 | 30.0 | 3.00× | 40.0 | 20.0 |"
     assert rows[3] == "| ethanol | 950 | 50.0 | not run | – | 25.0 | not run |"
+
+
+def test_bundle_exports_the_1000_frame_pretrained_run_with_its_test_errors(tmp_path):
+    import pytest
+
+    from benchmarks.finetune_study import bundle
+    from forcefield_et import build_model, load_model, save_checkpoint
+    from forcefield_et.checkpoint import read_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="--sizes 1000 --starts pretrained"):
+        bundle(tmp_path, "ethanol", destination_dir=tmp_path)
+    run_dir = tmp_path / "runs" / "ethanol-1000-pretrained"
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / "best.pt", build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8))
+    result = {"n_train": 950, "steps": 2000, "test_frames": 1000, "test_force_mae_meV_A": 12.5,
+              "test_energy_mae_meV": 3.5}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    path = bundle(tmp_path, "ethanol", destination_dir=tmp_path)
+    assert path == tmp_path / "rmd17-ethanol.pt"
+    meta = read_checkpoint(path)["metadata"]
+    assert meta["name"] == "rmd17-ethanol" and meta["test_errors"]["force_mae_meV_A"] == 12.5
+    assert "frames 0-949" in meta["description"] and "optimizer" not in str(read_checkpoint(path).keys())
+    load_model(path)  # loads as an inference model
