@@ -115,8 +115,15 @@ def main() -> None:
         f"{optim.get('clip_grad_norm')}).",
         f"- **Wall time.** About {train_hours:.1f} h of training to reach step {step} on one core of a 2-core "
         f"AMD EPYC, at the median throughput of the logged training windows ({median_rate:.0f} conformations/s; "
-        "validation and pauses excluded); the remaining "
-        f"{remaining_steps} steps take about {remaining_hours:.1f} h more at that rate.",
+        "validation and pauses excluded); "
+        + (
+            f"the remaining {remaining_steps} steps take about {remaining_hours:.1f} h more at that rate."
+            if remaining_steps > 0
+            else "the run is complete."
+        ),
+        f"- **Checkpoint selection.** The EMA weights with the lowest `{optim.get('select_by', 'valid_loss')}` "
+        f"over the validations every {optim.get('valid_every')} steps.",
+        *([f"- **Run history.** {meta['history']}"] if meta.get("history") else []),
         f"- **Level of theory.** {meta.get('level_of_theory', '')}",
         f"- **Known limits.** {meta.get('limits', '')}",
         "",
