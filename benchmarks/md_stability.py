@@ -39,7 +39,9 @@ Each (molecule, model) run lives in ``<out>/runs/<molecule>__<model>/``: ``state
 frames, positions, momenta, Nose-Hoover chain state, step count; rewritten atomically every
 ``--checkpoint-every`` saved frames, so a killed run resumes exactly where it stopped),
 ``result.json`` (written when the run ends), ``hr.npy`` and ``trajectory.npz``. A run whose
-``result.json`` matches the current protocol and model file is not repeated. The summary
+``result.json`` matches the current protocol and model file is not repeated; the simulated time is
+not part of that match, so a finished shorter run (e.g. ``--time-ps 10``) extends exactly to a longer
+one (``--time-ps 300``) from its saved state, and a collapsed run is final. The summary
 ``md_stability.json`` and the plots ``stability.png``, ``hr_<molecule>.png`` and ``speed.png`` are
 rebuilt at the end of every invocation from all completed runs in ``<out>/runs`` that share the
 current protocol (so separate invocations per molecule, e.g. one per core, add up to one summary).
@@ -328,6 +330,11 @@ def file_digest(path: Path | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- one run
+def _longer_than_requested(path: Path, steps: int, protocol: Protocol) -> str:
+    return (f"{path} holds {steps} steps, more than the {protocol.n_steps} requested ({protocol.time_ps:g} ps); "
+            "ask for at least that long (--time-ps) or use another --out")
+
+
 def _atomic_savez(path: Path, **arrays: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
@@ -391,7 +398,10 @@ def run_one(
     log = RunLogger(f"{reference.molecule}/{spec.name}", quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path, state_path = run_dir / "result.json", run_dir / "state.npz"
-    fingerprint = {"protocol": protocol.to_dict(), "model_file_sha256": file_digest(spec.path),
+    # The simulated time is not part of the fingerprint: a finished shorter run extends to a longer one.
+    trajectory_settings = {k: v for k, v in protocol.to_dict().items() if k not in ("time_ps", "n_steps",
+                                                                                  "n_saved_frames")}
+    fingerprint = {"protocol": trajectory_settings, "model_file_sha256": file_digest(spec.path),
                    "model_kind": spec.kind, "molecule": reference.molecule}
     fingerprint_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     if restart:
@@ -399,10 +409,16 @@ def run_one(
             path.unlink(missing_ok=True)
     if result_path.is_file():
         previous = json.loads(result_path.read_text())
-        if previous.get("fingerprint") == fingerprint_key:
+        same_length = previous.get("protocol_key") == protocol_key(protocol)
+        if previous.get("fingerprint") == fingerprint_key and (same_length or previous["collapsed"]):
             log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
             return previous
-        log("result.json is from a different protocol or model file; running again")
+        if previous.get("fingerprint") == fingerprint_key and previous["steps"] > protocol.n_steps:
+            raise ValueError(_longer_than_requested(result_path, previous["steps"], protocol))
+        if previous.get("fingerprint") == fingerprint_key:
+            log(f"result.json covers {previous['simulated_ps']:g} ps; extending the run to {protocol.time_ps:g} ps")
+        else:
+            log("result.json is from a different protocol or model file; running again")
         result_path.unlink()
 
     calculator = make_calculator(spec, protocol)
@@ -414,6 +430,8 @@ def run_one(
     if state_path.is_file():
         state = np.load(state_path)
         if str(state["fingerprint"]) == fingerprint_key:
+            if int(state["steps_done"]) > protocol.n_steps:
+                raise ValueError(_longer_than_requested(state_path, int(state["steps_done"]), protocol))
             atoms.set_positions(state["positions"])
             atoms.set_momenta(state["momenta"])
             frames = list(state["frames"])

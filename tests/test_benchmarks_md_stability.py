@@ -135,6 +135,29 @@ def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
     assert resumed["hr_mae"] == straight["hr_mae"]
 
 
+def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpoint):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    settings = {"save_every": 20, "temperature_K": 100.0, "collapse_threshold_A": 100.0}
+    long, short = ms.Protocol(time_ps=0.06, **settings), ms.Protocol(time_ps=0.03, **settings)
+    reference = ms.load_reference("ethanol", long)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    straight = ms.run_one(spec, reference, long, tmp_path / "a", checkpoint_every=1, quiet=True)
+    first = ms.run_one(spec, reference, short, tmp_path / "b", checkpoint_every=1, quiet=True)
+    assert first["steps"] == 60 and not first["collapsed"]
+    extended = ms.run_one(spec, reference, long, tmp_path / "b", checkpoint_every=1, quiet=True)
+    assert extended["resume"] == "resumed at step 60" and extended["steps"] == straight["steps"] == 120
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "trajectory.npz")["positions"],
+                                  np.load(tmp_path / "b" / "trajectory.npz")["positions"])
+    assert extended["hr_mae"] == straight["hr_mae"]
+    # the longer run is reused as it is; a shorter request than the stored state is refused
+    assert ms.run_one(spec, reference, long, tmp_path / "b", quiet=True)["resume"] == "resumed at step 60"
+    for stored in ("result.json", "state.npz"):  # either file alone refuses it, and neither is lost
+        with pytest.raises(ValueError, match="--time-ps"):
+            ms.run_one(spec, reference, short, tmp_path / "b", quiet=True)
+        assert (tmp_path / "b" / stored).is_file()
+        (tmp_path / "b" / stored).rename(tmp_path / stored)
+
+
 def test_quick_end_to_end(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_aspirin_test_01.npz")
     out = tmp_path / "out"
