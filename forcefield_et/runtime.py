@@ -11,6 +11,10 @@ the mmap and trim thresholds to 1 GiB keeps freed memory in the process for reus
 
 The setting is process-wide and applied once, on Linux with glibc only. Set the environment
 variable ``FORCEFIELD_ET_KEEP_MALLOC=1`` to leave malloc as it is.
+
+:func:`plan_memory` picks the evaluation path of a large structure: all edges at once when the
+estimate fits, else the edge-chunked mode (``Potential.set_edge_chunking``), whose memory grows
+with atoms and edges far more slowly, else a clear MemoryError.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import ctypes.util
 import functools
 import os
 import platform
+from dataclasses import dataclass
+from typing import Sequence
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -64,6 +70,103 @@ MEMORY_FRACTION = 0.8  # refuse when the estimate exceeds this share of the avai
 def estimate_call_memory_bytes(n_edges: int, num_layers: int, hidden_channels: int, itemsize: int) -> int:
     """Estimated peak bytes of one energy+forces evaluation with ``n_edges`` directed edges."""
     return int(n_edges) * int(num_layers) * int(hidden_channels) * int(itemsize) * VALUES_PER_EDGE_LAYER_CHANNEL
+
+
+# Edge-chunked path (Potential.set_edge_chunking), in units of the dtype's size. Kept for the backward
+# pass: per layer about 26 node values per atom and channel (layer input, q/k/v, vector features and
+# their three projections, aggregated messages) plus 40 for one layer's node-level gradients; the edge
+# geometry (rbf [E, R] and its graph, unit vectors, cutoff weights, edge vectors and their gradients),
+# about 10 values per edge and radial function plus 40 per edge; one chunk's messages recomputed with
+# their gradients, 64 values per chunk edge and channel. Integer neighbour lists (edge_index and the
+# neighbour-list library's arrays) add about 64 bytes per edge. Measured (default float32 model,
+# chunks of 8192 edges, water boxes of 192-1,536 atoms, benchmarks/speed.py's box tiled): the peak
+# RSS of a first call is 1.3-1.7x this estimate, from heap fragmentation; CHUNKED_SAFETY_FACTOR covers it.
+DEFAULT_EDGE_CHUNK_SIZE = 8192
+NODE_VALUES_PER_LAYER_CHANNEL = 26
+NODE_VALUES_PER_CHANNEL = 40
+GEOMETRY_VALUES_PER_EDGE_RBF = 10
+GEOMETRY_VALUES_PER_EDGE = 40
+CHUNK_VALUES_PER_EDGE_CHANNEL = 64
+INDEX_BYTES_PER_EDGE = 64
+CHUNKED_SAFETY_FACTOR = 6  # the chunked estimate must fit this many times: heap fragmentation, estimate error
+
+
+def estimate_chunked_call_memory_bytes(
+    n_atoms: int,
+    n_edges: int,
+    num_layers: int,
+    hidden_channels: int,
+    itemsize: int,
+    num_rbf: int = 32,
+    edge_chunk_size: int = DEFAULT_EDGE_CHUNK_SIZE,
+) -> int:
+    """Estimated peak bytes of one energy+forces evaluation in the edge-chunked mode (without the
+    safety factor): node features kept per layer + edge geometry + one chunk's messages."""
+    n_atoms, n_edges, layers, channels = int(n_atoms), int(n_edges), int(num_layers), int(hidden_channels)
+    chunk = min(int(edge_chunk_size), n_edges)
+    values = (
+        n_atoms * channels * (NODE_VALUES_PER_LAYER_CHANNEL * layers + NODE_VALUES_PER_CHANNEL)
+        + n_edges * (GEOMETRY_VALUES_PER_EDGE_RBF * int(num_rbf) + GEOMETRY_VALUES_PER_EDGE)
+        + chunk * channels * CHUNK_VALUES_PER_EDGE_CHANNEL
+    )
+    return values * int(itemsize) + n_edges * INDEX_BYTES_PER_EDGE
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one energy+forces call will run: ``path`` is ``"all_edges"`` or ``"chunked"``;
+    ``edge_chunk_size`` is the chunk size of the chunked path (None for all edges);
+    ``estimated_bytes`` the estimate of the chosen path (before any safety factor);
+    ``available_bytes`` the memory found available (None where unknown)."""
+
+    path: str
+    edge_chunk_size: int | None
+    estimated_bytes: int
+    available_bytes: int | None
+
+
+PATHS = ("all_edges", "chunked")
+
+
+def plan_memory(
+    n_atoms: int,
+    n_edges: int,
+    num_layers: int,
+    hidden_channels: int,
+    itemsize: int,
+    num_rbf: int = 32,
+    edge_chunk_size: int = DEFAULT_EDGE_CHUNK_SIZE,
+    paths: Sequence[str] = PATHS,
+) -> MemoryPlan:
+    """Pick the first of ``paths`` that fits in the available memory: ``"all_edges"`` when its
+    estimate is at most ``MEMORY_FRACTION`` of it, ``"chunked"`` when ``CHUNKED_SAFETY_FACTOR`` times
+    the chunked estimate is. Raises MemoryError, with the numbers, when none fits. Where the
+    available memory is unknown, the first path is taken."""
+    unknown = [path for path in paths if path not in PATHS]
+    if not paths or unknown:
+        raise ValueError(f"plan_memory: paths must be a non-empty selection of {PATHS}, got {list(paths)}")
+    full = estimate_call_memory_bytes(n_edges, num_layers, hidden_channels, itemsize)
+    chunked = estimate_chunked_call_memory_bytes(
+        n_atoms, n_edges, num_layers, hidden_channels, itemsize, num_rbf, edge_chunk_size
+    )
+    available = available_memory_bytes()
+    for path in paths:
+        needed = full if path == "all_edges" else CHUNKED_SAFETY_FACTOR * chunked
+        if available is None or needed <= MEMORY_FRACTION * available:
+            chunk = int(edge_chunk_size) if path == "chunked" else None
+            return MemoryPlan(path, chunk, full if path == "all_edges" else chunked, available)
+    assert available is not None
+    chunked_note = (
+        f" (about {chunked / 2**30:.1f} GiB in the edge-chunked mode, which is used only when "
+        f"{CHUNKED_SAFETY_FACTOR}x that fits)"
+    )
+    hint = "" if "chunked" in paths else f"; edge chunking would need about {chunked / 2**30:.1f} GiB"
+    raise MemoryError(
+        f"{n_atoms} atoms with {n_edges} neighbour pairs need about {full / 2**30:.1f} GiB for one "
+        f"energy+forces call{chunked_note if 'chunked' in paths else ''}, but only {available / 2**30:.1f} GiB "
+        f"of memory is available{hint}; use a smaller system or a GPU with enough memory"
+        + (", or float32 instead of float64" if itemsize > 4 else "")
+    )
 
 
 class _MallInfo2(ctypes.Structure):
@@ -111,9 +214,13 @@ def check_memory(n_atoms: int, n_edges: int, num_layers: int, hidden_channels: i
 
 
 __all__ = [
+    "DEFAULT_EDGE_CHUNK_SIZE",
+    "MemoryPlan",
     "available_memory_bytes",
     "check_memory",
     "estimate_call_memory_bytes",
+    "estimate_chunked_call_memory_bytes",
     "keep_freed_memory",
     "malloc_free_bytes",
+    "plan_memory",
 ]

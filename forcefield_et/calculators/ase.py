@@ -7,6 +7,7 @@ order xx, yy, zz, yz, xz, xy) for periodic systems.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
@@ -18,7 +19,9 @@ from ..checkpoint import load_model, resolve_dtype
 from ..elements import symbol
 from ..model import Potential
 from ..neighbors import radius_graph
-from ..runtime import check_memory, keep_freed_memory
+from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_memory
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
@@ -52,10 +55,18 @@ class ETCalculator(Calculator):
             (matscipy's C neighbour list, periodic structures on CPU only), or ``"auto"``:
             matscipy for periodic structures of at least ``MATSCIPY_MIN_ATOMS`` atoms on CPU when
             matscipy is installed (measured 2-10x faster there, see docs/benchmarks.md).
+        edge_chunking: ``"auto"`` (default): on CPU, from ``MEMORY_CHECK_MIN_ATOMS`` atoms on,
+            all edges at once when the call fits in the available memory, else the model's
+            memory-saving edge-chunked mode (``EDGE_CHUNK_SIZE`` edges per chunk, about 1.3x the
+            time per call; see ``Potential.set_edge_chunking``), else a MemoryError; ``None``: never
+            chunk; an int: always chunk with this many edges per chunk. After each call ``last_path`` is
+            ``"all_edges"`` or ``"chunked"`` and ``last_memory_plan`` the
+            :class:`~forcefield_et.runtime.MemoryPlan` (None where memory was not checked).
     """
 
     MATSCIPY_MIN_ATOMS = 100
     MEMORY_CHECK_MIN_ATOMS = 500  # from this size on, the memory a call needs is checked first
+    EDGE_CHUNK_SIZE = DEFAULT_EDGE_CHUNK_SIZE  # edges per chunk when edge_chunking="auto" chunks
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
     default_parameters: Dict[str, Any] = {}
@@ -67,9 +78,21 @@ class ETCalculator(Calculator):
         dtype: Union[str, torch.dtype] = "float32",
         compile: bool = False,
         neighbor_list: str = "auto",
+        edge_chunking: Union[str, int, None] = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not (
+            edge_chunking is None
+            or edge_chunking == "auto"
+            or (isinstance(edge_chunking, int) and not isinstance(edge_chunking, bool) and edge_chunking > 0)
+        ):
+            raise ValueError(
+                f"ETCalculator: edge_chunking must be 'auto', None or a positive int, got {edge_chunking!r}"
+            )
+        self.edge_chunking = edge_chunking
+        self.last_path: str | None = None
+        self.last_memory_plan: MemoryPlan | None = None
         if neighbor_list not in ("auto", "torch", "matscipy"):
             raise ValueError(
                 f"ETCalculator: neighbor_list must be 'auto', 'torch' or 'matscipy', got {neighbor_list!r}"
@@ -144,16 +167,32 @@ class ETCalculator(Calculator):
         if atoms.pbc.all():
             cell = torch.as_tensor(atoms.get_cell().array, dtype=self.dtype, device=self.device).unsqueeze(0)
         edges = None
+        fixed_chunk = self.edge_chunking if isinstance(self.edge_chunking, int) else None
         if cell is not None and self._use_matscipy(len(atoms)):
             edges = self._matscipy_edges(atoms)
-        elif len(atoms) >= self.MEMORY_CHECK_MIN_ATOMS and self.device.type == "cpu":
+        elif (len(atoms) >= self.MEMORY_CHECK_MIN_ATOMS and self.device.type == "cpu") or fixed_chunk is not None:
             edges = radius_graph(pos, self.cutoff, None, cell)
-        if edges is not None:  # both branches above run on CPU only
-            hyper = self.model.hyperparameters
-            check_memory(
-                len(atoms), edges[0].shape[1], hyper["num_layers"], hyper["hidden_channels"], pos.element_size()
+        self.last_memory_plan = None
+        chunk = fixed_chunk
+        if edges is not None and self.device.type == "cpu":
+            self.last_memory_plan = self._plan_memory(len(atoms), edges[0].shape[1], pos.element_size())
+            chunk = self.last_memory_plan.edge_chunk_size
+        if chunk is not None and (edges is None or edges[0].shape[1] <= chunk):
+            chunk = None  # one chunk holds every edge: the model takes all edges at once
+        path = "all_edges" if chunk is None else "chunked"
+        if edges is not None:  # INFO when the path changes (e.g. an MD run's first step), else DEBUG
+            logger.log(
+                logging.INFO if path != self.last_path else logging.DEBUG,
+                "ETCalculator: %d atoms, %d edges: %s path%s", len(atoms), edges[0].shape[1], path,
+                f" ({chunk} edges per chunk)" if chunk is not None else "",
             )
-        output = self._evaluate(self._z_tensor, pos, None, cell, len(atoms), edges)
+        self.last_path = path
+        previous = self.model.edge_chunk_size
+        self.model.set_edge_chunking(chunk)
+        try:
+            output = self._evaluate(self._z_tensor, pos, None, cell, len(atoms), edges)
+        finally:
+            self.model.set_edge_chunking(previous)
         energy = float(output["energy"][0].detach())
         forces = output["forces"].detach().cpu().numpy().astype(np.float64)
         self.n_calls += 1
@@ -163,6 +202,20 @@ class ETCalculator(Calculator):
             self.results["stress"] = _full_stress_to_voigt(
                 output["stress"][0].detach().cpu().numpy().astype(np.float64)
             )
+
+    def _plan_memory(self, n_atoms: int, n_edges: int, itemsize: int) -> MemoryPlan:
+        """The memory plan of one call on CPU (raises MemoryError when no allowed path fits)."""
+        hyper = self.model.hyperparameters
+        if self.edge_chunking == "auto":
+            chunk, paths = self.EDGE_CHUNK_SIZE, ("all_edges", "chunked")
+        elif self.edge_chunking is None:
+            chunk, paths = self.EDGE_CHUNK_SIZE, ("all_edges",)
+        else:
+            chunk, paths = int(self.edge_chunking), ("chunked",)
+        return plan_memory(
+            n_atoms, n_edges, hyper["num_layers"], hyper["hidden_channels"], itemsize,
+            num_rbf=hyper["num_rbf"], edge_chunk_size=chunk, paths=paths,
+        )
 
     def _use_matscipy(self, n_atoms: int) -> bool:
         if self.neighbor_list == "torch" or self.device.type != "cpu":

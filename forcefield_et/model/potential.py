@@ -4,6 +4,7 @@
 'forces': [N, 3] eV/Å}`` plus ``'stress': [B, 3, 3] eV/Å³`` when a cell is given. Forces are
 F = -dE/dr (conservative by construction); stress is (1/V) dE/d(strain). The module is
 TorchScript-compatible (``torch.jit.script``) and works in float32 or float64.
+``Potential.set_edge_chunking(8192)`` trades time for memory on large systems (eager inference only).
 """
 
 from __future__ import annotations
@@ -180,6 +181,23 @@ class Potential(nn.Module):
             volume = torch.abs(torch.linalg.det(cell.detach()))
             result["stress"] = grad_strain / volume.view(-1, 1, 1)
         return result
+
+    @torch.jit.unused
+    def set_edge_chunking(self, edge_chunk_size: int | None) -> None:
+        """Memory-saving inference mode for large systems: with ``edge_chunk_size`` (edges per
+        chunk, e.g. 8192) every layer's edge-level work runs over chunks of that many edges under
+        activation checkpointing, so that the backward pass keeps one chunk's [chunk, 3, F] messages
+        instead of all [E, 3, F] ones (about 1.3-1.5x the time per call; results equal up to float
+        rounding). ``None`` (the default) restores the all-edges path. Only structures with more
+        edges than one chunk are chunked. Eager inference only: in ``train()`` mode the forward
+        raises RuntimeError, and ``torch.jit.script`` always compiles the all-edges path."""
+        self.representation.set_edge_chunking(edge_chunk_size)
+
+    @property
+    @torch.jit.unused
+    def edge_chunk_size(self) -> int | None:
+        """Edges per chunk of the memory-saving mode, or None (all edges at once)."""
+        return self.representation.edge_chunk_size
 
     @torch.jit.unused
     def supported_symbols(self) -> List[str]:

@@ -254,3 +254,61 @@ def test_matscipy_neighbour_list_gives_identical_results(small_model):
     np.testing.assert_allclose(results["matscipy"][2], results["torch"][2], atol=1e-12)
     auto = ETCalculator(small_model, device="cpu", dtype="float64")
     assert auto._use_matscipy(len(water)) and not auto._use_matscipy(21)
+
+
+# ----------------------------------------------------------------------------- memory-saving mode
+
+
+def _chunking_calc(model, **kwargs) -> ETCalculator:
+    calc = ETCalculator(model, device="cpu", dtype="float64", **kwargs)
+    calc.MEMORY_CHECK_MIN_ATOMS = 100  # plan the 192-atom box whichever neighbour list runs
+    calc.EDGE_CHUNK_SIZE = 256  # about 40 chunks per layer
+    return calc
+
+
+def test_calculator_chunks_edges_when_memory_is_short(monkeypatch, caplog):
+    """With memory (monkeypatched) too short for all edges but enough for the chunked path, the
+    calculator switches to it, records it, and gives the all-edges energy, forces and stress."""
+    from forcefield_et import runtime
+
+    torch.manual_seed(0)  # wider and deeper than small_model, so that chunking saves enough to matter
+    model = build_model(hidden_channels=64, num_layers=3, num_heads=4, num_rbf=16).double().eval()
+    water = _water_atoms()
+    reference = _chunking_calc(model)
+    expected = (reference.get_potential_energy(water), reference.get_forces(water), reference.get_stress(water))
+    assert reference.last_path == "all_edges" and reference.last_memory_plan.path == "all_edges"
+
+    n_edges = reference.last_memory_plan.estimated_bytes // runtime.estimate_call_memory_bytes(1, 3, 64, 8)
+    all_edges = runtime.estimate_call_memory_bytes(n_edges, 3, 64, 8) / runtime.MEMORY_FRACTION
+    chunked = runtime.estimate_chunked_call_memory_bytes(len(water), n_edges, 3, 64, 8, 16, 256)
+    chunked *= runtime.CHUNKED_SAFETY_FACTOR / runtime.MEMORY_FRACTION
+    assert chunked < all_edges
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: int(0.5 * (chunked + all_edges)))
+
+    calc = _chunking_calc(model)
+    with caplog.at_level("INFO", logger="forcefield_et.calculators.ase"):
+        energy, forces, stress = calc.get_potential_energy(water), calc.get_forces(water), calc.get_stress(water)
+    assert calc.last_path == "chunked" and calc.last_memory_plan.edge_chunk_size == 256
+    assert "chunked path (256 edges per chunk)" in caplog.text
+    assert model.edge_chunk_size is None  # the calculator's choice lasts one call
+    assert energy == pytest.approx(expected[0], rel=1e-12)
+    np.testing.assert_allclose(forces, expected[1], rtol=0, atol=1e-12 * np.abs(expected[1]).max())
+    np.testing.assert_allclose(stress, expected[2], rtol=0, atol=1e-12 * np.abs(expected[2]).max())
+
+    with pytest.raises(MemoryError, match="edge chunking would need about"):  # chunking switched off
+        _chunking_calc(model, edge_chunking=None).get_potential_energy(water)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: int(0.9 * chunked))
+    with pytest.raises(MemoryError, match="edge-chunked mode"):
+        _chunking_calc(model).get_potential_energy(water)
+
+
+def test_calculator_fixed_edge_chunk_size(small_model):
+    atoms = _aspirin_atoms()  # small: chunks of 16 edges all the same
+    calc = ETCalculator(small_model, device="cpu", dtype="float64", edge_chunking=16)
+    forces = calc.get_forces(atoms)
+    assert calc.last_path == "chunked" and calc.last_memory_plan.path == "chunked"
+    plain = ETCalculator(small_model, device="cpu", dtype="float64")
+    np.testing.assert_allclose(forces, plain.get_forces(atoms), rtol=0, atol=1e-12)
+    assert plain.last_path == "all_edges" and plain.last_memory_plan is None  # 21 atoms: not checked
+    with pytest.raises(ValueError, match="edge_chunking must be"):
+        ETCalculator(small_model, device="cpu", edge_chunking=0)
