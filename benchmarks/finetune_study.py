@@ -32,12 +32,14 @@ from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.training import config_from_dict, train
 
+from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
 STUDY_DIR = Path(__file__).resolve().parent / "results" / "finetune_study"
 VALID_FRAMES = 50
 SPLIT_FRAMES = 1000
+GENERIC_CHECKPOINT_STEMS = ("best", "last", "model", "checkpoint")
 
 
 def run_one(
@@ -52,7 +54,7 @@ def run_one(
     threads: int = 1,
 ) -> Dict[str, Any]:
     """Fine-tune (start='pretrained' or a checkpoint path) or train from scratch (start='scratch')."""
-    run_dir = out / "runs" / f"{molecule}-{n_train}-{Path(start).stem}"
+    run_dir = out / "runs" / f"{molecule}-{n_train}-{start_label(start)}"
     result_path = run_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -86,7 +88,7 @@ def run_one(
         "molecule": molecule,
         "n_train": n_used,
         "n_train_requested": n_train,
-        "start": Path(start).stem,
+        "start": start_label(start),
         "steps": steps,
         "wall_time_s": wall,
         "test_frames": len(test),
@@ -95,8 +97,20 @@ def run_one(
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
         "valid_force_mae_meV_A": valid_metrics.get(f"{molecule}/force_mae_meV_A"),
     }
-    result_path.write_text(json.dumps(result, indent=2))
+    write_text_atomic(result_path, json.dumps(result, indent=2))
     return result
+
+
+def start_label(start: str) -> str:
+    """Short name of a start: 'pretrained', 'scratch', or a checkpoint file's stem; a run folder's
+    generic file name (best.pt, last.pt) is named after its folder, so that
+    ``runs/ablation_denoise/best.pt`` becomes 'ablation_denoise'."""
+    if start in ("pretrained", "scratch"):
+        return start
+    path = Path(start)
+    if path.stem in GENERIC_CHECKPOINT_STEMS and path.parent.name:
+        return path.parent.name
+    return path.stem
 
 
 def study_config(
@@ -290,9 +304,9 @@ def report(out: Path) -> str:
         "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
         "runs": results,
     }
-    (out / "finetune_study.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "finetune_study.json", summary)
     markdown = table(results)
-    (out / "finetune_table.md").write_text(markdown)
+    write_text_atomic(out / "finetune_table.md", markdown)
     if results:
         plot(results, out / "finetune_curves.png")
     return markdown

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +59,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+
+from .io import savez_atomic, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -335,31 +336,6 @@ def _longer_than_requested(path: Path, steps: int, protocol: Protocol) -> str:
             "ask for at least that long (--time-ps) or use another --out")
 
 
-def _atomic_savez(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
 def _thermostat_state(dynamics) -> Dict[str, np.ndarray] | None:
     thermostat = getattr(dynamics, "_thermostat", None)
     if thermostat is None or not hasattr(thermostat, "_eta") or not hasattr(thermostat, "_p_eta"):
@@ -453,7 +429,7 @@ def run_one(
 
     def save_state() -> None:
         extra = _thermostat_state(dynamics) or {}
-        _atomic_savez(state_path, fingerprint=np.array(fingerprint_key), positions=atoms.get_positions(),
+        savez_atomic(state_path, fingerprint=np.array(fingerprint_key), positions=atoms.get_positions(),
                       momenta=atoms.get_momenta(), frames=np.asarray(frames, dtype=np.float32),
                       temperatures=np.asarray(temperatures), steps_done=np.array(steps_done),
                       md_wall_s=np.array(md_wall_s), **extra)
@@ -510,7 +486,7 @@ def run_one(
         stability_ps = steps_done * protocol.timestep_fs / 1000.0
     steps_per_s = steps_done / md_wall_s if md_wall_s > 0 else float("nan")
     np.save(run_dir / "hr.npy", hr)
-    _atomic_savez(run_dir / "trajectory.npz", positions=frames_arr, numbers=reference.numbers,
+    savez_atomic(run_dir / "trajectory.npz", positions=frames_arr, numbers=reference.numbers,
                   time_ps=np.arange(len(frames_arr)) * protocol.save_interval_ps,
                   temperature_K=np.asarray(temperatures))
     finite_t = np.asarray([t for t in temperatures[1:] if np.isfinite(t)])
@@ -543,7 +519,7 @@ def run_one(
         "protocol_key": protocol_key(protocol),
         "run_dir": str(run_dir),
     }
-    _atomic_write_json(result_path, result)
+    write_json_atomic(result_path, result)
     log(f"done: stability {stability_ps:.2f} ps ({'collapsed' if collapsed_at is not None else 'stable'}), "
         f"h(r) MAE {result['hr_mae']:.2e}, {steps_per_s:.1f} steps/s, {result['ns_per_day']:.3f} ns/day")
     return result
@@ -739,7 +715,7 @@ def main(argv: List[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - started,
         "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
     }
-    _atomic_write_json(out / "md_stability.json", summary)
+    write_json_atomic(out / "md_stability.json", summary)
     print(f"wrote {out / 'md_stability.json'} ({len(runs)} runs, {len(skipped)} skipped) and "
           f"{len(figures)} figures", flush=True)
     for r in runs:

@@ -37,6 +37,7 @@ from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.training import train
 
 from .finetune_study import study_config
+from .io import write_json_atomic
 from .machine import machine_info
 
 DATA_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "qm9" / "qm9_500_U0_eV.db"
@@ -84,7 +85,7 @@ def run_fold(data: ConformationSet, fold: int, start: str, steps: int, batch_siz
         "n_train": len(split["train"]), "n_valid": len(split["valid"]), "n_test": len(split["test"]),
         "test_u0_mae_meV": metrics["energy_mae_meV"], "test_u0_mae_meV_per_atom": metrics["energy_mae_meV_per_atom"],
     }
-    result_path.write_text(json.dumps(result, indent=2))
+    write_json_atomic(result_path, result)
     return result
 
 
@@ -142,9 +143,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         summary[f"{start}_mean_mae_meV"] = statistics.mean(maes)
         summary[f"{start}_std_mae_meV"] = statistics.stdev(maes) if len(maes) > 1 else 0.0
     path = out / "qm9_property.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, summary)
     plot(results, out / "qm9_property.png")
     return summary
 
