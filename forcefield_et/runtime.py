@@ -61,9 +61,11 @@ def keep_freed_memory() -> bool:
 
 
 # Peak memory of one energy+forces call per edge, per layer and per feature channel, in units of
-# the dtype's size: the autograd graph keeps about 21 such values (5.2 GB measured for 80k edges
-# of the default float32 model on 1,536 water atoms, benchmarks/speed.py); 24 leaves a margin.
-VALUES_PER_EDGE_LAYER_CHANNEL = 24
+# the dtype's size. The autograd graph keeps about 21 such values, but the peak resident memory of
+# a first call in a fresh process is higher: 7.2 GiB for 80,016 edges (1,536 water atoms) and
+# 14.5 GiB for 160,074 edges (3,072 atoms) of the default float32 model, i.e. 31.7 values
+# (benchmarks/large_systems.py); 34 leaves a margin.
+VALUES_PER_EDGE_LAYER_CHANNEL = 34
 MEMORY_FRACTION = 0.8  # refuse when the estimate exceeds this share of the available memory
 
 
