@@ -71,6 +71,7 @@ MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
 QUICK_MOLECULES = ("aspirin", "ethanol")
 DEFAULT_MODELS = ("et-pretrained-finetuned", "et-scratch", "nequip")
 NEQUIP_COMPILED_NAME = "model.nequip.pth"
+NEQUIP_CUDA_COMPILED_NAME = "model.cuda.nequip.pth"  # benchmarks.prepare --device cuda
 NH_CHAIN_LENGTH = 3  # ASE NoseHooverChainNVT default, used by forcefield_et.md.make_dynamics
 MIN_TEMPERATURE_K, MAX_TEMPERATURE_K = 0.1, 1.0e5  # MDsim's sanity range for early stopping
 
@@ -245,8 +246,9 @@ def _describe_et(path: Path) -> str:
 
 
 def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: Path = CACHE_DIR,
-                  study_runs_dir: Path = STUDY_RUNS_DIR) -> ModelSpec:
-    """Where the model ``name`` for ``molecule`` lives, or why it is skipped."""
+                  study_runs_dir: Path = STUDY_RUNS_DIR, device: str = "cpu") -> ModelSpec:
+    """Where the model ``name`` for ``molecule`` lives, or why it is skipped. On a CUDA ``device``
+    NequIP uses its CUDA-compiled model (``prepare --device cuda``) when there is one."""
     if name in extra:
         path = Path(str(extra[name]).replace("{molecule}", molecule))
         if not path.is_file():
@@ -273,6 +275,9 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
         return ModelSpec(name, "et", path, _describe_et(path))
     if name == "nequip":
         path = cache_dir / f"nequip-{molecule}" / NEQUIP_COMPILED_NAME
+        cuda_path = cache_dir / f"nequip-{molecule}" / NEQUIP_CUDA_COMPILED_NAME
+        if device.startswith("cuda") and cuda_path.is_file():
+            path = cuda_path
         if not path.is_file():
             return ModelSpec(name, "nequip", path, "", f"{path} not found; run: python -m benchmarks.prepare "
                              f"--molecules {molecule} --models nequip")
@@ -661,7 +666,7 @@ def main(argv: List[str] | None = None) -> int:
             print(f"{molecule}: skipped: {error}", flush=True)
             continue
         for model in models:
-            spec = resolve_model(model, molecule, extra)
+            spec = resolve_model(model, molecule, extra, device=args.device)
             if spec.skip_reason:
                 skipped.append({"molecule": molecule, "model": model, "reason": spec.skip_reason})
                 print(f"{molecule}/{model}: skipped: {spec.skip_reason}", flush=True)

@@ -48,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
+NEQUIP_DEVICES = ("cpu", "cuda")
 TRAIN_FRAMES, VALID_FRAMES = (0, 950), (950, 1000)
 TINY_ARCHITECTURE = {"hidden_channels": 32, "num_layers": 2, "num_heads": 4, "num_rbf": 16, "cutoff": 5.0}
 
@@ -204,12 +205,15 @@ def write_extxyz(molecule: str, frames: tuple, path: Path) -> int:
 
 
 def nequip_config(type_names: List[str], train_xyz: Path, valid_xyz: Path, settings: Dict[str, Any],
-                  max_epochs: int, max_time: str, seed: int = 123, quick: bool = False) -> Dict[str, Any]:
-    """A nequip 0.19 (Hydra) training config."""
+                  max_epochs: int, max_time: str, seed: int = 123, quick: bool = False,
+                  device: str = "cpu") -> Dict[str, Any]:
+    """A nequip 0.19 (Hydra) training config; ``device`` 'cpu' or 'cuda' (Lightning's 'gpu' accelerator)."""
+    if device not in NEQUIP_DEVICES:
+        raise ValueError(f"device must be one of {NEQUIP_DEVICES}, got {device!r}")
     monitored = "val0_epoch/weighted_sum"
     trainer: Dict[str, Any] = {
         "_target_": "lightning.Trainer",
-        "accelerator": "cpu",
+        "accelerator": "gpu" if device == "cuda" else "cpu",
         "devices": 1,
         "max_epochs": max_epochs,
         "max_time": max_time,
@@ -312,7 +316,9 @@ def _run(command: List[str], log_path: Path, threads: int) -> None:
 
 
 def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, threads: int, quick: bool,
-                   fresh: bool = False) -> Dict:
+                   fresh: bool = False, device: str = "cpu") -> Dict:
+    """Train NequIP with nequip-train on ``device`` and compile it for ASE on the CPU
+    (``model.nequip.pth``) and, when trained on CUDA, also for CUDA (``model.cuda.nequip.pth``)."""
     import yaml
     from ase.data import chemical_symbols
 
@@ -330,7 +336,8 @@ def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, t
     n_valid = write_extxyz(molecule, VALID_FRAMES, valid_xyz)
     z = sorted({int(v) for v in read_rmd17(rmd17_train_path(molecule), max_frames=1).z})
     type_names = [chemical_symbols[v] for v in z]
-    config = nequip_config(type_names, train_xyz, valid_xyz, settings, max_epochs, max_time, quick=quick)
+    config = nequip_config(type_names, train_xyz, valid_xyz, settings, max_epochs, max_time, quick=quick,
+                           device=device)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = root / "nequip.log"
     command = [_bin("nequip-train"), "-cp", str(root), "-cn", "config.yaml", f"hydra.run.dir={train_dir}"]
@@ -340,7 +347,7 @@ def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, t
         log(f"nequip/{molecule}: resuming from {last}")
     log(f"nequip/{molecule}: nequip-train ({settings['num_layers']} layers, l_max {settings['l_max']}, "
         f"{settings['num_features']} features, r_max {settings['r_max']} A; max {max_epochs} epochs / {max_time}; "
-        f"{n_train} train + {n_valid} valid frames) -> {train_dir} (log {log_path})")
+        f"{n_train} train + {n_valid} valid frames; {device}) -> {train_dir} (log {log_path})")
     start = time.perf_counter()
     _run(command, log_path, threads)
     train_wall = time.perf_counter() - start
@@ -352,6 +359,12 @@ def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, t
     _run([_bin("nequip-compile"), str(best), str(compiled), "--mode", "torchscript", "--device", "cpu"],
          log_path, threads)
     compile_wall = time.perf_counter() - start
+    compile_commands = [f"nequip-compile {best} {compiled} --mode torchscript --device cpu"]
+    if device == "cuda":
+        compiled_cuda = root / "model.cuda.nequip.pth"
+        _run([_bin("nequip-compile"), str(best), str(compiled_cuda), "--mode", "torchscript", "--device", "cuda"],
+             log_path, threads)
+        compile_commands.append(f"nequip-compile {best} {compiled_cuda} --mode torchscript --device cuda")
     epochs = _nequip_epochs(train_dir)
 
     import warnings
@@ -371,9 +384,9 @@ def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, t
         "settings": settings, "max_epochs": max_epochs, "max_time": max_time, "epochs_completed": epochs,
         "train_frames": f"rmd17_{molecule}_train_01.npz[{TRAIN_FRAMES[0]}:{TRAIN_FRAMES[1]}] -> {train_xyz}",
         "valid_frames": f"rmd17_{molecule}_train_01.npz[{VALID_FRAMES[0]}:{VALID_FRAMES[1]}] -> {valid_xyz}",
-        "wall_time_s": train_wall, "compile_wall_time_s": compile_wall, "threads": threads,
+        "wall_time_s": train_wall, "compile_wall_time_s": compile_wall, "threads": threads, "device": device,
         "config": str(root / "config.yaml"), "log": str(log_path), "check": check,
-        "commands": [" ".join(command), f"nequip-compile {best} {compiled} --mode torchscript --device cpu"],
+        "commands": [" ".join(command), *compile_commands],
     }
     log(f"nequip/{molecule}: trained {epochs} epochs in {train_wall:.0f} s, compiled in {compile_wall:.0f} s; "
         f"valid force MAE {check['valid_force_mae_meV_A']:.1f} meV/Å; {check['eval_ms_per_frame']:.1f} ms/frame; "
@@ -420,6 +433,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--nequip-max-time", default="00:12:00:00",
                         help="NequIP wall-time budget per molecule, DD:HH:MM:SS (default 12 h)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
+    parser.add_argument("--device", choices=NEQUIP_DEVICES, default="cpu",
+                        help="where nequip-train runs (cuda: Lightning's GPU accelerator; the model is compiled "
+                             "for the CPU and for CUDA)")
     parser.add_argument("--fresh", action="store_true",
                         help="delete earlier runs of the selected models first (default: resume them)")
     args = parser.parse_args(argv)
@@ -439,7 +455,7 @@ def main(argv: List[str] | None = None) -> int:
                     entry = prepare_et_scratch(molecule, cache, et_steps, args.threads, args.quick, fresh)
                 else:
                     entry = prepare_nequip(molecule, cache, max_epochs, args.nequip_max_time, args.threads, args.quick,
-                                           fresh)
+                                           fresh, device=args.device)
             except Exception as error:
                 failures += 1
                 entry = {"model": model, "molecule": molecule, "error": f"{type(error).__name__}: {error}"}

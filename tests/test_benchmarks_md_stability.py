@@ -86,6 +86,27 @@ def test_missing_models_are_skipped_with_reason(tmp_path):
     assert ms.resolve_model("nope", "aspirin", {}, cache_dir=tmp_path).skip_reason
 
 
+def test_nequip_on_cuda_uses_its_cuda_compiled_model_when_there_is_one(tmp_path):
+    folder = tmp_path / "nequip-aspirin"
+    folder.mkdir()
+    (folder / ms.NEQUIP_COMPILED_NAME).write_bytes(b"cpu")
+    assert ms.resolve_model("nequip", "aspirin", {}, cache_dir=tmp_path, device="cuda").path.name == "model.nequip.pth"
+    (folder / ms.NEQUIP_CUDA_COMPILED_NAME).write_bytes(b"cuda")
+    assert ms.resolve_model("nequip", "aspirin", {}, cache_dir=tmp_path, device="cuda").path.name == (
+        "model.cuda.nequip.pth")
+    assert ms.resolve_model("nequip", "aspirin", {}, cache_dir=tmp_path).path.name == "model.nequip.pth"
+
+
+def test_prepare_trains_nequip_on_the_gpu_accelerator_when_asked(tmp_path):
+    from benchmarks.prepare import NEQUIP_MDSIM, nequip_config
+
+    args = (["C", "H", "O"], tmp_path / "t.xyz", tmp_path / "v.xyz", NEQUIP_MDSIM, 10, "00:01:00:00")
+    assert nequip_config(*args)["trainer"]["accelerator"] == "cpu"
+    assert nequip_config(*args, device="cuda")["trainer"]["accelerator"] == "gpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        nequip_config(*args, device="tpu")
+
+
 @pytest.fixture
 def small_checkpoint(tmp_path):
     from forcefield_et import build_model, save_checkpoint
