@@ -209,17 +209,23 @@ class EquivariantAttention(nn.Module):
             q, k, v, i, j, rbf, cutoff_weight, self.filter_proj.weight, self.filter_proj.bias, update_vectors
         )
         x_agg = torch.zeros((n_atoms, F), dtype=x.dtype, device=x.device).index_add_(0, i, x_msg)
-        o1, o2, o3 = torch.split(self.out_proj(x_agg), [F, F, F], dim=-1)
-
-        # Node-level (cheap) even when vec is zero, so that every parameter keeps a gradient.
-        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
-        dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        dx, o1, vec3 = self._gated_update(vec, x_agg)
         if not update_vectors:
             return dx, torch.zeros((0, 3, F), dtype=x.dtype, device=x.device)
 
         vec_msg = self._vector_messages(vec, j, vec_gate, dir_gate, unit_vectors, vectors_are_zero)
         dvec = torch.zeros((n_atoms, 3, F), dtype=x.dtype, device=x.device).index_add_(0, i, vec_msg)
         return dx, vec3 * o1.unsqueeze(1) + dvec
+
+    def _gated_update(self, vec: Tensor, x_agg: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Node-level part of the update from the summed scalar messages x_agg [N, F]: returns
+        dx [N, F] and the factors of the vector update, o1 [N, F] and vec3 [N, 3, F]. Computed even
+        when vec is zero, so that every parameter keeps a gradient."""
+        F = self.hidden_channels
+        o1, o2, o3 = torch.split(self.out_proj(x_agg), [F, F, F], dim=-1)
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
+        dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        return dx, o1, vec3
 
     def _scalar_messages(
         self, q: Tensor, k: Tensor, v: Tensor, i: Tensor, j: Tensor, rbf: Tensor, cutoff_weight: Tensor,
@@ -291,10 +297,7 @@ class EquivariantAttention(nn.Module):
             self._chunk_messages, vectors_are_zero=vectors_are_zero, update_vectors=update_vectors
         )
         sums = _ChunkedEdgeSum.apply(message_fn, edge_chunk_size, x.shape[0], len(node), *node, *geometry)
-        o1, o2, o3 = torch.split(self.out_proj(sums[0]), [F, F, F], dim=-1)
-        # Node-level (cheap) even when vec is zero, so that every parameter keeps a gradient.
-        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), [F, F, F], dim=-1)
-        dx = (vec1 * vec2).sum(dim=1) * o2 + o3
+        dx, o1, vec3 = self._gated_update(vec, sums[0])
         if not update_vectors:
             return dx, torch.zeros((0, 3, F), dtype=x.dtype, device=x.device)
         return dx, vec3 * o1.unsqueeze(1) + sums[1]
