@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Sequence
 
 from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
+from .md_stability import stability_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -135,9 +136,7 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
         pre = row.get("pretrain_valid") or {}
         pre_text = " / ".join(number(pre.get(f"{s}/force_mae_meV_A")) for s in PRETRAIN_SOURCES) if pre else "–"
         fine, md = row.get("finetune") or {}, row.get("md") or {}
-        stable = "–"
-        if "stability_ps" in md:
-            stable = f"{md['stability_ps']:.2f} of {md['simulated_ps']:.2f}" + (" (collapsed)" if md["collapsed"] else "")
+        stable = stability_text(md) if "stability_ps" in md else "–"
         hr = md.get("hr_mae")
         lines.append(
             f"| {row['start']} | {pre_text} | {fine.get('n_train', row['size'])} "

@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from .io import savez_atomic, write_json_atomic
+from .io import savez_atomic, write_json_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -530,6 +530,28 @@ def run_one(
     return result
 
 
+def stability_text(run: Dict[str, Any]) -> str:
+    """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed."""
+    return f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}" + (" (collapsed)" if run["collapsed"] else "")
+
+
+def table(runs: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table of the runs: stability, h(r) MAE (ours and MDsim's scale), temperature, speed."""
+    lines = [
+        "| molecule | model | stable for (ps) | h(r) MAE (×1e-4) | h(r) MAE, MDsim scale | mean T (K) "
+        "| steps/s | ns/day |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["molecule"], r["model"])):
+        stable = stability_text(r)
+        temperature = f"{r['mean_temperature_K']:.0f}" if r.get("mean_temperature_K") is not None else "–"
+        lines.append(
+            f"| {r['molecule']} | {r['model']} | {stable} | {r['hr_mae'] * 1e4:.2f} | {r['hr_mae_mdsim']:.3f} "
+            f"| {temperature} | {r['steps_per_s']:.1f} | {r['ns_per_day']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------- plots
 def _plt():
     import matplotlib
@@ -721,6 +743,7 @@ def main(argv: List[str] | None = None) -> int:
         "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
     }
     write_json_atomic(out / "md_stability.json", summary)
+    write_text_atomic(out / "md_stability.md", table(runs))
     print(f"wrote {out / 'md_stability.json'} ({len(runs)} runs, {len(skipped)} skipped) and "
           f"{len(figures)} figures", flush=True)
     for r in runs:
@@ -736,5 +759,5 @@ if __name__ == "__main__":
 
 __all__ = [
     "Protocol", "bond_lengths", "collapse_frame", "distance_histogram", "find_bonds", "hr_mae", "load_reference",
-    "max_bond_deviation", "resolve_model", "run_one",
+    "max_bond_deviation", "resolve_model", "run_one", "table",
 ]

@@ -199,3 +199,13 @@ def test_quick_end_to_end(tmp_path, small_checkpoint):
     for name in ("stability.png", "speed.png", "hr_aspirin.png", "hr_ethanol.png"):
         assert (out / name).stat().st_size > 1000
     assert Path(runs["aspirin"]["run_dir"], "result.json").is_file()
+    rows = [line for line in (out / "md_stability.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:2] for row in rows[1:]] == [["| aspirin", "small"], ["| ethanol", "small"]]
+
+
+def test_table_marks_collapse_and_gives_both_hr_scales():
+    run = {"molecule": "ethanol", "model": "et", "stability_ps": 1.5, "simulated_ps": 1.5, "collapsed": True,
+           "hr_mae": 3.05e-4, "hr_mae_mdsim": 0.1525, "mean_temperature_K": 501.2, "steps_per_s": 62.7,
+           "ns_per_day": 2.71}
+    lines = ms.table([run]).splitlines()
+    assert lines[2] == "| ethanol | et | 1.50 of 1.50 (collapsed) | 3.05 | 0.152 | 501 | 62.7 | 2.71 |"
