@@ -66,7 +66,6 @@ def pretrain_config(variant: str, run_root: Path | None = None, quick: bool = Fa
         values["optim"] = {**values["optim"], "max_steps": 4, "batch_size": 8, "warmup_steps": 1, "valid_every": 2,
                            "checkpoint_every": 2, "log_every": 2}
         for source in values["sources"]:
-            source.setdefault("options", {})
             source["max_frames"] = 40
     return config_from_dict(values)
 
