@@ -306,13 +306,21 @@ def make_calculator(spec: ModelSpec, protocol: Protocol):
     return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype)
 
 
+def trajectory_settings(protocol: Protocol) -> Dict[str, Any]:
+    """The protocol without the simulated time: runs that share these settings are the same
+    trajectory, so a finished shorter run extends to a longer one, and runs of different lengths
+    belong in one summary."""
+    return {k: v for k, v in protocol.to_dict().items() if k not in ("time_ps", "n_steps", "n_saved_frames")}
+
+
 def protocol_key(protocol: Protocol) -> str:
-    return hashlib.sha256(json.dumps(protocol.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(trajectory_settings(protocol), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Completed runs in ``out/runs`` with the same protocol that this invocation did not touch (for
-    example runs of other molecules made by a parallel invocation), so the summary covers them all."""
+    """Completed runs in ``out/runs`` with the same protocol, whatever their simulated time, that
+    this invocation did not touch (for example runs of other molecules made by a parallel or an
+    earlier invocation), so the summary covers them all."""
     seen = {(r["molecule"], r["model"]) for r in have}
     found = []
     for path in sorted((out / "runs").glob("*/result.json")):
@@ -380,9 +388,7 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path, state_path = run_dir / "result.json", run_dir / "state.npz"
     # The simulated time is not part of the fingerprint: a finished shorter run extends to a longer one.
-    trajectory_settings = {k: v for k, v in protocol.to_dict().items() if k not in ("time_ps", "n_steps",
-                                                                                  "n_saved_frames")}
-    fingerprint = {"protocol": trajectory_settings, "model_file_sha256": file_digest(spec.path),
+    fingerprint = {"protocol": trajectory_settings(protocol), "model_file_sha256": file_digest(spec.path),
                    "model_kind": spec.kind, "molecule": reference.molecule}
     fingerprint_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     if restart:
@@ -390,7 +396,7 @@ def run_one(
             path.unlink(missing_ok=True)
     if result_path.is_file():
         previous = json.loads(result_path.read_text())
-        same_length = previous.get("protocol_key") == protocol_key(protocol)
+        same_length = previous.get("steps") == protocol.n_steps
         if previous.get("fingerprint") == fingerprint_key and (same_length or previous["collapsed"]):
             log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
             return previous

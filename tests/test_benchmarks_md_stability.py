@@ -156,6 +156,21 @@ def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
     assert resumed["hr_mae"] == straight["hr_mae"]
 
 
+def test_the_summary_covers_earlier_runs_of_other_lengths(tmp_path, small_checkpoint):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    common = ["--model-path", f"small={small_checkpoint}", "--models", "small", "--out", str(tmp_path), "--quiet",
+              "--save-every", "10"]
+    assert ms.main(["--molecules", "ethanol", "--time-ps", "0.01", *common]) == 0
+    assert ms.main(["--molecules", "aspirin", "--time-ps", "0.02", *common]) == 0
+    summary = json.loads((tmp_path / "md_stability.json").read_text())
+    assert summary["protocol"]["time_ps"] == 0.02
+    assert sorted(r["molecule"] for r in summary["runs"]) == ["aspirin", "ethanol"]
+    # a different trajectory setting is another protocol and stays out
+    assert ms.main(["--molecules", "aspirin", "--time-ps", "0.02", "--seed", "1", "--restart", *common]) == 0
+    runs = json.loads((tmp_path / "md_stability.json").read_text())["runs"]
+    assert [r["molecule"] for r in runs] == ["aspirin"]
+
+
 def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     settings = {"save_every": 20, "temperature_K": 100.0, "collapse_threshold_A": 100.0}
