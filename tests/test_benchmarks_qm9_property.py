@@ -32,3 +32,17 @@ def test_quick_run_compares_both_starts_on_held_out_molecules(tmp_path):
         assert np.isfinite(run["test_u0_mae_meV"]) and run["test_u0_mae_meV"] > 0
     assert json.loads((tmp_path / "qm9_property.json").read_text())["runs"] == runs
     assert (tmp_path / "qm9_property.png").stat().st_size > 1000
+
+
+def test_a_test_molecule_with_an_element_missing_from_training_is_excluded_and_listed():
+    from benchmarks.qm9_property import testable_molecules
+    from forcefield_et.data import read_qm9
+
+    data = read_qm9(shared_path("qm9", "qm9_500_U0_eV.db"))
+    for fold in range(N_FOLDS):
+        split = fold_indices(len(data), N_FOLDS, fold)
+        keep, excluded = testable_molecules(data, split)
+        assert len(keep) + len(excluded) == len(split["test"])
+        trained = {int(z) for i in split["train"] for z in data.to_ase(int(i)).numbers}
+        assert all(set(data.to_ase(int(i)).numbers.tolist()) <= trained for i in keep)
+        assert [e["formula"] for e in excluded] == (["CF4"] if fold == 4 else [])
