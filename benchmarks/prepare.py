@@ -355,16 +355,14 @@ def prepare_nequip(molecule: str, cache: Path, max_epochs: int, max_time: str, t
     if not best.is_file():
         raise RuntimeError(f"nequip-train finished without {best}; see {log_path}")
     compiled = root / "model.nequip.pth"
+    targets = {"cpu": compiled, **({"cuda": root / "model.cuda.nequip.pth"} if device == "cuda" else {})}
+    compile_commands = []
     start = time.perf_counter()
-    _run([_bin("nequip-compile"), str(best), str(compiled), "--mode", "torchscript", "--device", "cpu"],
-         log_path, threads)
+    for target_device, target in targets.items():
+        arguments = [str(best), str(target), "--mode", "torchscript", "--device", target_device]
+        _run([_bin("nequip-compile"), *arguments], log_path, threads)
+        compile_commands.append(" ".join(["nequip-compile", *arguments]))
     compile_wall = time.perf_counter() - start
-    compile_commands = [f"nequip-compile {best} {compiled} --mode torchscript --device cpu"]
-    if device == "cuda":
-        compiled_cuda = root / "model.cuda.nequip.pth"
-        _run([_bin("nequip-compile"), str(best), str(compiled_cuda), "--mode", "torchscript", "--device", "cuda"],
-             log_path, threads)
-        compile_commands.append(f"nequip-compile {best} {compiled_cuda} --mode torchscript --device cuda")
     epochs = _nequip_epochs(train_dir)
 
     import warnings
