@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .io import write_json_atomic, write_text_atomic
+from .io import write_report
 from .machine import machine_info
 from .md_stability import stability_text
 
@@ -110,7 +110,7 @@ def short_md(name: str, checkpoint: Path, molecule: str, time_ps: float, out: Pa
     protocol = md.Protocol(time_ps=time_ps)
     if not checkpoint.is_file():
         return {"model": name, "molecule": molecule, "skipped": f"{checkpoint} not found"}
-    spec = md.ModelSpec(name, "et", checkpoint, md._describe_et(checkpoint))
+    spec = md.ModelSpec(name, "et", checkpoint, md.describe_et(checkpoint))
     reference = md.load_reference(molecule, protocol)
     return md.run_one(spec, reference, protocol, out / "md" / f"{molecule}__{name}", quiet=True)
 
@@ -201,12 +201,8 @@ def report(out: Path, molecule: str, sizes: Sequence[int], run_root: Path | None
         "protocol": __doc__.split("Protocol.")[1].strip(),
         "rows": rows,
     }
-    write_json_atomic(out / "ablation.json", summary)
-    markdown = table(rows)
-    write_text_atomic(out / "ablation.md", markdown)
-    if rows:
-        plot(rows, out / "ablation.png")
-    return markdown
+    draw = (lambda: plot(rows, out / "ablation.png")) if rows else None
+    return write_report(out, "ablation.json", summary, "ablation.md", table(rows), draw)
 
 
 def main(argv: List[str] | None = None) -> None:

@@ -32,7 +32,7 @@ from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.training import config_from_dict, train
 
-from .io import write_json_atomic, write_text_atomic
+from .io import write_report, write_text_atomic
 from .machine import machine_info
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
@@ -304,12 +304,8 @@ def report(out: Path) -> str:
         "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
         "runs": results,
     }
-    write_json_atomic(out / "finetune_study.json", summary)
-    markdown = table(results)
-    write_text_atomic(out / "finetune_table.md", markdown)
-    if results:
-        plot(results, out / "finetune_curves.png")
-    return markdown
+    draw = (lambda: plot(results, out / "finetune_curves.png")) if results else None
+    return write_report(out, "finetune_study.json", summary, "finetune_table.md", table(results), draw)
 
 if __name__ == "__main__":
     main()

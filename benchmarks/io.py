@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,3 +45,15 @@ def savez_atomic(path: Path, **arrays: Any) -> Path:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_report(out: Path, json_name: str, summary: Any, table_name: str, markdown: str,
+                 draw: Callable[[], Any] | None = None) -> str:
+    """A benchmark's result set in ``out``: the summary as JSON, the markdown table, and the plot
+    that ``draw()`` writes (skipped when None, e.g. with no finished runs). Returns the table."""
+    out = Path(out)
+    write_json_atomic(out / json_name, summary)
+    write_text_atomic(out / table_name, markdown)
+    if draw is not None:
+        draw()
+    return markdown

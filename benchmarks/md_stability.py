@@ -233,7 +233,7 @@ class ModelSpec:
     skip_reason: str | None = None
 
 
-def _describe_et(path: Path) -> str:
+def describe_et(path: Path) -> str:
     from forcefield_et.checkpoint import read_checkpoint
 
     meta = read_checkpoint(path)["metadata"]
@@ -255,7 +255,7 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
             return ModelSpec(name, "et", path, "", f"--model-path file {path} does not exist")
         if path.name.endswith(".nequip.pth"):
             return ModelSpec(name, "nequip", path, f"NequIP TorchScript model {path.name}")
-        return ModelSpec(name, "et", path, _describe_et(path))
+        return ModelSpec(name, "et", path, describe_et(path))
     if name == "et-pretrained-finetuned":
         from forcefield_et.checkpoint import bundled_models
 
@@ -266,13 +266,13 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
                 f"bundled checkpoint {key!r} is not in forcefield_et/checkpoints (have: "
                 f"{', '.join(sorted(bundled)) or 'none'}); fine-tune the pretrained model on the 1000 rMD17 "
                 f"train frames and export it as forcefield_et/checkpoints/{key}.pt"))
-        return ModelSpec(name, "et", bundled[key], f"bundled {key}: " + _describe_et(bundled[key]))
+        return ModelSpec(name, "et", bundled[key], f"bundled {key}: " + describe_et(bundled[key]))
     if name == "et-scratch":
         path = study_runs_dir / f"{molecule}-1000-scratch" / "best.pt"
         if not path.is_file():
             return ModelSpec(name, "et", path, "", f"{path} not found; run: python -m benchmarks.prepare "
                              f"--molecules {molecule} --models et-scratch (the fine-tuning study's scratch run)")
-        return ModelSpec(name, "et", path, _describe_et(path))
+        return ModelSpec(name, "et", path, describe_et(path))
     if name == "nequip":
         path = cache_dir / f"nequip-{molecule}" / NEQUIP_COMPILED_NAME
         cuda_path = cache_dir / f"nequip-{molecule}" / NEQUIP_CUDA_COMPILED_NAME
