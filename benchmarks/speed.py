@@ -13,6 +13,8 @@ forces in one call) unless CUDA is available, in which case a CUDA section is ad
    Models:
    - ``et``: ``forcefield_et.model.build_model()`` defaults (128 hidden, 6 layers, 8 heads, 32 RBF,
      5 A), RANDOM weights, through ``ETCalculator``; the bare ``Potential.forward`` is timed too;
+   - ``et-compiled``: ``et`` with ``ETCalculator(compile=True)`` (torch.compile of the energy part,
+     dynamic shapes; the compile time is recorded as ``compile_s``, not in the timings);
    - ``et-bundled``: the bundled ``pretrained`` checkpoint (4 layers) through ``ETCalculator``;
    - ``torchmd-net-et``: TorchMD-Net's ``equivariant-transformer`` at the same hyperparameters
      (128 / 6 layers / 8 heads / 32 expnorm RBF / 5 A / neighbour embedding / SiLU), RANDOM weights,
@@ -62,12 +64,13 @@ from ase.io import read  # noqa: E402
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution  # noqa: E402
 from ase.md.verlet import VelocityVerlet  # noqa: E402
 
+from .io import write_json_atomic  # noqa: E402
 from .machine import machine_info  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache" / "speed"
 WATER_DIR = (REPO_ROOT / ".." / "shared" / "data" / "water" / "data_0").resolve()
-ALL_MODELS = ("et", "et-bundled", "torchmd-net-et", "nequip")
+ALL_MODELS = ("et", "et-compiled", "et-bundled", "torchmd-net-et", "nequip")
 WEIGHTS_NOTE = (
     "et and torchmd-net-et have random weights and nequip is untrained (one optimiser step); only "
     "et-bundled is a trained model. Speed does not depend on the weight values."
@@ -126,6 +129,33 @@ def build_et(device: str = "cpu", neighbor_list: str = "auto") -> Model:
         "parameters": _n_parameters(potential),
     }
     return Model("et", calc, info, bare=_bare_et(calc.model, device))
+
+
+def build_et_compiled(device: str = "cpu") -> Model:
+    """``et`` (same weights) with ``ETCalculator(compile=True)``: the energy part through
+    torch.compile (inductor, dynamic shapes); compiled here by one aspirin call, timed as compile_s."""
+    from forcefield_et import ETCalculator
+    from forcefield_et.model import build_model
+
+    torch.manual_seed(0)
+    potential = build_model()
+    from forcefield_et.structures import structure_path
+
+    calc = ETCalculator(potential, device=device, dtype="float32", compile=True)
+    atoms = read(structure_path("aspirin"))
+    atoms.calc = calc
+    start = time.perf_counter()
+    atoms.get_forces()
+    info = {
+        "description": "forcefield_et build_model() defaults, random weights (torch seed 0), torch.compile'd energy",
+        "weights": "random",
+        "interface": "forcefield_et.ETCalculator(Potential, dtype='float32', compile=True)",
+        "hyperparameters": dict(potential.hyperparameters),
+        "parameters": _n_parameters(potential),
+        "compile_s": round(time.perf_counter() - start, 1),
+        "torch_version": torch.__version__,
+    }
+    return Model("et-compiled", calc, info)
 
 
 def build_et_bundled(device: str = "cpu") -> Model:
@@ -267,7 +297,8 @@ def build_nequip(device: str = "cpu") -> Model:
 
 
 BUILDERS: Dict[str, Callable[..., Model]] = {
-    "et": build_et, "et-bundled": build_et_bundled, "torchmd-net-et": build_torchmd_net_et, "nequip": build_nequip,
+    "et": build_et, "et-compiled": build_et_compiled, "et-bundled": build_et_bundled,
+    "torchmd-net-et": build_torchmd_net_et, "nequip": build_nequip,
 }
 
 
@@ -657,6 +688,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(ALL_MODELS), choices=ALL_MODELS)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler summary of et")
+    parser.add_argument("--skip-scaling", action="store_true", help="aspirin only: skip the water-box size scaling")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -679,7 +711,8 @@ def main(argv: List[str] | None = None) -> int:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "omp_wait_policy_set_before_torch_loaded": OMP_WAIT_POLICY_SET_BEFORE_TORCH,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "trained_weights": {"et": False, "et-bundled": True, "torchmd-net-et": False, "nequip": False},
+        "trained_weights": {"et": False, "et-compiled": False, "et-bundled": True, "torchmd-net-et": False,
+                            "nequip": False},
     }
     names = list(dict.fromkeys(args.models))
     models, infos = build_models(names, "cpu")
@@ -702,8 +735,11 @@ def main(argv: List[str] | None = None) -> int:
     if "nequip" in models:
         scaling_models["nequip"] = models["nequip"]
     report["load_average"]["scaling_start"] = load_average()
-    report["scaling"] = scaling_benchmark(scaling_models, repeats, deadline, scaling_calls, scaling_budget_s,
-                                          max_call_s, subsets=subsets)
+    if args.skip_scaling:
+        report["scaling"] = {"skipped": "--skip-scaling", "results": {}}
+    else:
+        report["scaling"] = scaling_benchmark(scaling_models, repeats, deadline, scaling_calls, scaling_budget_s,
+                                              max_call_s, subsets=subsets)
     report["scaling"]["models"] = {
         "et": "ETCalculator, neighbor_list='auto' (matscipy at >= 100 atoms)",
         "et-torch-nl": "ETCalculator(neighbor_list='torch'), same weights as et",
@@ -729,9 +765,10 @@ def main(argv: List[str] | None = None) -> int:
     report["wall_time_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "speed.json", report)
     plot_aspirin(report["aspirin"], out / "speed_aspirin.png")
-    plot_scaling(report["scaling"], out / "speed_scaling.png")
+    if not args.skip_scaling:
+        plot_scaling(report["scaling"], out / "speed_scaling.png")
     print_tables(report)
     log(f"wrote {out / 'speed.json'}, speed_aspirin.png, speed_scaling.png in {report['wall_time_s']:.0f} s")
     return 0

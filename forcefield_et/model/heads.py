@@ -40,13 +40,18 @@ class EnergyHead(nn.Module):
     def forward(
         self, x: Tensor, element: Tensor, batch: Tensor, n_structures: int, x_isolated: Optional[Tensor] = None
     ) -> Tensor:
+        """x [N, F], element [N], batch [N], x_isolated [n_elements, F] -> energies [B] (eV)."""
+        atom_energy = self.atom_energies(x, element, x_isolated)
+        return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
+
+    def atom_energies(self, x: Tensor, element: Tensor, x_isolated: Optional[Tensor] = None) -> Tensor:
+        """Per-atom energies [N] (eV); their sum over each structure is :meth:`forward`."""
         if x_isolated is None:
             output = self.mlp(x).squeeze(-1)
         else:  # one MLP call for the atoms and the isolated-atom references
             both = self.mlp(torch.cat([x, x_isolated], dim=0)).squeeze(-1)
             output = both[: x.shape[0]] - both[x.shape[0] :].index_select(0, element)
-        atom_energy = output * self.scale + self.shift + self.atomic_energies.index_select(0, element)
-        return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
+        return output * self.scale + self.shift + self.atomic_energies.index_select(0, element)
 
 
 class ScalarPropertyHead(nn.Module):

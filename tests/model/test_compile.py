@@ -1,0 +1,66 @@
+"""``Potential.compile_energy``: the torch.compile'd energy gives the eager energy and forces, a
+changing number of edges does not recompile, and TorchScript export is unaffected."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from forcefield_et import build_model
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8).eval()
+
+
+def _ethanol() -> tuple[torch.Tensor, torch.Tensor]:
+    z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
+    pos = torch.tensor([
+        [0.0, 0.0, 0.0], [1.52, 0.0, 0.0], [2.0, 1.35, 0.0], [-0.37, 1.03, 0.0], [-0.37, -0.51, 0.89],
+        [-0.37, -0.51, -0.89], [1.89, -0.51, 0.89], [1.89, -0.51, -0.89], [2.95, 1.3, 0.0],
+    ])
+    return z, pos
+
+
+def test_compile_energy_keeps_torchscript_export_and_can_be_switched_off():
+    model = _tiny_model()
+    z, pos = _ethanol()
+    eager = model(z, pos)
+    model.compile_energy()  # compiles lazily, at the first call: nothing is compiled here
+    scripted = torch.jit.script(model)
+    out = scripted(z, pos)
+    torch.testing.assert_close(out["forces"], eager["forces"])
+    model.compile_energy(False)
+    assert model._compiled_energy is None
+    torch.testing.assert_close(model(z, pos)["forces"], eager["forces"], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile (inductor) needs a C++ compiler on CPU")
+def test_compiled_energy_matches_eager_and_does_not_recompile_when_edges_change():
+    """Tiny model (1 layer), because compiling takes about a minute on the 2-core CI machine."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = _tiny_model()
+    z, pos = _ethanol()
+    stretched = pos * 1.8  # fewer pairs within the 5 Å cutoff: a different number of edges
+    eager = [model(z, p) for p in (pos, stretched)]
+    n_edges = [int(len(torch.cdist(p, p).lt(5.0).nonzero())) - len(p) for p in (pos, stretched)]
+    assert n_edges[0] != n_edges[1]
+    model.compile_energy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = [model(z, p) for p in (pos, stretched)]
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got["energy"], want["energy"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["forces"], want["forces"], rtol=1e-5, atol=1e-5)
+    counters = torch._dynamo.utils.counters["stats"]
+    assert counters["unique_graphs"] == 1, dict(counters)
+    torch._dynamo.reset()
