@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the model's energy part: the first step compiles (minutes on a small CPU), "
-        "later steps take about 0.7x the time; worth it for long runs",
+        "later steps are faster (measure: python -m benchmarks.speed --models et et-compiled --skip-scaling)",
     )
     p.add_argument(
         "--threads",

@@ -51,8 +51,8 @@ class ETCalculator(Calculator):
         dtype: ``"float32"`` (default, fast) or ``"float64"`` (for tight energy conservation
             and finite-difference checks).
         compile: run the model's energy part through ``torch.compile`` (``Potential.compile_energy``:
-            dynamic shapes; the first call compiles, minutes on a small CPU, later calls take about
-            0.7x the eager time for small molecules). Modifies the model instance passed in.
+            dynamic shapes; the first call compiles, minutes on a small CPU, later calls are faster).
+            Modifies the model instance passed in.
         neighbor_list: ``"torch"`` (the model's own TorchScript radius graph), ``"matscipy"``
             (matscipy's C neighbour list, periodic structures on CPU only), or ``"auto"``:
             matscipy for periodic structures of at least ``MATSCIPY_MIN_ATOMS`` atoms on CPU when
