@@ -38,7 +38,8 @@ in PATH is replaced by the molecule name.
 Each (molecule, model) run lives in ``<out>/runs/<molecule>__<model>/``: ``state.npz`` (saved
 frames, positions, momenta, Nose-Hoover chain state, step count; rewritten atomically every
 ``--checkpoint-every`` saved frames, so a killed run resumes exactly where it stopped),
-``result.json`` (written when the run ends), ``hr.npy`` and ``trajectory.npz``. A run whose
+``result.json`` (written when the run ends; while a finished run is being extended it keeps the
+shorter result, and the summary marks how far the extension has got), ``hr.npy`` and ``trajectory.npz``. A run whose
 ``result.json`` matches the current protocol and model file is not repeated; the simulated time is
 not part of that match, so a finished shorter run (e.g. ``--time-ps 10``) extends exactly to a longer
 one (``--time-ps 300``) from its saved state, and a collapsed run is final. The summary
@@ -329,8 +330,27 @@ def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, An
         except (OSError, ValueError):
             continue
         if result.get("protocol_key") == protocol_key(protocol) and (result["molecule"], result["model"]) not in seen:
-            found.append(result)
+            reached = extension_reached_ps(path.parent, result, protocol.timestep_fs)
+            found.append({**result, "extension_reached_ps": reached} if reached is not None else result)
     return found
+
+
+def extension_reached_ps(run_dir: Path, result: Dict[str, Any], timestep_fs: float) -> float | None:
+    """Simulated time (ps) of the saved state in ``run_dir`` when it is further than the finished
+    ``result`` (the run is being extended, or an extension was stopped), else None."""
+    state_path = run_dir / "state.npz"
+    if result.get("collapsed") or not state_path.is_file():
+        return None
+    try:
+        with np.load(state_path) as state:
+            if str(state["fingerprint"]) != result.get("fingerprint"):
+                return None
+            steps = int(state["steps_done"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if steps <= int(result["steps"]):
+        return None
+    return steps * timestep_fs / 1000.0
 
 
 def file_digest(path: Path | None) -> str | None:
@@ -403,10 +423,11 @@ def run_one(
         if previous.get("fingerprint") == fingerprint_key and previous["steps"] > protocol.n_steps:
             raise ValueError(_longer_than_requested(result_path, previous["steps"], protocol))
         if previous.get("fingerprint") == fingerprint_key:
+            # result.json stays (the last finished length) until the extension's result replaces it
             log(f"result.json covers {previous['simulated_ps']:g} ps; extending the run to {protocol.time_ps:g} ps")
         else:
             log("result.json is from a different protocol or model file; running again")
-        result_path.unlink()
+            result_path.unlink()
 
     calculator = make_calculator(spec, protocol)
     atoms = Atoms(numbers=reference.numbers, positions=reference.frames[protocol.start_frame].copy())
@@ -537,8 +558,12 @@ def run_one(
 
 
 def stability_text(run: Dict[str, Any]) -> str:
-    """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed."""
-    return f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}" + (" (collapsed)" if run["collapsed"] else "")
+    """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed and the time an
+    unfinished extension of the run has reached."""
+    text = f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}" + (" (collapsed)" if run["collapsed"] else "")
+    if run.get("extension_reached_ps") is not None:
+        text += f" (extension running or stopped at {run['extension_reached_ps']:.2f} ps)"
+    return text
 
 
 def table(runs: Sequence[Dict[str, Any]]) -> str:

@@ -194,6 +194,41 @@ def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpo
         (tmp_path / "b" / stored).rename(tmp_path / stored)
 
 
+def test_a_stopped_extension_keeps_the_finished_result_and_the_summary_marks_it(tmp_path, small_checkpoint,
+                                                                               monkeypatch):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    import forcefield_et.md as fmd
+
+    settings = {"save_every": 20, "temperature_K": 100.0, "collapse_threshold_A": 100.0}
+    long, short = ms.Protocol(time_ps=0.06, **settings), ms.Protocol(time_ps=0.03, **settings)
+    reference = ms.load_reference("ethanol", long)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    ms.run_one(spec, reference, short, tmp_path / "runs" / "ethanol__small", checkpoint_every=1, quiet=True)
+    original = fmd.make_dynamics
+
+    def dying_dynamics(*args, **kwargs):
+        dynamics = original(*args, **kwargs)
+        run, calls = dynamics.run, []
+
+        def run_or_die(steps):
+            calls.append(steps)
+            if len(calls) == 2:  # one saved frame (20 steps) beyond the finished 60
+                raise KeyboardInterrupt
+            return run(steps)
+
+        dynamics.run = run_or_die
+        return dynamics
+
+    monkeypatch.setattr(fmd, "make_dynamics", dying_dynamics)
+    with pytest.raises(KeyboardInterrupt):
+        ms.run_one(spec, reference, long, tmp_path / "runs" / "ethanol__small", checkpoint_every=1, quiet=True)
+    kept = json.loads((tmp_path / "runs" / "ethanol__small" / "result.json").read_text())
+    assert kept["steps"] == 60
+    [found] = ms.collect_previous_runs(tmp_path, long, [])
+    assert found["extension_reached_ps"] == pytest.approx(0.04)
+    assert "(extension running or stopped at 0.04 ps)" in ms.table([found])
+
+
 def test_quick_end_to_end(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_aspirin_test_01.npz")
     out = tmp_path / "out"
