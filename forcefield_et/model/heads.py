@@ -20,6 +20,13 @@ def _mlp(hidden_channels: int, out_channels: int = 1) -> nn.Sequential:
     return mlp
 
 
+def sum_per_structure(values: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+    """Sum per-atom ``values`` [N] or [N, k] over the atoms of each structure (``batch`` [N]
+    gives each atom's structure index) -> [B] or [B, k], same dtype and device."""
+    shape = [n_structures] + list(values.shape[1:])
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+
+
 class EnergyHead(nn.Module):
     """E_b = sum_{i in b} (scale * (MLP(x_i) - MLP(x_iso[element_i])) + shift + E0[element_i]), in eV.
 
@@ -41,8 +48,7 @@ class EnergyHead(nn.Module):
         self, x: Tensor, element: Tensor, batch: Tensor, n_structures: int, x_isolated: Optional[Tensor] = None
     ) -> Tensor:
         """x [N, F], element [N], batch [N], x_isolated [n_elements, F] -> energies [B] (eV)."""
-        atom_energy = self.atom_energies(x, element, x_isolated)
-        return torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, atom_energy)
+        return sum_per_structure(self.atom_energies(x, element, x_isolated), batch, n_structures)
 
     def atom_energies(self, x: Tensor, element: Tensor, x_isolated: Optional[Tensor] = None) -> Tensor:
         """Per-atom energies [N] (eV); their sum over each structure is :meth:`forward`."""
@@ -69,12 +75,9 @@ class ScalarPropertyHead(nn.Module):
 
     def forward(self, x: Tensor, vec: Tensor, element: Tensor, pos: Tensor, batch: Tensor, n_structures: int) -> Tensor:
         per_atom = self.mlp(x).squeeze(-1) * self.scale + self.atomic_offsets[element]
-        total = torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(0, batch, per_atom)
+        total = sum_per_structure(per_atom, batch, n_structures)
         if self.reduce == "mean":
-            counts = torch.zeros(n_structures, dtype=x.dtype, device=x.device).index_add_(
-                0, batch, torch.ones_like(per_atom)
-            )
-            total = total / counts
+            total = total / sum_per_structure(torch.ones_like(per_atom), batch, n_structures)
         return total + self.shift
 
 
@@ -90,14 +93,9 @@ class DipoleHead(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
 
     def forward(self, x: Tensor, vec: Tensor, element: Tensor, pos: Tensor, batch: Tensor, n_structures: int) -> Tensor:
-        dtype, device = x.dtype, x.device
-        counts = torch.zeros(n_structures, dtype=dtype, device=device).index_add_(
-            0, batch, torch.ones(x.shape[0], dtype=dtype, device=device)
-        )
         charges = self.charge_mlp(x).squeeze(-1)
-        mean_charge = torch.zeros(n_structures, dtype=dtype, device=device).index_add_(0, batch, charges) / counts
-        charges = charges - mean_charge[batch]
-        centre = torch.zeros((n_structures, 3), dtype=dtype, device=device).index_add_(0, batch, pos)
-        centre = centre / counts.unsqueeze(-1)
+        counts = sum_per_structure(torch.ones_like(charges), batch, n_structures)
+        charges = charges - (sum_per_structure(charges, batch, n_structures) / counts)[batch]
+        centre = sum_per_structure(pos, batch, n_structures) / counts.unsqueeze(-1)
         atomic = charges.unsqueeze(-1) * (pos - centre[batch]) + self.vector_proj(vec).squeeze(-1)
-        return torch.zeros((n_structures, 3), dtype=dtype, device=device).index_add_(0, batch, atomic) * self.scale
+        return sum_per_structure(atomic, batch, n_structures) * self.scale

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..neighbors import radius_graph
 from .et import EquivariantTransformer
-from .heads import EnergyHead
+from .heads import EnergyHead, sum_per_structure
 
 DEFAULT_ELEMENTS = (1, 6, 7, 8, 9, 16, 17)  # H C N O F S Cl
 DEFAULT_HYPERPARAMETERS: Dict[str, Any] = {
@@ -171,7 +171,7 @@ class Potential(nn.Module):
             atom_energy = self._compiled_energy(element, edge_index, edge_vectors)
         else:
             atom_energy = self._atom_energies(element, edge_index, edge_vectors)
-        energy = torch.zeros(n_structures, dtype=atom_energy.dtype, device=pos.device).index_add_(0, batch, atom_energy)
+        energy = sum_per_structure(atom_energy, batch, n_structures)
 
         grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
         grad_pos = grads[0]
