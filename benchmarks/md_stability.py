@@ -4,6 +4,7 @@
     python -m benchmarks.md_stability --full                      # 4 molecules x 3 models x 300 ps
     nohup python -m benchmarks.md_stability --full > md_stability.log 2>&1 &   # resumable
     python -m benchmarks.md_stability --quick --model-path mine=runs/x/best.pt --models mine
+    python -m benchmarks.md_stability --report                    # summary of the runs so far; runs nothing
 
 Protocol (per molecule and model): start from an rMD17 *test*-split frame (``--start-frame``),
 Maxwell-Boltzmann velocities at 500 K (seeded; centre-of-mass motion and rotation removed),
@@ -663,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="aspirin + ethanol, 2 ps (CI)")
     mode.add_argument("--full", action="store_true", help="4 molecules, 300 ps (the default)")
+    mode.add_argument("--report", action="store_true",
+                      help="run nothing: rebuild the summary and plots from the runs in --out (finished runs, "
+                           "and how far running or stopped extensions have got)")
     parser.add_argument("--molecules", nargs="+", choices=MOLECULES)
     parser.add_argument("--models", nargs="+", help=f"model names (default: {' '.join(DEFAULT_MODELS)} + --model-path)")
     parser.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
@@ -692,7 +696,7 @@ def main(argv: List[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     extra = parse_model_paths(args.model_path)
-    molecules = list(args.molecules or (QUICK_MOLECULES if args.quick else MOLECULES))
+    molecules = [] if args.report else list(args.molecules or (QUICK_MOLECULES if args.quick else MOLECULES))
     models = list(args.models or (list(DEFAULT_MODELS) + [n for n in extra if n not in DEFAULT_MODELS]))
     default_out = "benchmarks/results/md_stability_quick" if args.quick else "benchmarks/results/md_stability"
     out = Path(args.out or default_out)
@@ -703,8 +707,11 @@ def main(argv: List[str] | None = None) -> int:
         save_every=args.save_every, tdamp_fs=args.tdamp, start_frame=args.start_frame, seed=args.seed,
         dtype=args.dtype, threads=max(1, args.threads), device=args.device,
     )
-    print(f"MD stability benchmark: {', '.join(molecules)} x {', '.join(models)}; {protocol.time_ps:g} ps "
-          f"({protocol.n_steps} steps) per run -> {out}/", flush=True)
+    if args.report:
+        print(f"MD stability benchmark: summary of the runs in {out}/runs (nothing is run)", flush=True)
+    else:
+        print(f"MD stability benchmark: {', '.join(molecules)} x {', '.join(models)}; {protocol.time_ps:g} ps "
+              f"({protocol.n_steps} steps) per run -> {out}/", flush=True)
 
     runs: List[Dict[str, Any]] = []
     skipped: List[Dict[str, str]] = []
@@ -764,7 +771,7 @@ def main(argv: List[str] | None = None) -> int:
         "description": "MDsim protocol (Fu et al. 2022, arXiv:2210.07237): Nose-Hoover NVT from an rMD17 test "
                        "frame; stability = time to the first saved frame with a bond deviating > 0.5 A; h(r) MAE "
                        "against the rMD17 test-split frames; speed in steps/s and ns/day.",
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if args.quick else "report" if args.report else "full",
         "machine": machine_info(),
         "protocol": protocol.to_dict(),
         "molecules": plot_molecules,

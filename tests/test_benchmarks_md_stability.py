@@ -171,6 +171,21 @@ def test_the_summary_covers_earlier_runs_of_other_lengths(tmp_path, small_checkp
     assert [r["molecule"] for r in runs] == ["aspirin"]
 
 
+def test_report_rebuilds_the_summary_without_running_anything(tmp_path, small_checkpoint):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    common = ["--model-path", f"small={small_checkpoint}", "--models", "small", "--out", str(tmp_path), "--quiet",
+              "--save-every", "10"]
+    assert ms.main(["--molecules", "ethanol", "--time-ps", "0.01", *common]) == 0
+    result = tmp_path / "runs" / "ethanol__small" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    (tmp_path / "md_stability.json").unlink()
+    assert ms.main(["--report", *common]) == 0
+    summary = json.loads((tmp_path / "md_stability.json").read_text())
+    assert summary["mode"] == "report"
+    assert [(r["molecule"], r["model"]) for r in summary["runs"]] == [("ethanol", "small")]
+    assert result.stat().st_mtime_ns == stamp and not (tmp_path / "runs" / "aspirin__small").exists()
+
+
 def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     settings = {"save_every": 20, "temperature_K": 100.0, "collapse_threshold_A": 100.0}
