@@ -117,26 +117,20 @@ def small_checkpoint(tmp_path):
     return path
 
 
-def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
-    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+def _die_on_run_call(monkeypatch, call: int) -> None:
+    """Make ``forcefield_et.md.make_dynamics`` return dynamics whose ``call``-th ``run`` (counted
+    per dynamics object) raises KeyboardInterrupt, as a killed job would; undo with monkeypatch.undo()."""
     import forcefield_et.md as fmd
 
-    # A random model is unstable at 500 K: test the bookkeeping at 100 K with a loose threshold.
-    protocol = ms.Protocol(time_ps=0.06, save_every=20, temperature_K=100.0, collapse_threshold_A=100.0)
-    reference = ms.load_reference("ethanol", protocol)
-    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
-    straight = ms.run_one(spec, reference, protocol, tmp_path / "a", checkpoint_every=1, quiet=True)
-
     original = fmd.make_dynamics
-    calls = {"n": 0}
 
     def dying_dynamics(*args, **kwargs):
         dynamics = original(*args, **kwargs)
-        run = dynamics.run
+        run, calls = dynamics.run, []
 
         def run_or_die(steps):
-            calls["n"] += 1
-            if calls["n"] == 3:
+            calls.append(steps)
+            if len(calls) == call:
                 raise KeyboardInterrupt
             return run(steps)
 
@@ -144,9 +138,21 @@ def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
         return dynamics
 
     monkeypatch.setattr(fmd, "make_dynamics", dying_dynamics)
+
+
+def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+
+    # A random model is unstable at 500 K: test the bookkeeping at 100 K with a loose threshold.
+    protocol = ms.Protocol(time_ps=0.06, save_every=20, temperature_K=100.0, collapse_threshold_A=100.0)
+    reference = ms.load_reference("ethanol", protocol)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    straight = ms.run_one(spec, reference, protocol, tmp_path / "a", checkpoint_every=1, quiet=True)
+
+    _die_on_run_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         ms.run_one(spec, reference, protocol, tmp_path / "b", checkpoint_every=1, quiet=True)
-    monkeypatch.setattr(fmd, "make_dynamics", original)
+    monkeypatch.undo()
     resumed = ms.run_one(spec, reference, protocol, tmp_path / "b", checkpoint_every=1, quiet=True)
     assert resumed["resume"] == "resumed at step 40"
     a = np.load(tmp_path / "a" / "trajectory.npz")["positions"]
@@ -212,29 +218,13 @@ def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpo
 def test_a_stopped_extension_keeps_the_finished_result_and_the_summary_marks_it(tmp_path, small_checkpoint,
                                                                                monkeypatch):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
-    import forcefield_et.md as fmd
 
     settings = {"save_every": 20, "temperature_K": 100.0, "collapse_threshold_A": 100.0}
     long, short = ms.Protocol(time_ps=0.06, **settings), ms.Protocol(time_ps=0.03, **settings)
     reference = ms.load_reference("ethanol", long)
     spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
     ms.run_one(spec, reference, short, tmp_path / "runs" / "ethanol__small", checkpoint_every=1, quiet=True)
-    original = fmd.make_dynamics
-
-    def dying_dynamics(*args, **kwargs):
-        dynamics = original(*args, **kwargs)
-        run, calls = dynamics.run, []
-
-        def run_or_die(steps):
-            calls.append(steps)
-            if len(calls) == 2:  # one saved frame (20 steps) beyond the finished 60
-                raise KeyboardInterrupt
-            return run(steps)
-
-        dynamics.run = run_or_die
-        return dynamics
-
-    monkeypatch.setattr(fmd, "make_dynamics", dying_dynamics)
+    _die_on_run_call(monkeypatch, 2)  # one saved frame (20 steps) beyond the finished 60
     with pytest.raises(KeyboardInterrupt):
         ms.run_one(spec, reference, long, tmp_path / "runs" / "ethanol__small", checkpoint_every=1, quiet=True)
     kept = json.loads((tmp_path / "runs" / "ethanol__small" / "result.json").read_text())
