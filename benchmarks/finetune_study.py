@@ -52,12 +52,23 @@ def run_one(
     test_frames: int | None,
     seed: int = 0,
     threads: int = 1,
+    need_weights: bool = False,
 ) -> Dict[str, Any]:
-    """Fine-tune (start='pretrained' or a checkpoint path) or train from scratch (start='scratch')."""
+    """Fine-tune (start='pretrained' or a checkpoint path) or train from scratch (start='scratch').
+
+    A finished run (its ``result.json``) is reused. The weights (``best.pt``) are not committed; with
+    ``need_weights`` a finished run whose weights are missing is trained again (CPU training is
+    deterministic) and its test errors are checked against the stored ones: the stored result stays
+    when they agree, and is replaced, with a warning, when they do not."""
     run_dir = out / "runs" / f"{molecule}-{n_train}-{start_label(start)}"
     result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    stored = json.loads(result_path.read_text()) if result_path.exists() else None
+    if stored is not None and (not need_weights or (run_dir / "best.pt").is_file()):
+        return stored
+    if stored is not None:
+        print(f"{run_dir.name}: best.pt is missing; training the run again to rebuild it", flush=True)
+        for stale in ("metrics.csv", "last.pt"):  # the training log is written anew, and from step 0
+            (run_dir / stale).unlink(missing_ok=True)
     n_used = min(n_train, SPLIT_FRAMES - VALID_FRAMES)
     train_file = data_root / f"rmd17_{molecule}_train_01.npz"
     source = {
@@ -97,6 +108,15 @@ def run_one(
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
         "valid_force_mae_meV_A": valid_metrics.get(f"{molecule}/force_mae_meV_A"),
     }
+    if stored is not None:
+        compared = [k for k in stored if k.startswith(("test_", "valid_"))]
+        if all(stored[k] == result.get(k) for k in compared):
+            print(f"{run_dir.name}: rebuilt; its test and validation errors equal the stored ones "
+                  f"(force MAE {result['test_force_mae_meV_A']:.2f} meV/Å); result.json kept", flush=True)
+            return stored
+        changes = ", ".join(f"{k} {stored[k]} -> {result.get(k)}" for k in compared if stored[k] != result.get(k))
+        print(f"WARNING {run_dir.name}: the rebuilt run differs from the stored result ({changes}); "
+              "result.json now describes the rebuilt weights", flush=True)
     write_text_atomic(result_path, json.dumps(result, indent=2))
     return result
 

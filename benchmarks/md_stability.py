@@ -162,6 +162,42 @@ def collapse_frame(
     return int(bad[0]) if len(bad) else None
 
 
+def collapse_bonds(
+    numbers: Sequence[int], frame: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5
+) -> Dict[str, List[Dict[str, Any]]]:
+    """What happened at a collapse frame [N, 3]: ``stretched``, the reference bonds deviating by more
+    than ``threshold`` Å (length and reference length, Å), and ``formed``, the pairs that the bond
+    definition (:func:`find_bonds`) connects in this frame but not in the reference structure. A proton
+    transfer shows as one stretched X-H bond and one formed Y-H bond; a dissociation as a stretched
+    bond alone. Atoms are named by element and 0-based index, e.g. ``O3-H10``."""
+    from ase.data import chemical_symbols
+
+    numbers = np.asarray(numbers)
+    frame = np.asarray(frame, dtype=np.float64)
+
+    def describe(i: int, j: int, **values: float) -> Dict[str, Any]:
+        name = f"{chemical_symbols[numbers[i]]}{i}-{chemical_symbols[numbers[j]]}{j}"
+        return {"atoms": [int(i), int(j)], "bond": name, **{k: round(float(v), 3) for k, v in values.items()}}
+
+    lengths = bond_lengths(frame, bonds)
+    stretched = [describe(i, j, length_A=length, reference_A=ref)
+                 for (i, j), length, ref in zip(bonds, lengths, reference_lengths) if abs(length - ref) > threshold]
+    known = {tuple(b) for b in np.asarray(bonds).tolist()}
+    formed = [describe(i, j, length_A=np.linalg.norm(frame[i] - frame[j]))
+              for i, j in find_bonds(numbers, frame).tolist() if (i, j) not in known]
+    return {"stretched": stretched, "formed": formed}
+
+
+def collapse_bonds_text(changes: Dict[str, List[Dict[str, Any]]] | None) -> str:
+    """'O3-H10 1.52 Å (ref 1.01); formed O8-H10 1.03 Å' from :func:`collapse_bonds`."""
+    if not changes:
+        return ""
+    parts = [f"{b['bond']} {b['length_A']:.2f} Å (ref {b['reference_A']:.2f})" for b in changes["stretched"]]
+    if changes["formed"]:
+        parts.append("formed " + ", ".join(f"{b['bond']} {b['length_A']:.2f} Å" for b in changes["formed"]))
+    return "; ".join(parts)
+
+
 def hr_edges(bins: int = 500, r_max: float = 10.0) -> np.ndarray:
     return np.linspace(0.0, r_max, bins + 1)
 
@@ -420,6 +456,10 @@ def run_one(
         same_length = previous.get("steps") == protocol.n_steps
         if previous.get("fingerprint") == fingerprint_key and (same_length or previous["collapsed"]):
             log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
+            if previous["collapsed"] and "collapse_bonds" not in previous:  # a result from before this field
+                positions = np.load(run_dir / "trajectory.npz")["positions"][previous["collapse_frame"]]
+                previous["collapse_bonds"] = _collapse_bonds_of(positions, reference, protocol)
+                write_json_atomic(result_path, previous)
             return previous
         if previous.get("fingerprint") == fingerprint_key and previous["steps"] > protocol.n_steps:
             raise ValueError(_longer_than_requested(result_path, previous["steps"], protocol))
@@ -539,6 +579,8 @@ def run_one(
         "collapsed": collapsed_at is not None,
         "collapse_frame": collapsed_at,
         "collapse_reason": reason,
+        "collapse_bonds": _collapse_bonds_of(frames_arr[collapsed_at], reference, protocol)
+        if collapsed_at is not None else None,
         "max_bond_deviation_A": float(max(finite_dev)) if finite_dev else None,
         "hr_frames": int(len(analysed)),
         "hr_mae": hr_mae(hr, reference.hr),
@@ -558,10 +600,21 @@ def run_one(
     return result
 
 
+def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Protocol) -> Dict[str, Any] | None:
+    """:func:`collapse_bonds` at a collapse frame; None when its positions are not finite."""
+    if not np.isfinite(positions).all():
+        return None
+    return collapse_bonds(reference.numbers, positions, reference.bonds, reference.bond_reference,
+                          protocol.collapse_threshold_A)
+
+
 def stability_text(run: Dict[str, Any]) -> str:
     """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed and the time an
     unfinished extension of the run has reached."""
-    text = f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}" + (" (collapsed)" if run["collapsed"] else "")
+    text = f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}"
+    if run["collapsed"]:
+        bonds = collapse_bonds_text(run.get("collapse_bonds"))
+        text += f" (collapsed: {bonds})" if bonds else " (collapsed)"
     if run.get("extension_reached_ps") is not None:
         text += f" (extension running or stopped at {run['extension_reached_ps']:.2f} ps)"
     return text
@@ -798,6 +851,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "Protocol", "bond_lengths", "collapse_frame", "distance_histogram", "find_bonds", "hr_mae", "load_reference",
+    "Protocol", "bond_lengths", "collapse_bonds", "collapse_bonds_text", "collapse_frame",
+    "distance_histogram", "find_bonds", "hr_mae", "load_reference",
     "max_bond_deviation", "resolve_model", "run_one", "table",
 ]

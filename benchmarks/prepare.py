@@ -145,7 +145,8 @@ def prepare_et_scratch(molecule: str, cache: Path, steps: int, threads: int, qui
             shutil.rmtree(run_dir)
         log(f"et-scratch/{molecule}: the fine-tuning study's 1000-frame scratch run, {steps} steps -> {run_dir}")
         torch.set_num_threads(threads)
-        metrics = run_one(molecule, 1000, "scratch", steps, STUDY_DIR, RMD17_DIR, None, seed=seed, threads=threads)
+        metrics = run_one(molecule, 1000, "scratch", steps, STUDY_DIR, RMD17_DIR, None, seed=seed, threads=threads,
+                          need_weights=True)
         wall, best, description = metrics["wall_time_s"], run_dir / "best.pt", "python -m benchmarks.finetune_study"
     check = check_calculator(ETCalculator(str(best), device="cpu", dtype="float32"), molecule)
     entry = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -32,6 +33,20 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     assert {(r["start"], r["wall_time_s"]) for r in reported} == first
     row = [line for line in (tmp_path / "finetune_table.md").read_text().splitlines() if line.startswith("| ethanol")]
     assert len(row) == 1 and "×" in row[0]
+
+    # weights are not committed: run_one(need_weights=True) trains a finished run again when its
+    # best.pt is missing, and keeps the stored result because CPU training reproduces it exactly
+    from benchmarks.finetune_study import run_one
+
+    run_dir = tmp_path / "runs" / "ethanol-50-scratch"
+    stored = (run_dir / "result.json").read_text()
+    digest = hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest()
+    (run_dir / "best.pt").unlink()
+    assert run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50) == json.loads(stored)
+    assert not (run_dir / "best.pt").exists()  # without need_weights the stored result is enough
+    rebuilt = run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50, need_weights=True)
+    assert rebuilt == json.loads(stored) and (run_dir / "result.json").read_text() == stored
+    assert hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest() == digest
 
 
 def test_table_gives_the_scratch_over_pretrained_ratio_and_marks_missing_runs():

@@ -53,6 +53,30 @@ def test_collapse_frame_detects_stretched_bond(amount, expected):
     assert ms.collapse_frame(frames, bonds, reference, threshold=0.5) is None
 
 
+def test_collapse_bonds_tells_proton_transfer_from_dissociation():
+    # O0-H1 ... O2 along x: one O-H bond; the second oxygen is 2.9 Å away, beyond bonding range
+    numbers = np.array([8, 1, 8])
+    start = np.array([[0.0, 0.0, 0.0], [0.97, 0.0, 0.0], [2.9, 0.0, 0.0]])
+    bonds = ms.find_bonds(numbers, start)
+    assert bonds.tolist() == [[0, 1]]
+    reference = ms.bond_lengths(start, bonds)
+
+    away = start.copy()
+    away[1] = [0.0, 4.0, 0.0]  # the H leaves: one stretched bond, nothing formed
+    changes = ms.collapse_bonds(numbers, away, bonds, reference)
+    assert changes == {"stretched": [{"atoms": [0, 1], "bond": "O0-H1", "length_A": 4.0, "reference_A": 0.97}],
+                       "formed": []}
+    assert ms.collapse_bonds_text(changes) == "O0-H1 4.00 Å (ref 0.97)"
+
+    transfer = start.copy()
+    transfer[1] = [1.93, 0.0, 0.0]  # the H moves to the other oxygen: O0-H1 stretched, H1-O2 formed
+    changes = ms.collapse_bonds(numbers, transfer, bonds, reference)
+    assert [b["bond"] for b in changes["stretched"]] == ["O0-H1"]
+    assert changes["formed"] == [{"atoms": [1, 2], "bond": "H1-O2", "length_A": 0.97}]
+    assert ms.collapse_bonds_text(changes) == "O0-H1 1.93 Å (ref 0.97); formed H1-O2 0.97 Å"
+    assert ms.collapse_bonds(numbers, start, bonds, reference) == {"stretched": [], "formed": []}
+
+
 def test_collapse_frame_non_finite_counts_as_collapse():
     atoms, frames = _ethanol_trajectory()
     bonds = ms.find_bonds(atoms.numbers, frames[0])
@@ -162,6 +186,28 @@ def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
     assert resumed["hr_mae"] == straight["hr_mae"]
 
 
+def test_a_collapsed_run_records_its_bonds_and_an_older_result_gains_them(tmp_path, small_checkpoint):
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    # a threshold 1 mÅ above the start frame's own deviation collapses at the first saved frame
+    reference = ms.load_reference("ethanol", ms.Protocol())
+    start = float(ms.max_bond_deviation(reference.frames[0], reference.bonds, reference.bond_reference))
+    threshold = start + 0.001
+    protocol = ms.Protocol(time_ps=0.03, save_every=20, temperature_K=100.0, collapse_threshold_A=threshold)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    result = ms.run_one(spec, reference, protocol, tmp_path, quiet=True)
+    assert result["collapsed"] and result["collapse_frame"] == 1
+    frame = np.load(tmp_path / "trajectory.npz")["positions"][1]
+    expected = ms.collapse_bonds(reference.numbers, frame, reference.bonds, reference.bond_reference, threshold)
+    assert result["collapse_bonds"] == expected and expected["stretched"]
+
+    stored = json.loads((tmp_path / "result.json").read_text())
+    del stored["collapse_bonds"]  # as written before the field existed
+    (tmp_path / "result.json").write_text(json.dumps(stored))
+    reused = ms.run_one(spec, reference, protocol, tmp_path, quiet=True)
+    assert reused["collapse_bonds"] == expected
+    assert json.loads((tmp_path / "result.json").read_text())["collapse_bonds"] == expected
+
+
 def test_the_summary_covers_earlier_runs_of_other_lengths(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     common = ["--model-path", f"small={small_checkpoint}", "--models", "small", "--out", str(tmp_path), "--quiet",
@@ -264,3 +310,7 @@ def test_table_marks_collapse_and_gives_both_hr_scales():
            "ns_per_day": 2.71}
     lines = ms.table([run]).splitlines()
     assert lines[2] == "| ethanol | et | 1.50 of 1.50 (collapsed) | 3.05 | 0.152 | 501 | 62.7 | 2.71 |"
+    run["collapse_bonds"] = {"stretched": [{"atoms": [3, 10], "bond": "O3-H10", "length_A": 1.52, "reference_A": 1.01}],
+                             "formed": [{"atoms": [8, 10], "bond": "O8-H10", "length_A": 1.03}]}
+    assert ms.table([run]).splitlines()[2].startswith(
+        "| ethanol | et | 1.50 of 1.50 (collapsed: O3-H10 1.52 Å (ref 1.01); formed O8-H10 1.03 Å) |")
