@@ -456,10 +456,6 @@ def run_one(
         same_length = previous.get("steps") == protocol.n_steps
         if previous.get("fingerprint") == fingerprint_key and (same_length or previous["collapsed"]):
             log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
-            if previous["collapsed"] and "collapse_bonds" not in previous:  # a result from before this field
-                positions = np.load(run_dir / "trajectory.npz")["positions"][previous["collapse_frame"]]
-                previous["collapse_bonds"] = _collapse_bonds_of(positions, reference, protocol)
-                write_json_atomic(result_path, previous)
             return previous
         if previous.get("fingerprint") == fingerprint_key and previous["steps"] > protocol.n_steps:
             raise ValueError(_longer_than_requested(result_path, previous["steps"], protocol))
@@ -606,6 +602,19 @@ def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Pr
         return None
     return collapse_bonds(reference.numbers, positions, reference.bonds, reference.bond_reference,
                           protocol.collapse_threshold_A)
+
+
+def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protocol: Protocol) -> None:
+    """Give a collapsed run's result from before the ``collapse_bonds`` field that field, from its
+    saved trajectory, in ``run`` and in its result.json."""
+    if not run["collapsed"] or "collapse_bonds" in run:
+        return
+    run_dir = Path(run["run_dir"])
+    with np.load(run_dir / "trajectory.npz") as trajectory:
+        positions = trajectory["positions"][run["collapse_frame"]]
+    run["collapse_bonds"] = _collapse_bonds_of(positions, reference, protocol)
+    stored = json.loads((run_dir / "result.json").read_text())
+    write_json_atomic(run_dir / "result.json", {**stored, "collapse_bonds": run["collapse_bonds"]})
 
 
 def stability_text(run: Dict[str, Any]) -> str:
@@ -801,6 +810,8 @@ def main(argv: List[str] | None = None) -> int:
     for molecule in all_molecules:
         if molecule not in references:
             references[molecule] = load_reference(molecule, protocol)
+    for run in runs:
+        add_missing_collapse_bonds(run, references[run["molecule"]], protocol)
     plot_models = [m for m in all_models if any(r["model"] == m for r in runs)]
     plot_molecules = all_molecules
     figures = {}
