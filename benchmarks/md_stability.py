@@ -163,13 +163,16 @@ def collapse_frame(
 
 
 def collapse_bonds(
-    numbers: Sequence[int], frame: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5
+    numbers: Sequence[int], frame: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5,
+    reference_frames: np.ndarray | None = None,
 ) -> Dict[str, List[Dict[str, Any]]]:
     """What happened at a collapse frame [N, 3]: ``stretched``, the reference bonds deviating by more
     than ``threshold`` Å (length and reference length, Å), and ``formed``, the pairs that the bond
-    definition (:func:`find_bonds`) connects in this frame but not in the reference structure. A proton
-    transfer shows as one stretched X-H bond and one formed Y-H bond; a dissociation as a stretched
-    bond alone. Atoms are named by element and 0-based index, e.g. ``O3-H10``."""
+    definition (:func:`find_bonds`) connects in this frame but not in the reference structure, with
+    the shortest distance of the pair over ``reference_frames`` [F, N, 3] when given
+    (``reference_min_A``: whether the reference data ever came as close). A proton transfer shows as
+    one stretched X-H bond and one formed Y-H bond; a dissociation as a stretched bond alone. Atoms
+    are named by element and 0-based index, e.g. ``O3-H10``."""
     from ase.data import chemical_symbols
 
     numbers = np.asarray(numbers)
@@ -183,8 +186,14 @@ def collapse_bonds(
     stretched = [describe(i, j, length_A=length, reference_A=ref)
                  for (i, j), length, ref in zip(bonds, lengths, reference_lengths) if abs(length - ref) > threshold]
     known = {tuple(b) for b in np.asarray(bonds).tolist()}
-    formed = [describe(i, j, length_A=np.linalg.norm(frame[i] - frame[j]))
-              for i, j in find_bonds(numbers, frame).tolist() if (i, j) not in known]
+    formed = []
+    for i, j in find_bonds(numbers, frame).tolist():
+        if (i, j) in known:
+            continue
+        values = {"length_A": np.linalg.norm(frame[i] - frame[j])}
+        if reference_frames is not None:
+            values["reference_min_A"] = bond_lengths(reference_frames, np.array([[i, j]])).min()
+        formed.append(describe(i, j, **values))
     return {"stretched": stretched, "formed": formed}
 
 
@@ -193,8 +202,12 @@ def collapse_bonds_text(changes: Dict[str, List[Dict[str, Any]]] | None) -> str:
     if not changes:
         return ""
     parts = [f"{b['bond']} {b['length_A']:.2f} Å (ref {b['reference_A']:.2f})" for b in changes["stretched"]]
+    def formed(bond: Dict[str, Any]) -> str:
+        closest = bond.get("reference_min_A")
+        return f"{bond['bond']} {bond['length_A']:.2f} Å" + (f" (ref ≥ {closest:.2f})" if closest is not None else "")
+
     if changes["formed"]:
-        parts.append("formed " + ", ".join(f"{b['bond']} {b['length_A']:.2f} Å" for b in changes["formed"]))
+        parts.append("formed " + ", ".join(formed(b) for b in changes["formed"]))
     return "; ".join(parts)
 
 
@@ -601,7 +614,7 @@ def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Pr
     if not np.isfinite(positions).all():
         return None
     return collapse_bonds(reference.numbers, positions, reference.bonds, reference.bond_reference,
-                          protocol.collapse_threshold_A)
+                          protocol.collapse_threshold_A, reference.frames)
 
 
 def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protocol: Protocol) -> None:

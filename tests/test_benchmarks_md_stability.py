@@ -74,6 +74,10 @@ def test_collapse_bonds_tells_proton_transfer_from_dissociation():
     assert [b["bond"] for b in changes["stretched"]] == ["O0-H1"]
     assert changes["formed"] == [{"atoms": [1, 2], "bond": "H1-O2", "length_A": 0.97}]
     assert ms.collapse_bonds_text(changes) == "O0-H1 1.93 Å (ref 0.97); formed H1-O2 0.97 Å"
+    # with reference frames, a formed bond states how close that pair ever came in them
+    changes = ms.collapse_bonds(numbers, transfer, bonds, reference, reference_frames=np.stack([start, away]))
+    assert changes["formed"] == [{"atoms": [1, 2], "bond": "H1-O2", "length_A": 0.97, "reference_min_A": 1.93}]
+    assert ms.collapse_bonds_text(changes) == "O0-H1 1.93 Å (ref 0.97); formed H1-O2 0.97 Å (ref ≥ 1.93)"
     assert ms.collapse_bonds(numbers, start, bonds, reference) == {"stretched": [], "formed": []}
 
 
