@@ -57,9 +57,11 @@ def run_one(
     """Fine-tune (start='pretrained' or a checkpoint path) or train from scratch (start='scratch').
 
     A finished run (its ``result.json``) is reused. The weights (``best.pt``) are not committed; with
-    ``need_weights`` a finished run whose weights are missing is trained again (CPU training is
-    deterministic) and its test errors are checked against the stored ones: the stored result stays
-    when they agree, and is replaced, with a warning, when they do not."""
+    ``need_weights`` a finished run whose weights are missing is trained again with the same recipe.
+    The stored result stays (it is the record of the original run, which the tables show), and the
+    rebuilt run's errors go beside it in ``rebuild.json`` with their relative differences. Training
+    is deterministic within one machine and thread count, not bit-for-bit across machines: a salicylic
+    acid run rebuilt in a later session differed by 0.1 % in test force MAE."""
     run_dir = out / "runs" / f"{molecule}-{n_train}-{start_label(start)}"
     result_path = run_dir / "result.json"
     stored = json.loads(result_path.read_text()) if result_path.exists() else None
@@ -109,14 +111,16 @@ def run_one(
         "valid_force_mae_meV_A": valid_metrics.get(f"{molecule}/force_mae_meV_A"),
     }
     if stored is not None:
-        compared = [k for k in stored if k.startswith(("test_", "valid_"))]
-        if all(stored[k] == result.get(k) for k in compared):
-            print(f"{run_dir.name}: rebuilt; its test and validation errors equal the stored ones "
-                  f"(force MAE {result['test_force_mae_meV_A']:.2f} meV/Å); result.json kept", flush=True)
-            return stored
-        changes = ", ".join(f"{k} {stored[k]} -> {result.get(k)}" for k in compared if stored[k] != result.get(k))
-        print(f"WARNING {run_dir.name}: the rebuilt run differs from the stored result ({changes}); "
-              "result.json now describes the rebuilt weights", flush=True)
+        compared = [k for k in stored if k.startswith(("test_", "valid_")) and k != "test_frames"]
+        rebuild = {"stored": {k: stored[k] for k in compared}, "rebuilt": {k: result[k] for k in compared},
+                   "relative_difference": {k: result[k] / stored[k] - 1.0 for k in compared},
+                   "rebuilt_wall_time_s": wall}
+        write_text_atomic(run_dir / "rebuild.json", json.dumps(rebuild, indent=2))
+        worst = max(abs(v) for v in rebuild["relative_difference"].values())
+        print(f"{run_dir.name}: rebuilt; test force MAE {result['test_force_mae_meV_A']:.2f} meV/Å against "
+              f"{stored['test_force_mae_meV_A']:.2f} stored (largest relative difference {worst:.2%}); result.json "
+              f"kept, comparison in {run_dir / 'rebuild.json'}", flush=True)
+        return stored
     write_text_atomic(result_path, json.dumps(result, indent=2))
     return result
 

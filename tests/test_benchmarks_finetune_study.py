@@ -35,7 +35,7 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     assert len(row) == 1 and "×" in row[0]
 
     # weights are not committed: run_one(need_weights=True) trains a finished run again when its
-    # best.pt is missing, and keeps the stored result because CPU training reproduces it exactly
+    # best.pt is missing, keeps the stored result and compares (same machine: exactly equal)
     from benchmarks.finetune_study import run_one
 
     run_dir = tmp_path / "runs" / "ethanol-50-scratch"
@@ -47,6 +47,9 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     rebuilt = run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50, need_weights=True)
     assert rebuilt == json.loads(stored) and (run_dir / "result.json").read_text() == stored
     assert hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest() == digest
+    rebuild = json.loads((run_dir / "rebuild.json").read_text())
+    assert rebuild["rebuilt"]["test_force_mae_meV_A"] == rebuilt["test_force_mae_meV_A"]
+    assert set(rebuild["relative_difference"].values()) == {0.0}
 
 
 def test_table_gives_the_scratch_over_pretrained_ratio_and_marks_missing_runs():
