@@ -59,9 +59,9 @@ def run_one(
     A finished run (its ``result.json``) is reused. The weights (``best.pt``) are not committed; with
     ``need_weights`` a finished run whose weights are missing is trained again with the same recipe.
     The stored result stays (it is the record of the original run, which the tables show), and the
-    rebuilt run's errors go beside it in ``rebuild.json`` with their relative differences. Training
-    is deterministic within one machine and thread count, not bit-for-bit across machines: a salicylic
-    acid run rebuilt in a later session differed by 0.1 % in test force MAE."""
+    rebuilt run's errors go beside it in ``rebuild.json`` with their relative differences. A rebuild
+    in the same session gives the same bits; across sessions it need not: salicylic acid's 1000-frame
+    scratch run, rebuilt in a later session, differed by 0.11 % in test force MAE."""
     run_dir = out / "runs" / f"{molecule}-{n_train}-{start_label(start)}"
     result_path = run_dir / "result.json"
     stored = json.loads(result_path.read_text()) if result_path.exists() else None

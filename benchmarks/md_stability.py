@@ -202,12 +202,10 @@ def collapse_bonds_text(changes: Dict[str, List[Dict[str, Any]]] | None) -> str:
     if not changes:
         return ""
     parts = [f"{b['bond']} {b['length_A']:.2f} Å (ref {b['reference_A']:.2f})" for b in changes["stretched"]]
-    def formed(bond: Dict[str, Any]) -> str:
-        closest = bond.get("reference_min_A")
-        return f"{bond['bond']} {bond['length_A']:.2f} Å" + (f" (ref ≥ {closest:.2f})" if closest is not None else "")
-
-    if changes["formed"]:
-        parts.append("formed " + ", ".join(formed(b) for b in changes["formed"]))
+    formed = [f"{b['bond']} {b['length_A']:.2f} Å" + (f" (ref ≥ {b['reference_min_A']:.2f})"
+                                                       if "reference_min_A" in b else "") for b in changes["formed"]]
+    if formed:
+        parts.append("formed " + ", ".join(formed))
     return "; ".join(parts)
 
 
