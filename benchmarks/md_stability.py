@@ -702,14 +702,14 @@ def _grouped_bars(runs: List[Dict[str, Any]], molecules: Sequence[str], models: 
 
 
 def _hr_plot(molecule: str, reference_hr: np.ndarray, curves: Dict[str, np.ndarray], protocol: Protocol,
-             path: Path) -> Path:
+             path: Path, colours: Dict[str, str]) -> Path:
     plt = _plt()
     edges = hr_edges(protocol.hr_bins, protocol.hr_r_max_A)
     centres = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(centres, reference_hr, "k--", lw=1.5, label="rMD17 reference (test split)")
-    for k, (model, hr) in enumerate(curves.items()):
-        ax.plot(centres, hr, lw=1.0, color=f"C{k}", label=model)
+    for model, hr in curves.items():
+        ax.plot(centres, hr, lw=1.0, color=colours.get(model), label=model)
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("h(r) (fraction of pairs per 0.02 Å bin)")
     ax.set_title(f"{molecule}: interatomic distance histogram, 500 K NVT", fontsize=10)
@@ -825,6 +825,7 @@ def main(argv: List[str] | None = None) -> int:
         add_missing_collapse_bonds(run, references[run["molecule"]], protocol)
     plot_models = [m for m in all_models if any(r["model"] == m for r in runs)]
     plot_molecules = all_molecules
+    colours = {model: f"C{k}" for k, model in enumerate(plot_models)}  # the bar charts' colours too
     figures = {}
     if runs:
         # the dashed line marks the requested length, unless the summary holds runs of other lengths
@@ -837,10 +838,12 @@ def main(argv: List[str] | None = None) -> int:
             runs, plot_molecules, plot_models, "steps_per_s", "MD steps / s",
             f"MD speed ({protocol.device}, {protocol.threads} thread(s), {protocol.dtype} ET)", out / "speed.png"))
         for molecule in plot_molecules:
-            curves = {r["model"]: np.load(Path(r["run_dir"]) / "hr.npy") for r in runs if r["molecule"] == molecule}
+            # in plot_models order, so that each model has the same colour in every figure
+            paths = {r["model"]: Path(r["run_dir"]) / "hr.npy" for r in runs if r["molecule"] == molecule}
+            curves = {model: np.load(paths[model]) for model in plot_models if model in paths}
             if curves:
                 figures[f"hr_{molecule}"] = str(_hr_plot(molecule, references[molecule].hr, curves, protocol,
-                                                         out / f"hr_{molecule}.png"))
+                                                         out / f"hr_{molecule}.png", colours))
     summary = {
         "benchmark": "md_stability",
         "description": "MDsim protocol (Fu et al. 2022, arXiv:2210.07237): Nose-Hoover NVT from an rMD17 test "
