@@ -41,7 +41,8 @@ frames, positions, momenta, Nose-Hoover chain state, step count; rewritten atomi
 ``--checkpoint-every`` saved frames, so a killed run resumes exactly where it stopped),
 ``result.json`` (written when the run ends; while a finished run is being extended it keeps the
 shorter result, and the summary marks how far the extension has got), ``hr.npy`` and ``trajectory.npz``. A run whose
-``result.json`` matches the current protocol and model file is not repeated; the simulated time is
+``result.json`` matches the current protocol and model file is not repeated (one that does not is moved
+to ``superseded/<fingerprint>/`` in the run folder, not deleted); the simulated time is
 not part of that match, so a finished shorter run (e.g. ``--time-ps 10``) extends exactly to a longer
 one (``--time-ps 300``) from its saved state, and a collapsed run is final. The summary
 ``md_stability.json`` and the plots ``stability.png``, ``hr_<molecule>.png`` and ``speed.png`` are
@@ -474,8 +475,8 @@ def run_one(
             # result.json stays (the last finished length) until the extension's result replaces it
             log(f"result.json covers {previous['simulated_ps']:g} ps; extending the run to {protocol.time_ps:g} ps")
         else:
-            log("result.json is from a different protocol or model file; running again")
-            result_path.unlink()
+            kept = _set_aside(run_dir, str(previous.get("fingerprint")), ("result.json", "trajectory.npz", "hr.npy"))
+            log(f"result.json is from a different protocol or model file; running again (the old result is in {kept})")
 
     calculator = make_calculator(spec, protocol)
     atoms = Atoms(numbers=reference.numbers, positions=reference.frames[protocol.start_frame].copy())
@@ -496,7 +497,8 @@ def run_one(
             thermo = (state["eta"], state["p_eta"]) if "eta" in state.files else None
             resume_note = f"resumed at step {steps_done}"
         else:
-            log("state.npz is from a different protocol or model file; starting over")
+            kept = _set_aside(run_dir, str(state["fingerprint"]), ("state.npz",))
+            log(f"state.npz is from a different protocol or model file; starting over (the old state is in {kept})")
     if steps_done == 0:
         initial_velocities(atoms, protocol.temperature_K, protocol.seed, remove_rotation=True)
         temperatures = [float(atoms.get_temperature())]
@@ -626,6 +628,18 @@ def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protoc
     run["collapse_bonds"] = _collapse_bonds_of(positions, reference, protocol)
     stored = json.loads((run_dir / "result.json").read_text())
     write_json_atomic(run_dir / "result.json", {**stored, "collapse_bonds": run["collapse_bonds"]})
+
+
+def _set_aside(run_dir: Path, fingerprint: str, names: Sequence[str]) -> Path:
+    """Move the files ``names`` of an older run (another protocol or model file) out of the way, into
+    ``run_dir/superseded/<its fingerprint, 12 characters>/``, instead of deleting them. The summary
+    reads only ``runs/*/result.json``, so a set-aside run stays out of it."""
+    folder = run_dir / "superseded" / fingerprint[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (run_dir / name).is_file():
+            (run_dir / name).replace(folder / name)
+    return folder
 
 
 def stability_text(run: Dict[str, Any]) -> str:

@@ -212,6 +212,26 @@ def test_a_collapsed_run_records_its_bonds_and_an_older_result_gains_them(tmp_pa
     assert json.loads((tmp_path / "result.json").read_text()) == result
 
 
+def test_a_run_with_another_model_file_sets_the_old_run_aside(tmp_path, small_checkpoint):
+    from forcefield_et import build_model, save_checkpoint
+
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    protocol = ms.Protocol(time_ps=0.02, save_every=20, temperature_K=100.0, collapse_threshold_A=100.0)
+    reference = ms.load_reference("ethanol", protocol)
+    run_dir = tmp_path / "runs" / "ethanol__small"
+    first = ms.run_one(ms.resolve_model("small", "ethanol", {"small": small_checkpoint}), reference, protocol,
+                       run_dir, quiet=True)
+    torch.manual_seed(1)  # the same name, other weights: a different model file
+    save_checkpoint(small_checkpoint, build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16))
+    second = ms.run_one(ms.resolve_model("small", "ethanol", {"small": small_checkpoint}), reference, protocol,
+                        run_dir, quiet=True)
+    assert second["fingerprint"] != first["fingerprint"] and second["resume"] == "fresh start"
+    kept = run_dir / "superseded" / first["fingerprint"][:12]
+    assert json.loads((kept / "result.json").read_text()) == first
+    assert {p.name for p in kept.iterdir()} == {"result.json", "state.npz", "trajectory.npz", "hr.npy"}
+    assert [r["fingerprint"] for r in ms.collect_previous_runs(tmp_path, protocol, [])] == [second["fingerprint"]]
+
+
 def test_the_summary_covers_earlier_runs_of_other_lengths(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     common = ["--model-path", f"small={small_checkpoint}", "--models", "small", "--out", str(tmp_path), "--quiet",
