@@ -63,6 +63,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+
 from .io import savez_atomic, write_json_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,34 +126,6 @@ class Protocol:
 
 
 # ---------------------------------------------------------------------------------------- analysis
-def find_bonds(numbers: Sequence[int], positions: np.ndarray) -> np.ndarray:
-    """Bonded pairs [B, 2] (i < j) of one structure, MDsim's definition: ASE NeighborList with
-    natural (covalent) cutoffs and its default 0.3 Å skin per atom, i.e. d < r_i + r_j + 0.6 Å."""
-    from ase import Atoms
-    from ase.neighborlist import NeighborList, natural_cutoffs
-
-    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
-    neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
-    neighbours.update(atoms)
-    i, j = neighbours.get_connectivity_matrix(sparse=False).nonzero()
-    pairs = np.sort(np.stack([i, j], axis=1), axis=1) if len(i) else np.zeros((0, 2), dtype=np.int64)
-    return np.unique(pairs, axis=0).astype(np.int64)
-
-
-def bond_lengths(positions: np.ndarray, bonds: np.ndarray) -> np.ndarray:
-    """Bond lengths (Å): [F, B] for a trajectory [F, N, 3], [B] for one frame [N, 3]."""
-    pos = np.asarray(positions, dtype=np.float64)
-    delta = pos[..., bonds[:, 0], :] - pos[..., bonds[:, 1], :]
-    return np.linalg.norm(delta, axis=-1)
-
-
-def max_bond_deviation(positions: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray) -> np.ndarray:
-    """Largest |bond length - reference| (Å) per frame; inf for non-finite frames."""
-    lengths = bond_lengths(positions, bonds)
-    deviation = np.abs(lengths - reference_lengths).max(axis=-1) if bonds.size else np.zeros(lengths.shape[:-1])
-    return np.where(np.isfinite(deviation), deviation, np.inf)
-
-
 def collapse_frame(
     trajectory: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5
 ) -> int | None:
@@ -161,53 +135,6 @@ def collapse_frame(
                                    bonds, reference_lengths)
     bad = np.flatnonzero(deviation > threshold)
     return int(bad[0]) if len(bad) else None
-
-
-def collapse_bonds(
-    numbers: Sequence[int], frame: np.ndarray, bonds: np.ndarray, reference_lengths: np.ndarray, threshold: float = 0.5,
-    reference_frames: np.ndarray | None = None,
-) -> Dict[str, List[Dict[str, Any]]]:
-    """What happened at a collapse frame [N, 3]: ``stretched``, the reference bonds deviating by more
-    than ``threshold`` Å (length and reference length, Å), and ``formed``, the pairs that the bond
-    definition (:func:`find_bonds`) connects in this frame but not in the reference structure, with
-    the shortest distance of the pair over ``reference_frames`` [F, N, 3] when given
-    (``reference_min_A``: whether the reference data ever came as close). A proton transfer shows as
-    one stretched X-H bond and one formed Y-H bond; a dissociation as a stretched bond alone. Atoms
-    are named by element and 0-based index, e.g. ``O3-H10``."""
-    from ase.data import chemical_symbols
-
-    numbers = np.asarray(numbers)
-    frame = np.asarray(frame, dtype=np.float64)
-
-    def describe(i: int, j: int, **values: float) -> Dict[str, Any]:
-        name = f"{chemical_symbols[numbers[i]]}{i}-{chemical_symbols[numbers[j]]}{j}"
-        return {"atoms": [int(i), int(j)], "bond": name, **{k: round(float(v), 3) for k, v in values.items()}}
-
-    lengths = bond_lengths(frame, bonds)
-    stretched = [describe(i, j, length_A=length, reference_A=ref)
-                 for (i, j), length, ref in zip(bonds, lengths, reference_lengths) if abs(length - ref) > threshold]
-    known = {tuple(b) for b in np.asarray(bonds).tolist()}
-    formed = []
-    for i, j in find_bonds(numbers, frame).tolist():
-        if (i, j) in known:
-            continue
-        values = {"length_A": np.linalg.norm(frame[i] - frame[j])}
-        if reference_frames is not None:
-            values["reference_min_A"] = bond_lengths(reference_frames, np.array([[i, j]])).min()
-        formed.append(describe(i, j, **values))
-    return {"stretched": stretched, "formed": formed}
-
-
-def collapse_bonds_text(changes: Dict[str, List[Dict[str, Any]]] | None) -> str:
-    """'O3-H10 1.52 Å (ref 1.01); formed O8-H10 1.03 Å' from :func:`collapse_bonds`."""
-    if not changes:
-        return ""
-    parts = [f"{b['bond']} {b['length_A']:.2f} Å (ref {b['reference_A']:.2f})" for b in changes["stretched"]]
-    formed = [f"{b['bond']} {b['length_A']:.2f} Å" + (f" (ref ≥ {b['reference_min_A']:.2f})"
-                                                       if "reference_min_A" in b else "") for b in changes["formed"]]
-    if formed:
-        parts.append("formed " + ", ".join(formed))
-    return "; ".join(parts)
 
 
 def hr_edges(bins: int = 500, r_max: float = 10.0) -> np.ndarray:
@@ -610,10 +537,10 @@ def run_one(
 
 
 def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Protocol) -> Dict[str, Any] | None:
-    """:func:`collapse_bonds` at a collapse frame; None when its positions are not finite."""
+    """:func:`forcefield_et.bonds.bond_changes` at a collapse frame; None when its positions are not finite."""
     if not np.isfinite(positions).all():
         return None
-    return collapse_bonds(reference.numbers, positions, reference.bonds, reference.bond_reference,
+    return bond_changes(reference.numbers, positions, reference.bonds, reference.bond_reference,
                           protocol.collapse_threshold_A, reference.frames)
 
 
@@ -647,7 +574,7 @@ def stability_text(run: Dict[str, Any]) -> str:
     unfinished extension of the run has reached."""
     text = f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}"
     if run["collapsed"]:
-        bonds = collapse_bonds_text(run.get("collapse_bonds"))
+        bonds = bond_changes_text(run.get("collapse_bonds"))
         text += f" (collapsed: {bonds})" if bonds else " (collapsed)"
     if run.get("extension_reached_ps") is not None:
         text += f" (extension running or stopped at {run['extension_reached_ps']:.2f} ps)"
@@ -890,7 +817,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "Protocol", "bond_lengths", "collapse_bonds", "collapse_bonds_text", "collapse_frame",
-    "distance_histogram", "find_bonds", "hr_mae", "load_reference",
-    "max_bond_deviation", "resolve_model", "run_one", "table",
+    "Protocol", "collapse_frame", "distance_histogram", "hr_mae", "load_reference", "resolve_model", "run_one",
+    "table",
 ]

@@ -11,17 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ase.build import molecule
 
 from benchmarks import md_stability as ms
+from forcefield_et.bonds import bond_changes, bond_lengths, find_bonds, max_bond_deviation
 from tests.conftest import REPO_ROOT, shared_path
-
-
-def _ethanol_trajectory(n_frames: int = 12, seed: int = 0):
-    atoms = molecule("CH3CH2OH")
-    rng = np.random.default_rng(seed)
-    frames = atoms.positions[None] + rng.normal(scale=0.01, size=(n_frames, len(atoms), 3))
-    return atoms, frames
+from tests.test_bonds import _ethanol_trajectory
 
 
 def _stretch(frames: np.ndarray, bonds: np.ndarray, numbers: np.ndarray, frame: int, amount: float) -> np.ndarray:
@@ -36,56 +30,21 @@ def _stretch(frames: np.ndarray, bonds: np.ndarray, numbers: np.ndarray, frame: 
     return frames
 
 
-def test_find_bonds_ethanol():
-    atoms, _ = _ethanol_trajectory()
-    bonds = ms.find_bonds(atoms.numbers, atoms.positions)
-    assert len(bonds) == 8  # C-C, C-O, O-H, 5 C-H
-    assert (bonds[:, 0] < bonds[:, 1]).all()
-
-
 @pytest.mark.parametrize("amount, expected", [(0.6, 7), (0.4, None)])
 def test_collapse_frame_detects_stretched_bond(amount, expected):
     atoms, frames = _ethanol_trajectory()
-    bonds = ms.find_bonds(atoms.numbers, frames[0])
-    reference = ms.bond_lengths(frames[0], bonds)
+    bonds = find_bonds(atoms.numbers, frames[0])
+    reference = bond_lengths(frames[0], bonds)
     stretched = _stretch(frames, bonds, atoms.numbers, frame=7, amount=amount)
     assert ms.collapse_frame(stretched, bonds, reference, threshold=0.5) == expected
     assert ms.collapse_frame(frames, bonds, reference, threshold=0.5) is None
 
 
-def test_collapse_bonds_tells_proton_transfer_from_dissociation():
-    # O0-H1 ... O2 along x: one O-H bond; the second oxygen is 2.9 Å away, beyond bonding range
-    numbers = np.array([8, 1, 8])
-    start = np.array([[0.0, 0.0, 0.0], [0.97, 0.0, 0.0], [2.9, 0.0, 0.0]])
-    bonds = ms.find_bonds(numbers, start)
-    assert bonds.tolist() == [[0, 1]]
-    reference = ms.bond_lengths(start, bonds)
-
-    away = start.copy()
-    away[1] = [0.0, 4.0, 0.0]  # the H leaves: one stretched bond, nothing formed
-    changes = ms.collapse_bonds(numbers, away, bonds, reference)
-    assert changes == {"stretched": [{"atoms": [0, 1], "bond": "O0-H1", "length_A": 4.0, "reference_A": 0.97}],
-                       "formed": []}
-    assert ms.collapse_bonds_text(changes) == "O0-H1 4.00 Å (ref 0.97)"
-
-    transfer = start.copy()
-    transfer[1] = [1.93, 0.0, 0.0]  # the H moves to the other oxygen: O0-H1 stretched, H1-O2 formed
-    changes = ms.collapse_bonds(numbers, transfer, bonds, reference)
-    assert [b["bond"] for b in changes["stretched"]] == ["O0-H1"]
-    assert changes["formed"] == [{"atoms": [1, 2], "bond": "H1-O2", "length_A": 0.97}]
-    assert ms.collapse_bonds_text(changes) == "O0-H1 1.93 Å (ref 0.97); formed H1-O2 0.97 Å"
-    # with reference frames, a formed bond states how close that pair ever came in them
-    changes = ms.collapse_bonds(numbers, transfer, bonds, reference, reference_frames=np.stack([start, away]))
-    assert changes["formed"] == [{"atoms": [1, 2], "bond": "H1-O2", "length_A": 0.97, "reference_min_A": 1.93}]
-    assert ms.collapse_bonds_text(changes) == "O0-H1 1.93 Å (ref 0.97); formed H1-O2 0.97 Å (ref ≥ 1.93)"
-    assert ms.collapse_bonds(numbers, start, bonds, reference) == {"stretched": [], "formed": []}
-
-
 def test_collapse_frame_non_finite_counts_as_collapse():
     atoms, frames = _ethanol_trajectory()
-    bonds = ms.find_bonds(atoms.numbers, frames[0])
+    bonds = find_bonds(atoms.numbers, frames[0])
     frames[4, 2] = np.nan
-    assert ms.collapse_frame(frames, bonds, ms.bond_lengths(frames[0], bonds)) == 4
+    assert ms.collapse_frame(frames, bonds, bond_lengths(frames[0], bonds)) == 4
 
 
 def test_distance_histogram_normalisation_and_identity():
@@ -194,14 +153,14 @@ def test_a_collapsed_run_records_its_bonds_and_an_older_result_gains_them(tmp_pa
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     # a threshold 1 mÅ above the start frame's own deviation collapses at the first saved frame
     reference = ms.load_reference("ethanol", ms.Protocol())
-    start = float(ms.max_bond_deviation(reference.frames[0], reference.bonds, reference.bond_reference))
+    start = float(max_bond_deviation(reference.frames[0], reference.bonds, reference.bond_reference))
     threshold = start + 0.001
     protocol = ms.Protocol(time_ps=0.03, save_every=20, temperature_K=100.0, collapse_threshold_A=threshold)
     spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
     result = ms.run_one(spec, reference, protocol, tmp_path, quiet=True)
     assert result["collapsed"] and result["collapse_frame"] == 1
     frame = np.load(tmp_path / "trajectory.npz")["positions"][1]
-    expected = ms.collapse_bonds(reference.numbers, frame, reference.bonds, reference.bond_reference, threshold)
+    expected = bond_changes(reference.numbers, frame, reference.bonds, reference.bond_reference, threshold)
     assert result["collapse_bonds"] == expected and expected["stretched"]
 
     stored = json.loads((tmp_path / "result.json").read_text())
