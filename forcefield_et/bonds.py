@@ -33,7 +33,7 @@ def find_bonds(
                   cell=cell, pbc=False if pbc is None else pbc)
     neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
     neighbours.update(atoms)
-    i, j = neighbours.get_connectivity_matrix(sparse=False).nonzero()
+    i, j = neighbours.get_connectivity_matrix(sparse=True).nonzero()  # sparse: O(N) memory for big systems
     pairs = np.sort(np.stack([i, j], axis=1), axis=1) if len(i) else np.zeros((0, 2), dtype=np.int64)
     return np.unique(pairs, axis=0).astype(np.int64)
 

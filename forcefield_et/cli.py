@@ -23,6 +23,7 @@ EPILOG = """examples:
 """
 
 SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
+BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -133,8 +134,14 @@ def _cmd_md(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         relax_fmax=relax_fmax,
+        max_bond_change=args.max_bond_change,
     )
     print(json.dumps(summary, indent=2))
+    if "stopped" in summary:
+        stopped = summary["stopped"]
+        print(f"forcefield-et md: stopped at {stopped['time_fs'] / 1000:g} ps (step {stopped['step']}): "
+              f"{stopped['reason']}", file=sys.stderr)
+        return BROKEN_BOND_EXIT_STATUS
     return 0
 
 
@@ -301,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="relax with FIRE to this largest force (eV/Å) before MD (default 0.05)",
     )
     p.add_argument("--no-relax", action="store_true", help="start MD from the input geometry as it is")
+    p.add_argument(
+        "--max-bond-change",
+        type=float,
+        metavar="ANGSTROM",
+        help="stop when a covalent bond of the starting structure has changed length by more than this "
+        f"(Å; MDsim's collapse criterion is 0.5) and exit with status {BROKEN_BOND_EXIT_STATUS}; without it "
+        "the largest change is only reported (md_log.csv, summary)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",

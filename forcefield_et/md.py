@@ -1,7 +1,9 @@
 """Molecular dynamics with ASE: one function behind ``forcefield-et md`` and the examples.
 
-Writes an ASE trajectory, a CSV log (time in fs, energies in eV, temperature in K) and a PNG
-of energy and temperature against time.
+Writes an ASE trajectory, a CSV log (time in fs, energies in eV, temperature in K, largest bond
+change in Å) and a PNG of energy and temperature against time. Every saved frame is checked
+against the covalent bonds of the starting structure (:mod:`forcefield_et.bonds`), so that a
+molecule that falls apart is reported, and with ``max_bond_change`` the run stops there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.io import Trajectory
 from tqdm.auto import tqdm
+
+from .bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
 
 THERMOSTATS = ("langevin", "nose-hoover", "nve")
 
@@ -83,28 +87,44 @@ def run_md(
     progress: bool = True,
     relax_fmax: float | None = None,
     relax_steps: int = 500,
+    max_bond_change: float | None = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
-    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift).
+    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift, the
+    largest bond change).
 
     With ``relax_fmax`` (eV/Å), the structure is first relaxed with FIRE to that largest atomic
     force (at most ``relax_steps`` steps), so that MD starts near the model's own minimum instead
-    of heating up from the potential energy of the input geometry."""
+    of heating up from the potential energy of the input geometry.
+
+    The covalent bonds of the structure MD starts from are checked at every saved frame
+    (``max_bond_change_A`` in the log and the summary: the largest |length - start length|, Å).
+    With ``max_bond_change`` (Å; MDsim's collapse criterion is 0.5) the run stops at the first
+    saved frame beyond it, and the summary's ``stopped`` says when and which bonds changed."""
     import time
 
     if atoms.calc is None:
         raise ValueError("run_md: atoms has no calculator (set atoms.calc = ETCalculator(...))")
+    if max_bond_change is not None and not max_bond_change > 0:
+        raise ValueError(f"run_md: max_bond_change must be a positive length in Å, got {max_bond_change}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     relaxation = relax(atoms, relax_fmax, relax_steps, out / "relax.log") if relax_fmax is not None else None
+    periodic = bool(atoms.pbc.any())
+    cell, pbc = (atoms.cell.array.copy(), atoms.pbc.copy()) if periodic else (None, None)
+    bonds = find_bonds(atoms.numbers, atoms.positions, cell, pbc)
+    start_lengths = bond_lengths(atoms.positions, bonds, cell, pbc)
     initial_velocities(atoms, temperature_K, seed)
     dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
     rows: List[Dict[str, float]] = []
     trajectory = Trajectory(str(out / "trajectory.traj"), "w", atoms)
 
-    def record() -> None:
+    def record() -> float:
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
+        # a barostat may change the cell; bond lengths follow the current one
+        current_cell = atoms.cell.array if periodic else None
+        bond_change = float(max_bond_deviation(atoms.positions, bonds, start_lengths, current_cell, pbc))
         rows.append(
             {
                 "time_fs": dynamics.nsteps * timestep_fs,
@@ -112,9 +132,11 @@ def run_md(
                 "ekin_eV": ekin,
                 "etot_eV": epot + ekin,
                 "temperature_K": atoms.get_temperature(),
+                "max_bond_change_A": bond_change,
             }
         )
         trajectory.write()
+        return bond_change
 
     record()
     bar = tqdm(
@@ -126,13 +148,22 @@ def run_md(
     )
     start = time.perf_counter()
     done = 0
+    stopped: Dict[str, Any] | None = None
     try:
         while done < steps:
             chunk = min(interval, steps - done)
             dynamics.run(chunk)
             done += chunk
             bar.update(chunk)
-            record()
+            bond_change = record()
+            if max_bond_change is not None and bond_change > max_bond_change:
+                changes = bond_changes(atoms.numbers, atoms.positions, bonds, start_lengths, max_bond_change,
+                                       cell=atoms.cell.array if periodic else None, pbc=pbc)
+                stopped = {"time_fs": done * timestep_fs, "step": done,
+                           "reason": f"a bond changed by {bond_change:.2f} Å > {max_bond_change:g} Å: "
+                                     + bond_changes_text(changes),
+                           "bond_changes": changes}
+                break
     finally:
         bar.close()
         trajectory.close()
@@ -144,13 +175,17 @@ def run_md(
     plot_md_log(rows, out / "md.png", title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
     etot = np.array([r["etot_eV"] for r in rows])
     summary = {
-        "steps": steps,
-        "steps_per_s": steps / elapsed,
-        "ns_per_day": steps * timestep_fs * 1e-6 / elapsed * 86400,
+        "steps": done,
+        "steps_per_s": done / elapsed,
+        "ns_per_day": done * timestep_fs * 1e-6 / elapsed * 86400,
         "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
         "total_energy_drift_eV": float(etot[-1] - etot[0]),
+        "bonds_checked": int(len(bonds)),
+        "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
         "out_dir": str(out),
     }
+    if stopped is not None:
+        summary["stopped"] = stopped
     if relaxation is not None:
         summary["relaxation"] = relaxation
     return summary

@@ -86,6 +86,22 @@ def test_evaluate_writes_metrics_and_parity_plot(small_checkpoint, tmp_path, cap
     assert json.loads(out)["force_mae_meV_A"] == metrics["force_mae_meV_A"]
 
 
+def test_md_with_max_bond_change_stops_and_exits_with_status_3(small_checkpoint, tmp_path, capsys):
+    # 0.01 Å is below the thermal motion of any bond at 300 K: the first saved frame exceeds it
+    out_dir = tmp_path / "md"
+    code, out, err = run_main(["md", "aspirin", "--model", small_checkpoint, "--no-relax", "--steps", 100,
+                               "--interval", 10, "--max-bond-change", 0.01, "--out", out_dir, "--no-progress"],
+                              capsys)
+    assert code == 3
+    summary = json.loads(out[out.index("{"):])
+    assert summary["stopped"]["step"] == summary["steps"] == 10 and summary["bonds_checked"] == 21
+    assert "forcefield-et md: stopped at 0.005 ps (step 10): a bond changed by" in err
+    assert (out_dir / "md_log.csv").read_text().count("\n") == 3  # header, t = 0, the stop frame
+    code, out, _ = run_main(["md", "aspirin", "--model", small_checkpoint, "--no-relax", "--steps", 10,
+                             "--out", tmp_path / "md2", "--no-progress"], capsys)
+    assert code == 0 and "stopped" not in json.loads(out[out.index("{"):])
+
+
 def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
     out_dir = tmp_path / "ft"

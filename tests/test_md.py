@@ -55,3 +55,75 @@ def test_run_md_needs_a_calculator(tmp_path):
 def test_unknown_thermostat_is_an_error(aspirin):
     with pytest.raises(ValueError, match="thermostat must be one of"):
         make_dynamics(aspirin, "berendsen", 0.5, 300.0, 0.01, seed=0)
+
+
+class _TetherCalculator:
+    """Toy ASE calculator: every atom on a harmonic spring (k, eV/Å²) to its start position (minimum
+    image under PBC), plus a constant pull (eV/Å) on one atom, so that a bond can be broken on purpose."""
+
+    def __new__(cls, start, k=50.0, pulled=None, pull=(0.0, 0.0, 0.0)):
+        from ase.calculators.calculator import Calculator, all_changes
+        from ase.geometry import find_mic
+
+        class Tether(Calculator):
+            implemented_properties = ["energy", "forces"]
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                delta = self.atoms.positions - start
+                if self.atoms.pbc.any():
+                    delta = find_mic(delta, self.atoms.cell, self.atoms.pbc)[0]
+                forces = -k * delta
+                energy = 0.5 * k * float((delta**2).sum())
+                if pulled is not None:
+                    forces[pulled] += pull
+                    energy -= float(np.dot(pull, self.atoms.positions[pulled]))
+                self.results = {"energy": energy, "forces": forces}
+
+        return Tether()
+
+
+def test_run_md_stops_when_a_bond_breaks_and_says_which(tmp_path):
+    from ase.build import molecule
+
+    atoms = molecule("CH3OH")
+    hydroxyl_h = next(i for i, z in enumerate(atoms.numbers) if z == 1 and min(
+        np.linalg.norm(atoms.positions[i] - atoms.positions[j]) for j in np.flatnonzero(atoms.numbers == 8)) < 1.1)
+    oxygen = int(np.flatnonzero(atoms.numbers == 8)[0])
+    direction = atoms.positions[hydroxyl_h] - atoms.positions[oxygen]
+    pull = 40.0 * direction / np.linalg.norm(direction)  # against k = 50: an equilibrium 0.8 Å further out
+    atoms.calc = _TetherCalculator(atoms.positions.copy(), pulled=hydroxyl_h, pull=pull)
+    summary = run_md(atoms, tmp_path / "md", steps=400, interval=5, temperature_K=50.0, progress=False,
+                     max_bond_change=0.5)
+    stopped = summary["stopped"]
+    assert summary["steps"] == stopped["step"] < 400 and summary["max_bond_change_A"] > 0.5
+    assert [b["atoms"] for b in stopped["bond_changes"]["stretched"]] == [sorted([oxygen, hydroxyl_h])]
+    assert "O" in stopped["reason"] and f"H{hydroxyl_h}" in stopped["reason"]
+    with open(tmp_path / "md" / "md_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == stopped["step"] // 5 + 1 and float(rows[-1]["max_bond_change_A"]) > 0.5
+    assert all(float(r["max_bond_change_A"]) <= 0.5 for r in rows[:-1])
+    with pytest.raises(ValueError, match="max_bond_change must be a positive length"):
+        run_md(atoms, tmp_path / "md2", steps=1, max_bond_change=0.0)
+
+
+def test_run_md_measures_bonds_across_the_periodic_boundary(tmp_path):
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    water.cell, water.pbc = np.eye(3) * 6.0, True
+    water.positions += [3.0, 0.1 - water.positions[0, 1], 3.0]  # O at y = 0.1: one H crosses y = 0
+    water.wrap()
+    assert water.positions[:, 1].max() > 5.0  # that H sits at the far side of the box
+    water.calc = _TetherCalculator(water.positions.copy())
+    summary = run_md(water, tmp_path / "md", steps=40, interval=10, temperature_K=300.0, progress=False,
+                     max_bond_change=0.5)
+    assert summary["bonds_checked"] == 2 and "stopped" not in summary
+    assert summary["max_bond_change_A"] < 0.2
+
+
+def test_run_md_reports_the_largest_bond_change_of_a_quiet_run(aspirin, tmp_path):
+    summary = run_md(aspirin, tmp_path / "md", steps=20, interval=10, progress=False, relax_fmax=0.1,
+                     max_bond_change=0.5)
+    assert summary["bonds_checked"] == 21 and "stopped" not in summary
+    assert 0.0 < summary["max_bond_change_A"] < 0.2
