@@ -4,6 +4,8 @@
   your torch);
 - :func:`python_force`: an ``openmm.PythonForce`` (OpenMM >= 8.5, no plugin);
 - :class:`OpenMMModule`: the TorchScript-able nm / kJ/mol wrapper both use;
+- :class:`BondCheckReporter`: a ``Simulation`` reporter that stops the run when a covalent bond
+  breaks (:class:`BrokenBondError`);
 - ``MLPotential('forcefield-et', model=...)`` from openmm-ml (plugin registered via the
   ``openmmml.potentials`` entry point, implemented in :mod:`forcefield_et.openmm.mlpotential`).
 
@@ -25,8 +27,11 @@ from .forces import (
     torch_force,
 )
 from .module import OpenMMModule
+from .reporter import BondCheckReporter, BrokenBondError
 
 __all__ = [
+    "BondCheckReporter",
+    "BrokenBondError",
     "INSTALL_HINT",
     "VERSION_MATRIX",
     "OpenMMModule",

@@ -1,0 +1,121 @@
+"""An OpenMM reporter that watches the covalent bonds of a simulation (the ASE side's
+``forcefield-et md --max-bond-change``, for ``Simulation.reporters``).
+
+A machine-learned potential can pull a molecule apart without any error from OpenMM: energies
+stay finite while a bond stretches to 2 Å. :class:`BondCheckReporter` takes the bonds of the
+structure the simulation starts from (:mod:`forcefield_et.bonds`: covalent radii, minimum image under
+PBC), and at every report measures the largest change of their lengths. Beyond
+``max_bond_change`` it raises :class:`BrokenBondError`, which ends ``Simulation.step`` there,
+naming the bonds that changed. Units: OpenMM's nm become Å at this edge (``forcefield_et.units``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import numpy as np
+
+from ..bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+from ..units import NM_TO_ANGSTROM
+
+
+class BrokenBondError(RuntimeError):
+    """A bond changed length by more than the reporter's ``max_bond_change``. ``step`` is the
+    simulation step and ``changes`` the :func:`forcefield_et.bonds.bond_changes` dict."""
+
+    def __init__(self, message: str, step: int, changes: Dict[str, Any]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.changes = changes
+
+
+class BondCheckReporter:
+    """Checks the bonds every ``report_interval`` steps.
+
+    Args:
+        report_interval: steps between checks.
+        max_bond_change: Å; a larger change of any bond length raises :class:`BrokenBondError`
+            (MDsim's collapse criterion is 0.5). None: only measure.
+        file: optional CSV path; one row per check: step, time (ps), largest bond change (Å).
+
+    ``max_change_A`` holds the largest change seen so far and ``bonds`` the checked pairs [B, 2]
+    (0-based atom indices), found on the positions of the context when the simulation first
+    consults the reporter, i.e. before its first step.
+    """
+
+    def __init__(self, report_interval: int, max_bond_change: float | None = 0.5,
+                 file: Union[str, Path, None] = None) -> None:
+        self._handle: Any = None  # the CSV file, opened at the first report
+        if int(report_interval) < 1:
+            raise ValueError(f"BondCheckReporter: report_interval must be >= 1, got {report_interval}")
+        if max_bond_change is not None and not max_bond_change > 0:
+            raise ValueError(
+                f"BondCheckReporter: max_bond_change must be a positive length in Å, got {max_bond_change}")
+        self.report_interval = int(report_interval)
+        self.max_bond_change = max_bond_change
+        self.max_change_A = 0.0
+        self.bonds: np.ndarray | None = None
+        self._numbers: np.ndarray | None = None
+        self._start_lengths: np.ndarray | None = None
+        self._periodic = False
+        self._path = Path(file) if file is not None else None
+
+    def describeNextReport(self, simulation: Any) -> Dict[str, Any]:  # noqa: N802 (OpenMM's name)
+        if self.bonds is None:  # OpenMM asks before its first step: the bonds of the starting structure
+            self._start(simulation)
+        steps = self.report_interval - simulation.currentStep % self.report_interval
+        return {"steps": steps, "periodic": None, "include": ["positions"]}
+
+    def report(self, simulation: Any, state: Any) -> None:
+        if self.bonds is None:
+            self._start(simulation)
+        positions, cell, pbc = self._geometry(state)
+        change = float(max_bond_deviation(positions, self.bonds, self._start_lengths, cell, pbc))
+        self.max_change_A = max(self.max_change_A, change)
+        step = int(simulation.currentStep)
+        if self._handle is not None:
+            from openmm import unit
+
+            self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{change:.6f}\n")
+            self._handle.flush()
+        if self.max_bond_change is not None and change > self.max_bond_change:
+            changes = bond_changes(self._numbers, positions, self.bonds, self._start_lengths, self.max_bond_change,
+                                   cell=cell, pbc=pbc)
+            raise BrokenBondError(f"step {step}: a bond changed by {change:.2f} Å > {self.max_bond_change:g} Å: "
+                                  f"{bond_changes_text(changes)}", step, changes)
+
+    def _geometry(self, state: Any) -> Tuple[np.ndarray, np.ndarray | None, Tuple[bool, bool, bool] | None]:
+        """Positions [N, 3], cell [3, 3] (the current box: a barostat may change it) and pbc, in Å."""
+        from openmm import unit
+
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+        if not self._periodic:
+            return positions, None, None
+        cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+        return positions, cell, (True, True, True)
+
+    def _start(self, simulation: Any) -> None:
+        atoms = list(simulation.topology.atoms())
+        if any(atom.element is None for atom in atoms):
+            raise ValueError("BondCheckReporter: every atom of the topology needs an element")
+        self._numbers = np.array([atom.element.atomic_number for atom in atoms])
+        self._periodic = bool(simulation.system.usesPeriodicBoundaryConditions())
+        positions, cell, pbc = self._geometry(simulation.context.getState(getPositions=True))
+        self.bonds = find_bonds(self._numbers, positions, cell, pbc)
+        self._start_lengths = bond_lengths(positions, self.bonds, cell, pbc)
+        if self._path is not None:
+            self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
+            self._handle.write("step,time_ps,max_bond_change_A\n")
+
+    def close(self) -> None:
+        """Close the CSV file (also done when the reporter is garbage-collected)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+__all__ = ["BondCheckReporter", "BrokenBondError"]

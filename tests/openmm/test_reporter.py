@@ -1,0 +1,86 @@
+"""forcefield_et.openmm.BondCheckReporter: bonds watched in an OpenMM Simulation (nm at the edge, Å inside)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.openmm.conftest import require_openmm
+
+
+def _water_simulation(pull_kj_mol_nm: float = 0.0, box_nm: float | None = None, shift_nm=(0.0, 0.0, 0.0)):
+    """One water molecule with harmonic O-H bonds (0.0957 nm), a constant pull on H1 along +x,
+    optionally in a periodic box; Reference platform, Langevin at 300 K, 0.5 fs."""
+    openmm = require_openmm()
+    from openmm import app, unit
+
+    topology = app.Topology()
+    residue = topology.addResidue("HOH", topology.addChain())
+    oxygen = topology.addAtom("O", app.Element.getBySymbol("O"), residue)
+    for name in ("H1", "H2"):
+        topology.addBond(oxygen, topology.addAtom(name, app.Element.getBySymbol("H"), residue))
+    system = openmm.System()
+    for mass in (15.999, 1.008, 1.008):
+        system.addParticle(mass)
+    bonds = openmm.HarmonicBondForce()
+    bonds.addBond(0, 1, 0.0957, 2.0e5)
+    bonds.addBond(0, 2, 0.0957, 2.0e5)
+    angle = openmm.HarmonicAngleForce()
+    angle.addAngle(1, 0, 2, np.deg2rad(104.5), 300.0)
+    system.addForce(bonds)
+    system.addForce(angle)
+    if pull_kj_mol_nm:
+        pull = openmm.CustomExternalForce("-f*x")
+        pull.addGlobalParameter("f", pull_kj_mol_nm)
+        pull.addParticle(1, [])
+        system.addForce(pull)
+    positions = np.array([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.024, 0.0927, 0.0]]) + np.asarray(shift_nm)
+    if box_nm is not None:
+        for force in (bonds, angle):
+            force.setUsesPeriodicBoundaryConditions(True)
+        system.setDefaultPeriodicBoxVectors(*(np.eye(3) * box_nm))
+        topology.setPeriodicBoxVectors(np.eye(3) * box_nm * unit.nanometer)
+        positions = positions % box_nm  # wrapped: a bond may cross the boundary
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 5 / unit.picosecond, 0.5 * unit.femtosecond)
+    integrator.setRandomNumberSeed(1)
+    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(positions * unit.nanometer)
+    return simulation
+
+
+def test_reporter_stops_the_simulation_when_a_bond_breaks(tmp_path):
+    from forcefield_et.openmm import BondCheckReporter, BrokenBondError
+
+    # 5e4 kJ/mol/nm against k = 2e5 kJ/mol/nm²: the O-H bond settles 0.25 nm (2.5 Å) longer
+    simulation = _water_simulation(pull_kj_mol_nm=5.0e4)
+    reporter = BondCheckReporter(10, max_bond_change=0.5, file=tmp_path / "bonds.csv")
+    simulation.reporters.append(reporter)
+    with pytest.raises(BrokenBondError, match=r"a bond changed by .* > 0.5 Å: O0-H1") as caught:
+        simulation.step(2000)
+    assert caught.value.step == simulation.currentStep < 2000 and caught.value.step % 10 == 0
+    assert [b["atoms"] for b in caught.value.changes["stretched"]] == [[0, 1]]
+    assert reporter.bonds.tolist() == [[0, 1], [0, 2]] and reporter.max_change_A > 0.5
+    reporter.close()
+    rows = (tmp_path / "bonds.csv").read_text().splitlines()
+    assert rows[0] == "step,time_ps,max_bond_change_A" and len(rows) == caught.value.step // 10 + 1
+    assert float(rows[-1].split(",")[2]) > 0.5
+
+
+def test_reporter_measures_a_quiet_periodic_run_through_the_boundary():
+    from forcefield_et.openmm import BondCheckReporter
+
+    simulation = _water_simulation(box_nm=1.2, shift_nm=(0.01, 0.6, 0.6))  # the second H starts at x < 0: wrapped
+    reporter = BondCheckReporter(10, max_bond_change=0.5)
+    simulation.reporters.append(reporter)
+    simulation.step(200)
+    assert reporter.bonds.tolist() == [[0, 1], [0, 2]]  # the O-H2 bond is found through the boundary
+    assert 0.0 < reporter.max_change_A < 0.1
+
+
+def test_reporter_rejects_bad_settings():
+    from forcefield_et.openmm import BondCheckReporter
+
+    with pytest.raises(ValueError, match="report_interval must be >= 1"):
+        BondCheckReporter(0)
+    with pytest.raises(ValueError, match="max_bond_change must be a positive length"):
+        BondCheckReporter(10, max_bond_change=-1.0)
