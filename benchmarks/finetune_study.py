@@ -58,8 +58,9 @@ def run_one(
 
     A finished run (its ``result.json``) is reused. The weights (``best.pt``) are not committed; with
     ``need_weights`` a finished run whose weights are missing is trained again with the same recipe.
-    The stored result stays (it is the record of the original run, which the tables show), and the
-    rebuilt run's errors go beside it in ``rebuild.json`` with their relative differences. A rebuild
+    The stored result, training log and config stay (they are the record of the original run, which
+    the tables show); the rebuilt run's errors go beside them in ``rebuild.json``, with their
+    relative differences, and its log in ``rebuild_metrics.csv``. A rebuild
     in the same session gives the same bits; across sessions it need not: salicylic acid's 1000-frame
     scratch run, rebuilt in a later session, differed by 0.11 % in test force MAE."""
     run_dir = out / "runs" / f"{molecule}-{n_train}-{start_label(start)}"
@@ -67,9 +68,12 @@ def run_one(
     stored = json.loads(result_path.read_text()) if result_path.exists() else None
     if stored is not None and (not need_weights or (run_dir / "best.pt").is_file()):
         return stored
+    originals: Dict[str, str] = {}  # the original run's log and config, kept through a rebuild
     if stored is not None:
         print(f"{run_dir.name}: best.pt is missing; training the run again to rebuild it", flush=True)
-        for stale in ("metrics.csv", "last.pt"):  # the training log is written anew, and from step 0
+        originals = {name: (run_dir / name).read_text() for name in ("metrics.csv", "config.yaml")
+                     if (run_dir / name).is_file()}
+        for stale in ("metrics.csv", "last.pt"):  # the training starts from step 0 with a new log
             (run_dir / stale).unlink(missing_ok=True)
     n_used = min(n_train, SPLIT_FRAMES - VALID_FRAMES)
     train_file = data_root / f"rmd17_{molecule}_train_01.npz"
@@ -111,6 +115,9 @@ def run_one(
         "valid_force_mae_meV_A": valid_metrics.get(f"{molecule}/force_mae_meV_A"),
     }
     if stored is not None:
+        (run_dir / "metrics.csv").replace(run_dir / "rebuild_metrics.csv")
+        for name, content in originals.items():
+            write_text_atomic(run_dir / name, content)
         compared = [k for k in stored if k.startswith(("test_", "valid_")) and k != "test_frames"]
         rebuild = {"stored": {k: stored[k] for k in compared}, "rebuilt": {k: result[k] for k in compared},
                    "relative_difference": {k: result[k] / stored[k] - 1.0 for k in compared},

@@ -40,6 +40,7 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
 
     run_dir = tmp_path / "runs" / "ethanol-50-scratch"
     stored = (run_dir / "result.json").read_text()
+    log = (run_dir / "metrics.csv").read_text()
     digest = hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest()
     (run_dir / "best.pt").unlink()
     assert run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50) == json.loads(stored)
@@ -47,6 +48,8 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     rebuilt = run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50, need_weights=True)
     assert rebuilt == json.loads(stored) and (run_dir / "result.json").read_text() == stored
     assert hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest() == digest
+    assert (run_dir / "metrics.csv").read_text() == log  # the original run's log stays
+    assert (run_dir / "rebuild_metrics.csv").read_text().splitlines()[0] == log.splitlines()[0]
     rebuild = json.loads((run_dir / "rebuild.json").read_text())
     assert rebuild["rebuilt"]["test_force_mae_meV_A"] == rebuilt["test_force_mae_meV_A"]
     assert set(rebuild["relative_difference"].values()) == {0.0}
