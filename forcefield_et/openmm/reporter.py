@@ -38,6 +38,9 @@ class BondCheckReporter:
         max_bond_change: Å; a larger change of any bond length raises :class:`BrokenBondError`
             (MDsim's collapse criterion is 0.5). None: only measure.
         file: optional CSV path; one row per check: step, time (ps), largest bond change (Å).
+        bonds_from: ``"positions"`` (default: covalent radii on the starting structure, as
+            ``forcefield-et md`` and the MD benchmark do) or ``"topology"`` (``Topology.bonds()``,
+            e.g. from a PDB file's CONECT records or residue templates).
 
     ``max_change_A`` holds the largest change seen so far and ``bonds`` the checked pairs [B, 2]
     (0-based atom indices), found on the positions of the context when the simulation first
@@ -45,13 +48,16 @@ class BondCheckReporter:
     """
 
     def __init__(self, report_interval: int, max_bond_change: float | None = 0.5,
-                 file: Union[str, Path, None] = None) -> None:
+                 file: Union[str, Path, None] = None, bonds_from: str = "positions") -> None:
         self._handle: Any = None  # the CSV file, opened at the first report
         if int(report_interval) < 1:
             raise ValueError(f"BondCheckReporter: report_interval must be >= 1, got {report_interval}")
         if max_bond_change is not None and not max_bond_change > 0:
             raise ValueError(
                 f"BondCheckReporter: max_bond_change must be a positive length in Å, got {max_bond_change}")
+        if bonds_from not in ("positions", "topology"):
+            raise ValueError(f"BondCheckReporter: bonds_from must be 'positions' or 'topology', got {bonds_from!r}")
+        self.bonds_from = bonds_from
         self.report_interval = int(report_interval)
         self.max_bond_change = max_bond_change
         self.max_change_A = 0.0
@@ -102,7 +108,13 @@ class BondCheckReporter:
         self._numbers = np.array([atom.element.atomic_number for atom in atoms])
         self._periodic = bool(simulation.system.usesPeriodicBoundaryConditions())
         positions, cell, pbc = self._geometry(simulation.context.getState(getPositions=True))
-        self.bonds = find_bonds(self._numbers, positions, cell, pbc)
+        if self.bonds_from == "topology":
+            pairs = sorted({tuple(sorted((a.index, b.index))) for a, b in simulation.topology.bonds()})
+            if not pairs:
+                raise ValueError("BondCheckReporter: bonds_from='topology', but the topology has no bonds")
+            self.bonds = np.array(pairs, dtype=np.int64)
+        else:
+            self.bonds = find_bonds(self._numbers, positions, cell, pbc)
         self._start_lengths = bond_lengths(positions, self.bonds, cell, pbc)
         if self._path is not None:
             self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)

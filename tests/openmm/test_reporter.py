@@ -8,9 +8,11 @@ import pytest
 from tests.openmm.conftest import require_openmm
 
 
-def _water_simulation(pull_kj_mol_nm: float = 0.0, box_nm: float | None = None, shift_nm=(0.0, 0.0, 0.0)):
+def _water_simulation(pull_kj_mol_nm: float = 0.0, box_nm: float | None = None, shift_nm=(0.0, 0.0, 0.0),
+                      topology_bonds=("H1", "H2")):
     """One water molecule with harmonic O-H bonds (0.0957 nm), a constant pull on H1 along +x,
-    optionally in a periodic box; Reference platform, Langevin at 300 K, 0.5 fs."""
+    optionally in a periodic box; Reference platform, Langevin at 300 K, 0.5 fs. The topology
+    holds the O-H bonds of the hydrogens named in ``topology_bonds``."""
     openmm = require_openmm()
     from openmm import app, unit
 
@@ -18,7 +20,9 @@ def _water_simulation(pull_kj_mol_nm: float = 0.0, box_nm: float | None = None, 
     residue = topology.addResidue("HOH", topology.addChain())
     oxygen = topology.addAtom("O", app.Element.getBySymbol("O"), residue)
     for name in ("H1", "H2"):
-        topology.addBond(oxygen, topology.addAtom(name, app.Element.getBySymbol("H"), residue))
+        hydrogen = topology.addAtom(name, app.Element.getBySymbol("H"), residue)
+        if name in topology_bonds:
+            topology.addBond(oxygen, hydrogen)
     system = openmm.System()
     for mass in (15.999, 1.008, 1.008):
         system.addParticle(mass)
@@ -77,6 +81,22 @@ def test_reporter_measures_a_quiet_periodic_run_through_the_boundary():
     assert 0.0 < reporter.max_change_A < 0.1
 
 
+def test_reporter_can_take_the_bonds_from_the_topology():
+    from forcefield_et.openmm import BondCheckReporter, BrokenBondError
+
+    simulation = _water_simulation(pull_kj_mol_nm=5.0e4, topology_bonds=("H1",))
+    reporter = BondCheckReporter(10, max_bond_change=0.5, bonds_from="topology")
+    simulation.reporters.append(reporter)
+    with pytest.raises(BrokenBondError, match="O0-H1"):
+        simulation.step(2000)
+    assert reporter.bonds.tolist() == [[0, 1]]  # the topology's one bond; covalent radii would add O0-H2
+
+    bare = _water_simulation(topology_bonds=())
+    bare.reporters.append(BondCheckReporter(10, bonds_from="topology"))
+    with pytest.raises(ValueError, match="the topology has no bonds"):
+        bare.step(10)
+
+
 def test_reporter_rejects_bad_settings():
     from forcefield_et.openmm import BondCheckReporter
 
@@ -84,3 +104,5 @@ def test_reporter_rejects_bad_settings():
         BondCheckReporter(0)
     with pytest.raises(ValueError, match="max_bond_change must be a positive length"):
         BondCheckReporter(10, max_bond_change=-1.0)
+    with pytest.raises(ValueError, match="bonds_from must be 'positions' or 'topology'"):
+        BondCheckReporter(10, bonds_from="residues")
