@@ -541,7 +541,7 @@ def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Pr
     if not np.isfinite(positions).all():
         return None
     return bond_changes(reference.numbers, positions, reference.bonds, reference.bond_reference,
-                          protocol.collapse_threshold_A, reference.frames)
+                        protocol.collapse_threshold_A, reference.frames)
 
 
 def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protocol: Protocol) -> None:

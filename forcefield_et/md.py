@@ -18,7 +18,7 @@ from ase import Atoms, units
 from ase.io import Trajectory
 from tqdm.auto import tqdm
 
-from .bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+from .bonds import BondWatch
 
 THERMOSTATS = ("langevin", "nose-hoover", "nve")
 
@@ -111,20 +111,20 @@ def run_md(
     out.mkdir(parents=True, exist_ok=True)
     relaxation = relax(atoms, relax_fmax, relax_steps, out / "relax.log") if relax_fmax is not None else None
     periodic = bool(atoms.pbc.any())
-    cell, pbc = (atoms.cell.array.copy(), atoms.pbc.copy()) if periodic else (None, None)
-    bonds = find_bonds(atoms.numbers, atoms.positions, cell, pbc)
-    start_lengths = bond_lengths(atoms.positions, bonds, cell, pbc)
+    watch = BondWatch(atoms.numbers, atoms.positions, atoms.cell.array.copy() if periodic else None,
+                      atoms.pbc.copy() if periodic else None)
     initial_velocities(atoms, temperature_K, seed)
     dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
     rows: List[Dict[str, float]] = []
     trajectory = Trajectory(str(out / "trajectory.traj"), "w", atoms)
 
+    def current_cell() -> np.ndarray | None:  # a barostat may change the cell; bond lengths follow it
+        return atoms.cell.array if periodic else None
+
     def record() -> float:
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
-        # a barostat may change the cell; bond lengths follow the current one
-        current_cell = atoms.cell.array if periodic else None
-        bond_change = float(max_bond_deviation(atoms.positions, bonds, start_lengths, current_cell, pbc))
+        bond_change = watch.change(atoms.positions, current_cell())
         rows.append(
             {
                 "time_fs": dynamics.nsteps * timestep_fs,
@@ -157,12 +157,8 @@ def run_md(
             bar.update(chunk)
             bond_change = record()
             if max_bond_change is not None and bond_change > max_bond_change:
-                changes = bond_changes(atoms.numbers, atoms.positions, bonds, start_lengths, max_bond_change,
-                                       cell=atoms.cell.array if periodic else None, pbc=pbc)
-                stopped = {"time_fs": done * timestep_fs, "step": done,
-                           "reason": f"a bond changed by {bond_change:.2f} Å > {max_bond_change:g} Å: "
-                                     + bond_changes_text(changes),
-                           "bond_changes": changes}
+                changes, reason = watch.broken(atoms.positions, max_bond_change, current_cell())
+                stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes}
                 break
     finally:
         bar.close()
@@ -180,7 +176,7 @@ def run_md(
         "ns_per_day": done * timestep_fs * 1e-6 / elapsed * 86400,
         "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
         "total_energy_drift_eV": float(etot[-1] - etot[0]),
-        "bonds_checked": int(len(bonds)),
+        "bonds_checked": int(len(watch.bonds)),
         "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
         "out_dir": str(out),
     }

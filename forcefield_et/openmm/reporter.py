@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 
-from ..bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+from ..bonds import BondWatch
 from ..units import NM_TO_ANGSTROM
 
 
@@ -61,23 +61,26 @@ class BondCheckReporter:
         self.report_interval = int(report_interval)
         self.max_bond_change = max_bond_change
         self.max_change_A = 0.0
-        self.bonds: np.ndarray | None = None
-        self._numbers: np.ndarray | None = None
-        self._start_lengths: np.ndarray | None = None
+        self._watch: BondWatch | None = None
         self._periodic = False
         self._path = Path(file) if file is not None else None
 
+    @property
+    def bonds(self) -> np.ndarray | None:
+        """The checked pairs [B, 2] (0-based atom indices); None before the simulation starts."""
+        return None if self._watch is None else self._watch.bonds
+
     def describeNextReport(self, simulation: Any) -> Dict[str, Any]:  # noqa: N802 (OpenMM's name)
-        if self.bonds is None:  # OpenMM asks before its first step: the bonds of the starting structure
+        if self._watch is None:  # OpenMM asks before its first step: the bonds of the starting structure
             self._start(simulation)
         steps = self.report_interval - simulation.currentStep % self.report_interval
         return {"steps": steps, "periodic": None, "include": ["positions"]}
 
     def report(self, simulation: Any, state: Any) -> None:
-        if self.bonds is None:
+        if self._watch is None:
             self._start(simulation)
-        positions, cell, pbc = self._geometry(state)
-        change = float(max_bond_deviation(positions, self.bonds, self._start_lengths, cell, pbc))
+        positions, cell, _ = self._geometry(state)
+        change = self._watch.change(positions, cell)
         self.max_change_A = max(self.max_change_A, change)
         step = int(simulation.currentStep)
         if self._handle is not None:
@@ -86,10 +89,8 @@ class BondCheckReporter:
             self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{change:.6f}\n")
             self._handle.flush()
         if self.max_bond_change is not None and change > self.max_bond_change:
-            changes = bond_changes(self._numbers, positions, self.bonds, self._start_lengths, self.max_bond_change,
-                                   cell=cell, pbc=pbc)
-            raise BrokenBondError(f"step {step}: a bond changed by {change:.2f} Å > {self.max_bond_change:g} Å: "
-                                  f"{bond_changes_text(changes)}", step, changes)
+            changes, reason = self._watch.broken(positions, self.max_bond_change, cell)
+            raise BrokenBondError(f"step {step}: {reason}", step, changes)
 
     def _geometry(self, state: Any) -> Tuple[np.ndarray, np.ndarray | None, Tuple[bool, bool, bool] | None]:
         """Positions [N, 3], cell [3, 3] (the current box: a barostat may change it) and pbc, in Å."""
@@ -105,17 +106,16 @@ class BondCheckReporter:
         atoms = list(simulation.topology.atoms())
         if any(atom.element is None for atom in atoms):
             raise ValueError("BondCheckReporter: every atom of the topology needs an element")
-        self._numbers = np.array([atom.element.atomic_number for atom in atoms])
+        numbers = np.array([atom.element.atomic_number for atom in atoms])
         self._periodic = bool(simulation.system.usesPeriodicBoundaryConditions())
         positions, cell, pbc = self._geometry(simulation.context.getState(getPositions=True))
+        bonds = None  # found from covalent radii
         if self.bonds_from == "topology":
             pairs = sorted({tuple(sorted((a.index, b.index))) for a, b in simulation.topology.bonds()})
             if not pairs:
                 raise ValueError("BondCheckReporter: bonds_from='topology', but the topology has no bonds")
-            self.bonds = np.array(pairs, dtype=np.int64)
-        else:
-            self.bonds = find_bonds(self._numbers, positions, cell, pbc)
-        self._start_lengths = bond_lengths(positions, self.bonds, cell, pbc)
+            bonds = np.array(pairs, dtype=np.int64)
+        self._watch = BondWatch(numbers, positions, cell, pbc, bonds)
         if self._path is not None:
             self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
             self._handle.write("step,time_ps,max_bond_change_A\n")
