@@ -34,6 +34,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config.optim.max_steps = args.max_steps
     if args.run_dir is not None:
         config.run_dir = args.run_dir
+    if args.compile is not None:
+        config.optim.compile = args.compile
     _, metrics = train(config, progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -58,6 +60,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             source["valid_frames"] = f"{args.n_train}:{args.n_train + args.n_valid_from_train}"
     if args.valid:
         source["valid_path"] = args.valid
+    if args.test:
+        source["test_path"] = args.test
     values = {
         "run_dir": args.out,
         "init_from": None if args.model == "scratch" else args.model,
@@ -69,19 +73,45 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "max_steps": args.steps,
             "lr": args.lr,
+            "min_lr": args.min_lr,
             "warmup_steps": min(args.warmup_steps, max(1, args.steps // 10)),
             "valid_every": args.valid_every,
             "checkpoint_every": args.checkpoint_every,
-            "schedule": "cosine",
+            "schedule": args.schedule,
+            "plateau_factor": args.plateau_factor,
+            "plateau_patience": args.plateau_patience,
+            "early_stop_patience": args.early_stop_patience,
+            "time_budget_s": args.time_budget,
             "ema_decay": args.ema_decay,
             "threads": args.threads,
+            "compile": args.compile,
         },
     }
     if args.model == "scratch" and args.hidden_channels:
         values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
+    if args.zbl:
+        values.setdefault("model", {})["zbl"] = True
     _, metrics = train(config_from_dict(values), progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """'2h', '90m', '45s', '1h30m' or a bare number of hours -> seconds."""
+    import re
+
+    value = str(text).strip().lower()
+    try:
+        seconds = float(value) * 3600
+    except ValueError:
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?", value)
+        if not value or parts is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 2h, 90m, 1h30m or 3600s") from None
+        hours, minutes, secs = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the duration must be positive and finite")
+    return seconds
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,6 +231,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the examples' line breaks."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forcefield-et",
@@ -219,15 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML training configuration (see configs/)")
     p.add_argument("--max-steps", type=int, help="override optim.max_steps")
     p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override optim.compile (compile the training step; about twice as fast on CPU after a minute)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
         "finetune",
         help="fine-tune a model (or train from scratch) on energies and forces",
-        epilog="example: forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
-        "--n-train 1000 --out runs/aspirin",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
+        "--n-train 950 --out runs/aspirin\n"
+        "  forcefield-et finetune --train data.xyz --schedule plateau --time-budget 2h --test test.xyz --out run",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
     p.add_argument("--train", required=True, nargs="+", help="training data file(s) (extxyz, ASE db, npz, ...)")
@@ -251,8 +292,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-weight", type=float, default=1.0, help="per-atom energy MSE weight (0: forces only)")
     p.add_argument("--force-weight", type=float, default=10.0)
     p.add_argument("--ema-decay", type=float, default=0.99)
+    p.add_argument("--min-lr", type=float, default=1e-6, help="floor of the learning rate")
+    p.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=["cosine", "plateau"],
+        help="cosine: decay to --min-lr over --steps; plateau: halve the learning rate when the validation "
+        "loss stops improving (pair it with --time-budget or --early-stop-patience and a large --steps)",
+    )
+    p.add_argument("--plateau-factor", type=float, default=0.5, help="with --schedule plateau: lr multiplier")
+    p.add_argument(
+        "--plateau-patience", type=int, default=3, help="with --schedule plateau: validations without improvement "
+        "before the learning rate drops"
+    )
+    p.add_argument(
+        "--early-stop-patience", type=int, default=0, help="stop after this many validations without a new best "
+        "(0: never)"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        metavar="DURATION",
+        help="stop after this much CPU time (2h, 90m, 1h30m; a resumed run counts the time already used)",
+    )
+    p.add_argument(
+        "--test", help="held-out test file: its errors are logged at every validation (learning_curve.csv/.png) "
+        "and never used to select weights"
+    )
     p.add_argument("--valid-every", type=int, default=250)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile the training step (the first step takes about a minute; later ones run about twice as "
+        "fast on CPU); --no-compile trains in eager mode",
+    )
+    p.add_argument(
+        "--zbl", action="store_true",
+        help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights)",
+    )
     p.add_argument("--hidden-channels", type=int, help="with --model scratch")
     p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])

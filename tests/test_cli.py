@@ -107,7 +107,7 @@ def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     out_dir = tmp_path / "ft"
     code, out, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 32, "--num-layers", 2,
                              "--train", train, "--format", "rmd17", "--n-train", 40, "--steps", 20,
-                             "--out", out_dir, "--no-progress", "--threads", 1], capsys)
+                             "--out", out_dir, "--no-progress", "--threads", 1, "--no-compile"], capsys)
     assert code == 0
     best = load_model(out_dir / "best.pt")
     assert best.hyperparameters["hidden_channels"] == 32 and best.hyperparameters["num_layers"] == 2
@@ -181,3 +181,19 @@ def test_console_entry_point_exit_code(tmp_path):
                             capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
     assert result.returncode == 2
     assert "not found" in result.stderr
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200.0), ("90m", 5400.0), ("1h30m", 5400.0), ("45s", 45.0),
+                                           ("1.5", 5400.0), ("0.5h", 1800.0)])
+def test_time_budget_durations(text, seconds):
+    from forcefield_et.cli import parse_duration
+
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["0", "-2h", "soon", "", "2x", "inf", "nan"])
+def test_bad_time_budget_is_a_clear_usage_error(text, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--train", str(tmp_path / "x.xyz"), "--out", str(tmp_path / "o"), "--time-budget", text])
+    assert exit_info.value.code == 2
+    assert "argument --time-budget" in capsys.readouterr().err

@@ -9,7 +9,7 @@ TorchScript-compatible (``torch.jit.script``) and works in float32 or float64.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..neighbors import radius_graph
 from .et import EquivariantTransformer
 from .heads import EnergyHead, sum_per_structure
+from .priors import ZBLRepulsion
 
 DEFAULT_ELEMENTS = (1, 6, 7, 8, 9, 16, 17)  # H C N O F S Cl
 DEFAULT_HYPERPARAMETERS: Dict[str, Any] = {
@@ -26,6 +27,7 @@ DEFAULT_HYPERPARAMETERS: Dict[str, Any] = {
     "num_rbf": 32,
     "cutoff": 5.0,
     "elements": list(DEFAULT_ELEMENTS),
+    "zbl": False,
 }
 MAX_ATOMIC_NUMBER = 118
 MIN_DISTANCE = 0.01  # Å; closer pairs are rejected as overlapping atoms
@@ -41,6 +43,8 @@ class Potential(nn.Module):
         num_rbf: radial basis functions.
         cutoff: cutoff radius in Å.
         elements: supported atomic numbers; any other element is rejected with an error.
+        zbl: add the ZBL screened nuclear repulsion (:class:`~forcefield_et.model.priors.ZBLRepulsion`)
+            to the learned energy; it has no weights, so it can be switched on for fine-tuning.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Potential(nn.Module):
         num_rbf: int = 32,
         cutoff: float = 5.0,
         elements: Sequence[int] = DEFAULT_ELEMENTS,
+        zbl: bool = False,
     ) -> None:
         super().__init__()
         elements = sorted({int(e) for e in elements})
@@ -64,6 +69,8 @@ class Potential(nn.Module):
             "cutoff": float(cutoff),
             "elements": elements,
         }
+        if zbl:  # absent when off, so that the cards of models without the prior stay as they were
+            self.hyperparameters["zbl"] = True
         self.cutoff = float(cutoff)
         self.min_distance = MIN_DISTANCE
         self.elements: List[int] = elements
@@ -74,8 +81,12 @@ class Potential(nn.Module):
             len(elements), hidden_channels, num_layers, num_heads, num_rbf, cutoff
         )
         self.head = EnergyHead(hidden_channels, len(elements))
+        self.use_zbl = bool(zbl)
+        self.zbl = ZBLRepulsion(elements)
         # Eager only (see compile_energy): torch.compile'd _atom_energies, or None. Not in the state dict.
         self._compiled_energy: Any = None
+        # Eager training only (see compile_training): a CompiledEnergyGradient, or None. Not in the state dict.
+        self._compiled_training: Any = None
 
     def _check_inputs(self, z: Tensor, pos: Tensor, batch: Tensor, cell: Tensor | None) -> None:
         if z.dim() != 1 or z.dtype != torch.long:
@@ -165,15 +176,27 @@ class Potential(nn.Module):
                 raise ValueError("Potential: two atoms are at the same position (closer than 0.01 Å)")
 
         element = self.element_index[z]
+        edge_gradient: Tensor | None = None
         if torch.jit.is_scripting():  # TorchScript keeps only this branch
             atom_energy = self._atom_energies(element, edge_index, edge_vectors)
+        elif (
+            self._compiled_training is not None
+            and self.training
+            and self.representation.edge_chunk_size is None
+            and edge_index.shape[1] > 0
+        ):
+            atom_energy, edge_gradient = self._compiled_training(element, edge_index, edge_vectors)
         elif self._compiled_energy is not None and self.representation.edge_chunk_size is None:
             atom_energy = self._compiled_energy(element, edge_index, edge_vectors)
         else:
             atom_energy = self._atom_energies(element, edge_index, edge_vectors)
         energy = sum_per_structure(atom_energy, batch, n_structures)
 
-        grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+        if edge_gradient is None:
+            grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+        else:  # the compiled graph gave dE/d(edge vectors): chain it to the positions (and strain)
+            seed: List[Optional[Tensor]] = [edge_gradient]
+            grads = torch.autograd.grad([edge_vectors], inputs, grad_outputs=seed, create_graph=True, allow_unused=True)
         grad_pos = grads[0]
         forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
         result: Dict[str, Tensor] = {"energy": energy, "forces": forces}
@@ -192,7 +215,10 @@ class Potential(nn.Module):
         n_atoms = element.shape[0]
         references = torch.arange(len(self.elements), device=element.device)
         x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors, False)
-        return self.head.atom_energies(x_all[:n_atoms], element, x_all[n_atoms:])
+        energies = self.head.atom_energies(x_all[:n_atoms], element, x_all[n_atoms:])
+        if self.use_zbl:
+            energies = energies + self.zbl(element, edge_index, edge_vectors, n_atoms)
+        return energies
 
     @torch.jit.unused
     def compile_energy(self, enabled: bool = True, **compile_options: Any) -> None:
@@ -210,6 +236,30 @@ class Potential(nn.Module):
             return
         options = {"dynamic": True, **compile_options}
         self._compiled_energy = torch.compile(self._atom_energies, **options)
+
+    @torch.jit.unused
+    def compile_training(self, enabled: bool = True, **compile_options: Any) -> None:
+        """Compile the training-mode energy and force computation (eager, ``model.train()``, no edge
+        chunking): the energy and its gradient with respect to the edge vectors run as one
+        inductor graph whose backward gives the weight gradients of a force loss
+        (:mod:`forcefield_et.model.compiled_training`). The first training call traces and compiles
+        (about a minute on a small CPU); results equal the eager double backward to float rounding.
+        ``enabled=False`` restores eager."""
+        if not enabled:
+            self._compiled_training = None
+            return
+        from .compiled_training import CompiledEnergyGradient
+
+        self._compiled_training = CompiledEnergyGradient(self, **compile_options)
+
+    @torch.jit.unused
+    def set_zbl(self, enabled: bool) -> None:
+        """Switch the ZBL repulsion prior on or off (recorded in ``hyperparameters``)."""
+        self.use_zbl = bool(enabled)
+        if self.use_zbl:
+            self.hyperparameters["zbl"] = True
+        else:
+            self.hyperparameters.pop("zbl", None)
 
     @torch.jit.unused
     def set_edge_chunking(self, edge_chunk_size: int | None) -> None:

@@ -59,6 +59,10 @@ class SourceConfig:
     frames: str | None = None  # slice "start:stop[:step]" of the file's frames used for training
     valid_frames: str | None = None  # slice of the validation file's frames
     valid_max_frames: int = 500
+    # held-out test file, evaluated with the EMA weights at every validation for the learning curve
+    # only (never for selecting weights or steering the schedule)
+    test_path: str | None = None
+    test_frames: str | None = None  # slice of the test file's frames
 
 
 SELECTION_METRICS = ("valid_loss", "valid_loss_without_denoise")
@@ -87,6 +91,17 @@ class OptimConfig:
     # "valid_loss" (the whole objective) or "valid_loss_without_denoise" (the denoising term
     # left out: it rewards the harmonic target, not the reference forces)
     select_by: str = "valid_loss"
+    # steps at which the EMA weights are also kept as snapshots/step_<N>.pt (inference checkpoints),
+    # e.g. to fine-tune from several amounts of pretraining of one run
+    snapshot_steps: List[int] = field(default_factory=list)
+    # stop when the training has used this many CPU-seconds (training and validation, all workers;
+    # resumed runs count what earlier sessions used); None: no limit
+    time_budget_s: float | None = None
+    # stop after this many validations in a row without a new best (0: never)
+    early_stop_patience: int = 0
+    # compile the training step's energy and force graph (Potential.compile_training): the first
+    # step compiles (about a minute), later steps run about twice as fast on CPU
+    compile: bool = False
 
 
 @dataclass
@@ -145,6 +160,10 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         raise ConfigError("optim.schedule must be 'cosine' or 'plateau'")
     if config.optim.select_by not in SELECTION_METRICS:
         raise ConfigError(f"optim.select_by must be one of {list(SELECTION_METRICS)}, got {config.optim.select_by!r}")
+    if config.optim.time_budget_s is not None and not config.optim.time_budget_s > 0:
+        raise ConfigError(f"optim.time_budget_s must be positive, got {config.optim.time_budget_s}")
+    if config.optim.early_stop_patience < 0:
+        raise ConfigError(f"optim.early_stop_patience must be >= 0, got {config.optim.early_stop_patience}")
     if config.dtype not in ("float32", "float64"):
         raise ConfigError("dtype must be 'float32' or 'float64'")
     names = [s.name for s in config.sources]
@@ -207,13 +226,32 @@ def resolve_path(path: str, data_root: str | None) -> Path:
     return p
 
 
+def expand_paths(paths: List[str], data_root: str | None) -> List[Path]:
+    """Resolve each path; a path with glob characters (``*?[``) expands to its sorted matches and
+    must match at least one file."""
+    out: List[Path] = []
+    for path in paths:
+        resolved = resolve_path(path, data_root)
+        if any(c in resolved.name for c in "*?["):
+            matches = sorted(resolved.parent.glob(resolved.name))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {resolved}")
+            out.extend(matches)
+        else:
+            out.append(resolved)
+    return out
+
+
 def read_source(
     source: SourceConfig,
     data_root: str | None,
     path: Union[str, List[str], None] = None,
-    validation: bool = False,
+    validation: bool | str = False,
 ) -> ConformationSet:
-    """Read one source's data (or its validation file) with the configured reader and filters."""
+    """Read one source's data (or, with ``validation`` True/'valid' or 'test', its validation or
+    test file) with the configured reader and filters."""
+    if validation is True:
+        validation = "valid"
     from ..data import readers as readers_module
 
     function_name, native = READERS[source.format]
@@ -227,13 +265,13 @@ def read_source(
             options.setdefault("length_unit", source.units.get("length", "Angstrom"))
     paths = path or source.path
     paths = [paths] if isinstance(paths, str) else list(paths)
-    parts = [reader(resolve_path(p, data_root), **options) for p in paths]
+    parts = [reader(p, **options) for p in expand_paths(paths, data_root)]
     data = parts[0] if len(parts) == 1 else ConformationSet.concatenate(parts)
     if source.max_force is not None and data.forces is not None:
         norms = np.linalg.norm(data.forces, axis=1)
         frame_max = np.maximum.reduceat(norms, data.offsets[:-1]) if len(data) else norms
         data = data.subset(np.flatnonzero(frame_max <= source.max_force))
-    selection = source.valid_frames if validation else source.frames
+    selection = {"valid": source.valid_frames, "test": source.test_frames}[validation] if validation else source.frames
     if selection is not None:
         data = data.subset(np.arange(len(data))[parse_slice(selection)])
     if not validation and source.max_frames is not None and len(data) > source.max_frames:

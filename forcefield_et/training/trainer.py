@@ -40,9 +40,10 @@ from .batching import (
     build_batch,
 )
 from .config import TrainConfig, read_source
+from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
 
-METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s"]
+METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s", "cpu_hours"]
 
 
 def _distributed() -> Tuple[int, int]:
@@ -112,6 +113,9 @@ class Trainer:
         self.plateau_scale = 1.0
         self.plateau_bad = 0
         self.plateau_best = math.inf
+        self.cpu_seconds = 0.0  # CPU time used by training and validation, all workers, across resumes
+        self.validations_since_best = 0
+        self.stop_reason: str | None = None
         self.sampler = MixedBatchSampler(
             [len(s.data) for s in self.sources],
             batch_shares([s.ratio for s in self.sources], config.optim.batch_size),
@@ -140,6 +144,12 @@ class Trainer:
             self.valid_sets.append(valid)
         self.tensors = [TensorConformations(s.data, self.dtype) for s in self.sources]
         self.valid_tensors = [TensorConformations(v, self.dtype) if len(v) else None for v in self.valid_sets]
+        self.test_tensors = [
+            TensorConformations(read_source(sc, cfg.data_root, path=sc.test_path, validation="test"), self.dtype)
+            if sc.test_path
+            else None
+            for sc in cfg.sources
+        ]
         self.source_weights = torch.tensor([s.weight for s in self.sources], dtype=torch.float64)
 
     def _build_model(self) -> None:
@@ -147,6 +157,14 @@ class Trainer:
         data_elements = sorted({int(z) for s in self.sources for z in np.unique(s.data.z)})
         if cfg.init_from:
             self.model = load_model(cfg.init_from, dtype=self.dtype)
+            overrides = set(cfg.model) - {"zbl"}
+            if overrides:
+                raise ValueError(
+                    f"with init_from, the model's architecture comes from {cfg.init_from!r}; only 'zbl' can be set "
+                    f"in 'model', not {sorted(overrides)}"
+                )
+            if "zbl" in cfg.model:
+                self.model.set_zbl(bool(cfg.model["zbl"]))
             missing = sorted(set(data_elements) - set(self.model.elements))
             if missing:
                 raise ValueError(f"init_from model {cfg.init_from!r} does not support elements {missing} in the data")
@@ -160,6 +178,8 @@ class Trainer:
             self.parent = None
             self._init_statistics()
         self.model.train()
+        if cfg.optim.compile:
+            self.model.compile_training()
 
     def _init_statistics(self) -> None:
         """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""
@@ -227,6 +247,9 @@ class Trainer:
             "best_valid": self.best_valid,
             "select_by": self.config.optim.select_by,
             "plateau": [self.plateau_scale, self.plateau_bad, self.plateau_best],
+            "cpu_seconds": self.cpu_seconds,
+            "validations_since_best": self.validations_since_best,
+            "stop_reason": self.stop_reason,
             "config": self.config.to_dict(),
         }
 
@@ -267,6 +290,17 @@ class Trainer:
         finally:
             self._swap_ema()
 
+    def save_snapshot(self) -> None:
+        """Keep the EMA weights of this step as ``snapshots/step_<N>.pt`` (an inference checkpoint)."""
+        if self.rank != 0:
+            return
+        self._swap_ema()
+        try:
+            extra = {"snapshot": {"step": self.step, "conformations_seen": self.step * self.config.optim.batch_size}}
+            save_checkpoint(self.run_dir / "snapshots" / f"step_{self.step}.pt", self.model, self._metadata(extra))
+        finally:
+            self._swap_ema()
+
     def resume(self) -> bool:
         """Restore from ``run_dir/last.pt`` if present. Returns whether it resumed."""
         path = self.run_dir / "last.pt"
@@ -286,6 +320,9 @@ class Trainer:
         self.best_valid = float(state["best_valid"])
         self.plateau_scale, self.plateau_bad, self.plateau_best = state["plateau"]
         self.plateau_bad = int(self.plateau_bad)
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
+        self.validations_since_best = int(state.get("validations_since_best", 0))
+        self.stop_reason = state.get("stop_reason")
         if state.get("select_by", "valid_loss") != self.config.optim.select_by:
             # the stored bests are values of another metric: the next validation sets new ones
             self.best_valid = self.plateau_best = math.inf
@@ -446,12 +483,36 @@ class Trainer:
                     metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
                 if n_eq:
                     metrics[f"{name}/eq_force_norm_meV_A"] = 1000 * eq_norm / n_eq
+            for source, tensors in zip(self.sources, self.test_tensors):
+                if tensors is not None:
+                    metrics.update(
+                        {f"{source.name}/test_{k}": v for k, v in self._errors(tensors, source.objective).items()}
+                    )
         finally:
             self.model.train()
             self._swap_ema()
         metrics["valid_loss"] = total_loss
         metrics["valid_loss_without_denoise"] = total_without_denoise
         return metrics
+
+    def _errors(self, tensors: TensorConformations, objective: str) -> Dict[str, float]:
+        """Force MAE (meV/Å) and, for energy objectives, energy MAE (meV) of the current weights on
+        ``tensors``, in batches of ``optim.batch_size``."""
+        abs_err, n_comp, e_err = 0.0, 0, 0.0
+        bs = self.config.optim.batch_size
+        for start in range(0, tensors.n_frames, bs):
+            batch = tensors.gather(torch.arange(start, min(start + bs, tensors.n_frames)))
+            with torch.enable_grad():
+                out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+            diff = out["forces"].detach() - batch["forces"]
+            ok = torch.isfinite(diff).all(-1)
+            abs_err += float(diff[ok].abs().sum())
+            n_comp += 3 * int(ok.sum())
+            e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
+        errors = {"force_mae_meV_A": 1000 * abs_err / max(n_comp, 1)}
+        if objective in ("energy_forces", "energy"):
+            errors["energy_mae_meV"] = 1000 * e_err / tensors.n_frames
+        return errors
 
     def valid_tensors_or_train(self, s: int) -> List[TensorConformations]:
         """Tensor sets where index ``s`` is source s's validation set (for build_batch)."""
@@ -476,11 +537,27 @@ class Trainer:
             unit="step",
             mininterval=0.5 if sys.stderr.isatty() else 60.0,  # keep background logs short
         )
-        if resumed and self.progress:
-            bar.write(f"resumed from {self.run_dir / 'last.pt'} at step {self.step}")
+        if resumed and self.rank == 0:
+            bar.write(
+                f"resumed from {self.run_dir / 'last.pt'} at step {self.step} "
+                f"({self.cpu_seconds / 3600:.3g} CPU-hours used so far)"
+            )
+        if resumed and self.stop_reason and self._stop_still_holds():
+            bar.write(f"{self.run_dir} stopped earlier ({self.stop_reason}); nothing to train")
+        else:
+            self.stop_reason = None
         window_start, window_frames = time.perf_counter(), 0.0
-        while self.step < cfg.max_steps:
+        cpu_mark = time.process_time()
+
+        def count_cpu() -> None:
+            nonlocal cpu_mark
+            now = time.process_time()
+            self.cpu_seconds += (now - cpu_mark) * self.world_size
+            cpu_mark = now
+
+        while self.step < cfg.max_steps and self.stop_reason is None:
             info = self.train_step()
+            count_cpu()
             window_frames += info["frames"] * self.world_size
             bar.update(1)
             if not math.isfinite(info["loss"]):
@@ -494,14 +571,19 @@ class Trainer:
                     "loss": info["loss"],
                     "time_s": elapsed,
                     "conf_per_s": window_frames / max(elapsed, 1e-9),
+                    "cpu_hours": self.cpu_seconds / 3600,
                     "grad_norm": info["grad_norm"],
                 }
                 row.update({f"train/{k}": info[k] for k in TERM_NAMES if k in info})
                 self._log(row)
                 bar.set_postfix(loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.2e}", cps=f"{row['conf_per_s']:.0f}")
                 window_start, window_frames = time.perf_counter(), 0.0
-            if self.step % cfg.valid_every == 0 or self.step == cfg.max_steps:
+            if cfg.time_budget_s is not None and self._agree(self.cpu_seconds >= cfg.time_budget_s):
+                self.stop_reason = f"time budget of {cfg.time_budget_s / 3600:.3g} CPU-hours used"
+            validate_now = self.step % cfg.valid_every == 0 or self.step == cfg.max_steps
+            if validate_now or self.stop_reason:
                 last_valid = self.validate()
+                count_cpu()
                 self._after_validation(last_valid)
                 self._log(
                     {
@@ -509,11 +591,21 @@ class Trainer:
                         "kind": "valid",
                         "lr": info["lr"],
                         "loss": last_valid["valid_loss"],
+                        "cpu_hours": self.cpu_seconds / 3600,
                         **last_valid,
                     }
                 )
+                if self.rank == 0:
+                    write_learning_curve(self.run_dir)
                 if self.progress:
                     bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_valid.items()))
+            if self.stop_reason:
+                self.save_last()
+                if self.rank == 0:
+                    bar.write(f"stopped at step {self.step}: {self.stop_reason}")
+                break
+            if self.step in cfg.snapshot_steps:
+                self.save_snapshot()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_last()
         bar.close()
@@ -521,11 +613,37 @@ class Trainer:
             last_valid = self.validate()
         return last_valid
 
+    def _stop_still_holds(self) -> bool:
+        """Whether a resumed run's earlier stop holds under the present config (a larger time
+        budget or patience lets it go on)."""
+        optim = self.config.optim
+        if self.stop_reason and self.stop_reason.startswith("time budget"):
+            return optim.time_budget_s is not None and self.cpu_seconds >= optim.time_budget_s
+        if self.stop_reason and self.stop_reason.startswith("no better"):
+            return bool(optim.early_stop_patience) and self.validations_since_best >= optim.early_stop_patience
+        return True
+
+    def _agree(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any data-parallel worker (so all stop together)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def _after_validation(self, metrics: Dict[str, float]) -> None:
-        value = metrics[self.config.optim.select_by]
+        optim = self.config.optim
+        value = metrics[optim.select_by]
         if value < self.best_valid:
             self.best_valid = value
+            self.validations_since_best = 0
             self.save_best(metrics)
+        else:
+            self.validations_since_best += 1
+            if optim.early_stop_patience and self.validations_since_best >= optim.early_stop_patience:
+                self.stop_reason = self.stop_reason or (
+                    f"no better {optim.select_by} in {self.validations_since_best} validations"
+                )
         if self.config.optim.schedule == "plateau":
             if value < self.plateau_best:
                 self.plateau_best, self.plateau_bad = value, 0

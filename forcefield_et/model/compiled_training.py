@@ -1,0 +1,127 @@
+"""A compiled training step for force-trained models: energies and their gradients with respect
+to the edge vectors as one inductor-compiled graph that is itself differentiable.
+
+Training on forces needs the gradient of the force error with respect to the weights, that is a
+second derivative of the energy (``autograd.grad(..., create_graph=True)`` and then
+``backward()``). ``torch.compile`` cannot differentiate a compiled function twice. So the first
+derivative is traced ahead of time: :func:`torch.fx.experimental.proxy_tensor.make_fx` records
+``_atom_energies`` and its ``autograd.grad`` with respect to the edge vectors as one graph of
+plain aten operations, with symbolic numbers of atoms and edges. ``torch.compile`` then
+compiles that graph and derives its backward (the weight gradients) as for any first-order
+function. Two rewrites make the traced graph exact:
+
+- the ``detach`` nodes that autograd's saved tensors leave in a traced backward are removed, so
+  that the weight gradient flows through every path (without this the radial-basis weights got
+  wrong gradients);
+- out-of-place ``index_add`` (the backward of ``index_select``) runs as an opaque custom
+  operator, because inductor (torch 2.9, CPU) miscompiled it in this graph.
+
+``tests/model/test_compiled_training.py`` checks energies, forces, losses and weight gradients
+against the eager double backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+_OPERATOR = "forcefield_et::index_add"
+_registered = False
+
+
+def _register_index_add() -> None:
+    """Register ``forcefield_et::index_add`` (an opaque out-of-place index_add with autograd)."""
+    global _registered
+    if _registered:
+        return
+
+    @torch.library.custom_op(_OPERATOR, mutates_args=())
+    def index_add(base: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
+        return base.index_add(dim, index, source)
+
+    @index_add.register_fake
+    def _(base: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
+        return torch.empty_like(base)
+
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        _, dim, index, _ = inputs
+        ctx.dim = dim
+        ctx.save_for_backward(index)
+
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, Tensor]:
+        (index,) = ctx.saved_tensors
+        return grad, None, None, grad.index_select(ctx.dim, index)
+
+    index_add.register_autograd(backward, setup_context=setup_context)
+    _registered = True
+
+
+class _AtomEnergies(nn.Module):
+    def __init__(self, potential: nn.Module) -> None:
+        super().__init__()
+        self.potential = potential
+
+    def forward(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
+        return self.potential._atom_energies(element, edge_index, edge_vectors)
+
+
+class CompiledEnergyGradient:
+    """``(element [N], edge_index [2, E], edge_vectors [E, 3] Å) -> (atom energies [N] eV,
+    dE/d(edge_vectors) [E, 3] eV/Å)``, compiled, differentiable once with respect to the model's
+    weights and the edge vectors. Built lazily on the first call; rebuilt if the model's
+    parameters are replaced (e.g. after ``.to(dtype)``)."""
+
+    def __init__(self, potential: nn.Module, **compile_options: Any) -> None:
+        self.module = _AtomEnergies(potential)
+        self.compile_options = {"dynamic": True, **compile_options}
+        self._compiled: Callable[..., Any] | None = None
+        self._tensors: List[Tensor] = []
+
+    def _state(self) -> Tuple[List[str], List[str], List[Tensor]]:
+        names = [n for n, _ in self.module.named_parameters()]
+        buffer_names = [n for n, _ in self.module.named_buffers()]
+        tensors = [p for _, p in self.module.named_parameters()] + [b for _, b in self.module.named_buffers()]
+        return names, buffer_names, tensors
+
+    def _build(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> None:
+        from torch.func import functional_call
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        _register_index_add()
+        names, buffer_names, tensors = self._state()
+        n_params = len(names)
+        module = self.module
+
+        def energy_and_gradient(state: List[Tensor], element: Tensor, edge_index: Tensor, edge_vectors: Tensor):
+            parameters = dict(zip(names, state[:n_params]))
+            buffers = dict(zip(buffer_names, state[n_params:]))
+            energies = functional_call(module, (parameters, buffers), (element, edge_index, edge_vectors))
+            (gradient,) = torch.autograd.grad(energies.sum(), edge_vectors, create_graph=True)
+            return energies, gradient
+
+        sample = edge_vectors.detach().requires_grad_(True)
+        graph = make_fx(energy_and_gradient, tracing_mode="symbolic")(tensors, element, edge_index, sample)
+        custom = getattr(torch.ops.forcefield_et.index_add, "default")
+        for node in list(graph.graph.nodes):
+            if node.op != "call_function":
+                continue
+            if node.target is torch.ops.aten.detach.default:
+                node.replace_all_uses_with(node.args[0])
+                graph.graph.erase_node(node)
+            elif node.target is torch.ops.aten.index_add.default and len(node.args) == 4 and not node.kwargs:
+                node.target = custom
+        graph.recompile()
+        self._compiled = torch.compile(graph, **self.compile_options)
+        self._tensors = tensors
+
+    def __call__(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tuple[Tensor, Tensor]:
+        _, _, tensors = self._state()
+        if self._compiled is None or len(tensors) != len(self._tensors) or any(
+            a is not b for a, b in zip(tensors, self._tensors)
+        ):
+            self._build(element, edge_index, edge_vectors)
+        assert self._compiled is not None
+        return self._compiled(tensors, element, edge_index, edge_vectors)
+

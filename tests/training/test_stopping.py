@@ -1,0 +1,109 @@
+"""Stopping rules and the learning curve: CPU-time budget (also across a resume), early stopping,
+test-set monitoring, snapshots and glob data paths."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from forcefield_et.checkpoint import read_checkpoint
+from forcefield_et.training import Trainer, config_from_dict, train
+from forcefield_et.training.config import ConfigError, expand_paths
+from tests.conftest import shared_path
+from tests.training.test_trainer import tiny_mixed_config
+
+
+def valid_rows(run_dir):
+    with open(run_dir / "metrics.csv") as handle:
+        return [r for r in csv.DictReader(handle) if r["kind"] == "valid"]
+
+
+def test_time_budget_stops_the_run_and_a_larger_budget_resumes_it(tmp_path):
+    run_dir = tmp_path / "run"
+    values = tiny_mixed_config(run_dir, max_steps=100_000, valid_every=25, checkpoint_every=25, time_budget_s=2.0)
+    trainer, _ = train(config_from_dict(values), progress=False)
+    assert trainer.stop_reason.startswith("time budget")
+    assert 2.0 <= trainer.cpu_seconds < 60.0
+    stopped_at = trainer.step
+    assert 0 < stopped_at < 100_000
+    state = read_checkpoint(run_dir / "last.pt")["training_state"]
+    assert state["step"] == stopped_at and state["cpu_seconds"] == pytest.approx(trainer.cpu_seconds)
+    # the stopping step was validated and logged with the CPU time used
+    rows = valid_rows(run_dir)
+    assert int(rows[-1]["step"]) == stopped_at and float(rows[-1]["cpu_hours"]) > 0
+    # the same budget again: nothing more to train
+    again, _ = train(config_from_dict(values), progress=False)
+    assert again.step == stopped_at
+    # a larger budget continues from the saved step and counts the earlier CPU time
+    values["optim"]["time_budget_s"] = trainer.cpu_seconds + 2.0
+    more, _ = train(config_from_dict(values), progress=False)
+    assert more.step > stopped_at and more.cpu_seconds >= values["optim"]["time_budget_s"]
+
+
+def test_early_stopping_after_patience_validations_without_a_new_best(tmp_path):
+    run_dir = tmp_path / "run"
+    # a vanishing learning rate: the validation loss soon stops improving
+    values = tiny_mixed_config(run_dir, max_steps=1000, valid_every=5, checkpoint_every=5, lr=1e-9,
+                               min_lr=1e-9, warmup_steps=1, early_stop_patience=3)
+    trainer, _ = train(config_from_dict(values), progress=False)
+    assert trainer.stop_reason == "no better valid_loss in 3 validations"
+    rows = valid_rows(run_dir)
+    losses = [float(r["valid_loss"]) for r in rows]
+    best_step = int(rows[losses.index(min(losses))]["step"])
+    assert trainer.step == best_step + 3 * 5 < 1000  # three validations after the last new best
+    assert read_checkpoint(run_dir / "best.pt")["metadata"]["training"]["step"] == best_step
+
+
+def test_learning_curve_has_validation_and_test_errors_against_cpu_hours(tmp_path):
+    run_dir = tmp_path / "run"
+    values = tiny_mixed_config(run_dir, max_steps=20, valid_every=10, checkpoint_every=10)
+    asp = values["sources"][2]
+    asp.update(test_path=str(shared_path("rmd17", "rmd17_aspirin_test_01.npz")), test_frames="0:12")
+    trainer, metrics = train(config_from_dict(values), progress=False)
+    assert len(trainer.test_tensors[2].n_atoms) == 12 and trainer.test_tensors[0] is None
+    assert metrics["asp/test_force_mae_meV_A"] > 0 and metrics["asp/test_energy_mae_meV"] > 0
+    with open(run_dir / "learning_curve.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["step"] for r in rows] == ["10", "20"]
+    assert float(rows[0]["cpu_hours"]) < float(rows[1]["cpu_hours"])
+    assert {"asp/force_mae_meV_A", "asp/test_force_mae_meV_A", "eth/force_mae_meV_A"} <= set(rows[0])
+    assert (run_dir / "learning_curve.png").stat().st_size > 1000
+    # the test errors never select the weights: best.pt follows the validation loss
+    best = read_checkpoint(run_dir / "best.pt")["metadata"]["validation"]
+    assert trainer.best_valid == pytest.approx(best["valid_loss"])
+
+
+def test_snapshots_keep_the_ema_weights_of_the_listed_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    values = tiny_mixed_config(run_dir, max_steps=12, valid_every=100, checkpoint_every=100, snapshot_steps=[4, 9])
+    trainer, _ = train(config_from_dict(values), progress=False)
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == ["step_4.pt", "step_9.pt"]
+    meta = read_checkpoint(run_dir / "snapshots" / "step_9.pt")["metadata"]
+    assert meta["snapshot"] == {"step": 9, "conformations_seen": 9 * 6}
+    assert "training_state" not in read_checkpoint(run_dir / "snapshots" / "step_9.pt")
+
+
+def test_glob_paths_expand_sorted_and_must_match(tmp_path):
+    for name in ("b_2.npz", "b_1.npz", "c.npz"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in expand_paths(["b_*.npz"], str(tmp_path))] == ["b_1.npz", "b_2.npz"]
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_paths(["x_*.npz"], str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value", [("time_budget_s", 0), ("time_budget_s", -5.0), ("early_stop_patience", -1)])
+def test_stopping_settings_are_validated(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(tiny_mixed_config(tmp_path / "run", **{key: value}))
+
+
+def test_init_from_accepts_only_the_zbl_switch(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=2)
+    values["init_from"] = "pretrained"
+    values["model"] = {"zbl": True}
+    trainer = Trainer(config_from_dict(values), progress=False)
+    assert trainer.model.use_zbl and trainer.model.hyperparameters["zbl"] is True
+    values["model"] = {"hidden_channels": 64}
+    with pytest.raises(ValueError, match="only 'zbl'"):
+        Trainer(config_from_dict(values), progress=False)
