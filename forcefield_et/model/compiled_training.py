@@ -103,7 +103,7 @@ class CompiledEnergyGradient:
 
         sample = edge_vectors.detach().requires_grad_(True)
         graph = make_fx(energy_and_gradient, tracing_mode="symbolic")(tensors, element, edge_index, sample)
-        custom = getattr(torch.ops.forcefield_et.index_add, "default")
+        custom = torch.ops.forcefield_et.index_add.default
         for node in list(graph.graph.nodes):
             if node.op != "call_function":
                 continue
