@@ -160,6 +160,19 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         raise ConfigError("optim.schedule must be 'cosine' or 'plateau'")
     if config.optim.select_by not in SELECTION_METRICS:
         raise ConfigError(f"optim.select_by must be one of {list(SELECTION_METRICS)}, got {config.optim.select_by!r}")
+    optim = config.optim
+    for name in ("batch_size", "valid_every", "checkpoint_every", "log_every", "plateau_patience"):
+        value = getattr(optim, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "plateau_patience" else 1):
+            raise ConfigError(f"optim.{name} must be a positive integer, got {value!r}")
+    if isinstance(optim.max_steps, bool) or not isinstance(optim.max_steps, int) or optim.max_steps < 0:
+        raise ConfigError(f"optim.max_steps must be a non-negative integer, got {optim.max_steps!r}")
+    for name in ("lr", "min_lr", "clip_grad_norm"):
+        value = getattr(optim, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ConfigError(f"optim.{name} must be a positive number, got {value!r}")
+    if not 0 < optim.plateau_factor < 1 or not 0 <= optim.ema_decay < 1:
+        raise ConfigError("optim.plateau_factor must lie in (0, 1) and optim.ema_decay in [0, 1)")
     if config.optim.time_budget_s is not None and not config.optim.time_budget_s > 0:
         raise ConfigError(f"optim.time_budget_s must be positive, got {config.optim.time_budget_s}")
     if config.optim.early_stop_patience < 0:

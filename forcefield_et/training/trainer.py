@@ -137,6 +137,12 @@ class Trainer:
                 train, valid = split_by_molecule_id(data, sc.valid_fraction, cfg.seed)
             else:
                 train, valid = data, data.subset(np.arange(0))
+            if len(valid) == 0 and (sc.valid_path or sc.valid_fraction > 0):
+                where = f"{sc.valid_path} frames {sc.valid_frames}" if sc.valid_path else f"{sc.valid_fraction:g} of it"
+                raise ValueError(
+                    f"source {sc.name!r}: the validation set ({where}) is empty; give validation frames that exist "
+                    "(with --n-train, leave frames after the first N) or a --valid file"
+                )
             if len(valid) > sc.valid_max_frames:
                 rng = np.random.default_rng(cfg.seed)
                 valid = valid.subset(np.sort(rng.choice(len(valid), sc.valid_max_frames, replace=False)))

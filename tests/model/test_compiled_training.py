@@ -1,6 +1,7 @@
 """The compiled training path (Potential.compile_training) against the eager double backward:
 energies, forces, stress, a force+energy loss and every weight gradient agree to float32
-rounding, on molecules and on a periodic structure, across batches of different sizes."""
+rounding, on molecules (batches with different edge counts) and on a periodic structure; and
+batches of too many different atom counts fall back to eager."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_compiled_training_matches_the_eager_double_backward():
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_training()
     data = TensorConformations(read_rmd17(shared_path("rmd17", "rmd17_aspirin_train_01.npz")))
-    for frames in (torch.arange(0, 4), torch.arange(10, 13)):  # two batch sizes: one compiled graph
+    for frames in (torch.arange(0, 4), torch.arange(500, 504)):  # other geometries, other edge counts: one graph
         batch = data.gather(frames)
         out_e, loss_e, grads_e = loss_and_gradients(eager, batch)
         out_c, loss_c, grads_c = loss_and_gradients(compiled, batch)
@@ -68,3 +69,14 @@ def test_compiled_training_matches_the_eager_double_backward():
     # eval mode (inference) never uses the compiled training graph
     compiled.eval()
     assert torch.equal(compiled(z, pos, None, cell)["energy"], eager.eval()(z, pos, None, cell)["energy"])
+
+
+def test_too_many_atom_counts_fall_back_to_eager_with_a_warning():
+    from forcefield_et.model.compiled_training import CompiledEnergyGradient
+
+    model = build_model(**TINY)
+    compiled = CompiledEnergyGradient(model, max_atom_counts=2)
+    assert compiled.accepts(10) and compiled.accepts(12) and compiled.accepts(10)
+    with pytest.warns(UserWarning, match="different atom counts"):
+        assert not compiled.accepts(14)
+    assert not compiled.accepts(10) and compiled.gave_up

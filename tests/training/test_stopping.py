@@ -107,3 +107,19 @@ def test_init_from_accepts_only_the_zbl_switch(tmp_path):
     values["model"] = {"hidden_channels": 64}
     with pytest.raises(ValueError, match="only 'zbl'"):
         Trainer(config_from_dict(values), progress=False)
+
+
+@pytest.mark.parametrize("key, value", [("valid_every", 0), ("checkpoint_every", 0), ("log_every", -1),
+                                        ("batch_size", 0), ("max_steps", -1), ("lr", 0.0), ("lr", float("nan")),
+                                        ("plateau_factor", 1.5), ("ema_decay", 1.0), ("valid_every", 2.5)])
+def test_optimiser_settings_are_validated(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(tiny_mixed_config(tmp_path / "run", **{key: value}))
+
+
+def test_an_empty_validation_set_is_an_error(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=2)
+    eth = values["sources"][0]
+    eth.update(valid_path=eth["path"], valid_frames="1000:1050")  # the file has 1000 frames
+    with pytest.raises(ValueError, match="'eth': the validation set .* is empty"):
+        Trainer(config_from_dict(values), progress=False)

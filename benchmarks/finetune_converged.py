@@ -1,0 +1,233 @@
+"""Fine-tuning to convergence on rMD17: pretrained start against the same ET from scratch, each
+run until its validation error stops improving or it has used its CPU budget.
+
+    python -m benchmarks.finetune_converged --molecules aspirin --sizes 1000 --starts scratch
+    python -m benchmarks.finetune_converged                    # every cell: 4 molecules x {50, 1000} x 2 starts
+    python -m benchmarks.finetune_converged --report           # tables and plots of the finished runs
+    python -m benchmarks.finetune_converged --quick            # CI: ethanol, 50 frames, a tiny budget
+
+Protocol (the same for both starts): train on the first N frames of the rMD17 ``train_01`` split
+(N = 1000 means frames 0-949; frames 950-999 of the same split are the validation set for every N),
+energy + force loss (per-atom energy MSE weight 1, force MSE weight 10), batch 8, AdamW with a
+learning rate of 5e-4 after 100 warm-up steps, halved when the validation loss has not improved for
+3 validations (floor 1e-6), EMA of the weights (decay 0.99), the compiled training step. Validation
+every 250 steps at 1000 frames and every 100 steps at 50 frames. A run stops after 10 validations
+without a new best or when it has used its CPU budget (2 CPU-hours at 1000 frames, 0.5 at 50),
+whichever comes first. The best EMA weights by validation loss are tested on all 1000 frames of the
+``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
+learning curve only. The scratch ET has the bundled pretrained model's architecture.
+
+Runs live in ``runs/finetune_converged/<molecule>-<N>-<start>/`` and resume from their last
+checkpoint; a finished run keeps ``best.pt``, ``metrics.csv``, ``learning_curve.csv`` and
+``config.yaml`` and drops its optimiser state. Results go to ``benchmarks/results/finetune_converged/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.data import read_rmd17
+from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.training import config_from_dict, train
+from forcefield_et.training.curves import read_validation_rows
+
+from .finetune_study import _pretrained_architecture, start_label
+from .io import write_json_atomic, write_report
+from .machine import machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO / ".." / "shared" / "data" / "rmd17"
+RUNS_DIR = REPO / "runs" / "finetune_converged"
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "finetune_converged"
+MOLECULES = ["aspirin", "ethanol", "naphthalene", "salicylic"]
+VALID = "950:1000"
+BUDGET_HOURS = {50: 0.5, 1000: 2.0}
+PUBLISHED_1000 = {  # force MAE, meV/Å, rMD17 with 1000 training frames (MACE paper, Table 2)
+    "MACE": {"aspirin": 6.6, "ethanol": 2.1, "naphthalene": 1.6, "salicylic": 3.1},
+    "NequIP": {"aspirin": 8.2, "ethanol": 2.8, "naphthalene": 1.3, "salicylic": 4.0},
+}
+
+
+def recipe(n_train: int) -> Dict[str, Any]:
+    """The optimiser settings of the protocol for ``n_train`` requested frames."""
+    return {
+        "batch_size": 8, "max_steps": 10**8, "lr": 5e-4, "min_lr": 1e-6, "warmup_steps": 100,
+        "schedule": "plateau", "plateau_factor": 0.5, "plateau_patience": 3, "early_stop_patience": 10,
+        "ema_decay": 0.99, "valid_every": 250 if n_train >= 500 else 100, "checkpoint_every": 250,
+        "log_every": 50, "threads": 1, "compile": True,
+        "time_budget_s": 3600 * BUDGET_HOURS.get(n_train, 2.0),
+    }
+
+
+def cell_name(molecule: str, n_train: int, start: str) -> str:
+    return f"{molecule}-{n_train}-{start_label(start)}"
+
+
+def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
+               optim: Dict[str, Any] | None = None, zbl: bool = False):
+    train_file = str(data_root / f"rmd17_{molecule}_train_01.npz")
+    source = {
+        "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
+        "frames": f"0:{min(n_train, 950)}", "valid_path": train_file, "valid_frames": VALID,
+        "test_path": str(data_root / f"rmd17_{molecule}_test_01.npz"), "test_frames": "0:1000:5",
+    }
+    values: Dict[str, Any] = {
+        "run_dir": str(runs_dir / cell_name(molecule, n_train, start)),
+        "seed": 0, "dtype": "float32", "sources": [source],
+        "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
+        "optim": {**recipe(n_train), **(optim or {})},
+    }
+    if start == "scratch":
+        values["model"] = _pretrained_architecture()
+    else:
+        values["init_from"] = start
+    if zbl:
+        values.setdefault("model", {})["zbl"] = True
+    return config_from_dict(values)
+
+
+def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
+             results_dir: Path = RESULTS_DIR, optim: Dict[str, Any] | None = None, test_frames: int = 1000,
+             zbl: bool = False) -> Dict[str, Any]:
+    """Train (or resume) one cell to its stop, then test its best weights; returns the result."""
+    name = cell_name(molecule, n_train, start)
+    result_path = results_dir / "runs" / name / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl)
+    trainer, _ = train(config, progress=False)
+    run_dir = Path(config.run_dir)
+    from forcefield_et import load_model
+
+    model = load_model(run_dir / "best.pt", dtype="float32")
+    test = read_rmd17(data_root / f"rmd17_{molecule}_test_01.npz")
+    test = test.subset(np.arange(min(test_frames, len(test))))
+    with torch.enable_grad():
+        metrics = error_metrics(test, predict(model, test))
+    validation = model.metadata.get("validation", {})
+    result = {
+        "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
+        "zbl": zbl, "steps": trainer.step, "best_step": model.metadata["training"]["step"],
+        "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
+        "test_frames": len(test),
+        "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
+        "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
+        "valid_force_mae_meV_A": validation.get(f"{molecule}/force_mae_meV_A"),
+        "valid_energy_mae_meV": validation.get(f"{molecule}/energy_mae_meV"),
+        "curve": [
+            {"step": int(r["step"]), "cpu_hours": float(r["cpu_hours"]),
+             "valid_force_mae_meV_A": float(r[f"{molecule}/force_mae_meV_A"]),
+             "test_force_mae_meV_A": float(r[f"{molecule}/test_force_mae_meV_A"])}
+            for r in read_validation_rows(run_dir) if r.get("cpu_hours")
+        ],
+    }
+    (run_dir / "last.pt").unlink(missing_ok=True)  # a finished run keeps no optimiser state
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result_path, result)
+    return result
+
+
+def finished(results_dir: Path) -> List[Dict[str, Any]]:
+    results = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*/result.json"))]
+    return sorted(results, key=lambda r: (r["molecule"], r["n_train"], r["start"]))
+
+
+def value_at(curve: List[Dict[str, Any]], hours: float) -> float | None:
+    """Best test force MAE the run had reached by ``hours`` CPU-hours (None before its first point)."""
+    reached = [p["test_force_mae_meV_A"] for p in curve if p["cpu_hours"] <= hours + 1e-9]
+    return min(reached) if reached else None
+
+
+def table(results: List[Dict[str, Any]]) -> str:
+    lines = ["| molecule | train frames | start | test force MAE (meV/Å) | test energy MAE (meV) | CPU-hours "
+             "| steps | stopped by |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['molecule']} | {r['n_train']} | {r['start']} | {r['test_force_mae_meV_A']:.2f} "
+                     f"| {r['test_energy_mae_meV']:.2f} | {r['cpu_hours']:.2f} | {r['steps']} | {r['stop_reason']} |")
+    gains = ["", "| molecule | train frames | gain at convergence (scratch / pretrained) | gain at equal CPU time |",
+             "|---|---|---|---|"]
+    by_key = {(r["molecule"], r["n_train"], r["start"]): r for r in results}
+    for molecule, n_train in sorted({(r["molecule"], r["n_train"]) for r in results}):
+        scratch, pretrained = by_key.get((molecule, n_train, "scratch")), by_key.get((molecule, n_train, "pretrained"))
+        if not (scratch and pretrained):
+            continue
+        hours = min(scratch["cpu_hours"], pretrained["cpu_hours"])
+        at_s, at_p = value_at(scratch["curve"], hours), value_at(pretrained["curve"], hours)
+        equal = f"{at_s / at_p:.2f}× at {hours:.2f} CPU-h" if at_s and at_p else "–"
+        gains.append(f"| {molecule} | {n_train} | "
+                     f"{scratch['test_force_mae_meV_A'] / pretrained['test_force_mae_meV_A']:.2f}× | {equal} |")
+    return "\n".join(lines + (gains if len(gains) > 3 else [])) + "\n"
+
+
+def plot(results: List[Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    molecules = sorted({r["molecule"] for r in results})
+    fig, axes = plt.subplots(1, len(molecules), figsize=(4.2 * len(molecules), 3.6), squeeze=False)
+    for ax, molecule in zip(axes[0], molecules):
+        for r in (r for r in results if r["molecule"] == molecule):
+            style = "-" if r["start"] == "pretrained" else "--"
+            colour = "#1f77b4" if r["n_train"] >= 500 else "#ff7f0e"
+            x = [p["cpu_hours"] for p in r["curve"]]
+            y = [p["test_force_mae_meV_A"] for p in r["curve"]]
+            ax.plot(x, y, style, color=colour, label=f"{r['start']}, {r['n_train']} frames")
+        ax.set_title(molecule)
+        ax.set_xlabel("training CPU-hours")
+        ax.set_ylabel("test force MAE (meV/Å)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results_dir: Path = RESULTS_DIR) -> str:
+    results = finished(results_dir)
+    summary = {"benchmark": "finetune_converged", "machine": machine_info(),
+               "protocol": __doc__.split("Protocol")[1].split("Runs live")[0].strip(),
+               "published_1000_frames_force_mae_meV_A": PUBLISHED_1000, "runs": results}
+    draw = (lambda: plot(results, results_dir / "time_to_accuracy.png")) if results else None
+    return write_report(results_dir, "finetune_converged.json", summary, "finetune_converged.md", table(results), draw)
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecules", nargs="+", default=MOLECULES)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 50])
+    parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"])
+    parser.add_argument("--zbl", action="store_true", help="switch the ZBL repulsion prior on")
+    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--runs", default=str(RUNS_DIR))
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")
+    parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, scratch, a 20 s budget, eager")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    optim, test_frames = None, 1000
+    if args.quick:
+        args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
+        optim, test_frames = {"time_budget_s": 20, "compile": False, "valid_every": 10}, 50
+    if not args.report:
+        for molecule in args.molecules:
+            for size in args.sizes:
+                for start in args.starts:
+                    result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
+                                      test_frames, args.zbl)
+                    print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Training throughput: conformations per CPU-second of one fine-tuning step, eager against the
+compiled training step (``optim.compile``, ``forcefield-et finetune --compile``), measured
+interleaved in one run.
+
+    python -m benchmarks.train_speed                     # aspirin, batch 8, pretrained start
+    python -m benchmarks.train_speed --quick             # CI-sized: ethanol, tiny model, few steps
+
+Both trainers start from the same weights and see the same batches (the batch of step s is a
+function of the seed and s). After the warm-up (the compiled trainer compiles there) they run
+alternating blocks of steps; each block's process CPU time is measured, so the ratio holds even
+when the other core is busy. The eager step is also split into its phases (data, forward with
+the force backward, parameter backward, optimiser, EMA). Writes ``train_speed.json`` and
+``train_speed.png`` to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.training import Trainer, config_from_dict
+from forcefield_et.training.objectives import compute_loss, count_terms
+
+from .io import write_json_atomic
+from .machine import machine_info
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
+RESULTS = Path(__file__).resolve().parent / "results"
+TINY_MODEL = {"hidden_channels": 32, "num_layers": 2, "num_heads": 4, "num_rbf": 16}
+
+
+def make_trainer(molecule: str, batch_size: int, compile_step: bool, run_dir: Path, data_root: Path,
+                 model: Dict[str, Any] | None) -> Trainer:
+    """A fine-tuning trainer on rMD17 ``molecule`` (train_01 frames 0-949, validation 950-999)."""
+    path = str(data_root / f"rmd17_{molecule}_train_01.npz")
+    values: Dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "sources": [{"name": molecule, "format": "rmd17", "path": path, "objective": "energy_forces",
+                     "frames": "0:950", "valid_path": path, "valid_frames": "950:1000"}],
+        "optim": {"batch_size": batch_size, "max_steps": 10**9, "warmup_steps": 10, "threads": 1,
+                  "compile": compile_step},
+    }
+    if model is None:
+        values["init_from"] = "pretrained"
+    else:
+        values["model"] = dict(model)
+    return Trainer(config_from_dict(values), progress=False)
+
+
+def timed_block(trainer: Trainer, steps: int) -> Dict[str, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    losses = [trainer.train_step()["loss"] for _ in range(steps)]
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "losses": losses}
+
+
+def eager_phases(trainer: Trainer, steps: int) -> Dict[str, float]:
+    """Mean CPU milliseconds per phase of the eager step (the same operations as ``train_step``)."""
+    totals: Dict[str, float] = {}
+
+    def tick(name: str, start: float) -> float:
+        now = time.process_time()
+        totals[name] = totals.get(name, 0.0) + now - start
+        return now
+
+    for _ in range(steps):
+        t = time.process_time()
+        batch = trainer._local_batch(trainer.step)
+        counts = count_terms(batch, len(trainer.sources))
+        t = tick("data", t)
+        trainer.optimizer.zero_grad(set_to_none=False)
+        output = trainer.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+        t = tick("forward + force backward", t)
+        loss, _ = compute_loss(output, batch, trainer.source_weights, trainer.config.objectives, counts)
+        loss.backward()
+        t = tick("parameter backward", t)
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.optim.clip_grad_norm)
+        trainer.optimizer.step()
+        t = tick("optimiser", t)
+        trainer.step += 1
+        trainer._update_ema()
+        tick("EMA", t)
+    return {name: 1000 * value / steps for name, value in totals.items()}
+
+
+def measure(molecule: str, batch_size: int, rounds: int, block: int, warmup: int, data_root: Path,
+            model: Dict[str, Any] | None, work_dir: Path) -> Dict[str, Any]:
+    trainers = {
+        "eager": make_trainer(molecule, batch_size, False, work_dir / "eager", data_root, model),
+        "compiled": make_trainer(molecule, batch_size, True, work_dir / "compiled", data_root, model),
+    }
+    first_losses = {}
+    compile_s = 0.0
+    for name, trainer in trainers.items():
+        start = time.process_time()
+        first_losses[name] = [trainer.train_step()["loss"] for _ in range(warmup)]
+        if name == "compiled":
+            compile_s = time.process_time() - start
+    blocks: Dict[str, List[Dict[str, float]]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            blocks[name].append(timed_block(trainer, block))
+    result: Dict[str, Any] = {"molecule": molecule, "batch_size": batch_size, "rounds": rounds,
+                              "steps_per_block": block, "warmup_steps": warmup,
+                              "compiled_warmup_cpu_s": compile_s}
+    for name, rows in blocks.items():
+        cpu = np.array([r["cpu_s"] for r in rows])
+        per_block = batch_size * block / cpu
+        result[name] = {
+            "conformations_per_cpu_s": float(batch_size * block * len(rows) / cpu.sum()),
+            "conformations_per_cpu_s_per_block": per_block.tolist(),
+            "ms_per_step": float(1000 * cpu.sum() / (block * len(rows))),
+        }
+    result["speedup"] = result["compiled"]["conformations_per_cpu_s"] / result["eager"]["conformations_per_cpu_s"]
+    # the first steps run from the same weights on the same batches: their losses must agree
+    first = np.array(first_losses["eager"])
+    result["first_step_loss"] = {"eager": first_losses["eager"][0], "compiled": first_losses["compiled"][0]}
+    result["first_step_loss_relative_difference"] = float(
+        abs(first_losses["compiled"][0] - first[0]) / abs(first[0])
+    )
+    result["eager_phases_ms"] = eager_phases(trainers["eager"], max(2, block // 2))
+    return result
+
+
+def plot(result: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = ["eager", "compiled"]
+    values = [result[n]["conformations_per_cpu_s"] for n in names]
+    left.bar(names, values, color=["#999999", "#1f77b4"])
+    for x, v in enumerate(values):
+        left.text(x, v, f"{v:.1f}", ha="center", va="bottom")
+    left.set_ylabel("conformations per CPU-second")
+    left.set_title(f"{result['molecule']}, batch {result['batch_size']}: {result['speedup']:.2f}×")
+    phases = result["eager_phases_ms"]
+    right.barh(list(phases), list(phases.values()), color="#999999")
+    right.set_xlabel("ms per eager step (CPU)")
+    right.set_title("eager step, by phase")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: List[str] | None = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecule", default="aspirin")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6, help="alternating blocks per trainer")
+    parser.add_argument("--block", type=int, default=20, help="steps per block")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (the compilation)")
+    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--quick", action="store_true", help="ethanol, a tiny model from scratch, 2 x 3 steps")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = None
+    if args.quick:
+        args.molecule, args.rounds, args.block, args.warmup, model = "ethanol", 2, 3, 2, TINY_MODEL
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        result = measure(args.molecule, args.batch_size, args.rounds, args.block, args.warmup,
+                         Path(args.data_root), model, Path(work))
+    result["model"] = "pretrained (fine-tuning start)" if model is None else model
+    result["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine while it ran
+    result["machine"] = machine_info()
+    result["threads"] = 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "train_speed.json", result)
+    plot(result, out / "train_speed.png")
+    print(f"{args.molecule}, batch {args.batch_size}: eager {result['eager']['conformations_per_cpu_s']:.1f}, "
+          f"compiled {result['compiled']['conformations_per_cpu_s']:.1f} conformations per CPU-second "
+          f"({result['speedup']:.2f}x; first-step losses differ by "
+          f"{result['first_step_loss_relative_difference']:.1e})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
