@@ -70,7 +70,7 @@ def cell_name(molecule: str, n_train: int, start: str) -> str:
 
 
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
-               optim: Dict[str, Any] | None = None, zbl: bool = False):
+               optim: Dict[str, Any] | None = None, zbl: bool = False, model: Dict[str, Any] | None = None):
     train_file = str(data_root / f"rmd17_{molecule}_train_01.npz")
     source = {
         "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
@@ -84,7 +84,7 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
         "optim": {**recipe(n_train), **(optim or {})},
     }
     if start == "scratch":
-        values["model"] = _pretrained_architecture()
+        values["model"] = dict(model) if model else _pretrained_architecture()
     else:
         values["init_from"] = start
     if zbl:
@@ -94,13 +94,16 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
 
 def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
              results_dir: Path = RESULTS_DIR, optim: Dict[str, Any] | None = None, test_frames: int = 1000,
-             zbl: bool = False) -> Dict[str, Any]:
-    """Train (or resume) one cell to its stop, then test its best weights; returns the result."""
+             zbl: bool = False, model: Dict[str, Any] | None = None,
+             extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """Train (or resume) one cell to its stop, then test its best weights; returns the result
+    (``extra`` entries are stored with it). ``model``: the scratch architecture (default: the
+    bundled pretrained model's)."""
     name = cell_name(molecule, n_train, start)
     result_path = results_dir / "runs" / name / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl)
+    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl, model)
     trainer, _ = train(config, progress=False)
     run_dir = Path(config.run_dir)
     from forcefield_et import load_model
@@ -112,6 +115,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         metrics = error_metrics(test, predict(model, test))
     validation = model.metadata.get("validation", {})
     result = {
+        "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": zbl, "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",

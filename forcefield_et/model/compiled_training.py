@@ -19,15 +19,12 @@ function. Two rewrites make the traced graph exact:
 ``tests/model/test_compiled_training.py`` checks energies, forces, losses and weight gradients
 against the eager double backward.
 
-The graph is compiled for each number of atoms it meets (the number of edges may vary freely),
-which suits fine-tuning, where every batch holds the same molecules. After ``max_atom_counts``
-different counts (batches of mixed molecules) it falls back to the eager double backward, with a
-warning, instead of compiling again and again.
+Layer norm is traced as primitive operations (the double backward of the fused kernel reads
+concrete sizes), so one compiled graph serves every number of atoms and edges.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, List, Tuple
 
 import torch
@@ -79,31 +76,11 @@ class CompiledEnergyGradient:
     weights and the edge vectors. Built lazily on the first call; rebuilt if the model's
     parameters are replaced (e.g. after ``.to(dtype)``)."""
 
-    def __init__(self, potential: nn.Module, max_atom_counts: int = 4, **compile_options: Any) -> None:
+    def __init__(self, potential: nn.Module, **compile_options: Any) -> None:
         self.module = _AtomEnergies(potential)
         self.compile_options = {"dynamic": True, **compile_options}
-        self.max_atom_counts = int(max_atom_counts)
-        self.atom_counts: set = set()
-        self.gave_up = False
         self._compiled: Callable[..., Any] | None = None
         self._tensors: List[Tensor] = []
-
-    def accepts(self, n_atoms: int) -> bool:
-        """Whether a batch of ``n_atoms`` atoms goes through the compiled graph (False once too
-        many different atom counts have been seen: the caller then uses the eager path)."""
-        if self.gave_up:
-            return False
-        self.atom_counts.add(int(n_atoms))
-        if len(self.atom_counts) > self.max_atom_counts:
-            self.gave_up = True
-            warnings.warn(
-                f"compiled training: batches with {len(self.atom_counts)} different atom counts, and each count "
-                "compiles anew; training goes on with the eager double backward (compile pays off when every "
-                "batch holds the same number of atoms, as in fine-tuning on one molecule)",
-                stacklevel=3,
-            )
-            return False
-        return True
 
     def _state(self) -> Tuple[List[str], List[str], List[Tensor]]:
         names = [n for n, _ in self.module.named_parameters()]
@@ -112,6 +89,7 @@ class CompiledEnergyGradient:
         return names, buffer_names, tensors
 
     def _build(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> None:
+        from torch._decomp import get_decompositions
         from torch.func import functional_call
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -128,7 +106,14 @@ class CompiledEnergyGradient:
             return energies, gradient
 
         sample = edge_vectors.detach().requires_grad_(True)
-        graph = make_fx(energy_and_gradient, tracing_mode="symbolic")(tensors, element, edge_index, sample)
+        # layer norm as primitive operations: the double backward of the fused kernel reads concrete
+        # sizes, which would fix the number of atoms in the compiled graph
+        decompositions = get_decompositions(
+            [torch.ops.aten.native_layer_norm, torch.ops.aten.native_layer_norm_backward]
+        )
+        graph = make_fx(energy_and_gradient, tracing_mode="symbolic", decomposition_table=decompositions)(
+            tensors, element, edge_index, sample
+        )
         custom = torch.ops.forcefield_et.index_add.default
         for node in list(graph.graph.nodes):
             if node.op != "call_function":
@@ -150,6 +135,7 @@ class CompiledEnergyGradient:
             self._build(element, edge_index, edge_vectors)
         assert self._compiled is not None
         # numbers of atoms and edges change from batch to batch: one graph for all of them
+        torch._dynamo.maybe_mark_dynamic(element, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
         torch._dynamo.maybe_mark_dynamic(edge_vectors, 0)
         return self._compiled(tensors, element, edge_index, edge_vectors)

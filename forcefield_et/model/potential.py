@@ -184,7 +184,6 @@ class Potential(nn.Module):
             and self.training
             and self.representation.edge_chunk_size is None
             and edge_index.shape[1] > 0
-            and self._compiled_training.accepts(z.shape[0])
         ):
             atom_energy, edge_gradient = self._compiled_training(element, edge_index, edge_vectors)
         elif self._compiled_energy is not None and self.representation.edge_chunk_size is None:
