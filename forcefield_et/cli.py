@@ -140,6 +140,10 @@ def _cmd_md(args: argparse.Namespace) -> int:
 
     path = Path(args.structure)
     if not path.is_file():
+        if path.suffix or len(path.parts) > 1:  # a file name or path, not a bundled name
+            if path.is_dir():
+                raise FileNotFoundError(f"{path} is a directory, not a structure file")
+            raise FileNotFoundError(f"structure file not found: {path}")
         path = structure_path(args.structure)
     atoms = read(str(path))
     threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
@@ -203,9 +207,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoint import read_checkpoint, resolve_model_path
+    import textwrap
+
+    from .checkpoint import bundled_models, read_checkpoint, resolve_model_path
     from .elements import symbol
 
+    if args.model is None:
+        print("bundled models (forcefield-et info NAME for a model's card):")
+        for name, path in bundled_models().items():
+            meta = read_checkpoint(path)["metadata"]
+            errors = (meta.get("test_errors") or {})
+            detail = f", test force MAE {errors['force_mae_meV_A']:.1f} meV/Å" if "force_mae_meV_A" in errors else ""
+            elements = " ".join(symbol(z) for z in meta.get("hyperparameters", {}).get("elements", []))
+            print(f"  {name:22s} {elements}{detail}")
+            if meta.get("description"):
+                print(f"  {'':22s} {textwrap.shorten(str(meta['description']), width=100, placeholder=' ...')}")
+        return 0
     path = resolve_model_path(args.model)
     meta = read_checkpoint(path)["metadata"]
     hyper = meta.get("hyperparameters", {})
@@ -429,8 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("info", help="print a model's card", epilog="example: forcefield-et info pretrained")
-    p.add_argument("model", help="bundled name or checkpoint path")
+    p = sub.add_parser(
+        "info", help="print a model's card (no argument: list the bundled models)",
+        epilog="examples:\n  forcefield-et info\n  forcefield-et info pretrained",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", help="bundled name or checkpoint path (omit to list the bundled models)")
     p.set_defaults(func=_cmd_info)
     return parser
 

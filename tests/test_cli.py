@@ -197,3 +197,19 @@ def test_bad_time_budget_is_a_clear_usage_error(text, tmp_path, capsys):
         main(["finetune", "--train", str(tmp_path / "x.xyz"), "--out", str(tmp_path / "o"), "--time-budget", text])
     assert exit_info.value.code == 2
     assert "argument --time-budget" in capsys.readouterr().err
+
+
+def test_info_without_a_model_lists_the_bundled_models(capsys):
+    from forcefield_et.checkpoint import bundled_models
+
+    code, out, _ = run_main(["info"], capsys)
+    assert code == 0
+    for name in bundled_models():
+        assert f"  {name} " in out
+
+
+def test_md_with_a_missing_file_says_file_not_found(tmp_path, capsys):
+    code, _, err = run_main(["md", str(tmp_path / "nosuch.xyz"), "--steps", 1], capsys)
+    assert code == 2 and "structure file not found" in err and "bundled" not in err
+    code, _, err = run_main(["md", str(tmp_path), "--steps", 1], capsys)
+    assert code == 2 and "is a directory" in err
