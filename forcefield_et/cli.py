@@ -89,8 +89,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     }
     if args.model == "scratch" and args.hidden_channels:
         values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
-    if args.zbl:
-        values.setdefault("model", {})["zbl"] = True
+    if args.zbl is not None:
+        values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
     _, metrics = train(config_from_dict(values), progress=not args.no_progress)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fast on CPU); --no-compile trains in eager mode",
     )
     p.add_argument(
-        "--zbl", action="store_true",
-        help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights)",
+        "--zbl", nargs="?", type=float, const=1.0, metavar="SCALE",
+        help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights), switched off at "
+        "SCALE (default 1) times the sum of the two atoms' covalent radii",
     )
     p.add_argument("--hidden-channels", type=int, help="with --model scratch")
     p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")

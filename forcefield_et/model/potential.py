@@ -44,7 +44,9 @@ class Potential(nn.Module):
         cutoff: cutoff radius in Å.
         elements: supported atomic numbers; any other element is rejected with an error.
         zbl: add the ZBL screened nuclear repulsion (:class:`~forcefield_et.model.priors.ZBLRepulsion`)
-            to the learned energy; it has no weights, so it can be switched on for fine-tuning.
+            to the learned energy: False (off), True (switched off at the covalent radii sum), or a
+            number that scales that switching distance. It has no weights, so it can be switched on
+            for fine-tuning.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class Potential(nn.Module):
         num_rbf: int = 32,
         cutoff: float = 5.0,
         elements: Sequence[int] = DEFAULT_ELEMENTS,
-        zbl: bool = False,
+        zbl: bool | float = False,
     ) -> None:
         super().__init__()
         elements = sorted({int(e) for e in elements})
@@ -70,7 +72,7 @@ class Potential(nn.Module):
             "elements": elements,
         }
         if zbl:  # absent when off, so that the cards of models without the prior stay as they were
-            self.hyperparameters["zbl"] = True
+            self.hyperparameters["zbl"] = zbl if isinstance(zbl, bool) else float(zbl)
         self.cutoff = float(cutoff)
         self.min_distance = MIN_DISTANCE
         self.elements: List[int] = elements
@@ -82,7 +84,7 @@ class Potential(nn.Module):
         )
         self.head = EnergyHead(hidden_channels, len(elements))
         self.use_zbl = bool(zbl)
-        self.zbl = ZBLRepulsion(elements)
+        self.zbl = ZBLRepulsion(elements, 1.0 if isinstance(zbl, bool) else float(zbl))
         # Eager only (see compile_energy): torch.compile'd _atom_energies, or None. Not in the state dict.
         self._compiled_energy: Any = None
         # Eager training only (see compile_training): a CompiledEnergyGradient, or None. Not in the state dict.
@@ -253,11 +255,14 @@ class Potential(nn.Module):
         self._compiled_training = CompiledEnergyGradient(self, **compile_options)
 
     @torch.jit.unused
-    def set_zbl(self, enabled: bool) -> None:
-        """Switch the ZBL repulsion prior on or off (recorded in ``hyperparameters``)."""
+    def set_zbl(self, enabled: bool | float) -> None:
+        """Switch the ZBL repulsion prior on (True, or a scale of its switching distance) or off
+        (recorded in ``hyperparameters``)."""
         self.use_zbl = bool(enabled)
         if self.use_zbl:
-            self.hyperparameters["zbl"] = True
+            scale = 1.0 if isinstance(enabled, bool) else float(enabled)
+            self.zbl = ZBLRepulsion(self.elements, scale).to(self.head.scale.device)
+            self.hyperparameters["zbl"] = enabled if isinstance(enabled, bool) else scale
         else:
             self.hyperparameters.pop("zbl", None)
 

@@ -1,13 +1,17 @@
 """Physical priors added to the learned energy.
 
 :class:`ZBLRepulsion` is the Ziegler-Biersack-Littmark universal screened nuclear repulsion
-(ZBL 1985), switched off smoothly at the sum of the two atoms' covalent radii, as in MACE's
-``ZBLBasis``. It keeps atoms apart where the training data has no frames (fused or nearly fused
+(ZBL 1985), switched off smoothly at the sum of the two atoms' covalent radii (as in MACE's
+``ZBLBasis``) times ``radius_scale``. It keeps atoms apart where the training data has no frames (fused or nearly fused
 pairs), and vanishes, with its first and second derivatives, beyond bonding distances.
 
     E_ij = k_e Z_i Z_j / r * phi(r / a) * s(r / r_c),   a = 0.46850 Å / (Z_i^0.23 + Z_j^0.23),
     phi(x) = 0.18175 e^-3.19980x + 0.50986 e^-0.94229x + 0.28022 e^-0.40290x + 0.02817 e^-0.20162x,
-    s(x) = 1 - 28 x^6 + 48 x^7 - 21 x^8 for x < 1 (else 0),  r_c = r_cov,i + r_cov,j.
+    s(x) = 1 - 28 x^6 + 48 x^7 - 21 x^8 for x < 1 (else 0),  r_c = radius_scale (r_cov,i + r_cov,j).
+
+With ``radius_scale`` 1 the prior still acts at the equilibrium length of short bonds (aromatic
+C-C, C=O), which the network then has to cancel; a smaller scale (e.g. 0.75) confines it to
+strongly compressed pairs.
 
 Energies in eV, distances in Å. The module has no trainable parameters and nothing in the state
 dict: its tables are rebuilt from the element list.
@@ -36,11 +40,13 @@ def covalent_radii(atomic_numbers: Sequence[int]) -> list:
 class ZBLRepulsion(nn.Module):
     """Per-atom ZBL repulsion energies [N] (eV) from element indices and edge vectors."""
 
-    def __init__(self, elements: Sequence[int]) -> None:
+    def __init__(self, elements: Sequence[int], radius_scale: float = 1.0) -> None:
         super().__init__()
+        if not 0 < radius_scale < float("inf"):
+            raise ValueError(f"ZBL radius_scale must be positive, got {radius_scale}")
         table = {
             "atomic_number": [float(z) for z in elements],
-            "covalent_radius": covalent_radii(elements),
+            "covalent_radius": [radius_scale * r for r in covalent_radii(elements)],
             "coefficients": list(ZBL_COEFFICIENTS),
             "exponents": list(ZBL_EXPONENTS),
         }

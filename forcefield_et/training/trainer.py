@@ -170,7 +170,7 @@ class Trainer:
                     f"in 'model', not {sorted(overrides)}"
                 )
             if "zbl" in cfg.model:
-                self.model.set_zbl(bool(cfg.model["zbl"]))
+                self.model.set_zbl(cfg.model["zbl"])
             missing = sorted(set(data_elements) - set(self.model.elements))
             if missing:
                 raise ValueError(f"init_from model {cfg.init_from!r} does not support elements {missing} in the data")

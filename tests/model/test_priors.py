@@ -100,3 +100,18 @@ def test_zbl_model_round_trips_through_checkpoint_and_torchscript(tmp_path):
     scripted = torch.jit.script(loaded)
     assert torch.allclose(scripted(z, pos)["energy"], model(z, pos)["energy"])
     assert torch.allclose(scripted(z, pos)["forces"], model(z, pos)["forces"])
+
+
+def test_radius_scale_moves_the_switching_distance():
+    prior = ZBLRepulsion([6, 8], radius_scale=0.75).double()
+    r_cut = 0.75 * sum(covalent_radii([6, 8]))
+    c, o = torch.tensor([0]), torch.tensor([1])
+    at = torch.tensor([r_cut, r_cut - 0.05], dtype=torch.float64)
+    energies = prior.pair_energies(torch.cat([c, c]), torch.cat([o, o]), at)
+    assert float(energies[0]) == 0.0 and float(energies[1]) > 0.0
+    with pytest.raises(ValueError, match="radius_scale"):
+        ZBLRepulsion([6], radius_scale=0.0)
+    model = build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, zbl=0.75)
+    assert model.hyperparameters["zbl"] == 0.75 and model.use_zbl
+    model.set_zbl(True)
+    assert model.hyperparameters["zbl"] is True
