@@ -36,7 +36,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config.run_dir = args.run_dir
     if args.compile is not None:
         config.optim.compile = args.compile
-    _, metrics = train(config, progress=not args.no_progress)
+    _, metrics = train(config, progress=not args.no_progress, existing="overwrite" if args.overwrite else "resume")
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -91,7 +91,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
     if args.zbl is not None:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
-    _, metrics = train(config_from_dict(values), progress=not args.no_progress)
+    existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
+    _, metrics = train(config_from_dict(values), progress=not args.no_progress, existing=existing)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -271,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override optim.max_steps")
     p.add_argument("--run-dir", help="override run_dir")
     p.add_argument(
+        "--overwrite", action="store_true", help="delete the run in run_dir and start afresh (by default a run "
+        "with the same configuration is resumed, and one with another configuration is refused)"
+    )
+    p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -301,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.05, help="validation split when no --valid")
     p.add_argument("--valid-max-frames", type=int, default=500)
     p.add_argument("--out", required=True, help="run directory (best.pt, last.pt, metrics.csv)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (same data and settings; a longer "
+        "--steps or --time-budget may extend it)"
+    )
+    existing.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     p.add_argument("--name", default="finetune", help="source name in logs")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=8)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,34 @@ from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
 
 METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s", "cpu_hours"]
+EXISTING_RUN_POLICIES = ("resume", "require", "refuse", "overwrite")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "learning_curve.csv", "learning_curve.png", "config.yaml")
+# optimiser settings that may change when a run is resumed (how long and how it runs, not what it learns)
+RESUMABLE_SETTINGS = ("max_steps", "time_budget_s", "early_stop_patience", "threads", "compile", "log_every",
+                      "checkpoint_every", "valid_every", "select_by", "snapshot_steps")
+
+
+def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of a configuration (as ``TrainConfig.to_dict()``) that define what a run learns:
+    everything but the run directory, the data root and :data:`RESUMABLE_SETTINGS`. A run resumes
+    only under a configuration with the same fingerprint."""
+    fingerprint = {k: v for k, v in config.items() if k not in ("run_dir", "data_root", "optim", "description")}
+    fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items() if k not in RESUMABLE_SETTINGS}
+    return fingerprint
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for index, (x, y) in enumerate(zip(a, b)):
+            out += _differences(x, y, f"{prefix}{index}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _distributed() -> Tuple[int, int]:
@@ -91,7 +120,14 @@ class Trainer:
     """Train a :class:`Potential` from a :class:`TrainConfig`. ``run()`` trains to
     ``optim.max_steps`` (resuming from ``run_dir/last.pt`` when it exists)."""
 
-    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, progress: bool = True, existing: str = "resume") -> None:
+        """``existing`` says what to do with a run already in ``config.run_dir``: 'resume' it (when
+        there is one; its configuration must match, see :func:`config_fingerprint`), 'require' one to
+        resume, 'refuse' to touch it, or 'overwrite' it (its checkpoints, logs and snapshots are
+        deleted before the new run starts)."""
+        if existing not in EXISTING_RUN_POLICIES:
+            raise ValueError(f"existing must be one of {EXISTING_RUN_POLICIES}, got {existing!r}")
+        self.existing = existing
         self.config = config
         self.rank, self.world_size = _distributed()
         self.progress = progress and self.rank == 0
@@ -101,7 +137,11 @@ class Trainer:
             keep_freed_memory()  # see runtime.py
         self.dtype = resolve_dtype(config.dtype)
         self.run_dir = Path(config.run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"run directory {self.run_dir} is a file")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_handle: Any = None
+        self._check_existing_run()
         self._load_sources()
         self._build_model()
         self.optimizer = torch.optim.AdamW(
@@ -123,6 +163,70 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- set-up
+    def _lock(self) -> None:
+        """Hold an exclusive lock on ``run_dir/.lock`` while :meth:`run` trains, so that a second
+        process cannot write into the same run directory (released at the end, or when the process
+        dies)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        handle = open(self.run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(
+                f"{self.run_dir} is in use by {owner}: two runs cannot write into one run directory; "
+                "wait for it to finish or choose another run directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle
+
+    def release(self) -> None:
+        """Release the run directory's lock (done automatically when the process ends)."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def _remove_existing_run(self) -> None:
+        """``existing='overwrite'``: delete the previous run's checkpoints, logs and snapshots."""
+        for name in RUN_FILES:
+            (self.run_dir / name).unlink(missing_ok=True)
+        if (self.run_dir / "snapshots").is_dir():
+            shutil.rmtree(self.run_dir / "snapshots")
+
+    def _check_existing_run(self) -> None:
+        """Validate ``existing`` against what the run directory holds (nothing is changed here)."""
+        last = self.run_dir / "last.pt"
+        holds_run = last.exists() or (self.run_dir / "best.pt").exists()
+        if self.existing == "overwrite":
+            return
+        if self.existing == "refuse" and holds_run:
+            where = "a finished or interrupted training run"
+            if last.exists():
+                state = read_checkpoint(last).get("training_state") or {}
+                where = f"a training run (last.pt at step {state.get('step')})"
+            raise ValueError(
+                f"{self.run_dir} already holds {where}; pass --resume to continue it or --overwrite to replace it"
+            )
+        if self.existing == "require" and not last.exists():
+            raise ValueError(f"nothing to resume: {last} does not exist")
+        if last.exists():
+            stored = (read_checkpoint(last).get("training_state") or {}).get("config")
+            if stored is not None:
+                changed = _differences(config_fingerprint(stored), config_fingerprint(self.config.to_dict()))
+                if changed:
+                    raise ValueError(
+                        f"{self.run_dir} holds a run with another configuration (differs in: {', '.join(changed)}); "
+                        "resume it with its own configuration, choose another run directory, or overwrite it"
+                    )
+
     def _load_sources(self) -> None:
         cfg = self.config
         self.sources: List[Source] = []
@@ -530,6 +634,18 @@ class Trainer:
     def run(self) -> Dict[str, float]:
         """Train (resuming if possible) until ``optim.max_steps``; returns the last validation."""
         cfg = self.config.optim
+        if self.rank == 0:
+            self._lock()
+        try:
+            if self.existing == "overwrite" and self.rank == 0:
+                self._remove_existing_run()
+            if self.world_size > 1:
+                dist.barrier()
+            return self._run(cfg)
+        finally:
+            self.release()
+
+    def _run(self, cfg: Any) -> Dict[str, float]:
         resumed = self.resume()
         if self.rank == 0:
             with open(self.run_dir / "config.yaml", "w") as handle:
@@ -660,11 +776,12 @@ class Trainer:
                     self.plateau_bad = 0
 
 
-def train(config: TrainConfig, progress: bool = True) -> Tuple[Trainer, Dict[str, float]]:
-    """Build a Trainer, run it, and return it with its last validation metrics."""
-    trainer = Trainer(config, progress=progress)
+def train(config: TrainConfig, progress: bool = True, existing: str = "resume") -> Tuple[Trainer, Dict[str, float]]:
+    """Build a Trainer, run it, and return it with its last validation metrics (``existing``: see
+    :class:`Trainer`)."""
+    trainer = Trainer(config, progress=progress, existing=existing)
     metrics = trainer.run()
     return trainer, metrics
 
 
-__all__ = ["Trainer", "fit_atomic_energies", "train"]
+__all__ = ["Trainer", "config_fingerprint", "fit_atomic_energies", "train"]
