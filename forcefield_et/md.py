@@ -90,7 +90,7 @@ def run_md(
     max_bond_change: float | None = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
-    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift, the
+    and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
     largest bond change).
 
     With ``relax_fmax`` (eV/Å), the structure is first relaxed with FIRE to that largest atomic
@@ -175,11 +175,12 @@ def run_md(
         "steps_per_s": done / elapsed,
         "ns_per_day": done * timestep_fs * 1e-6 / elapsed * 86400,
         "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
-        "total_energy_drift_eV": float(etot[-1] - etot[0]),
         "bonds_checked": int(len(watch.bonds)),
         "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
         "out_dir": str(out),
     }
+    if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
+        summary["total_energy_drift_eV"] = float(etot[-1] - etot[0])
     if stopped is not None:
         summary["stopped"] = stopped
     if relaxation is not None:

@@ -45,6 +45,15 @@ def test_run_md_writes_outputs_and_reports_the_relaxation(aspirin, tmp_path):
     with Trajectory(str(tmp_path / "md" / "trajectory.traj")) as trajectory:
         assert len(trajectory) == 5
     assert (tmp_path / "md" / "md.png").stat().st_size > 1000
+    assert "total_energy_drift_eV" not in summary  # Langevin exchanges energy with its bath
+
+
+def test_nve_summary_reports_the_energy_drift(aspirin, tmp_path):
+    summary = run_md(aspirin, tmp_path / "md", steps=10, interval=5, progress=False, thermostat="nve",
+                     relax_fmax=None)
+    with open(tmp_path / "md" / "md_log.csv") as handle:
+        etot = [float(r["etot_eV"]) for r in csv.DictReader(handle)]
+    assert summary["total_energy_drift_eV"] == pytest.approx(etot[-1] - etot[0])
 
 
 def test_run_md_needs_a_calculator(tmp_path):
