@@ -22,6 +22,8 @@ EPILOG = """examples:
   forcefield-et info pretrained
 """
 
+DEFAULT_FINETUNE_STEPS = 3000
+UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 
@@ -43,6 +45,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .training import config_from_dict, train
+
+    if args.steps is None:
+        args.steps = UNLIMITED_STEPS if (args.time_budget or args.early_stop_patience) else DEFAULT_FINETUNE_STEPS
 
     source = {
         "name": args.name,
@@ -313,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     existing.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     p.add_argument("--name", default="finetune", help="source name in logs")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument(
+        "--steps", type=int, help="optimiser steps (default: 3000; no limit with --time-budget or "
+        "--early-stop-patience, which then decide when to stop)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=100)

@@ -48,8 +48,10 @@ METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s", "cpu_hour
 EXISTING_RUN_POLICIES = ("resume", "require", "refuse", "overwrite")
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "learning_curve.csv", "learning_curve.png", "config.yaml")
 # optimiser settings that may change when a run is resumed (how long and how it runs, not what it learns)
-RESUMABLE_SETTINGS = ("max_steps", "time_budget_s", "early_stop_patience", "threads", "compile", "log_every",
-                      "checkpoint_every", "valid_every", "select_by", "snapshot_steps")
+RESUMABLE_SETTINGS = (
+    "max_steps", "warmup_steps", "time_budget_s", "early_stop_patience", "threads", "compile", "log_every",
+    "checkpoint_every", "valid_every", "select_by", "snapshot_steps",
+)
 
 
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
