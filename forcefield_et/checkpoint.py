@@ -147,6 +147,17 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
+def is_torchscript_file(path: PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``): a zip with compiled code."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Read and verify a checkpoint file without executing any pickled code.
 
@@ -156,6 +167,12 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if is_torchscript_file(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript model (as written by forcefield-et export), not a checkpoint. It is for "
+            "OpenMM's TorchForce and torch.jit.load; ETCalculator, info, evaluate and finetune need the checkpoint "
+            "it was exported from (a .pt written by training or export --format checkpoint) or a bundled model name"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad archives

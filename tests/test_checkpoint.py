@@ -335,3 +335,22 @@ def test_local_file_shadows_the_bundled_model(fake_bundle, tmp_path, monkeypatch
     assert torch.equal(energy(load_model("pretrained.pt")), energy(tiny_model(3)))
     # the bare name still means the bundled model
     assert resolve_model_path("pretrained") == fake_bundle / "pretrained.pt"
+
+
+def test_a_torchscript_export_is_named_as_such(tmp_path):
+    import torch
+
+    from forcefield_et import load_model
+    from forcefield_et.calculators.ase import ETCalculator
+    from forcefield_et.checkpoint import CheckpointError, is_torchscript_file, read_checkpoint
+
+    path = tmp_path / "model.torchscript.pt"
+    torch.jit.script(load_model("pretrained")).save(str(path))
+    assert is_torchscript_file(path)
+    from forcefield_et.checkpoint import bundled_models
+
+    assert not is_torchscript_file(bundled_models()["pretrained"])
+    with pytest.raises(CheckpointError, match="is a TorchScript model .* not a checkpoint"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="TorchForce"):
+        ETCalculator(str(path))
