@@ -120,6 +120,22 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from .data.corpus import CorpusSettings, make_corpus, read_smiles, require_dependencies
+
+    require_dependencies()
+    smiles = read_smiles(args.smiles)
+    if args.max_molecules is not None:
+        smiles = smiles[: args.max_molecules]
+    settings = CorpusSettings(
+        method=args.method, seed=args.seed, md_frames=args.md_frames, displacements=args.displacements,
+        molecules_per_shard=args.molecules_per_shard,
+    )
+    summary = make_corpus(smiles, args.out, settings, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
 
@@ -378,6 +394,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
+        "corpus",
+        help="training frames from SMILES: RDKit conformers labelled with GFN2-xTB (relaxed, MD, displaced)",
+        epilog="example: forcefield-et corpus --smiles molecules.smi --method gfn2-xtb --out my_corpus\n"
+        "the shards (my_corpus/xtb_shard*.npz) are a pretraining source with format xtb_corpus; "
+        "needs pip install 'forcefield-et[corpus]'",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--smiles", required=True, help="text or .gz file, one SMILES per line (first column)")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds a run with the same settings)")
+    p.add_argument("--method", default="gfn2-xtb", choices=["gfn2-xtb", "gfn1-xtb"], help="tblite method")
+    p.add_argument("--max-molecules", type=int, help="use the first N SMILES")
+    p.add_argument("--md-frames", type=int, default=6, help="MD frames per molecule (10 fs apart)")
+    p.add_argument("--displacements", type=int, default=6, help="displaced frames per molecule")
+    p.add_argument("--molecules-per-shard", type=int, default=500, help="SMILES per output shard")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_corpus)
+
+    p = sub.add_parser(
         "evaluate",
         help="energy/force errors on a dataset, JSON + parity plot",
         epilog="example: forcefield-et evaluate --model rmd17-aspirin --data "
@@ -484,7 +519,7 @@ def main(argv: List[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; training runs resume from their last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
         print(f"forcefield-et {args.command}: error: {error}", file=sys.stderr)
         return 2
 
