@@ -67,6 +67,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         source["valid_path"] = args.valid
     if args.test:
         source["test_path"] = args.test
+    keys = {k: v for k, v in (("energy_key", args.energy_key), ("forces_key", args.forces_key)) if v}
+    if keys:
+        if args.format not in ("auto", "ase"):
+            raise ValueError(
+                f"--energy-key and --forces-key apply to ASE-readable files (--format ase), not {args.format}"
+            )
+        source["format"] = "ase"
+        source["options"] = keys
     values = {
         "run_dir": args.out,
         "init_from": None if args.model == "scratch" else args.model,
@@ -316,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
     p.add_argument("--train", required=True, nargs="+", help="training data file(s) (extxyz, ASE db, npz, ...)")
     p.add_argument("--format", default="auto", help="reader (auto, rmd17, ase, ase_db, deepmd, ...)")
+    p.add_argument(
+        "--energy-key", help="extxyz/ASE files: the info key holding the energy (default: the calculator's energy)"
+    )
+    p.add_argument(
+        "--forces-key", help="extxyz/ASE files: the arrays key holding the forces (default: the calculator's forces)"
+    )
     p.add_argument("--n-train", type=int, help="use the first N frames for training")
     p.add_argument(
         "--n-valid-from-train",

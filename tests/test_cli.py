@@ -213,3 +213,32 @@ def test_md_with_a_missing_file_says_file_not_found(tmp_path, capsys):
     assert code == 2 and "structure file not found" in err and "bundled" not in err
     code, _, err = run_main(["md", str(tmp_path), "--steps", 1], capsys)
     assert code == 2 and "is a directory" in err
+
+
+def test_finetune_reads_energies_and_forces_from_named_extxyz_keys(tmp_path, capsys):
+    from ase import Atoms
+    from ase.io import write
+
+    from forcefield_et.data import read_rmd17
+
+    data = read_rmd17(shared_path("rmd17", "rmd17_ethanol_train_01.npz")).subset(np.arange(25))
+    frames = []
+    for k in range(len(data)):
+        a, b = data.offsets[k], data.offsets[k + 1]
+        atoms = Atoms(numbers=data.z[a:b], positions=data.pos[a:b])
+        atoms.info["dft_energy"] = float(data.energy[k])
+        atoms.arrays["dft_forces"] = data.forces[a:b]
+        frames.append(atoms)
+    path = tmp_path / "frames.xyz"
+    write(path, frames)
+    out = tmp_path / "ft"
+    code, _, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
+                           "--train", path, "--energy-key", "dft_energy", "--forces-key", "dft_forces", "--n-train", 20,
+                           "--n-valid-from-train", 5, "--steps", 2, "--no-compile", "--no-progress", "--out", out],
+                          capsys)
+    assert code == 0
+    validation = load_model(out / "best.pt").metadata["validation"]
+    assert validation["finetune/energy_mae_meV"] > 0 and validation["finetune/force_mae_meV_A"] > 0
+    code, _, err = run_main(["finetune", "--train", path, "--format", "rmd17", "--energy-key", "e", "--out",
+                             tmp_path / "x"], capsys)
+    assert code == 2 and "--energy-key and --forces-key apply to ASE-readable files" in err
