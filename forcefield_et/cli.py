@@ -155,8 +155,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        progress=not args.no_progress,
+        predictions=args.write_predictions,
     )
     print(json.dumps(result, indent=2))
+    if not result["labels"]:
+        print(f"forcefield-et evaluate: {args.data} has no energy or force labels: wrote the predictions to "
+              f"{Path(args.out) / 'predictions.extxyz'}, no errors", file=sys.stderr)
     return 0
 
 
@@ -437,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--format", default="auto")
     p.add_argument("--out", default="evaluation", help="output folder (metrics.json, parity.png)")
+    p.add_argument(
+        "--write-predictions", action="store_true", help="also write predictions.extxyz: predicted energy and "
+        "forces per frame, with the reference values and per-atom force errors where the data has labels"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--max-frames", type=int)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])

@@ -1,4 +1,5 @@
-"""Model evaluation on a labelled dataset: energy/force errors as JSON plus a parity plot."""
+"""Model evaluation on a dataset: energy/force errors as JSON plus a parity plot, and optionally
+the predictions themselves as extxyz (with per-atom force errors where the data has labels)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,20 @@ from .data.conformations import ConformationSet
 from .model import Potential
 
 
-def predict(model: Potential, data: ConformationSet, batch_size: int = 32) -> Dict[str, np.ndarray]:
+def predict(
+    model: Potential, data: ConformationSet, batch_size: int = 32, progress: bool = False
+) -> Dict[str, np.ndarray]:
     """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``."""
+    from tqdm.auto import tqdm
+
     from .training.batching import TensorConformations
 
     dtype = model.head.scale.dtype
     device = model.head.scale.device
     tensors = TensorConformations(data, dtype)
     energies, forces = [], []
-    for start in range(0, len(data), batch_size):
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
         batch = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
         cell = batch.get("cell")
         out = model(
@@ -52,6 +58,44 @@ def error_metrics(data: ConformationSet, prediction: Dict[str, np.ndarray]) -> D
         metrics["force_mae_meV_A"] = float(1000 * np.abs(err).mean())
         metrics["force_rmse_meV_A"] = float(1000 * np.sqrt((err**2).mean()))
     return metrics
+
+
+def has_labels(data: ConformationSet) -> bool:
+    """Whether ``data`` carries any finite energy or force label."""
+    energies = data.energy is not None and bool(np.isfinite(data.energy).any())
+    forces = data.forces is not None and bool(np.isfinite(data.forces).any())
+    return energies or forces
+
+
+def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], path: Union[str, Path]) -> Path:
+    """extxyz with each frame's predicted energy (``info['predicted_energy']``, eV) and forces
+    (``arrays['predicted_forces']``, eV/Å); where the data has labels also ``reference_energy``,
+    ``reference_forces`` and the per-atom force error ``force_error`` (|F_pred - F_ref|, eV/Å).
+    Written to a temporary file and renamed."""
+    import os
+
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for k in range(len(data)):
+        a, b = data.offsets[k], data.offsets[k + 1]
+        atoms = Atoms(numbers=data.z[a:b], positions=data.pos[a:b])
+        if data.cell is not None:
+            atoms.cell, atoms.pbc = data.cell[k], True
+        atoms.info["predicted_energy"] = float(prediction["energy"][k])
+        atoms.arrays["predicted_forces"] = prediction["forces"][a:b]
+        if data.energy is not None and np.isfinite(data.energy[k]):
+            atoms.info["reference_energy"] = float(data.energy[k])
+        if data.forces is not None and np.isfinite(data.forces[a:b]).all():
+            atoms.arrays["reference_forces"] = data.forces[a:b]
+            atoms.arrays["force_error"] = np.linalg.norm(prediction["forces"][a:b] - data.forces[a:b], axis=1)
+        frames.append(atoms)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+    return path
 
 
 def parity_plot(
@@ -104,8 +148,12 @@ def evaluate_model(
     max_frames: int | None = None,
     dtype: str = "float32",
     batch_size: int = 32,
+    progress: bool = False,
+    predictions: bool = False,
 ) -> Dict[str, Any]:
-    """Evaluate ``model`` on ``data``; with ``out_dir``, write metrics.json and parity.png there."""
+    """Evaluate ``model`` on ``data``; with ``out_dir``, write metrics.json and parity.png there
+    (and ``predictions.extxyz`` with ``predictions``). Data without labels gives predictions only:
+    the metrics say ``"labels": false``, and no parity plot is drawn."""
     name = model if isinstance(model, str) else type(model).__name__
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, dtype=dtype)
@@ -116,12 +164,17 @@ def evaluate_model(
         source = data.source
     if max_frames is not None and len(data) > max_frames:
         data = data.subset(np.arange(max_frames))
-    prediction = predict(model, data, batch_size=batch_size)
-    metrics = error_metrics(data, prediction)
-    metrics.update({"model": str(name), "data": source})
+    prediction = predict(model, data, batch_size=batch_size, progress=progress)
+    labelled = has_labels(data)
+    metrics = error_metrics(data, prediction) if labelled else {"frames": int(len(data)),
+                                                                 "atoms": int(data.n_atoms.sum())}
+    metrics.update({"model": str(name), "data": source, "labels": labelled})
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        parity_plot(data, prediction, out / "parity.png", title=f"{name} on {Path(source).name}")
+        if labelled:
+            parity_plot(data, prediction, out / "parity.png", title=f"{name} on {Path(source).name}")
+        if predictions or not labelled:
+            write_predictions(data, prediction, out / "predictions.extxyz")
     return metrics

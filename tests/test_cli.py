@@ -242,3 +242,37 @@ def test_finetune_reads_energies_and_forces_from_named_extxyz_keys(tmp_path, cap
     code, _, err = run_main(["finetune", "--train", path, "--format", "rmd17", "--energy-key", "e", "--out",
                              tmp_path / "x"], capsys)
     assert code == 2 and "--energy-key and --forces-key apply to ASE-readable files" in err
+
+
+def test_evaluate_writes_predictions_and_handles_unlabelled_data(tmp_path, capsys):
+    from ase.io import read, write
+
+    from forcefield_et.data import read_rmd17
+
+    test_file = shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    out = tmp_path / "eval"
+    code, stdout, _ = run_main(["evaluate", "--model", "rmd17-ethanol", "--data", test_file, "--format", "rmd17",
+                                "--max-frames", 6, "--write-predictions", "--no-progress", "--out", out], capsys)
+    assert code == 0
+    metrics = json.loads(stdout[stdout.index("{"):])
+    frames = read(out / "predictions.extxyz", ":")
+    assert len(frames) == 6 and metrics["labels"] is True
+    reference = read_rmd17(test_file).subset(np.arange(6))
+    errors = np.concatenate([f.arrays["force_error"] for f in frames])
+    predicted = np.concatenate([f.arrays["predicted_forces"] for f in frames])
+    assert np.allclose(errors, np.linalg.norm(predicted - reference.forces, axis=1), atol=1e-5)
+    assert np.mean(np.abs(predicted - reference.forces)) * 1000 == pytest.approx(metrics["force_mae_meV_A"], rel=1e-4)
+    # a structure file without labels: predictions, no errors, and it says so
+    bare = tmp_path / "bare.xyz"
+    structure = frames[0].copy()
+    structure.info.clear()
+    for key in list(structure.arrays):
+        if key not in ("numbers", "positions"):
+            del structure.arrays[key]
+    write(bare, [structure, structure])
+    code, stdout, err = run_main(["evaluate", "--model", "rmd17-ethanol", "--data", bare, "--no-progress",
+                                  "--out", tmp_path / "eval2"], capsys)
+    assert code == 0 and "has no energy or force labels" in err
+    assert json.loads(stdout[stdout.index("{"):])["labels"] is False
+    assert len(read(tmp_path / "eval2" / "predictions.extxyz", ":")) == 2
+    assert not (tmp_path / "eval2" / "parity.png").exists()
