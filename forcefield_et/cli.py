@@ -105,9 +105,27 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.zbl is not None:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
-    _, metrics = train(config_from_dict(values), progress=not args.no_progress, existing=existing)
+    config = config_from_dict(values)
+    _, metrics = train(config, progress=not args.no_progress, existing=existing)
     print(json.dumps(metrics, indent=2))
+    if args.test:
+        _test_best(config, args.test, Path(args.out))
     return 0
+
+
+def _test_best(config, test_path: str, out: Path) -> None:
+    """Evaluate the run's best.pt on every frame of the test file; writes test_metrics.json."""
+    from .evaluation import evaluate_model
+    from .training.config import read_source
+
+    test = read_source(config.sources[0], config.data_root, path=test_path, validation="test")
+    result = evaluate_model(str(out / "best.pt"), test)
+    result["data"] = str(test_path)
+    tmp = out / ".test_metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "test_metrics.json")
+    errors = ", ".join(f"{k} {result[k]:.2f}" for k in ("force_mae_meV_A", "energy_mae_meV") if k in result)
+    print(f"best.pt on {test_path} ({result['frames']} frames): {errors} -> {out / 'test_metrics.json'}")
 
 
 def parse_duration(text: str) -> float:
@@ -344,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--valid", help="validation data file")
     p.add_argument("--valid-fraction", type=float, default=0.05, help="validation split when no --valid")
-    p.add_argument("--valid-max-frames", type=int, default=500)
+    p.add_argument("--valid-max-frames", type=int, default=500, help="at most this many validation frames")
     p.add_argument("--out", required=True, help="run directory (best.pt, last.pt, metrics.csv)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument(
@@ -357,12 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="optimiser steps (default: 3000; no limit with --time-budget or "
         "--early-stop-patience, which then decide when to stop)"
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8, help="structures per optimiser step")
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate after the warm-up")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (at most a tenth of --steps)")
     p.add_argument("--energy-weight", type=float, default=1.0, help="per-atom energy MSE weight (0: forces only)")
-    p.add_argument("--force-weight", type=float, default=10.0)
-    p.add_argument("--ema-decay", type=float, default=0.99)
+    p.add_argument("--force-weight", type=float, default=10.0, help="force MSE weight")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="decay of the weight average that best.pt holds")
     p.add_argument("--min-lr", type=float, default=1e-6, help="floor of the learning rate")
     p.add_argument(
         "--schedule",
@@ -390,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--test", help="held-out test file: its errors are logged at every validation (learning_curve.csv/.png) "
         "and never used to select weights"
     )
-    p.add_argument("--valid-every", type=int, default=250)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--valid-every", type=int, default=250, help="steps between validations")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints (last.pt)")
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -406,10 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hidden-channels", type=int, help="with --model scratch")
     p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and initial weights")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(

@@ -239,6 +239,14 @@ def test_finetune_reads_energies_and_forces_from_named_extxyz_keys(tmp_path, cap
     assert code == 0
     validation = load_model(out / "best.pt").metadata["validation"]
     assert validation["finetune/energy_mae_meV"] > 0 and validation["finetune/force_mae_meV_A"] > 0
+    # --test: logged at every validation, and best.pt evaluated on every test frame at the end
+    code, stdout, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
+                                "--train", path, "--energy-key", "dft_energy", "--forces-key", "dft_forces",
+                                "--n-train", 20, "--n-valid-from-train", 5, "--steps", 2, "--no-compile",
+                                "--no-progress", "--test", path, "--out", tmp_path / "ft2"], capsys)
+    assert code == 0 and "best.pt on" in stdout
+    tested = json.loads((tmp_path / "ft2" / "test_metrics.json").read_text())
+    assert tested["frames"] == 25 and tested["force_mae_meV_A"] > 0 and tested["energy_mae_meV"] > 0
     code, _, err = run_main(["finetune", "--train", path, "--format", "rmd17", "--energy-key", "e", "--out",
                              tmp_path / "x"], capsys)
     assert code == 2 and "--energy-key and --forces-key apply to ASE-readable files" in err
