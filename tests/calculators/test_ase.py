@@ -212,8 +212,8 @@ def test_npt_runs_with_stress(small_model):
 
 
 def test_nve_energy_conservation_aspirin_float64():
-    """float64 velocity-Verlet NVE on rMD17 aspirin, 0.5 fs, 2000 steps: total-energy
-    fluctuation stays far below the kinetic-energy scale."""
+    """float64 velocity-Verlet NVE on rMD17 aspirin, 0.5 fs, 1000 steps (0.5 ps): total-energy
+    fluctuation stays far below the kinetic-energy scale, and the drift rate below 0.5 % of it per ps."""
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
@@ -232,14 +232,14 @@ def test_nve_energy_conservation_aspirin_float64():
     dynamics = VelocityVerlet(atoms, 0.5 * units.fs)
     totals = []
     dynamics.attach(lambda: totals.append(atoms.get_total_energy()), interval=10)
-    dynamics.run(2000)
+    dynamics.run(1000)
     totals = np.array(totals)
     fluctuation = totals.max() - totals.min()
     kinetic_scale = 1.5 * len(atoms) * units.kB * 300
     assert np.all(np.isfinite(totals))
     assert fluctuation < 1e-2 * kinetic_scale, f"total energy fluctuates by {fluctuation:.2e} eV"
     drift = abs(np.polyfit(np.arange(len(totals)), totals, 1)[0] * len(totals))
-    assert drift < 5e-3 * kinetic_scale, f"total energy drifts by {drift:.2e} eV over 1 ps"
+    assert drift < 2.5e-3 * kinetic_scale, f"total energy drifts by {drift:.2e} eV over 0.5 ps"
 
 
 def test_matscipy_neighbour_list_gives_identical_results(small_model):
