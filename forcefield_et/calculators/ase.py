@@ -24,6 +24,16 @@ from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, pl
 logger = logging.getLogger(__name__)
 
 
+
+def model_positions(atoms: Atoms) -> np.ndarray:
+    """Positions [N, 3] (Å, float64) as the model gets them: a non-periodic structure is centred
+    on its mean position first (energies and forces are translation invariant), so that a molecule
+    far from the origin keeps its float32 precision."""
+    positions = atoms.get_positions()
+    if atoms.pbc.any():
+        return positions
+    return positions - positions.mean(axis=0)
+
 class NonFiniteError(FloatingPointError):
     """The model produced NaN/inf energies or forces (e.g. an MD run that has exploded)."""
 
@@ -166,7 +176,7 @@ class ETCalculator(Calculator):
         if self._numbers_cache is None or not np.array_equal(numbers, self._numbers_cache):
             self._numbers_cache = numbers.copy()
             self._z_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
-        pos = torch.as_tensor(atoms.get_positions(), dtype=self.dtype, device=self.device)
+        pos = torch.as_tensor(model_positions(atoms), dtype=self.dtype, device=self.device)
         cell = None
         if atoms.pbc.all():
             cell = torch.as_tensor(atoms.get_cell().array, dtype=self.dtype, device=self.device).unsqueeze(0)
@@ -284,7 +294,7 @@ class ETCalculator(Calculator):
         counts = [len(a) for a in chunk]
         numbers = np.concatenate([a.get_atomic_numbers() for a in chunk])
         z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
-        pos = torch.as_tensor(np.concatenate([a.get_positions() for a in chunk]), dtype=self.dtype, device=self.device)
+        pos = torch.as_tensor(np.concatenate([model_positions(a) for a in chunk]), dtype=self.dtype, device=self.device)
         batch = torch.repeat_interleave(
             torch.arange(len(chunk), device=self.device), torch.as_tensor(counts, device=self.device)
         )

@@ -123,7 +123,7 @@ def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng
     """The relaxed (kind 0), MD (kind 1) and displaced (kind 2) frames of one molecule."""
     from ase import Atoms, units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import thermalize_momenta
+    from ase.md import velocitydistribution
     from ase.optimize import BFGS
     from tblite.ase import TBLite
 
@@ -146,7 +146,10 @@ def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng
         frames.append((0, z, energy, relaxed.copy(), forces.copy()))
     if settings.md_frames:
         temperature = rng.uniform(*settings.temperature_range_K)
-        thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+        thermalize = getattr(velocitydistribution, "thermalize_momenta", None)  # ASE >= 3.29
+        if thermalize is None:
+            thermalize = velocitydistribution.MaxwellBoltzmannDistribution
+        thermalize(atoms, temperature_K=temperature, rng=rng)
         dynamics = Langevin(atoms, settings.md_timestep_fs * units.fs, temperature_K=temperature,
                             friction=0.02 / units.fs, fixcm=False, rng=rng)
         try:

@@ -107,6 +107,8 @@ class OpenMMModule(nn.Module):
         pos = positions.detach()
         if self.use_subset:
             pos = pos.index_select(0, self.atom_indices)
+        if boxvectors is None:  # centred in the input precision first: translation changes nothing
+            pos = pos - pos.mean(dim=0, keepdim=True)
         pos = (pos.to(compute_dtype) * self.length_scale).contiguous()
         cell: Tensor | None = None
         if boxvectors is not None:

@@ -61,7 +61,8 @@ def _plot(rows: List[Dict[str, str]], columns: List[str], path: Path) -> None:
     ax.set_ylabel("force MAE (meV/Å)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

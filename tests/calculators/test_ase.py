@@ -312,3 +312,17 @@ def test_calculator_fixed_edge_chunk_size(small_model):
     assert plain.last_path == "all_edges" and plain.last_memory_plan is None  # 21 atoms: not checked
     with pytest.raises(ValueError, match="edge_chunking must be"):
         ETCalculator(small_model, device="cpu", edge_chunking=0)
+
+
+def test_a_molecule_far_from_the_origin_keeps_float32_accuracy():
+    """Positions are centred before the float32 model: aspirin 10^5 Å away gives the forces it has
+    at the origin (without centring, float32 rounding of the positions costs about 0.1 eV/Å)."""
+    atoms = _aspirin_atoms()
+    atoms.calc = ETCalculator("pretrained", dtype="float32")
+    near = atoms.get_forces().copy()
+    energy = atoms.get_potential_energy()
+    far = atoms.copy()
+    far.positions += 1e5
+    far.calc = ETCalculator("pretrained", dtype="float32")
+    assert np.abs(far.get_forces() - near).max() < 1e-4
+    assert far.get_potential_energy() == pytest.approx(energy, abs=1e-4)
