@@ -122,8 +122,8 @@ Frame = Tuple[int, np.ndarray, float, np.ndarray, np.ndarray]  # kind, z, energy
 def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng: np.random.Generator) -> List[Frame]:
     """The relaxed (kind 0), MD (kind 1) and displaced (kind 2) frames of one molecule."""
     from ase import Atoms, units
-    from ase.md.langevin import Langevin
     from ase.md import velocitydistribution
+    from ase.md.langevin import Langevin
     from ase.optimize import BFGS
     from tblite.ase import TBLite
 
