@@ -83,7 +83,7 @@ def eager_phases(trainer: Trainer, steps: int) -> Dict[str, float]:
         trainer.optimizer.step()
         t = tick("optimiser", t)
         trainer.step += 1
-        trainer._update_ema()
+        trainer.averaged.update_parameters(trainer.model)
         tick("EMA", t)
     return {name: 1000 * value / steps for name, value in totals.items()}
 

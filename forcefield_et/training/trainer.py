@@ -1,5 +1,6 @@
-"""The trainer: AdamW, warm-up + cosine/plateau schedule, EMA, clipping, validation,
-atomic checkpoints with exact resume, and data parallelism through ``torchrun``.
+"""The trainer: AdamW, warm-up + cosine/plateau schedule (``torch.optim.lr_scheduler``), EMA
+(``torch.optim.swa_utils.AveragedModel``), clipping, validation, atomic checkpoints with exact
+resume, and data parallelism through ``torchrun``.
 
 Run directory layout::
 
@@ -21,12 +22,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_model, read_checkpoint, resolve_dtype, save_checkpoint
@@ -118,6 +121,19 @@ def split_by_molecule_id(
     return data.subset(np.flatnonzero(~is_valid)), data.subset(np.flatnonzero(is_valid))
 
 
+def exponential_moving_average(decay: float) -> Callable[[List[torch.Tensor], List[torch.Tensor], torch.Tensor], None]:
+    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay
+    ramps up as ``min(decay, (1 + n) / (10 + n))``, n = ``n_averaged`` (the trainer starts it at 1,
+    the initial weights, so n is the step number), so that the average follows the weights closely
+    during the first steps."""
+
+    def average(averaged: List[torch.Tensor], current: List[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return average
+
+
 class Trainer:
     """Train a :class:`Potential` from a :class:`TrainConfig`. ``run()`` trains to
     ``optim.max_steps`` (resuming from ``run_dir/last.pt`` when it exists)."""
@@ -146,15 +162,25 @@ class Trainer:
         self._check_existing_run()
         self._load_sources()
         self._build_model()
+        optim = config.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+            self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
         )
-        self.ema = [p.detach().clone() for p in self.model.parameters()]
+        # warm-up, then cosine (or the constant rate that the plateau scheduler reduces)
+        self.scheduler = LambdaLR(self.optimizer, self._schedule_factor())
+        self.plateau: ReduceLROnPlateau | None = None
+        if optim.schedule == "plateau":
+            self.plateau = ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
+                threshold=0.0, min_lr=optim.min_lr,
+            )
+        self.averaged = AveragedModel(self.model, multi_avg_fn=exponential_moving_average(optim.ema_decay))
+        self.averaged.n_averaged.fill_(1)  # the average starts at the initial weights
+        self.averaged.eval()
+        if optim.compile:
+            self.model.compile_training()
         self.step = 0
         self.best_valid = math.inf
-        self.plateau_scale = 1.0
-        self.plateau_bad = 0
-        self.plateau_best = math.inf
         self.cpu_seconds = 0.0  # CPU time used by training and validation, all workers, across resumes
         self.validations_since_best = 0
         self.stop_reason: str | None = None
@@ -290,8 +316,6 @@ class Trainer:
             self.parent = None
             self._init_statistics()
         self.model.train()
-        if cfg.optim.compile:
-            self.model.compile_training()
 
     def _init_statistics(self) -> None:
         """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""
@@ -328,37 +352,51 @@ class Trainer:
         return torch.cat(out).numpy()
 
     # ---------------------------------------------------------------- schedule, EMA
-    def learning_rate(self, step: int) -> float:
-        o = self.config.optim
-        if step < o.warmup_steps:
-            return o.lr * (step + 1) / o.warmup_steps
-        if o.schedule == "cosine":
+    def _schedule_factor(self) -> Callable[[int], float]:
+        """The LambdaLR factor of step s: linear warm-up over ``warmup_steps``, then a cosine from
+        ``lr`` to ``min_lr`` at ``max_steps`` (read at each step, so that a resumed run may change
+        it), or 1 for the plateau schedule."""
+
+        def factor(step: int) -> float:
+            o = self.config.optim
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            if o.schedule != "cosine":
+                return 1.0
             progress = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
-            return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
-        return max(o.min_lr, o.lr * self.plateau_scale)
+            return (o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))) / o.lr
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.config.optim.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema, self.model.parameters()):
-            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        return factor
 
-    def _swap_ema(self) -> None:
-        with torch.no_grad():
-            for e, p in zip(self.ema, self.model.parameters()):
-                tmp = p.detach().clone()
-                p.copy_(e)
-                e.copy_(tmp)
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` under the warm-up and cosine schedule (for the plateau
+        schedule after warm-up: the present, possibly reduced, rate)."""
+        if self.plateau is not None and step >= self.config.optim.warmup_steps:
+            return float(self.optimizer.param_groups[0]["lr"])
+        return self.config.optim.lr * self._schedule_factor()(step)
+
+    @property
+    def ema(self) -> List[torch.Tensor]:
+        """The EMA weights, in the order of ``model.parameters()``."""
+        return list(self.averaged.module.parameters())
+
+    @property
+    def ema_model(self) -> torch.nn.Module:
+        """The :class:`Potential` that holds the EMA weights (eval mode): validation, best.pt and
+        snapshots use it."""
+        return self.averaged.module
 
     # ---------------------------------------------------------------- state
     def _training_state(self) -> Dict[str, Any]:
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
-            "ema": list(self.ema),
+            "ema": [t.detach() for t in self.ema],
+            "ema_updates": int(self.averaged.n_averaged),
+            "scheduler": self.scheduler.state_dict(),
+            "plateau_scheduler": self.plateau.state_dict() if self.plateau is not None else None,
             "best_valid": self.best_valid,
             "select_by": self.config.optim.select_by,
-            "plateau": [self.plateau_scale, self.plateau_bad, self.plateau_best],
             "cpu_seconds": self.cpu_seconds,
             "validations_since_best": self.validations_since_best,
             "stop_reason": self.stop_reason,
@@ -396,22 +434,14 @@ class Trainer:
     def save_best(self, metrics: Dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        self._swap_ema()
-        try:
-            save_checkpoint(self.run_dir / "best.pt", self.model, self._metadata({"validation": metrics}))
-        finally:
-            self._swap_ema()
+        save_checkpoint(self.run_dir / "best.pt", self.ema_model, self._metadata({"validation": metrics}))
 
     def save_snapshot(self) -> None:
         """Keep the EMA weights of this step as ``snapshots/step_<N>.pt`` (an inference checkpoint)."""
         if self.rank != 0:
             return
-        self._swap_ema()
-        try:
-            extra = {"snapshot": {"step": self.step, "conformations_seen": self.step * self.config.optim.batch_size}}
-            save_checkpoint(self.run_dir / "snapshots" / f"step_{self.step}.pt", self.model, self._metadata(extra))
-        finally:
-            self._swap_ema()
+        extra = {"snapshot": {"step": self.step, "conformations_seen": self.step * self.config.optim.batch_size}}
+        save_checkpoint(self.run_dir / "snapshots" / f"step_{self.step}.pt", self.ema_model, self._metadata(extra))
 
     def resume(self) -> bool:
         """Restore from ``run_dir/last.pt`` if present. Returns whether it resumed."""
@@ -425,21 +455,51 @@ class Trainer:
             raise RuntimeError(f"{path} has no training state to resume from")
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            for e, saved in zip(self.ema, state["ema"]):
-                e.copy_(saved)
         self.step = int(state["step"])
+        with torch.no_grad():
+            for e, saved in zip(self.ema, state["ema"], strict=True):
+                e.copy_(saved)
+            for b_avg, b_model in zip(self.ema_model.buffers(), self.model.buffers()):
+                b_avg.copy_(b_model)
+            self.averaged.n_averaged.fill_(int(state.get("ema_updates", self.step + 1)))
+        self._restore_schedule(state)
         self.best_valid = float(state["best_valid"])
-        self.plateau_scale, self.plateau_bad, self.plateau_best = state["plateau"]
-        self.plateau_bad = int(self.plateau_bad)
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         self.validations_since_best = int(state.get("validations_since_best", 0))
         self.stop_reason = state.get("stop_reason")
         if state.get("select_by", "valid_loss") != self.config.optim.select_by:
             # the stored bests are values of another metric: the next validation sets new ones
-            self.best_valid = self.plateau_best = math.inf
+            self.best_valid = math.inf
+            if self.plateau is not None:
+                self.plateau.best = math.inf
         self._truncate_metrics()
         return True
+
+    def _restore_schedule(self, state: Dict[str, Any]) -> None:
+        """Restore the schedulers from a training state (also from one written before the trainer
+        used torch's schedulers, which stored the plateau state as [scale, bad, best])."""
+        optim = self.config.optim
+        if state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.scheduler.last_epoch = self.step
+        legacy = state.get("plateau")
+        if self.plateau is not None:
+            if state.get("plateau_scheduler") is not None:
+                self.plateau.load_state_dict(state["plateau_scheduler"])
+            elif legacy is not None:
+                scale, bad, best = legacy
+                self.plateau.best, self.plateau.num_bad_epochs = float(best), int(bad)
+                self.plateau.last_epoch = 0
+        # the rate of the next step (the optimiser state holds the rate of the last one)
+        if self.plateau is None or self.step < optim.warmup_steps:
+            rate = optim.lr * self._schedule_factor()(self.step)
+        elif legacy is not None and state.get("plateau_scheduler") is None:
+            rate = max(optim.min_lr, optim.lr * float(legacy[0]))
+        else:
+            rate = float(self.optimizer.param_groups[0]["lr"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def _truncate_metrics(self) -> None:
         path = self.run_dir / "metrics.csv"
@@ -499,9 +559,7 @@ class Trainer:
         counts = count_terms(batch, len(self.sources))
         if self.world_size > 1:
             dist.all_reduce(counts)
-        lr = self.learning_rate(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=False)
         output = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
         loss, parts = compute_loss(output, batch, self.source_weights, self.config.objectives, counts)
@@ -531,7 +589,9 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad_norm))
         self.optimizer.step()
         self.step += 1
-        self._update_ema()
+        if self.plateau is None or self.step <= self.config.optim.warmup_steps:
+            self.scheduler.step()  # the rate of the next step
+        self.averaged.update_parameters(self.model)
         return {
             "loss": float(loss.detach()),
             "lr": lr,
@@ -546,76 +606,71 @@ class Trainer:
         equilibrium |F| (meV/Å), and ``valid_loss`` (the training objective on the
         validation frames, with fixed denoising noise) and ``valid_loss_without_denoise``;
         ``optim.select_by`` names the one that selects ``best.pt``."""
-        self._swap_ema()
-        self.model.eval()
+        model = self.ema_model
         metrics: Dict[str, float] = {}
         total_loss, total_without_denoise = 0.0, 0.0
-        try:
-            for s, (source, tensors) in enumerate(zip(self.sources, self.valid_tensors)):
-                if tensors is None:
-                    continue
-                abs_err, sq_err, n_comp, e_err, n_frames, eq_norm, n_eq = 0.0, 0.0, 0, 0.0, 0, 0.0, 0
-                loss_sum, denoise_sum = 0.0, 0.0
-                generator = torch.Generator().manual_seed(12345 + s)
-                bs = self.config.optim.batch_size
-                for start in range(0, tensors.n_frames, bs):
-                    frames = torch.arange(start, min(start + bs, tensors.n_frames))
-                    picks = [np.zeros(0, dtype=np.int64)] * len(self.sources)
-                    picks[s] = frames.numpy()
-                    batch = build_batch(self.valid_tensors_or_train(s), self.sources, picks)
-                    prepare_equilibrium(batch, self.config.objectives, generator)
-                    counts = count_terms(batch, len(self.sources))
-                    with torch.enable_grad():
-                        out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
-                    loss, parts = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
-                    loss_sum += float(loss.detach()) * len(frames)
-                    denoise_sum += parts.get("denoise", 0.0) * len(frames)
-                    forces = out["forces"].detach()
-                    if source.objective == "equilibrium":
-                        clean = ~batch["denoised"][batch["batch"]]
-                        eq_norm += float(forces[clean].norm(dim=-1).sum())
-                        n_eq += int(clean.sum())
-                    else:
-                        diff = forces - batch["forces"]
-                        ok = torch.isfinite(diff).all(-1)
-                        abs_err += float(diff[ok].abs().sum())
-                        sq_err += float(diff[ok].pow(2).sum())
-                        n_comp += 3 * int(ok.sum())
-                    if source.objective in ("energy_forces", "energy"):
-                        e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
-                        n_frames += len(frames)
-                name = source.name
-                metrics[f"{name}/valid_loss"] = loss_sum / tensors.n_frames
-                total_loss += loss_sum / tensors.n_frames
-                total_without_denoise += (loss_sum - denoise_sum) / tensors.n_frames
-                if n_comp:
-                    metrics[f"{name}/force_mae_meV_A"] = 1000 * abs_err / n_comp
-                    metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
-                if n_frames:
-                    metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
-                if n_eq:
-                    metrics[f"{name}/eq_force_norm_meV_A"] = 1000 * eq_norm / n_eq
-            for source, tensors in zip(self.sources, self.test_tensors):
-                if tensors is not None:
-                    metrics.update(
-                        {f"{source.name}/test_{k}": v for k, v in self._errors(tensors, source.objective).items()}
-                    )
-        finally:
-            self.model.train()
-            self._swap_ema()
+        for s, (source, tensors) in enumerate(zip(self.sources, self.valid_tensors)):
+            if tensors is None:
+                continue
+            abs_err, sq_err, n_comp, e_err, n_frames, eq_norm, n_eq = 0.0, 0.0, 0, 0.0, 0, 0.0, 0
+            loss_sum, denoise_sum = 0.0, 0.0
+            generator = torch.Generator().manual_seed(12345 + s)
+            bs = self.config.optim.batch_size
+            for start in range(0, tensors.n_frames, bs):
+                frames = torch.arange(start, min(start + bs, tensors.n_frames))
+                picks = [np.zeros(0, dtype=np.int64)] * len(self.sources)
+                picks[s] = frames.numpy()
+                batch = build_batch(self.valid_tensors_or_train(s), self.sources, picks)
+                prepare_equilibrium(batch, self.config.objectives, generator)
+                counts = count_terms(batch, len(self.sources))
+                with torch.enable_grad():
+                    out = model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+                loss, parts = compute_loss(out, batch, self.source_weights, self.config.objectives, counts)
+                loss_sum += float(loss.detach()) * len(frames)
+                denoise_sum += parts.get("denoise", 0.0) * len(frames)
+                forces = out["forces"].detach()
+                if source.objective == "equilibrium":
+                    clean = ~batch["denoised"][batch["batch"]]
+                    eq_norm += float(forces[clean].norm(dim=-1).sum())
+                    n_eq += int(clean.sum())
+                else:
+                    diff = forces - batch["forces"]
+                    ok = torch.isfinite(diff).all(-1)
+                    abs_err += float(diff[ok].abs().sum())
+                    sq_err += float(diff[ok].pow(2).sum())
+                    n_comp += 3 * int(ok.sum())
+                if source.objective in ("energy_forces", "energy"):
+                    e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
+                    n_frames += len(frames)
+            name = source.name
+            metrics[f"{name}/valid_loss"] = loss_sum / tensors.n_frames
+            total_loss += loss_sum / tensors.n_frames
+            total_without_denoise += (loss_sum - denoise_sum) / tensors.n_frames
+            if n_comp:
+                metrics[f"{name}/force_mae_meV_A"] = 1000 * abs_err / n_comp
+                metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
+            if n_frames:
+                metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
+            if n_eq:
+                metrics[f"{name}/eq_force_norm_meV_A"] = 1000 * eq_norm / n_eq
+        for source, tensors in zip(self.sources, self.test_tensors):
+            if tensors is not None:
+                metrics.update(
+                    {f"{source.name}/test_{k}": v for k, v in self._errors(tensors, source.objective).items()}
+                )
         metrics["valid_loss"] = total_loss
         metrics["valid_loss_without_denoise"] = total_without_denoise
         return metrics
 
     def _errors(self, tensors: TensorConformations, objective: str) -> Dict[str, float]:
-        """Force MAE (meV/Å) and, for energy objectives, energy MAE (meV) of the current weights on
+        """Force MAE (meV/Å) and, for energy objectives, energy MAE (meV) of the EMA weights on
         ``tensors``, in batches of ``optim.batch_size``."""
         abs_err, n_comp, e_err = 0.0, 0, 0.0
         bs = self.config.optim.batch_size
         for start in range(0, tensors.n_frames, bs):
             batch = tensors.gather(torch.arange(start, min(start + bs, tensors.n_frames)))
             with torch.enable_grad():
-                out = self.model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+                out = self.ema_model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
             diff = out["forces"].detach() - batch["forces"]
             ok = torch.isfinite(diff).all(-1)
             abs_err += float(diff[ok].abs().sum())
@@ -768,14 +823,8 @@ class Trainer:
                 self.stop_reason = self.stop_reason or (
                     f"no better {optim.select_by} in {self.validations_since_best} validations"
                 )
-        if self.config.optim.schedule == "plateau":
-            if value < self.plateau_best:
-                self.plateau_best, self.plateau_bad = value, 0
-            else:
-                self.plateau_bad += 1
-                if self.plateau_bad > self.config.optim.plateau_patience:
-                    self.plateau_scale *= self.config.optim.plateau_factor
-                    self.plateau_bad = 0
+        if self.plateau is not None and self.step >= optim.warmup_steps:
+            self.plateau.step(value)
 
 
 def train(config: TrainConfig, progress: bool = True, existing: str = "resume") -> Tuple[Trainer, Dict[str, float]]:

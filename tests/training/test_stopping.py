@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
-from forcefield_et.checkpoint import read_checkpoint
+from forcefield_et.checkpoint import checksum, read_checkpoint
 from forcefield_et.training import Trainer, config_from_dict, train
 from forcefield_et.training.config import ConfigError, expand_paths
 from tests.conftest import shared_path
@@ -123,3 +124,52 @@ def test_an_empty_validation_set_is_an_error(tmp_path):
     eth.update(valid_path=eth["path"], valid_frames="1000:1050")  # the file has 1000 frames
     with pytest.raises(ValueError, match="'eth': the validation set .* is empty"):
         Trainer(config_from_dict(values), progress=False)
+
+
+def test_plateau_schedule_halves_the_rate_after_patience_and_stops_at_min_lr(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", schedule="plateau", plateau_factor=0.5, plateau_patience=1,
+                               warmup_steps=2, lr=1e-3, min_lr=3e-4)
+    trainer = Trainer(config_from_dict(values), progress=False)
+    rates = []
+    for _ in range(3):
+        rates.append(trainer.train_step()["lr"])
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3])  # linear warm-up over 2 steps, then the base rate
+    for value in (1.0, 0.9, 0.95, 0.95):  # better, better, worse, worse (> patience): halve
+        trainer._after_validation({"valid_loss": value})
+    assert trainer.train_step()["lr"] == pytest.approx(5e-4)
+    for value in (0.95, 0.95):  # two more bad validations: halved again, but not below min_lr
+        trainer._after_validation({"valid_loss": value})
+    assert trainer.train_step()["lr"] == pytest.approx(3e-4)
+    # the schedulers' state travels in last.pt: a resumed trainer continues at the reduced rate
+    trainer.save_last()
+    resumed = Trainer(config_from_dict(values), progress=False)
+    assert resumed.resume() and resumed.train_step()["lr"] == pytest.approx(3e-4)
+    assert resumed.plateau.best == pytest.approx(0.9)
+
+
+def test_a_run_saved_before_torch_schedulers_resumes_with_its_rate_and_average(tmp_path):
+    """Training states from before the schedulers and the EMA were torch's (``plateau`` as
+    [scale, bad, best], ``ema`` as a list of tensors) resume where they stopped."""
+    values = tiny_mixed_config(tmp_path / "run", schedule="plateau", warmup_steps=2, lr=1e-3, min_lr=1e-5)
+    trainer = Trainer(config_from_dict(values), progress=False)
+    for _ in range(4):
+        trainer.train_step()
+    trainer.save_last()
+    path = tmp_path / "run" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    state = payload["training_state"]
+    for key in ("scheduler", "plateau_scheduler", "ema_updates"):
+        del state[key]
+    state["plateau"] = [0.25, 2, 0.125]
+    ema = [torch.full_like(t, 0.5) for t in state["ema"]]
+    state["ema"] = ema
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, path)
+    resumed = Trainer(config_from_dict(values), progress=False)
+    assert resumed.resume()
+    assert resumed.step == 4 and resumed.train_step()["lr"] == pytest.approx(2.5e-4)
+    assert resumed.plateau.best == 0.125 and resumed.plateau.num_bad_epochs == 2
+    # the average went on from the stored EMA weights with the decay of step 5: (1 + 5) / (10 + 5)
+    weight = 1 - 6 / 15
+    for average, stored, current in zip(resumed.ema, ema, resumed.model.parameters(), strict=True):
+        assert torch.allclose(average, stored + weight * (current.detach() - stored), atol=1e-6)
