@@ -3,6 +3,7 @@ compiled training step (``optim.compile``, ``forcefield-et finetune --compile``)
 interleaved in one run.
 
     python -m benchmarks.train_speed                     # aspirin, batch 8, pretrained start
+    python -m benchmarks.train_speed --data-parallel 2   # also: compiled, 2 gloo workers (wall clock)
     python -m benchmarks.train_speed --quick             # CI-sized: ethanol, tiny model, few steps
 
 Both trainers start from the same weights and see the same batches (the batch of step s is a
@@ -11,12 +12,21 @@ alternating blocks of steps; each block's process CPU time is measured, so the r
 when the other core is busy. The eager step is also split into its phases (data, forward with
 the force backward, parameter backward, optimiser, EMA). Writes ``train_speed.json`` and
 ``train_speed.png`` to ``benchmarks/results/``.
+
+``--data-parallel N`` adds the compiled trainer on N data-parallel workers (gloo, one thread
+each, the global batch split between them, as ``torchrun --nproc_per_node N``), timed by the wall
+clock against one compiled worker and one eager worker, alternating. Wall-clock figures need N idle
+cores: pause other work on the machine while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -127,13 +137,94 @@ def measure(molecule: str, batch_size: int, rounds: int, block: int, warmup: int
     return result
 
 
+def worker_main(args: argparse.Namespace) -> None:
+    """One timed worker (also one rank of a gloo group): warm up, then time ``--rounds`` blocks of
+    ``--block`` steps by the wall clock and by process CPU time; rank 0 writes ``--report``."""
+    torch.set_num_threads(1)
+    model = TINY_MODEL if args.quick else None
+    trainer = make_trainer(args.molecule, args.batch_size, args.compile, Path(args.work_dir), Path(args.data_root),
+                           model)
+    for _ in range(args.warmup):
+        trainer.train_step()
+    if trainer.world_size > 1:
+        torch.distributed.barrier()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.rounds * args.block):
+        trainer.train_step()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    cpu_total = torch.tensor([cpu], dtype=torch.float64)
+    if trainer.world_size > 1:
+        torch.distributed.all_reduce(cpu_total)
+    if trainer.rank == 0:
+        frames = args.batch_size * args.rounds * args.block
+        write_json_atomic(Path(args.report), {
+            "workers": trainer.world_size, "compiled": args.compile, "steps": args.rounds * args.block,
+            "wall_s": wall, "cpu_s": float(cpu_total), "conformations_per_wall_s": frames / wall,
+            "conformations_per_cpu_s": frames / float(cpu_total),
+        })
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def run_workers(n_workers: int, compile_step: bool, args: argparse.Namespace, work: Path, tag: str) -> Dict[str, Any]:
+    """Run :func:`worker_main` in ``n_workers`` processes (a gloo group when more than one)."""
+    report = work / f"{tag}.json"
+    port = _free_port()
+    procs = []
+    for rank in range(n_workers):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+        if n_workers > 1:
+            env.update(WORLD_SIZE=str(n_workers), RANK=str(rank), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        command = [sys.executable, "-m", "benchmarks.train_speed", "--worker", "--report", str(report),
+                   "--work-dir", str(work / f"{tag}-rank{rank}"), "--molecule", args.molecule,
+                   "--batch-size", str(args.batch_size), "--rounds", str(args.rounds), "--block", str(args.block),
+                   "--warmup", str(args.warmup), "--data-root", args.data_root]
+        command += ["--compile"] if compile_step else []
+        command += ["--quick"] if args.quick else []
+        procs.append(subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1]))
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise RuntimeError(f"train_speed worker(s) failed with exit codes {codes}")
+    return json.loads(report.read_text())
+
+
+def measure_data_parallel(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    """Wall-clock throughput of 1 eager, 1 compiled and ``args.data_parallel`` compiled workers,
+    in alternating rounds (each a fresh set of processes)."""
+    setups = {"eager": (1, False), "compiled": (1, True), f"compiled x{args.data_parallel}": (args.data_parallel, True)}
+    rows: Dict[str, List[Dict[str, Any]]] = {name: [] for name in setups}
+    for round_index in range(args.data_parallel_rounds):
+        for name, (n, compiled) in setups.items():
+            rows[name].append(run_workers(n, compiled, args, work, f"{name.replace(' ', '_')}-{round_index}"))
+    result: Dict[str, Any] = {}
+    for name, runs in rows.items():
+        wall = sum(r["wall_s"] for r in runs)
+        cpu = sum(r["cpu_s"] for r in runs)
+        frames = sum(r["conformations_per_wall_s"] * r["wall_s"] for r in runs)
+        result[name] = {"workers": runs[0]["workers"], "conformations_per_wall_s": frames / wall,
+                        "conformations_per_cpu_s": frames / cpu, "runs": runs}
+    eager = result["eager"]["conformations_per_wall_s"]
+    for name in setups:
+        result[name]["wall_speedup_over_eager"] = result[name]["conformations_per_wall_s"] / eager
+    return result
+
+
 def plot(result: Dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    parallel = result.get("data_parallel")
+    fig, axes = plt.subplots(1, 3 if parallel else 2, figsize=(13.5 if parallel else 9, 3.6))
+    left, right = axes[0], axes[1]
     names = ["eager", "compiled"]
     values = [result[n]["conformations_per_cpu_s"] for n in names]
     left.bar(names, values, color=["#999999", "#1f77b4"])
@@ -145,6 +236,15 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     right.barh(list(phases), list(phases.values()), color="#999999")
     right.set_xlabel("ms per eager step (CPU)")
     right.set_title("eager step, by phase")
+    if parallel:
+        names = list(parallel)
+        values = [parallel[n]["conformations_per_wall_s"] for n in names]
+        axes[2].bar(names, values, color=["#999999", "#1f77b4", "#2ca02c"][: len(names)])
+        for x, (v, n) in enumerate(zip(values, names)):
+            axes[2].text(x, v, f"{v:.0f} ({parallel[n]['wall_speedup_over_eager']:.2f}×)", ha="center", va="bottom")
+        axes[2].set_ylabel("conformations per wall-second")
+        axes[2].set_ylim(0, 1.15 * max(values))
+        axes[2].set_title("data-parallel workers, wall clock")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -160,7 +260,20 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     parser.add_argument("--data-root", default=str(DATA_ROOT))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--quick", action="store_true", help="ethanol, a tiny model from scratch, 2 x 3 steps")
+    parser.add_argument("--data-parallel", type=int, default=0, metavar="N",
+                        help="also time the compiled trainer on N gloo workers by the wall clock (needs N idle cores)")
+    parser.add_argument("--data-parallel-rounds", type=int, default=2, metavar="R",
+                        help="alternating rounds of the wall-clock comparison")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        if args.quick:
+            args.molecule = "ethanol"
+        worker_main(args)
+        return {}
     torch.set_num_threads(1)
     model = None
     if args.quick:
@@ -170,6 +283,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         result = measure(args.molecule, args.batch_size, args.rounds, args.block, args.warmup,
                          Path(args.data_root), model, Path(work))
+        if args.data_parallel > 1:
+            result["data_parallel"] = measure_data_parallel(args, Path(work))
+            result["data_parallel_rounds"] = args.data_parallel_rounds
     result["model"] = "pretrained (fine-tuning start)" if model is None else model
     result["load_average_1min_at_end"] = os.getloadavg()[0]  # other work on the machine while it ran
     result["machine"] = machine_info()
@@ -182,6 +298,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
           f"compiled {result['compiled']['conformations_per_cpu_s']:.1f} conformations per CPU-second "
           f"({result['speedup']:.2f}x; first-step losses differ by "
           f"{result['first_step_loss_relative_difference']:.1e})")
+    for name, row in result.get("data_parallel", {}).items():
+        print(f"  {name}: {row['conformations_per_wall_s']:.1f} conformations per wall-second "
+              f"({row['wall_speedup_over_eager']:.2f}x eager), {row['conformations_per_cpu_s']:.1f} per CPU-second")
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -53,3 +54,15 @@ def test_value_at_reads_the_best_error_reached_by_a_time():
     assert value_at(curve, 0.05) is None
     assert value_at(curve, 0.15) == 30.0
     assert value_at(curve, 0.35) == 20.0
+
+
+@pytest.mark.timeout(300)
+def test_data_parallel_workers_report_wall_and_cpu_throughput(tmp_path):
+    from benchmarks.train_speed import run_workers
+
+    data_root = shared_path("rmd17")
+    args = argparse.Namespace(molecule="ethanol", batch_size=4, rounds=1, block=2, warmup=1,
+                              data_root=str(data_root), quick=True)
+    report = run_workers(2, False, args, tmp_path, "eager2")
+    assert report["workers"] == 2 and report["steps"] == 2
+    assert report["conformations_per_wall_s"] > 0 and report["cpu_s"] > 0
