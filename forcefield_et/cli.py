@@ -28,8 +28,38 @@ SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 
 
+def _launch_workers(args: argparse.Namespace) -> int | None:
+    """``--workers N`` (N > 1) outside ``torchrun``: run this same command as N data-parallel
+    worker processes on this machine (``torchrun --standalone``, gloo on CPU, NCCL on GPUs) and
+    return their exit status; None when this process should train itself."""
+    import os
+    import subprocess
+
+    if args.workers <= 1 or "WORLD_SIZE" in os.environ:
+        return None
+    argv = [str(item) for item in args.argv]
+    for index, item in enumerate(argv):
+        if item == "--workers":
+            del argv[index : index + 2]
+            break
+        if item.startswith("--workers="):
+            del argv[index]
+            break
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["OMP_NUM_THREADS"] = str(max(1, getattr(args, "threads", 0) or 1))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.workers}",
+               "-m", "forcefield_et.cli", *argv]
+    print(f"training on {args.workers} data-parallel workers: {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.call(command, env=env)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .training import load_config, train
+
+    launched = _launch_workers(args)
+    if launched is not None:
+        return launched
 
     config = load_config(args.config)
     if args.max_steps is not None:
@@ -38,13 +68,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config.run_dir = args.run_dir
     if args.compile is not None:
         config.optim.compile = args.compile
-    _, metrics = train(config, progress=not args.no_progress, existing="overwrite" if args.overwrite else "resume")
-    print(json.dumps(metrics, indent=2))
+    existing = "overwrite" if args.overwrite else "resume"
+    trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
+    if trainer.rank == 0:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .training import config_from_dict, train
+
+    launched = _launch_workers(args)
+    if launched is not None:
+        return launched
 
     if args.steps is None:
         args.steps = UNLIMITED_STEPS if (args.time_budget or args.early_stop_patience) else DEFAULT_FINETUNE_STEPS
@@ -106,7 +142,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
     config = config_from_dict(values)
-    _, metrics = train(config, progress=not args.no_progress, existing=existing)
+    trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
+    if trainer.rank != 0:
+        return 0
     print(json.dumps(metrics, indent=2))
     if args.test:
         _test_best(config, args.test, Path(args.out))
@@ -333,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="override optim.compile (compile the training step; about twice as fast on CPU after a minute)",
     )
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
+        "split between them; the time budget counts the CPU time of all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -427,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and initial weights")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
+        "split between them; the time budget counts the CPU time of all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_finetune)
 
@@ -556,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "workers", 1) < 1:
+        parser.error(f"argument --workers: must be at least 1, got {args.workers}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -284,3 +284,26 @@ def test_evaluate_writes_predictions_and_handles_unlabelled_data(tmp_path, capsy
     assert json.loads(stdout[stdout.index("{"):])["labels"] is False
     assert len(read(tmp_path / "eval2" / "predictions.extxyz", ":")) == 2
     assert not (tmp_path / "eval2" / "parity.png").exists()
+
+
+def test_finetune_on_two_data_parallel_workers(tmp_path, capsys):
+    train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
+    out_dir = tmp_path / "ft"
+    code, out, err = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
+                               "--train", train, "--format", "rmd17", "--n-train", 16, "--steps", 4,
+                               "--valid-every", 2, "--batch-size", 4, "--workers", 2, "--test", train,
+                               "--out", out_dir, "--no-progress", "--no-compile"], capsys)
+    assert code == 0, err
+    assert "2 data-parallel workers" in err
+    state = read_checkpoint(out_dir / "last.pt")["training_state"]
+    assert state["step"] == 4
+    with open(out_dir / "metrics.csv") as handle:
+        steps = [row.split(",")[:2] for row in handle.read().splitlines()[1:]]
+    assert len(steps) == len(set(map(tuple, steps)))  # one writer: no duplicated rows
+    assert json.loads((out_dir / "test_metrics.json").read_text())["frames"] == 1000
+
+
+def test_workers_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["finetune", "--train", "x.xyz", "--workers", "0"])
+    assert stop.value.code == 2 and "--workers" in capsys.readouterr().err
