@@ -326,6 +326,30 @@ def table(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MOLECULE_NAMES = {"salicylic": "salicylic acid"}
+
+
+def summary_table(results: List[Dict[str, Any]], sizes: Dict[int, str] | None = None) -> str:
+    """Markdown table: test force MAE scratch -> pretrained (and their ratio) per molecule at the
+    given training-set sizes (default 50 and 950 frames, shown as "1000 frames": 950 train + 50
+    validation)."""
+    sizes = sizes or {50: "50 frames", 950: "1000 frames"}
+    by_key = {(r["molecule"], r["n_train"], r["start"]): r for r in results}
+    lines = ["| molecule | " + " | ".join(sizes.values()) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for molecule in sorted({m for m, _, _ in by_key}):
+        cells = []
+        for n_train in sizes:
+            scratch = by_key.get((molecule, n_train, "scratch"))
+            pretrained = by_key.get((molecule, n_train, "pretrained"))
+            if scratch and pretrained:
+                a, b = scratch["test_force_mae_meV_A"], pretrained["test_force_mae_meV_A"]
+                cells.append(f"{a:.1f} → {b:.1f} ({a / b:.2f}×)")
+            else:
+                cells.append("not run")
+        lines.append(f"| {MOLECULE_NAMES.get(molecule, molecule)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(out: Path) -> str:
     """Rebuild the summary JSON, the learning-curve plot and the markdown table from ``out/runs``;
     returns the table."""

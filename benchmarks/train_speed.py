@@ -216,6 +216,29 @@ def measure_data_parallel(args: argparse.Namespace, work: Path) -> Dict[str, Any
     return result
 
 
+def steps_table(result: Dict[str, Any]) -> str:
+    """Markdown table: conformations per CPU-second and ms per step, eager and compiled."""
+    labels = {"eager": "eager (double backward)", "compiled": "compiled (`--compile`, the default of `finetune`)"}
+    lines = ["| training step | conformations per CPU-second | ms per step |", "|---|---|---|"]
+    for name, label in labels.items():
+        row = result[name]
+        lines.append(f"| {label} | {row['conformations_per_cpu_s']:.1f} | {row['ms_per_step']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def data_parallel_table(result: Dict[str, Any]) -> str:
+    """Markdown table of ``--data-parallel``: wall-clock and CPU throughput per setting."""
+    lines = ["| setting | conformations per wall-second | × eager | conformations per CPU-second |",
+             "|---|---|---|---|"]
+    for name, row in result["data_parallel"].items():
+        workers = row["workers"]
+        kind = "eager" if name == "eager" else "compiled"
+        label = f"{kind}, 1 worker" if workers == 1 else f"{kind}, {workers} data-parallel workers (gloo)"
+        lines.append(f"| {label} | {row['conformations_per_wall_s']:.1f} | {row['wall_speedup_over_eager']:.2f} "
+                     f"| {row['conformations_per_cpu_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: Dict[str, Any], path: Path) -> None:
     import matplotlib
 

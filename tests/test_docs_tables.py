@@ -1,0 +1,29 @@
+"""The docs' measured tables equal what their committed results regenerate
+(``python -m benchmarks.docs_tables``)."""
+
+from __future__ import annotations
+
+from benchmarks import docs_tables
+
+
+def test_every_marked_table_equals_its_results():
+    assert docs_tables.stale_tables() == []
+
+
+def test_every_registered_table_appears_in_the_docs():
+    used = {name for path in docs_tables.DOC_FILES for name, _ in docs_tables.marked_tables(path)}
+    assert set(docs_tables.TABLES) <= used
+
+
+def test_a_changed_figure_is_reported_and_rewritten(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    good = docs_tables.TABLES["train_speed"]()
+    stale = good.replace("| eager (double backward) | ", "| eager (double backward) | 1")
+    page.write_text(f"Intro.\n\n<!-- table: train_speed -->\n{stale}<!-- /table -->\n\nAfter.\n")
+    monkeypatch.setattr(docs_tables, "DOC_FILES", [page])
+    monkeypatch.setattr(docs_tables, "REPO_ROOT", tmp_path)
+    assert docs_tables.stale_tables() == ["page.md: table 'train_speed' differs from its results"]
+    assert docs_tables.main([]) == 1
+    assert docs_tables.write_tables() == ["page.md"]
+    assert page.read_text() == f"Intro.\n\n<!-- table: train_speed -->\n{good}<!-- /table -->\n\nAfter.\n"
+    assert docs_tables.stale_tables() == []
