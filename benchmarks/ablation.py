@@ -120,6 +120,14 @@ def study_reference(study_dir: Path, molecule: str, size: int, start: str) -> Di
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+START_LABELS = {
+    "ablation_force_only": "force only",
+    "ablation_zero_force": "+ zero-force",
+    "ablation_denoise": "+ denoising",
+    "pretrained": "bundled pretrained (full objective)",
+}
+
+
 def table(rows: Sequence[Dict[str, Any]]) -> str:
     """Markdown: one row per (start, size): pretraining validation, fine-tuned test errors, MD."""
 
@@ -137,8 +145,11 @@ def table(rows: Sequence[Dict[str, Any]]) -> str:
         fine, md = row.get("finetune") or {}, row.get("md") or {}
         stable = stability_text(md) if "stability_ps" in md else "–"
         hr = md.get("hr_mae")
+        label = START_LABELS.get(row["start"], row["start"])
+        if pre.get("step") is not None:
+            label += f", {int(pre['step']):,} steps"
         lines.append(
-            f"| {row['start']} | {pre_text} | {fine.get('n_train', row['size'])} "
+            f"| {label} | {pre_text} | {fine.get('n_train', row['size'])} "
             f"| {number(fine.get('test_force_mae_meV_A'))} | {number(fine.get('test_energy_mae_meV'))} "
             f"| {stable} | {number(hr * 1e4 if hr is not None else None, '.2f')} | {number(md.get('steps_per_s'))} |"
         )

@@ -57,6 +57,12 @@ def train_speed_data_parallel() -> str:
     return speed.data_parallel_table(_json("train_speed.json"))
 
 
+def ablation() -> str:
+    from . import ablation as study
+
+    return study.table(_json("ablation/ablation.json")["rows"])
+
+
 def md_stability() -> str:
     from . import md_stability as stability
 
@@ -69,6 +75,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "train_speed": train_speed,
     "train_speed_data_parallel": train_speed_data_parallel,
     "md_stability": md_stability,
+    "ablation": ablation,
 }
 
 

@@ -44,7 +44,7 @@ def test_quick_ablation_pretrains_fine_tunes_runs_md_and_reports(tmp_path):
     assert row["md"]["simulated_ps"] > 0 and row["md"]["model"] == "ablation_denoise-50"
     assert (tmp_path / "ablation.png").stat().st_size > 1000
     markdown = (tmp_path / "ablation.md").read_text()
-    assert "| ablation_denoise |" in markdown
+    assert "| + denoising, 4 steps |" in markdown
     # every stage is cached: a second call repeats nothing
     walls = row["finetune"]["wall_time_s"], row["md"]["md_wall_s"]
     main(["--quick", "--variants", "denoise", "--out", str(tmp_path)])
@@ -63,4 +63,4 @@ def test_table_marks_collapsed_and_missing_stages():
     ]
     lines = table(rows).splitlines()
     assert lines[2] == "| scratch | – | 950 | 56.7 | 20.0 | 1.25 of 1.25 (collapsed) | 3.00 | 70.0 |"
-    assert lines[3] == "| ablation_force_only | 300.0 / – / – | 1000 | – | – | – | – | – |"
+    assert lines[3] == "| force only | 300.0 / – / – | 1000 | – | – | – | – | – |"
