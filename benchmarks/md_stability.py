@@ -2,7 +2,7 @@
 
     python -m benchmarks.md_stability --quick                     # aspirin + ethanol, 2 ps each (CI)
     python -m benchmarks.md_stability --full                      # 4 molecules x 3 models x 300 ps
-    nohup python -m benchmarks.md_stability --full > md_stability.log 2>&1 &   # resumable
+    nohup python -m benchmarks.md_stability --full > runs/md_stability.log 2>&1 &   # resumable
     python -m benchmarks.md_stability --quick --model-path mine=runs/x/best.pt --models mine
     python -m benchmarks.md_stability --report                    # summary of the runs so far; runs nothing
 
