@@ -23,7 +23,10 @@ The fine-tuning study's own runs with the same protocol are shown beside them as
 ``scratch`` (no pretraining) and ``pretrained`` (the bundled model: full objective, 14,000 steps).
 Their fine-tuning results come from ``benchmarks/results/finetune_study``; their MD is run here
 when the study's weights are on this machine. Every stage writes its own result file, so the
-ablation resumes where it stopped. Outputs ``ablation.json``, ``ablation.md`` and ``ablation.png``.
+ablation resumes where it stopped. Outputs ``ablation.json``, ``ablation.md`` and ``ablation.png``;
+each MD run's ``result.json`` goes to ``<out>/md/<molecule>__<start>/``, its resumable state and
+trajectory to the work folder of ``benchmarks.md_stability`` (``runs/ablation/md/`` for the default
+``--out``, which git ignores).
 """
 
 from __future__ import annotations
@@ -104,7 +107,9 @@ def finetune(variant_checkpoint: Path, molecule: str, size: int, steps: int, out
 
 
 def short_md(name: str, checkpoint: Path, molecule: str, time_ps: float, out: Path) -> Dict[str, Any]:
-    """MDsim-protocol NVT at 500 K for ``time_ps`` with one ET checkpoint (resumable)."""
+    """MDsim-protocol NVT at 500 K for ``time_ps`` with one ET checkpoint (resumable). The result
+    goes to ``out/md``, the state and trajectory to the work folder of ``out`` (see
+    :func:`benchmarks.md_stability.default_work_dir`)."""
     from . import md_stability as md
 
     protocol = md.Protocol(time_ps=time_ps)
@@ -112,7 +117,9 @@ def short_md(name: str, checkpoint: Path, molecule: str, time_ps: float, out: Pa
         return {"model": name, "molecule": molecule, "skipped": f"{checkpoint} not found"}
     spec = md.ModelSpec(name, "et", checkpoint, md.describe_et(checkpoint))
     reference = md.load_reference(molecule, protocol)
-    return md.run_one(spec, reference, protocol, out / "md" / f"{molecule}__{name}", quiet=True)
+    folder = f"{molecule}__{name}"
+    return md.run_one(spec, reference, protocol, out / "md" / folder, quiet=True,
+                      work_dir=md.default_work_dir(out) / "md" / folder)
 
 
 def study_reference(study_dir: Path, molecule: str, size: int, start: str) -> Dict[str, Any] | None:
@@ -201,7 +208,9 @@ def report(out: Path, molecule: str, sizes: Sequence[int], run_root: Path | None
                 if start == "pretrained":
                     row["pretrain_valid"] = last_validation(REPO_ROOT / "runs" / "pretrain_cpu_small")
             md_result = out / "md" / f"{molecule}__{start}-{size}" / "result.json"
-            row["md"] = json.loads(md_result.read_text()) if md_result.is_file() else None
+            md = json.loads(md_result.read_text()) if md_result.is_file() else None
+            # the summary leaves out the h(r) histogram (500 numbers, in the run's result.json)
+            row["md"] = {k: v for k, v in md.items() if k != "hr"} if md else None
             if row["finetune"] or row["md"] or row.get("pretrain_valid"):
                 rows.append(row)
     summary = {

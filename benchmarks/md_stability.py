@@ -2,7 +2,7 @@
 
     python -m benchmarks.md_stability --quick                     # aspirin + ethanol, 2 ps each (CI)
     python -m benchmarks.md_stability --full                      # 4 molecules x 3 models x 300 ps
-    nohup python -m benchmarks.md_stability --full > md_stability.log 2>&1 &   # resumable
+    nohup python -m benchmarks.md_stability --full > runs/md_stability.log 2>&1 &   # resumable
     python -m benchmarks.md_stability --quick --model-path mine=runs/x/best.pt --models mine
     python -m benchmarks.md_stability --report                    # summary of the runs so far; runs nothing
 
@@ -36,15 +36,20 @@ or the fine-tuning pipeline. Missing models are skipped and the reason recorded.
 ``--model-path NAME=PATH`` adds any ETCalculator checkpoint (or a ``.nequip.pth`` file); ``{molecule}``
 in PATH is replaced by the molecule name.
 
-Each (molecule, model) run lives in ``<out>/runs/<molecule>__<model>/``: ``state.npz`` (saved
-frames, positions, momenta, Nose-Hoover chain state, step count; rewritten atomically every
-``--checkpoint-every`` saved frames, so a killed run resumes exactly where it stopped),
-``result.json`` (written when the run ends; while a finished run is being extended it keeps the
-shorter result, and the summary marks how far the extension has got), ``hr.npy`` and ``trajectory.npz``. A run whose
-``result.json`` matches the current protocol and model file is not repeated (one that does not is moved
-to ``superseded/<fingerprint>/`` in the run folder, not deleted); the simulated time is
-not part of that match, so a finished shorter run (e.g. ``--time-ps 10``) extends exactly to a longer
-one (``--time-ps 300``) from its saved state, and a collapsed run is final. The summary
+Each (molecule, model) run has a result folder ``<out>/runs/<molecule>__<model>/`` and a work folder
+``<work>/<molecule>__<model>/``. The work folder (``--work``; default ``runs/<out below
+benchmarks/results>``, e.g. ``runs/md_stability``, which git ignores, or ``<out>/work`` for an
+``--out`` elsewhere) holds ``state.npz`` (saved frames, positions, momenta, Nose-Hoover chain state,
+step count; rewritten atomically every ``--checkpoint-every`` saved frames, so a killed run resumes
+exactly where it stopped) and ``trajectory.npz`` (saved positions, times, temperatures). The result
+folder holds ``result.json`` (written when the run ends, with the h(r) histogram in ``hr``; while a
+finished run is being extended it keeps the shorter result, and the summary marks how far the
+extension has got). A run whose ``result.json`` matches the current protocol and model file is not
+repeated; one that does not is replaced, its result appended to ``superseded.json`` in the result
+folder (the summary lists it under the run's ``superseded``) and its state and trajectory moved to
+``superseded/<fingerprint>/`` in the work folder. The simulated time is not part of that match, so
+a finished shorter run (e.g. ``--time-ps 10``) extends exactly to a longer one (``--time-ps 300``)
+from its saved state, and a collapsed run is final. The summary needs only the result folders. The summary
 ``md_stability.json`` and the plots ``stability.png``, ``hr_<molecule>.png`` and ``speed.png`` are
 rebuilt at the end of every invocation from all completed runs in ``<out>/runs`` that share the
 current protocol (so separate invocations per molecule, e.g. one per core, add up to one summary).
@@ -69,6 +74,8 @@ from .io import savez_atomic, write_json_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORK_ROOT = REPO_ROOT / "runs"  # ignored by git: resumable states and trajectories
 # the fine-tuning study's run folders (benchmarks/finetune_study.py; not imported here: it loads torch)
 STUDY_RUNS_DIR = Path(__file__).resolve().parent / "results" / "finetune_study" / "runs"
 RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
@@ -294,10 +301,29 @@ def protocol_key(protocol: Protocol) -> str:
     return hashlib.sha256(json.dumps(trajectory_settings(protocol), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def default_work_dir(out: Path) -> Path:
+    """The work folder (resumable states, trajectories) of the runs summarised in ``out``:
+    ``runs/<out below benchmarks/results>`` (ignored by git) for an ``out`` in benchmarks/results,
+    else ``<out>/work``."""
+    out = Path(out).resolve()
+    try:
+        return WORK_ROOT / out.relative_to(RESULTS_DIR.resolve())
+    except ValueError:
+        return out / "work"
+
+
+def _run_work_dir(run_dir: Path, work: Path | None) -> Path:
+    """The work folder of the run with result folder ``run_dir`` (the result folder itself when
+    ``work`` is None, as :func:`run_one` without ``work_dir``)."""
+    return Path(work) / Path(run_dir).name if work is not None else Path(run_dir)
+
+
+def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, Any]],
+                          work: Path | None = None) -> List[Dict[str, Any]]:
     """Completed runs in ``out/runs`` with the same protocol, whatever their simulated time, that
     this invocation did not touch (for example runs of other molecules made by a parallel or an
-    earlier invocation), so the summary covers them all."""
+    earlier invocation), so the summary covers them all. ``work`` is the work folder root, where
+    the saved states of running or stopped extensions are."""
     seen = {(r["molecule"], r["model"]) for r in have}
     found = []
     for path in sorted((out / "runs").glob("*/result.json")):
@@ -306,15 +332,15 @@ def collect_previous_runs(out: Path, protocol: Protocol, have: List[Dict[str, An
         except (OSError, ValueError):
             continue
         if result.get("protocol_key") == protocol_key(protocol) and (result["molecule"], result["model"]) not in seen:
-            reached = extension_reached_ps(path.parent, result, protocol.timestep_fs)
+            reached = extension_reached_ps(_run_work_dir(path.parent, work), result, protocol.timestep_fs)
             found.append({**result, "extension_reached_ps": reached} if reached is not None else result)
     return found
 
 
-def extension_reached_ps(run_dir: Path, result: Dict[str, Any], timestep_fs: float) -> float | None:
-    """Simulated time (ps) of the saved state in ``run_dir`` when it is further than the finished
+def extension_reached_ps(work_dir: Path, result: Dict[str, Any], timestep_fs: float) -> float | None:
+    """Simulated time (ps) of the saved state in ``work_dir`` when it is further than the finished
     ``result`` (the run is being extended, or an extension was stopped), else None."""
-    state_path = run_dir / "state.npz"
+    state_path = work_dir / "state.npz"
     if result.get("collapsed") or not state_path.is_file():
         return None
     try:
@@ -373,16 +399,21 @@ class RunLogger:
 
 def run_one(
     spec: ModelSpec, reference: Reference, protocol: Protocol, run_dir: Path, checkpoint_every: int = 50,
-    restart: bool = False, quiet: bool = False,
+    restart: bool = False, quiet: bool = False, work_dir: Path | None = None,
 ) -> Dict[str, Any]:
-    """Run (or resume, or reuse) one molecule/model simulation and return its result dict."""
+    """Run (or resume, or reuse) one molecule/model simulation and return its result dict.
+    ``result.json`` goes to ``run_dir``; ``state.npz`` and ``trajectory.npz`` to ``work_dir``
+    (default ``run_dir``)."""
     from ase import Atoms
 
     from forcefield_et.md import initial_velocities, make_dynamics
 
     log = RunLogger(f"{reference.molecule}/{spec.name}", quiet)
+    run_dir = Path(run_dir)
+    work_dir = Path(work_dir) if work_dir is not None else run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    result_path, state_path = run_dir / "result.json", run_dir / "state.npz"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result_path, state_path = run_dir / "result.json", work_dir / "state.npz"
     # The simulated time is not part of the fingerprint: a finished shorter run extends to a longer one.
     fingerprint = {"protocol": trajectory_settings(protocol), "model_file_sha256": file_digest(spec.path),
                    "model_kind": spec.kind, "molecule": reference.molecule}
@@ -402,8 +433,12 @@ def run_one(
             # result.json stays (the last finished length) until the extension's result replaces it
             log(f"result.json covers {previous['simulated_ps']:g} ps; extending the run to {protocol.time_ps:g} ps")
         else:
-            kept = _set_aside(run_dir, str(previous.get("fingerprint")), ("result.json", "trajectory.npz", "hr.npy"))
-            log(f"result.json is from a different protocol or model file; running again (the old result is in {kept})")
+            _set_aside(work_dir, str(previous.get("fingerprint")), ("trajectory.npz",))
+            superseded = read_superseded(run_dir) + [previous]
+            write_json_atomic(run_dir / "superseded.json", superseded)
+            result_path.unlink()
+            log(f"result.json is from a different protocol or model file; running again (the old result is in "
+                f"{run_dir / 'superseded.json'})")
 
     calculator = make_calculator(spec, protocol)
     atoms = Atoms(numbers=reference.numbers, positions=reference.frames[protocol.start_frame].copy())
@@ -424,7 +459,7 @@ def run_one(
             thermo = (state["eta"], state["p_eta"]) if "eta" in state.files else None
             resume_note = f"resumed at step {steps_done}"
         else:
-            kept = _set_aside(run_dir, str(state["fingerprint"]), ("state.npz",))
+            kept = _set_aside(work_dir, str(state["fingerprint"]), ("state.npz",))
             log(f"state.npz is from a different protocol or model file; starting over (the old state is in {kept})")
     if steps_done == 0:
         initial_velocities(atoms, protocol.temperature_K, protocol.seed, remove_rotation=True)
@@ -494,8 +529,7 @@ def run_one(
     else:
         stability_ps = steps_done * protocol.timestep_fs / 1000.0
     steps_per_s = steps_done / md_wall_s if md_wall_s > 0 else float("nan")
-    np.save(run_dir / "hr.npy", hr)
-    savez_atomic(run_dir / "trajectory.npz", positions=frames_arr, numbers=reference.numbers,
+    savez_atomic(work_dir / "trajectory.npz", positions=frames_arr, numbers=reference.numbers,
                   time_ps=np.arange(len(frames_arr)) * protocol.save_interval_ps,
                   temperature_K=np.asarray(temperatures))
     finite_t = np.asarray([t for t in temperatures[1:] if np.isfinite(t)])
@@ -529,6 +563,7 @@ def run_one(
         "fingerprint": fingerprint_key,
         "protocol_key": protocol_key(protocol),
         "run_dir": str(run_dir),
+        "hr": hr.tolist(),
     }
     write_json_atomic(result_path, result)
     log(f"done: stability {stability_ps:.2f} ps ({'collapsed' if collapsed_at is not None else 'stable'}), "
@@ -544,29 +579,61 @@ def _collapse_bonds_of(positions: np.ndarray, reference: Reference, protocol: Pr
                         protocol.collapse_threshold_A, reference.frames)
 
 
-def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protocol: Protocol) -> None:
+def add_missing_collapse_bonds(run: Dict[str, Any], reference: Reference, protocol: Protocol,
+                               work: Path | None = None) -> None:
     """Give a collapsed run's result from before the ``collapse_bonds`` field that field, from its
-    saved trajectory, in ``run`` and in its result.json."""
+    saved trajectory (in the work folder root ``work``), in ``run`` and in its result.json. Without
+    the trajectory the result stays as it is."""
     if not run["collapsed"] or "collapse_bonds" in run:
         return
     run_dir = Path(run["run_dir"])
-    with np.load(run_dir / "trajectory.npz") as trajectory:
+    trajectory_path = _run_work_dir(run_dir, work) / "trajectory.npz"
+    if not trajectory_path.is_file():
+        return
+    with np.load(trajectory_path) as trajectory:
         positions = trajectory["positions"][run["collapse_frame"]]
     run["collapse_bonds"] = _collapse_bonds_of(positions, reference, protocol)
     stored = json.loads((run_dir / "result.json").read_text())
     write_json_atomic(run_dir / "result.json", {**stored, "collapse_bonds": run["collapse_bonds"]})
 
 
-def _set_aside(run_dir: Path, fingerprint: str, names: Sequence[str]) -> Path:
+def _set_aside(work_dir: Path, fingerprint: str, names: Sequence[str]) -> Path:
     """Move the files ``names`` of an older run (another protocol or model file) out of the way, into
-    ``run_dir/superseded/<its fingerprint, 12 characters>/``, instead of deleting them. The summary
-    reads only ``runs/*/result.json``, so a set-aside run stays out of it."""
-    folder = run_dir / "superseded" / fingerprint[:12]
+    ``work_dir/superseded/<its fingerprint, 12 characters>/``, instead of deleting them."""
+    folder = work_dir / "superseded" / fingerprint[:12]
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        if (run_dir / name).is_file():
-            (run_dir / name).replace(folder / name)
+        if (work_dir / name).is_file():
+            (work_dir / name).replace(folder / name)
     return folder
+
+
+def read_superseded(run_dir: Path) -> List[Dict[str, Any]]:
+    """The results of the earlier runs that this run replaced (``superseded.json``), oldest first."""
+    path = Path(run_dir) / "superseded.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+SUMMARY_LEAVES_OUT = ("fingerprint", "protocol_key", "hr")
+
+
+def summary_entry(run: Dict[str, Any]) -> Dict[str, Any]:
+    """A run as the summary lists it: without its fingerprints and h(r) histogram (in its
+    result.json), with the results of the runs it replaced under ``superseded``."""
+    entry = {k: v for k, v in run.items() if k not in SUMMARY_LEAVES_OUT}
+    superseded = read_superseded(Path(run["run_dir"]))
+    if superseded:
+        entry["superseded"] = [{k: v for k, v in r.items() if k not in SUMMARY_LEAVES_OUT} for r in superseded]
+    return entry
+
+
+def run_hr(run: Dict[str, Any]) -> np.ndarray | None:
+    """A run's h(r) histogram: from its result (``hr``), else from ``hr.npy`` in its result folder
+    (results written before the histogram moved into result.json), else None."""
+    if run.get("hr") is not None:
+        return np.asarray(run["hr"], dtype=np.float64)
+    path = Path(run["run_dir"]) / "hr.npy"
+    return np.load(path) if path.is_file() else None
 
 
 def stability_text(run: Dict[str, Any]) -> str:
@@ -688,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "is replaced by the molecule name (repeatable)")
     parser.add_argument("--out", help="output folder (default benchmarks/results/md_stability, "
                                       "or benchmarks/results/md_stability_quick with --quick)")
+    parser.add_argument("--work", help="folder for the resumable states and trajectories (default runs/md_stability, "
+                                       "runs/md_stability_quick with --quick; <out>/work for an --out outside "
+                                       "benchmarks/results)")
     parser.add_argument("--time-ps", type=float, help="simulated time per run (default 300, --quick 2)")
     parser.add_argument("--temperature", type=float, default=500.0, help="K")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -715,6 +785,7 @@ def main(argv: List[str] | None = None) -> int:
     default_out = "benchmarks/results/md_stability_quick" if args.quick else "benchmarks/results/md_stability"
     out = Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else default_work_dir(out)
     protocol = Protocol(
         temperature_K=args.temperature, timestep_fs=args.timestep,
         time_ps=args.time_ps if args.time_ps is not None else (2.0 if args.quick else 300.0),
@@ -748,7 +819,7 @@ def main(argv: List[str] | None = None) -> int:
             try:
                 runs.append(run_one(spec, references[molecule], protocol, out / "runs" / f"{molecule}__{model}",
                                     checkpoint_every=max(1, args.checkpoint_every), restart=args.restart,
-                                    quiet=args.quiet))
+                                    quiet=args.quiet, work_dir=work / f"{molecule}__{model}"))
             except Exception as error:  # one broken model must not stop the others
                 reason = f"run failed: {type(error).__name__}: {error}"
                 skipped.append({"molecule": molecule, "model": model, "reason": reason})
@@ -756,14 +827,14 @@ def main(argv: List[str] | None = None) -> int:
 
     from .machine import machine_info
 
-    runs += collect_previous_runs(out, protocol, runs)
+    runs += collect_previous_runs(out, protocol, runs, work)
     all_molecules = [m for m in MOLECULES if any(r["molecule"] == m for r in runs)]
     all_models = list(dict.fromkeys(list(models) + [r["model"] for r in runs]))
     for molecule in all_molecules:
         if molecule not in references:
             references[molecule] = load_reference(molecule, protocol)
     for run in runs:
-        add_missing_collapse_bonds(run, references[run["molecule"]], protocol)
+        add_missing_collapse_bonds(run, references[run["molecule"]], protocol, work)
     plot_models = [m for m in all_models if any(r["model"] == m for r in runs)]
     plot_molecules = all_molecules
     colours = {model: f"C{k}" for k, model in enumerate(plot_models)}  # the bar charts' colours too
@@ -780,8 +851,8 @@ def main(argv: List[str] | None = None) -> int:
             f"MD speed ({protocol.device}, {protocol.threads} thread(s), {protocol.dtype} ET)", out / "speed.png"))
         for molecule in plot_molecules:
             # in plot_models order, so that each model has the same colour in every figure
-            paths = {r["model"]: Path(r["run_dir"]) / "hr.npy" for r in runs if r["molecule"] == molecule}
-            curves = {model: np.load(paths[model]) for model in plot_models if model in paths}
+            histograms = {r["model"]: run_hr(r) for r in runs if r["molecule"] == molecule}
+            curves = {model: histograms[model] for model in plot_models if histograms.get(model) is not None}
             if curves:
                 figures[f"hr_{molecule}"] = str(_hr_plot(molecule, references[molecule].hr, curves, protocol,
                                                          out / f"hr_{molecule}.png", colours))
@@ -795,7 +866,7 @@ def main(argv: List[str] | None = None) -> int:
         "protocol": protocol.to_dict(),
         "molecules": plot_molecules,
         "models": plot_models,
-        "runs": [{k: v for k, v in r.items() if k not in ("fingerprint", "protocol_key")} for r in runs],
+        "runs": [summary_entry(r) for r in runs],
         "skipped": skipped,
         "figures": figures,
         "wall_time_s": time.perf_counter() - started,
@@ -817,6 +888,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "Protocol", "collapse_frame", "distance_histogram", "hr_mae", "load_reference", "resolve_model", "run_one",
-    "table",
+    "Protocol", "collapse_frame", "default_work_dir", "distance_histogram", "hr_mae", "load_reference", "resolve_model",
+    "run_one", "table",
 ]

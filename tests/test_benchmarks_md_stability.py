@@ -177,18 +177,55 @@ def test_a_run_with_another_model_file_sets_the_old_run_aside(tmp_path, small_ch
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     protocol = ms.Protocol(time_ps=0.02, save_every=20, temperature_K=100.0, collapse_threshold_A=100.0)
     reference = ms.load_reference("ethanol", protocol)
-    run_dir = tmp_path / "runs" / "ethanol__small"
+    run_dir, work_dir = tmp_path / "runs" / "ethanol__small", tmp_path / "work" / "ethanol__small"
     first = ms.run_one(ms.resolve_model("small", "ethanol", {"small": small_checkpoint}), reference, protocol,
-                       run_dir, quiet=True)
+                       run_dir, quiet=True, work_dir=work_dir)
     torch.manual_seed(1)  # the same name, other weights: a different model file
     save_checkpoint(small_checkpoint, build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16))
     second = ms.run_one(ms.resolve_model("small", "ethanol", {"small": small_checkpoint}), reference, protocol,
-                        run_dir, quiet=True)
+                        run_dir, quiet=True, work_dir=work_dir)
     assert second["fingerprint"] != first["fingerprint"] and second["resume"] == "fresh start"
-    kept = run_dir / "superseded" / first["fingerprint"][:12]
-    assert json.loads((kept / "result.json").read_text()) == first
-    assert {p.name for p in kept.iterdir()} == {"result.json", "state.npz", "trajectory.npz", "hr.npy"}
-    assert [r["fingerprint"] for r in ms.collect_previous_runs(tmp_path, protocol, [])] == [second["fingerprint"]]
+    # the old result moves into superseded.json beside the new one; its state and trajectory into the work folder
+    assert json.loads((run_dir / "superseded.json").read_text()) == [first]
+    assert {p.name for p in run_dir.iterdir()} == {"result.json", "superseded.json"}
+    kept = work_dir / "superseded" / first["fingerprint"][:12]
+    assert {p.name for p in kept.iterdir()} == {"state.npz", "trajectory.npz"}
+    [found] = ms.collect_previous_runs(tmp_path, protocol, [], tmp_path / "work")
+    assert found["fingerprint"] == second["fingerprint"]
+    entry = ms.summary_entry(found)
+    assert [r["stability_ps"] for r in entry["superseded"]] == [first["stability_ps"]]
+    assert "hr" not in entry and "hr" not in entry["superseded"][0] and "fingerprint" not in entry
+
+
+def test_results_and_work_folders(tmp_path):
+    results = ms.RESULTS_DIR
+    assert ms.default_work_dir(results / "md_stability") == ms.WORK_ROOT / "md_stability"
+    assert ms.default_work_dir(results / "ablation") == ms.REPO_ROOT / "runs" / "ablation"
+    assert ms.default_work_dir(tmp_path / "out") == tmp_path / "out" / "work"
+
+
+def test_the_report_needs_only_the_result_folders(tmp_path, small_checkpoint):
+    """States and trajectories go to the work folder; without it the report rebuilds the same
+    summary and h(r) plots from the results alone."""
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--model-path", f"small={small_checkpoint}", "--models", "small", "--out", str(out), "--quiet",
+              "--save-every", "10", "--work", str(work)]
+    assert ms.main(["--molecules", "ethanol", "--time-ps", "0.02", *common]) == 0
+    run_dir = out / "runs" / "ethanol__small"
+    assert {p.name for p in run_dir.iterdir()} == {"result.json"}
+    assert {p.name for p in (work / "ethanol__small").iterdir()} == {"state.npz", "trajectory.npz"}
+    result = json.loads((run_dir / "result.json").read_text())
+    trajectory = np.load(work / "ethanol__small" / "trajectory.npz")["positions"]
+    np.testing.assert_array_equal(result["hr"], ms.distance_histogram(trajectory))
+    before = json.loads((out / "md_stability.json").read_text())
+    for path in (work / "ethanol__small").iterdir():
+        path.unlink()
+    (out / "hr_ethanol.png").unlink()
+    assert ms.main(["--report", *common]) == 0
+    after = json.loads((out / "md_stability.json").read_text())
+    assert after["runs"] == before["runs"] and "hr" not in after["runs"][0]
+    assert (out / "hr_ethanol.png").stat().st_size > 1000
 
 
 def test_the_summary_covers_earlier_runs_of_other_lengths(tmp_path, small_checkpoint):
