@@ -33,6 +33,71 @@ def _json(relative: str) -> Dict[str, Any]:
     return json.loads((RESULTS / relative).read_text())
 
 
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def scientific(value: float, digits: int = 1) -> str:
+    """``0.00115`` -> ``1.2 × 10⁻³``."""
+    mantissa, exponent = f"{value:.{digits}e}".split("e")
+    return f"{mantissa} × 10{str(int(exponent)).translate(SUPERSCRIPTS)}"
+
+
+def nve_drift() -> str:
+    lines = ["| precision | drift (eV/atom/ns) | fluctuation around the fit (eV) | MD steps/s |", "|---|---|---|---|"]
+    for run in _json("nve_drift.json")["runs"]:
+        lines.append(f"| {run['dtype']} | {scientific(run['drift_eV_per_atom_per_ns'])} "
+                     f"| {scientific(run['fluctuation_eV'])} | {run['steps_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ase_calculator() -> str:
+    lines = ["| torch threads | bare model ms/call | ETCalculator ms/call | overhead | ASE MD steps/s (VelocityVerlet) "
+             "| ns/day at 0.5 fs |", "|---|---|---|---|---|---|"]
+    for row in _json("ase_calculator.json")["rounds"]:
+        overhead = row["calculator_overhead_percent"]
+        text = f"{overhead:.1f} %".replace("-", "−")
+        if abs(overhead) < 5:  # the machine's run-to-run noise is about ±10 %
+            text = f"within noise ({text})"
+        lines.append(f"| {row['threads']} | {row['bare_model_ms']:.1f} | {row['calculator_ms']:.1f} | {text} "
+                     f"| {row['md_steps_per_s']:.1f} | {row['md_ns_per_day']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def model_speed() -> str:
+    labels = {"default": "default `build_model()` (128 hidden, 6 layers)",
+              "pretrained": "bundled `pretrained` (128 hidden, 4 layers)"}
+    lines = ["| model (aspirin, 21 atoms) | eager ms/call | `torch.jit.script` ms/call | scripted / eager "
+             "| max |ΔF| eager vs scripted |", "|---|---|---|---|---|"]
+    for name, row in _json("model_speed.json")["inference"].items():
+        lines.append(f"| {labels.get(name, name)} | {row['eager_ms']:.1f} | {row['scripted_ms']:.1f} "
+                     f"| {row['scripted_over_eager']:.2f} "
+                     f"| {scientific(row['max_abs_force_difference_eV_A'], 1).replace('.0 ×', ' ×')} eV/Å |")
+    return "\n".join(lines) + "\n"
+
+
+def neighbors_slopes() -> str:
+    result = _json("neighbors.json")
+    names = ("periodic", "nonperiodic", "matscipy")
+    lines = ["| time | `radius_graph` periodic | `radius_graph` non-periodic | matscipy periodic |",
+             "|---|---|---|---|"]
+    for label, slopes in (("wall", result["slopes"]), ("user CPU", result["slopes_user_time"])):
+        lines.append(f"| {label} | " + " | ".join(f"{slopes[n]:.2f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+NEIGHBOR_SIZES_SHOWN = (1536, 5184, 24000, 41472)
+
+
+def neighbors_times() -> str:
+    lines = ["| N atoms | periodic wall ms | non-periodic wall ms | matscipy wall ms | edges |",
+             "|---|---|---|---|---|"]
+    for row in _json("neighbors.json")["results"]:
+        if row["n_atoms"] in NEIGHBOR_SIZES_SHOWN:
+            lines.append(f"| {row['n_atoms']:,} | {1000 * row['periodic_s']:,.0f} | {1000 * row['nonperiodic_s']:,.0f} "
+                         f"| {1000 * row['matscipy_s']:,.0f} | {row['periodic_edges']:,} |")
+    return "\n".join(lines) + "\n"
+
+
 def finetune_study() -> str:
     from . import finetune_study as study
 
@@ -63,6 +128,12 @@ def ablation() -> str:
     return study.table(_json("ablation/ablation.json")["rows"])
 
 
+def qm9_property() -> str:
+    from . import qm9_property as qm9
+
+    return qm9.table(_json("qm9_property/qm9_property.json"))
+
+
 def md_stability() -> str:
     from . import md_stability as stability
 
@@ -76,6 +147,12 @@ TABLES: Dict[str, Callable[[], str]] = {
     "train_speed_data_parallel": train_speed_data_parallel,
     "md_stability": md_stability,
     "ablation": ablation,
+    "qm9_property": qm9_property,
+    "nve_drift": nve_drift,
+    "ase_calculator": ase_calculator,
+    "model_speed": model_speed,
+    "neighbors_slopes": neighbors_slopes,
+    "neighbors_times": neighbors_times,
 }
 
 

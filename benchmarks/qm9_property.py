@@ -131,6 +131,28 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def table(summary: Dict[str, Any]) -> str:
+    """Markdown: test U0 MAE of both starts per fold, and their means."""
+    runs = {(r["fold"], r["start"]): r for r in summary["runs"]}
+    lines = ["| fold | test molecules | U0 MAE pretrained (meV) | U0 MAE scratch (meV) | scratch / pretrained |",
+             "|---|---|---|---|---|"]
+    for fold in sorted({f for f, _ in runs}):
+        pretrained, scratch = runs.get((fold, "pretrained")), runs.get((fold, "scratch"))
+        if not (pretrained and scratch):
+            continue
+        molecules = str(pretrained["n_test"])
+        excluded = [m["formula"] for m in pretrained.get("test_excluded") or []]
+        if excluded:
+            molecules += f" ({', '.join(excluded)} excluded)"
+        a, b = pretrained["test_u0_mae_meV"], scratch["test_u0_mae_meV"]
+        lines.append(f"| {fold} | {molecules} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    p_mean, s_mean = summary["pretrained_mean_mae_meV"], summary["scratch_mean_mae_meV"]
+    lines.append(f"| mean ± std | | **{p_mean:.1f} ± {summary['pretrained_std_mae_meV']:.1f}** "
+                 f"| **{s_mean:.1f} ± {summary['scratch_std_mae_meV']:.1f}** "
+                 f"| {s_mean / p_mean:.2f} (ratio of the means) |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: List[str] | None = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", nargs="+", type=int, default=list(range(N_FOLDS)))
