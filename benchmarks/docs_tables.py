@@ -98,6 +98,21 @@ def neighbors_times() -> str:
     return "\n".join(lines) + "\n"
 
 
+def openmm_speed() -> str:
+    labels = {"pretrained": "pretrained (4 layers)", "default": "default (6 layers)",
+              "small": "small (2 layers, 32 hidden)"}
+    rows = {(r["model"], r["force"]): r for r in _json("openmm_speed.json")["results"]}
+    lines = ["| model | TorchForce ms/step | TorchForce ns/day | PythonForce ms/step | PythonForce ns/day |",
+             "|---|---|---|---|---|"]
+    for model in dict.fromkeys(m for m, _ in rows):
+        cells = []
+        for force in ("TorchForce", "PythonForce"):
+            row = rows.get((model, force))
+            cells += [f"{row['ms_per_step']:.1f}", f"{row['ns_per_day']:.3g}"] if row else ["–", "–"]
+        lines.append(f"| {labels.get(model, model)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def finetune_study() -> str:
     from . import finetune_study as study
 
@@ -153,6 +168,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "model_speed": model_speed,
     "neighbors_slopes": neighbors_slopes,
     "neighbors_times": neighbors_times,
+    "openmm_speed": openmm_speed,
 }
 
 
