@@ -113,6 +113,17 @@ def openmm_speed() -> str:
     return "\n".join(lines) + "\n"
 
 
+def large_systems() -> str:
+    paths = {"all_edges": "all edges", "chunked": "chunked"}
+    lines = ["| atoms | path the plan chose | s per call (call 1, call 2) | peak memory of the calls | estimate |",
+             "|---|---|---|---|---|"]
+    for row in _json("large_systems.json")["results"]:
+        calls = ", ".join(f"{t:.1f}" for t in row["s_per_call"])
+        lines.append(f"| {row['atoms']:,} | {paths.get(row['path'], row['path'])} | {calls} "
+                     f"| {row['peak_increase_gib']:.1f} GiB | {row['estimated_gib']:.1f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
 def finetune_study() -> str:
     from . import finetune_study as study
 
@@ -169,6 +180,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "neighbors_slopes": neighbors_slopes,
     "neighbors_times": neighbors_times,
     "openmm_speed": openmm_speed,
+    "large_systems": large_systems,
 }
 
 
