@@ -1,0 +1,179 @@
+"""Argument types for the command line: each turns the text of one option into a value or raises
+``argparse.ArgumentTypeError``, which argparse reports as one line naming the option (exit status 2).
+
+Use them as ``type=`` of ``add_argument``; the factories take bounds, so that a value that is
+legal but absurd (a batch of 10^12 structures, 10^6 layers) is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Callable
+
+__all__ = [
+    "MAX_COUNT",
+    "MAX_SEED",
+    "bounded_int",
+    "existing_file",
+    "existing_path",
+    "finite_float",
+    "float_in_range",
+    "fraction",
+    "nonnegative_float",
+    "nonnegative_int",
+    "output_directory",
+    "output_file",
+    "positive_float",
+    "positive_int",
+    "seed",
+]
+
+MAX_COUNT = 10**12  # largest step / frame count an option accepts
+MAX_SEED = 2**63 - 1
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a finite number")
+    return value
+
+
+def bounded_int(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
+    """Type of an integer option in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        value = _parse_int(text)
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be an integer from {minimum} to {maximum}")
+        return value
+
+    parse.__name__ = f"integer in [{minimum}, {maximum}]"
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (at most MAX_COUNT)."""
+    value = _parse_int(text)
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive integer (at most {MAX_COUNT:.0e})")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (at most MAX_COUNT)."""
+    value = _parse_int(text)
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 0 (at most {MAX_COUNT:.0e})")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer from 0 to 2**63 - 1."""
+    value = _parse_int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed must be an integer from 0 to 2**63 - 1")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (NaN and inf are refused)."""
+    return _parse_float(text)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _parse_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _parse_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number >= 0")
+    return value
+
+
+def float_in_range(
+    low: float, high: float, include_low: bool = True, include_high: bool = False
+) -> Callable[[str], float]:
+    """Type of a finite float option in the interval from ``low`` to ``high``."""
+    interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
+
+    def parse(text: str) -> float:
+        value = _parse_float(text)
+        above = value >= low if include_low else value > low
+        below = value <= high if include_high else value < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"{text!r}: must lie in {interval}")
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse
+
+
+fraction = float_in_range(0.0, 1.0)  # [0, 1)
+
+
+def existing_file(text: str) -> str:
+    """The path of an existing, non-empty regular file."""
+    path = Path(text).expanduser()
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty string is not a file name")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if path.stat().st_size == 0:
+        raise argparse.ArgumentTypeError(f"{text}: the file is empty")
+    return str(text)
+
+
+def existing_path(text: str) -> str:
+    """A data path: an existing non-empty file, an existing directory (e.g. DeePMD data), or a
+    glob pattern (``*?[``), whose matches the reader resolves."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty string is not a path")
+    path = Path(text).expanduser()
+    if any(c in path.name for c in "*?["):
+        return str(text)
+    if path.is_dir():
+        return str(text)
+    return existing_file(text)
+
+
+def output_directory(text: str) -> str:
+    """A folder to write into: it may exist, but not as a file."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty string is not a folder name")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
+    return str(text)
+
+
+def output_file(text: str) -> str:
+    """A file to write: it may exist (it is replaced), but not as a folder."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty string is not a file name")
+    path = Path(text).expanduser()
+    if path.is_dir() or str(text).endswith(("/", "\\")):
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {path.parent} is a file, not a folder")
+    return str(text)
