@@ -13,11 +13,12 @@ from typing import List
 
 from .cli_validators import (
     bounded_int,
+    check_paths,
     existing_file,
     existing_path,
     float_in_range,
     fraction,
-    nonnegative_float,
+    model_reference,
     nonnegative_int,
     output_directory,
     output_file,
@@ -48,6 +49,14 @@ hidden_channels_arg = bounded_int(1, 4096)
 num_layers_arg = bounded_int(1, 64)
 threads_arg = bounded_int(0, 4096)
 open_fraction_arg = float_in_range(0.0, 1.0, include_low=False)  # (0, 1)
+learning_rate_arg = float_in_range(0.0, 1.0, include_low=False, include_high=True)
+loss_weight_arg = float_in_range(0.0, 1e6, include_high=True)
+timestep_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)  # fs
+temperature_arg = float_in_range(0.0, 1e5, include_high=True)  # K
+friction_arg = float_in_range(0.0, 10.0, include_high=True)  # 1/fs
+force_threshold_arg = float_in_range(0.0, 1e3, include_low=False, include_high=True)  # eV/Å
+bond_change_arg = float_in_range(0.0, 100.0, include_low=False, include_high=True)  # Å
+zbl_scale_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -224,7 +233,10 @@ def _cmd_md(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"{path} is a directory, not a structure file")
             raise FileNotFoundError(f"structure file not found: {path}")
         path = structure_path(args.structure)
-    atoms = read(str(path))
+    try:
+        atoms = read(str(path))
+    except Exception as error:  # ase raises many types for unreadable files
+        raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
     threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
     torch.set_num_threads(threads)
     atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
@@ -264,11 +276,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
 
     if args.format == "checkpoint":
-        import yaml
 
         from .checkpoint import export_checkpoint, resolve_model_path
 
-        card = yaml.safe_load(Path(args.card).read_text()) if args.card else {}
+        card = _read_card(args.card) if args.card else {}
         if args.name:
             card["name"] = args.name
         path = export_checkpoint(resolve_model_path(args.model), args.out, card)
@@ -283,6 +294,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{{energy eV, forces eV/Å, stress eV/Å³}}, {args.dtype}"
     )
     return 0
+
+
+def _read_card(path: str) -> dict:
+    """The model-card entries of a YAML file (a mapping); ValueError naming the file otherwise."""
+    import yaml
+
+    try:
+        card = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        one_line = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(f"--card {path}: not a YAML file ({one_line})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"--card {path}: expected a YAML mapping of model-card entries, got {type(card).__name__}")
+    return card
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -370,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  forcefield-et finetune --train data.xyz --schedule plateau --time-budget 2h --test test.xyz --out run",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
+    p.add_argument(
+        "--model", default="pretrained", type=model_reference, help="starting model: name, path, or 'scratch'"
+    )
     p.add_argument(
         "--train", required=True, nargs="+", type=existing_path, help="training data file(s) (extxyz, ASE db, npz, ...)"
     )
@@ -406,16 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--early-stop-patience, which then decide when to stop)"
     )
     p.add_argument("--batch-size", type=batch_size_arg, default=8, help="structures per optimiser step")
-    p.add_argument("--lr", type=positive_float, default=5e-4, help="AdamW learning rate after the warm-up")
+    p.add_argument("--lr", type=learning_rate_arg, default=5e-4, help="AdamW learning rate after the warm-up")
     p.add_argument(
         "--warmup-steps", type=nonnegative_int, default=100, help="linear warm-up steps (at most a tenth of --steps)"
     )
     p.add_argument(
-        "--energy-weight", type=nonnegative_float, default=1.0, help="per-atom energy MSE weight (0: forces only)"
+        "--energy-weight", type=loss_weight_arg, default=1.0, help="per-atom energy MSE weight (0: forces only)"
     )
-    p.add_argument("--force-weight", type=nonnegative_float, default=10.0, help="force MSE weight")
+    p.add_argument("--force-weight", type=loss_weight_arg, default=10.0, help="force MSE weight")
     p.add_argument("--ema-decay", type=fraction, default=0.99, help="decay of the weight average that best.pt holds")
-    p.add_argument("--min-lr", type=positive_float, default=1e-6, help="floor of the learning rate")
+    p.add_argument("--min-lr", type=learning_rate_arg, default=1e-6, help="floor of the learning rate")
     p.add_argument(
         "--schedule",
         default="cosine",
@@ -467,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fast on CPU); --no-compile trains in eager mode",
     )
     p.add_argument(
-        "--zbl", nargs="?", type=positive_float, const=1.0, metavar="SCALE",
+        "--zbl", nargs="?", type=zbl_scale_arg, const=1.0, metavar="SCALE",
         help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights), switched off at "
         "SCALE (default 1) times the sum of the two atoms' covalent radii",
     )
@@ -510,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rmd17_aspirin_test_01.npz --out eval_aspirin",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, type=model_reference)
     p.add_argument("--data", required=True, type=existing_path)
     p.add_argument("--format", default="auto")
     p.add_argument(
@@ -539,12 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="aspirin",
         help="structure file readable by ASE, or a bundled name (default: aspirin)",
     )
-    p.add_argument("--model", default="pretrained")
+    p.add_argument("--model", default="pretrained", type=model_reference)
     p.add_argument("--steps", type=nonnegative_int, default=2000)
-    p.add_argument("--timestep", type=positive_float, default=0.5, help="fs")
-    p.add_argument("--temperature", type=nonnegative_float, default=300.0, help="K")
+    p.add_argument("--timestep", type=timestep_arg, default=0.5, help="fs")
+    p.add_argument("--temperature", type=temperature_arg, default=300.0, help="K")
     p.add_argument("--thermostat", default="langevin", choices=["langevin", "nose-hoover", "nve"])
-    p.add_argument("--friction", type=nonnegative_float, default=0.01, help="Langevin friction (1/fs)")
+    p.add_argument("--friction", type=friction_arg, default=0.01, help="Langevin friction (1/fs)")
     p.add_argument("--interval", type=positive_int, default=10, help="steps between saved frames")
     p.add_argument(
         "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png)"
@@ -554,14 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
         "--relax-fmax",
-        type=positive_float,
+        type=force_threshold_arg,
         default=0.05,
         help="relax with FIRE to this largest force (eV/Å) before MD (default 0.05)",
     )
     p.add_argument("--no-relax", action="store_true", help="start MD from the input geometry as it is")
     p.add_argument(
         "--max-bond-change",
-        type=positive_float,
+        type=bond_change_arg,
         metavar="ANGSTROM",
         help="stop when a covalent bond of the starting structure has changed length by more than this "
         f"(Å; MDsim's collapse criterion is 0.5) and exit with status {BROKEN_BOND_EXIT_STATUS}; without it "
@@ -588,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model to TorchScript",
         epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt",
     )
-    p.add_argument("--model", default="pretrained")
+    p.add_argument("--model", default="pretrained", type=model_reference)
     p.add_argument("--out", required=True, type=output_file)
     p.add_argument(
         "--format",
@@ -608,14 +635,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  forcefield-et info\n  forcefield-et info pretrained",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="bundled name or checkpoint path (omit to list the bundled models)")
+    p.add_argument(
+        "model", nargs="?", type=model_reference,
+        help="bundled name or checkpoint path (omit to list the bundled models)",
+    )
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
 
 
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = check_paths(_subparser(parser, args.command), args)
+    if problem:
+        print(f"forcefield-et {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

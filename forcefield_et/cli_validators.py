@@ -16,11 +16,13 @@ __all__ = [
     "MAX_COUNT",
     "MAX_SEED",
     "bounded_int",
+    "check_paths",
     "existing_file",
     "existing_path",
     "finite_float",
     "float_in_range",
     "fraction",
+    "model_reference",
     "nonnegative_float",
     "nonnegative_int",
     "output_directory",
@@ -130,50 +132,99 @@ def float_in_range(
 fraction = float_in_range(0.0, 1.0)  # [0, 1)
 
 
-def existing_file(text: str) -> str:
-    """The path of an existing, non-empty regular file."""
-    path = Path(text).expanduser()
+# Path arguments are checked after the whole command line has parsed (see check_paths), so that a
+# malformed number anywhere on the line is reported first, as argparse does, and so that a missing
+# file is reported in the order of the command's options. Each check returns a problem or None.
+
+
+def _path_type(check: Callable[[str], str | None], description: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        return str(text)
+
+    parse.__name__ = description
+    parse.check = check  # type: ignore[attr-defined]
+    return parse
+
+
+def _problem_of_file(text: str) -> str | None:
     if not str(text).strip():
-        raise argparse.ArgumentTypeError("an empty string is not a file name")
+        return "an empty string is not a file name"
+    path = Path(text).expanduser()
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a directory, not a file")
+        return f"{text} is a directory, not a file"
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
+        return f"{text}: file not found"
     if path.stat().st_size == 0:
-        raise argparse.ArgumentTypeError(f"{text}: the file is empty")
-    return str(text)
+        return f"{text}: the file is empty"
+    return None
 
 
-def existing_path(text: str) -> str:
-    """A data path: an existing non-empty file, an existing directory (e.g. DeePMD data), or a
-    glob pattern (``*?[``), whose matches the reader resolves."""
+def _problem_of_data_path(text: str) -> str | None:
     if not str(text).strip():
-        raise argparse.ArgumentTypeError("an empty string is not a path")
+        return "an empty string is not a path"
     path = Path(text).expanduser()
-    if any(c in path.name for c in "*?["):
-        return str(text)
-    if path.is_dir():
-        return str(text)
-    return existing_file(text)
+    if any(c in path.name for c in "*?[") or path.is_dir():  # a glob pattern, or a folder (e.g. DeePMD data)
+        return None
+    return _problem_of_file(text)
 
 
-def output_directory(text: str) -> str:
-    """A folder to write into: it may exist, but not as a file."""
+def _problem_of_output_directory(text: str) -> str | None:
     if not str(text).strip():
-        raise argparse.ArgumentTypeError("an empty string is not a folder name")
+        return "an empty string is not a folder name"
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
-    return str(text)
+        return f"{text} is a file, not a folder"
+    return None
 
 
-def output_file(text: str) -> str:
-    """A file to write: it may exist (it is replaced), but not as a folder."""
+def _problem_of_output_file(text: str) -> str | None:
     if not str(text).strip():
-        raise argparse.ArgumentTypeError("an empty string is not a file name")
+        return "an empty string is not a file name"
     path = Path(text).expanduser()
     if path.is_dir() or str(text).endswith(("/", "\\")):
-        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file name")
+        return f"{text} is a folder, not a file name"
     if path.parent.exists() and not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {path.parent} is a file, not a folder")
-    return str(text)
+        return f"{path.parent} is a file, not a folder"
+    return None
+
+
+def _problem_of_model(text: str) -> str | None:
+    if str(text) == "scratch":
+        return None
+    from .checkpoint import CheckpointError, resolve_model_path
+
+    try:
+        path = resolve_model_path(text)
+    except CheckpointError as error:
+        return str(error)
+    if path.stat().st_size == 0:
+        return f"{text}: the file is empty"
+    return None
+
+
+existing_file = _path_type(_problem_of_file, "existing file")
+existing_file.__doc__ = "The path of an existing, non-empty regular file."
+existing_path = _path_type(_problem_of_data_path, "data path")
+existing_path.__doc__ = "A data path: an existing non-empty file, a folder, or a glob pattern (``*?[``)."
+output_directory = _path_type(_problem_of_output_directory, "output folder")
+output_directory.__doc__ = "A folder to write into: it may exist, but not as a file."
+output_file = _path_type(_problem_of_output_file, "output file")
+output_file.__doc__ = "A file to write: it may exist (it is replaced), but not as a folder."
+model_reference = _path_type(_problem_of_model, "model")
+model_reference.__doc__ = "A bundled model name, a checkpoint path, or 'scratch' (where a command allows it)."
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first problem with a path argument of ``args`` (parsed by ``parser``), as
+    ``"argument --name: problem"``, or None when every path is usable."""
+    for action in parser._actions:
+        check = getattr(action.type, "check", None)
+        if check is None:
+            continue
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            problem = None if value is None else check(value)
+            if problem:
+                name = "/".join(action.option_strings) or action.dest
+                return f"argument {name}: {problem}"
+    return None

@@ -241,8 +241,11 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raise ConfigError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML ({error})") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        one_line = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ConfigError(f"{path}: invalid YAML ({one_line})") from error
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping (run_dir, sources, ...), got {type(values).__name__}")
     return config_from_dict(values or {})
 
 

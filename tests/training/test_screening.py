@@ -161,7 +161,8 @@ def test_drop_outliers_must_be_a_positive_number(tmp_path, value):
 
 def test_runs_stored_before_the_screening_options_still_resume(tmp_path):
     current = config(tmp_path, path=tmp_path / "x.xyz").to_dict()
-    stored = {**current, "sources": [{k: v for k, v in s.items() if not k.startswith("drop_")} for s in current["sources"]]}
+    older_sources = [{k: v for k, v in s.items() if not k.startswith("drop_")} for s in current["sources"]]
+    stored = {**current, "sources": older_sources}
     assert config_fingerprint(stored) == config_fingerprint(current)
     changed = config(tmp_path, path=tmp_path / "x.xyz", drop_invalid_frames=True).to_dict()
     assert config_fingerprint(stored) != config_fingerprint(changed)
