@@ -332,12 +332,16 @@ class Trainer:
         head = self.model.head
         head.atomic_energies.add_(torch.as_tensor(solution, dtype=head.atomic_energies.dtype))
 
-    def _predict_energies(self, data: ConformationSet, batch_size: int = 64) -> np.ndarray:
+    def _predict_energies(self, data: ConformationSet) -> np.ndarray:
+        """The model's energies [F] (eV) of ``data``, in batches of at most ``optim.batch_size`` frames
+        that fit in the available memory."""
+        from ..evaluation import memory_batches
+
         tensors = TensorConformations(data, self.dtype)
         out = []
         self.model.eval()
-        for start in range(0, len(data), batch_size):
-            b = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
+        for frames in memory_batches(self.model, tensors, self.config.optim.batch_size):
+            b = tensors.gather(frames)
             with torch.enable_grad():
                 out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double())
         self.model.train()
