@@ -660,7 +660,7 @@ def main(argv: List[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; training runs resume from their last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, ImportError, MemoryError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError, MemoryError, FloatingPointError) as error:
         print(f"forcefield-et {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -285,3 +285,14 @@ def test_hostile_files_reach_a_clear_error(hostile_files, capsys, argv, named):
     assert len(lines) == 1 and lines[0].startswith(f"forcefield-et {argv[0]}: error:") and named in lines[0], err
     assert elapsed < 60
     assert not (hostile_files / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("error", [FloatingPointError("non-finite training loss at step 3"), MemoryError("frame 0 has"),
+                                   IsADirectoryError(21, "Is a directory", "x")])
+def test_runtime_failures_of_a_command_are_one_line_errors(workspace, capsys, monkeypatch, error):
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_md", failing)
+    code, err, _ = run(["md"], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"forcefield-et md: error: {error}"]

@@ -48,7 +48,8 @@ class InvalidFramesError(DataFormatError):
 @dataclass
 class FrameOrigin:
     """Where each frame of a data set came from: ``files`` [K] and, per frame, the index of its
-    file (``file_index`` [F]) and its frame index in that file (``frame_index`` [F])."""
+    file (``file_index`` [F]) and its frame index in that file (``frame_index`` [F]), counted as the
+    file's reader returns its frames (for an xTB corpus read with ``kinds``, among those kinds)."""
 
     files: List[Path]
     file_index: np.ndarray

@@ -778,6 +778,11 @@ class Trainer:
     def _after_validation(self, metrics: Dict[str, float]) -> None:
         optim = self.config.optim
         value = metrics[optim.select_by]
+        if not math.isfinite(value):  # the data is screened (screening.py): the weights have diverged
+            raise FloatingPointError(
+                f"non-finite validation {optim.select_by} ({value}) at step {self.step}: the weights have diverged; "
+                f"lower the learning rate, or resume from an earlier checkpoint"
+            )
         if value < self.best_valid:
             self.best_valid = value
             self.validations_since_best = 0

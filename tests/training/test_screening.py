@@ -166,3 +166,4 @@ def test_runs_stored_before_the_screening_options_still_resume(tmp_path):
     assert config_fingerprint(stored) == config_fingerprint(current)
     changed = config(tmp_path, path=tmp_path / "x.xyz", drop_invalid_frames=True).to_dict()
     assert config_fingerprint(stored) != config_fingerprint(changed)
+

@@ -671,3 +671,19 @@ def test_reference_energy_fit_uses_the_batch_size_and_the_memory_planner(tmp_pat
     monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 2 * 72 * per_edge / runtime.MEMORY_FRACTION)
     Trainer(config_from_dict(values), progress=False)
     assert sizes == [2] * 5  # two ethanol frames (72 neighbour pairs each) fit
+
+
+def test_diverged_weights_stop_at_the_validation_instead_of_never_writing_best_pt(tmp_path):
+    values = {
+        "run_dir": str(tmp_path / "run"), "model": dict(TINY_MODEL),
+        "sources": [{"name": "eth", "format": "rmd17", "path": str(shared_path("rmd17", "rmd17_ethanol_train_01.npz")),
+                     "frames": "0:10", "objective": "forces", "split": "frame", "valid_fraction": 0.2}],
+        "optim": {"batch_size": 4, "max_steps": 1, "valid_every": 1, "compile": False},
+    }
+    trainer = Trainer(config_from_dict(values), progress=False)
+    with torch.no_grad():
+        for average in trainer.ema:  # validation uses the weight average
+            average.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite validation valid_loss .* at step 1"):
+        trainer.run()
+    assert not (tmp_path / "run" / "best.pt").exists()
