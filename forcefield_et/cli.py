@@ -12,19 +12,30 @@ from pathlib import Path
 from typing import List
 
 from .cli_validators import (
-    bounded_int,
+    batch_size_arg,
+    bond_change_arg,
     check_paths,
     existing_file,
     existing_path,
-    float_in_range,
+    force_threshold_arg,
     fraction,
+    friction_arg,
+    hidden_channels_arg,
+    learning_rate_arg,
+    loss_weight_arg,
     model_reference,
     nonnegative_int,
+    num_layers_arg,
+    open_fraction_arg,
     output_directory,
     output_file,
     positive_float,
     positive_int,
     seed,
+    temperature_arg,
+    threads_arg,
+    timestep_arg,
+    zbl_scale_arg,
 )
 
 EPILOG = """examples:
@@ -42,21 +53,6 @@ DEFAULT_FINETUNE_STEPS = 3000
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
-
-# Argument types with bounds (see cli_validators.py): a value outside them is refused before anything runs.
-batch_size_arg = bounded_int(1, 100_000)
-hidden_channels_arg = bounded_int(1, 4096)
-num_layers_arg = bounded_int(1, 64)
-threads_arg = bounded_int(0, 4096)
-open_fraction_arg = float_in_range(0.0, 1.0, include_low=False)  # (0, 1)
-learning_rate_arg = float_in_range(0.0, 1.0, include_low=False, include_high=True)
-loss_weight_arg = float_in_range(0.0, 1e6, include_high=True)
-timestep_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)  # fs
-temperature_arg = float_in_range(0.0, 1e5, include_high=True)  # K
-friction_arg = float_in_range(0.0, 10.0, include_high=True)  # 1/fs
-force_threshold_arg = float_in_range(0.0, 1e3, include_low=False, include_high=True)  # eV/Å
-bond_change_arg = float_in_range(0.0, 100.0, include_low=False, include_high=True)  # Å
-zbl_scale_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -276,7 +272,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
 
     if args.format == "checkpoint":
-
         from .checkpoint import export_checkpoint, resolve_model_path
 
         card = _read_card(args.card) if args.card else {}

@@ -1,8 +1,11 @@
-"""Argument types for the command line: each turns the text of one option into a value or raises
-``argparse.ArgumentTypeError``, which argparse reports as one line naming the option (exit status 2).
+"""Argument types for the command line, used as ``type=`` of ``add_argument``.
 
-Use them as ``type=`` of ``add_argument``; the factories take bounds, so that a value that is
-legal but absurd (a batch of 10^12 structures, 10^6 layers) is refused before anything runs.
+Numeric types turn the text of one option into a value or raise ``argparse.ArgumentTypeError``,
+which argparse reports as one line naming the option (exit status 2); the factories take bounds,
+so that a value that is legal but absurd (a batch of 10^12 structures, 10^6 layers) is refused
+before anything runs. Path types (:data:`existing_file`, :data:`existing_path`,
+:data:`output_directory`, :data:`output_file`, :data:`model_reference`) keep the text and are
+checked by :func:`check_paths` once the whole command line has parsed.
 """
 
 from __future__ import annotations
@@ -15,21 +18,34 @@ from typing import Callable
 __all__ = [
     "MAX_COUNT",
     "MAX_SEED",
+    "batch_size_arg",
+    "bond_change_arg",
     "bounded_int",
     "check_paths",
     "existing_file",
     "existing_path",
     "finite_float",
     "float_in_range",
+    "force_threshold_arg",
     "fraction",
+    "friction_arg",
+    "hidden_channels_arg",
+    "learning_rate_arg",
+    "loss_weight_arg",
     "model_reference",
     "nonnegative_float",
     "nonnegative_int",
+    "num_layers_arg",
+    "open_fraction_arg",
     "output_directory",
     "output_file",
     "positive_float",
     "positive_int",
     "seed",
+    "temperature_arg",
+    "threads_arg",
+    "timestep_arg",
+    "zbl_scale_arg",
 ]
 
 MAX_COUNT = 10**12  # largest step / frame count an option accepts
@@ -228,3 +244,19 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> st
                 name = "/".join(action.option_strings) or action.dest
                 return f"argument {name}: {problem}"
     return None
+
+
+# The bounded argument types of the forcefield-et options.
+batch_size_arg = bounded_int(1, 100_000)
+hidden_channels_arg = bounded_int(1, 4096)
+num_layers_arg = bounded_int(1, 64)
+threads_arg = bounded_int(0, 4096)
+open_fraction_arg = float_in_range(0.0, 1.0, include_low=False)  # (0, 1)
+learning_rate_arg = float_in_range(0.0, 1.0, include_low=False, include_high=True)
+loss_weight_arg = float_in_range(0.0, 1e6, include_high=True)
+timestep_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)  # fs
+temperature_arg = float_in_range(0.0, 1e5, include_high=True)  # K
+friction_arg = float_in_range(0.0, 10.0, include_high=True)  # 1/fs
+force_threshold_arg = float_in_range(0.0, 1e3, include_low=False, include_high=True)  # eV/Å
+bond_change_arg = float_in_range(0.0, 100.0, include_low=False, include_high=True)  # Å
+zbl_scale_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)
