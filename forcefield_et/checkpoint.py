@@ -313,6 +313,7 @@ def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, A
     only (no optimiser state), with ``card`` entries (name, description, level of theory,
     limits, ...) merged into the metadata. Written atomically, checksummed."""
     payload = read_checkpoint(source)
+    check_model_entries(payload["metadata"], payload["state_dict"], source)
     meta = dict(payload["metadata"])
     meta.update(card or {})
     meta["exported_from"] = {"file": Path(source).name, "checksum": payload["checksum"]}

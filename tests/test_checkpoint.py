@@ -323,6 +323,14 @@ def test_checkpoint_entries_are_range_checked_before_the_model_is_built(
     assert not built  # refused before anything was allocated
 
 
+def test_export_refuses_a_checkpoint_whose_entries_do_not_check(saved, tmp_path):
+    _, path = saved
+    bad = _tampered(path, tmp_path / "bad.pt", _set_hyper(cutoff=-1.0))
+    with pytest.raises(CheckpointError, match="hyperparameters.cutoff"):
+        export_checkpoint(bad, tmp_path / "exported.pt")
+    assert not (tmp_path / "exported.pt").exists()
+
+
 def test_bundled_checkpoints_pass_the_entry_checks():
     for name, path in bundled_models().items():
         payload = read_checkpoint(path)
