@@ -203,11 +203,117 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     return payload
 
 
+# Bounds of the hyperparameters a checkpoint may declare: larger values are refused before any
+# tensor is allocated (the largest bundled model has 128 channels, 4 layers, 8 heads, 32 RBF, 5 Å).
+HYPERPARAMETER_BOUNDS = {"hidden_channels": 4096, "num_layers": 64, "num_heads": 256, "num_rbf": 1024}
+MAX_CUTOFF = 50.0  # Å
+MAX_ATOMIC_NUMBER = 118
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_model_entries(metadata: Dict[str, Any], state_dict: Dict[str, Any], path: PathLike = "checkpoint") -> None:
+    """Range-check a checkpoint's hyperparameters against its tensors before a model is built.
+
+    Checks: the known hyperparameters only, integer sizes within :data:`HYPERPARAMETER_BOUNDS`,
+    a finite cutoff in (0, MAX_CUTOFF] Å, distinct atomic numbers in 1..118, floating-point
+    (float32/float64) finite weights, and that the element map, the embedding, the radial basis,
+    the layer count and the head agree with them. Raises CheckpointError naming the field."""
+    from .model.potential import DEFAULT_HYPERPARAMETERS
+
+    def fail(field: str, message: str) -> None:
+        raise CheckpointError(f"{path}: {field} {message}")
+
+    hyper = metadata.get("hyperparameters")
+    if not isinstance(hyper, dict):
+        fail("metadata", "has no 'hyperparameters'")
+    unknown = sorted(set(hyper) - set(DEFAULT_HYPERPARAMETERS))
+    if unknown:
+        fail("hyperparameters", f"has unknown entries {unknown}; known: {sorted(DEFAULT_HYPERPARAMETERS)}")
+    sizes = {}
+    for name, maximum in HYPERPARAMETER_BOUNDS.items():
+        value = hyper.get(name, DEFAULT_HYPERPARAMETERS[name])
+        if not _is_int(value) or not 1 <= value <= maximum:
+            fail(f"hyperparameters.{name}", f"must be an integer from 1 to {maximum}, got {value!r}")
+        sizes[name] = value
+    if sizes["hidden_channels"] % sizes["num_heads"]:
+        fail(
+            "hyperparameters.num_heads",
+            f"({sizes['num_heads']}) must divide hidden_channels ({sizes['hidden_channels']})",
+        )
+    cutoff = hyper.get("cutoff", DEFAULT_HYPERPARAMETERS["cutoff"])
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 < cutoff <= MAX_CUTOFF:
+        fail("hyperparameters.cutoff", f"must be a finite length in (0, {MAX_CUTOFF:g}] Å, got {cutoff!r}")
+    zbl = hyper.get("zbl", False)
+    if not isinstance(zbl, bool) and not (isinstance(zbl, (int, float)) and 0 < zbl < float("inf")):
+        fail("hyperparameters.zbl", f"must be true, false or a positive number, got {zbl!r}")
+    elements = hyper.get("elements", DEFAULT_HYPERPARAMETERS["elements"])
+    if (
+        not isinstance(elements, list)
+        or not elements
+        or not all(_is_int(z) and 1 <= z <= MAX_ATOMIC_NUMBER for z in elements)
+        or len(set(elements)) != len(elements)
+    ):
+        fail("hyperparameters.elements", f"must be a list of distinct atomic numbers in 1..{MAX_ATOMIC_NUMBER}")
+    n_elements = len(elements)
+
+    if not isinstance(state_dict, dict):
+        fail("state_dict", "is not a mapping of names to tensors")
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            fail(f"state_dict[{name!r}]", f"is a {type(tensor).__name__}, not a tensor")
+        if name == "element_index":
+            continue
+        if tensor.dtype not in (torch.float32, torch.float64):
+            fail(f"state_dict[{name!r}]", f"has dtype {tensor.dtype}; weights must be float32 or float64")
+        if not bool(torch.isfinite(tensor).all()):
+            fail(f"state_dict[{name!r}]", "contains NaN or inf")
+
+    def expect_shape(name: str, shape: tuple) -> None:
+        tensor = state_dict.get(name)
+        if tensor is None:
+            fail(f"state_dict[{name!r}]", "is missing")
+        if tuple(tensor.shape) != shape:
+            fail(
+                f"state_dict[{name!r}]",
+                f"has shape {tuple(tensor.shape)}, but the hyperparameters ({n_elements} elements, "
+                f"{sizes['hidden_channels']} hidden channels, {sizes['num_rbf']} RBF) need {shape}",
+            )
+
+    hidden = sizes["hidden_channels"]
+    expect_shape("element_index", (MAX_ATOMIC_NUMBER + 1,))
+    expect_shape("representation.embedding.weight", (n_elements, hidden))
+    expect_shape("representation.rbf.means", (sizes["num_rbf"],))
+    expect_shape("head.atomic_energies", (n_elements,))
+    index = state_dict["element_index"]
+    if index.dtype != torch.int64:
+        fail("state_dict['element_index']", f"has dtype {index.dtype}, expected int64")
+    expected_index = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.int64)
+    expected_index[torch.tensor(sorted(elements))] = torch.arange(n_elements)
+    if not torch.equal(index, expected_index):
+        bad = int(torch.nonzero(index != expected_index)[0, 0])
+        fail(
+            "state_dict['element_index']",
+            f"maps Z={bad} to {int(index[bad])}, which disagrees with hyperparameters.elements "
+            f"({n_elements} elements; entries must be -1 or an index below {n_elements})",
+        )
+    layers = {int(name.split(".")[2]) for name in state_dict if name.startswith("representation.layers.")
+              and name.split(".")[2].isdigit()}
+    if layers != set(range(sizes["num_layers"])):
+        fail(
+            "hyperparameters.num_layers",
+            f"is {sizes['num_layers']}, but the weights hold {len(layers)} layer(s)",
+        )
+
+
 def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, Any] | None = None) -> Path:
     """Copy a (training) checkpoint to an inference checkpoint: the model weights and metadata
     only (no optimiser state), with ``card`` entries (name, description, level of theory,
     limits, ...) merged into the metadata. Written atomically, checksummed."""
     payload = read_checkpoint(source)
+    check_model_entries(payload["metadata"], payload["state_dict"], source)
     meta = dict(payload["metadata"])
     meta.update(card or {})
     meta["exported_from"] = {"file": Path(source).name, "checksum": payload["checksum"]}
@@ -261,9 +367,8 @@ def load_model(
     path = resolve_model_path(name_or_path)
     payload = read_checkpoint(path)
     meta = payload["metadata"]
-    hyper = meta.get("hyperparameters")
-    if not isinstance(hyper, dict):
-        raise CheckpointError(f"{path}: metadata has no 'hyperparameters'")
+    check_model_entries(meta, payload["state_dict"], path)
+    hyper = meta["hyperparameters"]
     try:
         model = Potential(**hyper)
         model.load_state_dict(payload["state_dict"])

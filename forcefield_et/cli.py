@@ -11,6 +11,34 @@ import sys
 from pathlib import Path
 from typing import List
 
+from .cli_validators import (
+    batch_size_arg,
+    bond_change_arg,
+    check_paths,
+    existing_file,
+    existing_path,
+    force_threshold_arg,
+    fraction,
+    friction_arg,
+    hidden_channels_arg,
+    learning_rate_arg,
+    loss_weight_arg,
+    model_reference,
+    nonnegative_int,
+    num_layers_arg,
+    open_fraction_arg,
+    output_directory,
+    output_file,
+    positive_float,
+    positive_int,
+    seed,
+    temperature_arg,
+    threads_arg,
+    timestep_arg,
+    workers_arg,
+    zbl_scale_arg,
+)
+
 EPILOG = """examples:
   forcefield-et pretrain --config configs/pretrain_cpu_small.yaml
   forcefield-et finetune --model pretrained --train train.xyz --n-train 500 --out my_model
@@ -93,6 +121,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         "valid_fraction": args.valid_fraction,
         "valid_max_frames": args.valid_max_frames,
     }
+    if args.drop_invalid_frames:
+        source["drop_invalid_frames"] = True
+    if args.drop_outliers is not None:
+        source["drop_outliers"] = args.drop_outliers
     if args.n_train is not None:
         source["frames"] = f"0:{args.n_train}"
         if not args.valid:
@@ -236,7 +268,10 @@ def _cmd_md(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"{path} is a directory, not a structure file")
             raise FileNotFoundError(f"structure file not found: {path}")
         path = structure_path(args.structure)
-    atoms = read(str(path))
+    try:
+        atoms = read(str(path))
+    except Exception as error:  # ase raises many types for unreadable files
+        raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
     threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
     torch.set_num_threads(threads)
     atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
@@ -276,11 +311,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
 
     if args.format == "checkpoint":
-        import yaml
-
         from .checkpoint import export_checkpoint, resolve_model_path
 
-        card = yaml.safe_load(Path(args.card).read_text()) if args.card else {}
+        card = _read_card(args.card) if args.card else {}
         if args.name:
             card["name"] = args.name
         path = export_checkpoint(resolve_model_path(args.model), args.out, card)
@@ -295,6 +328,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{{energy eV, forces eV/Å, stress eV/Å³}}, {args.dtype}"
     )
     return 0
+
+
+def _read_card(path: str) -> dict:
+    """The model-card entries of a YAML file (a mapping); ValueError naming the file otherwise."""
+    import yaml
+
+    try:
+        card = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        one_line = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(f"--card {path}: not a YAML file ({one_line})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"--card {path}: expected a YAML mapping of model-card entries, got {type(card).__name__}")
+    return card
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -358,9 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: forcefield-et pretrain --config configs/pretrain_cpu_small.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML training configuration (see configs/)")
-    p.add_argument("--max-steps", type=int, help="override optim.max_steps")
-    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--config", required=True, type=existing_file, help="YAML training configuration (see configs/)")
+    p.add_argument("--max-steps", type=nonnegative_int, help="override optim.max_steps")
+    p.add_argument("--run-dir", type=output_directory, help="override run_dir")
     p.add_argument(
         "--overwrite", action="store_true", help="delete the run in run_dir and start afresh (by default a run "
         "with the same configuration is resumed, and one with another configuration is refused)"
@@ -372,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override optim.compile (compile the training step; about twice as fast on CPU after a minute)",
     )
     p.add_argument(
-        "--workers", type=int, default=1, metavar="N",
+        "--workers", type=workers_arg, default=1, metavar="N",
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
         "split between them; the time budget counts the CPU time of all)",
     )
@@ -387,8 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         "  forcefield-et finetune --train data.xyz --schedule plateau --time-budget 2h --test test.xyz --out run",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--model", default="pretrained", help="starting model: name, path, or 'scratch'")
-    p.add_argument("--train", required=True, nargs="+", help="training data file(s) (extxyz, ASE db, npz, ...)")
+    p.add_argument(
+        "--model", default="pretrained", type=model_reference, help="starting model: name, path, or 'scratch'"
+    )
+    p.add_argument(
+        "--train", required=True, nargs="+", type=existing_path, help="training data file(s) (extxyz, ASE db, npz, ...)"
+    )
     p.add_argument("--format", default="auto", help="reader (auto, rmd17, ase, ase_db, deepmd, ...)")
     p.add_argument(
         "--energy-key", help="extxyz/ASE files: the info key holding the energy (default: the calculator's energy)"
@@ -396,17 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--forces-key", help="extxyz/ASE files: the arrays key holding the forces (default: the calculator's forces)"
     )
-    p.add_argument("--n-train", type=int, help="use the first N frames for training")
+    p.add_argument("--n-train", type=positive_int, help="use the first N frames for training")
     p.add_argument(
         "--n-valid-from-train",
-        type=int,
+        type=positive_int,
         default=50,
         help="with --n-train and no --valid: validation frames taken after the first N (default 50)",
     )
-    p.add_argument("--valid", help="validation data file")
-    p.add_argument("--valid-fraction", type=float, default=0.05, help="validation split when no --valid")
-    p.add_argument("--valid-max-frames", type=int, default=500, help="at most this many validation frames")
-    p.add_argument("--out", required=True, help="run directory (best.pt, last.pt, metrics.csv)")
+    p.add_argument("--valid", type=existing_path, help="validation data file")
+    p.add_argument("--valid-fraction", type=fraction, default=0.05, help="validation split when no --valid")
+    p.add_argument("--valid-max-frames", type=positive_int, default=500, help="at most this many validation frames")
+    p.add_argument(
+        "--out", required=True, type=output_directory, help="run directory (best.pt, last.pt, metrics.csv)"
+    )
     existing = p.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume", action="store_true", help="continue the run in --out (same data and settings; a longer "
@@ -415,16 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     p.add_argument("--name", default="finetune", help="source name in logs")
     p.add_argument(
-        "--steps", type=int, help="optimiser steps (default: 3000; no limit with --time-budget or "
+        "--steps", type=positive_int, help="optimiser steps (default: 3000; no limit with --time-budget or "
         "--early-stop-patience, which then decide when to stop)"
     )
-    p.add_argument("--batch-size", type=int, default=8, help="structures per optimiser step")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate after the warm-up")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (at most a tenth of --steps)")
-    p.add_argument("--energy-weight", type=float, default=1.0, help="per-atom energy MSE weight (0: forces only)")
-    p.add_argument("--force-weight", type=float, default=10.0, help="force MSE weight")
-    p.add_argument("--ema-decay", type=float, default=0.99, help="decay of the weight average that best.pt holds")
-    p.add_argument("--min-lr", type=float, default=1e-6, help="floor of the learning rate")
+    p.add_argument("--batch-size", type=batch_size_arg, default=8, help="structures per optimiser step")
+    p.add_argument("--lr", type=learning_rate_arg, default=5e-4, help="AdamW learning rate after the warm-up")
+    p.add_argument(
+        "--warmup-steps", type=nonnegative_int, default=100, help="linear warm-up steps (at most a tenth of --steps)"
+    )
+    p.add_argument(
+        "--energy-weight", type=loss_weight_arg, default=1.0, help="per-atom energy MSE weight (0: forces only)"
+    )
+    p.add_argument("--force-weight", type=loss_weight_arg, default=10.0, help="force MSE weight")
+    p.add_argument("--ema-decay", type=fraction, default=0.99, help="decay of the weight average that best.pt holds")
+    p.add_argument("--min-lr", type=learning_rate_arg, default=1e-6, help="floor of the learning rate")
     p.add_argument(
         "--schedule",
         default="cosine",
@@ -432,13 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="cosine: decay to --min-lr over --steps; plateau: halve the learning rate when the validation "
         "loss stops improving (pair it with --time-budget or --early-stop-patience and a large --steps)",
     )
-    p.add_argument("--plateau-factor", type=float, default=0.5, help="with --schedule plateau: lr multiplier")
     p.add_argument(
-        "--plateau-patience", type=int, default=3, help="with --schedule plateau: validations without improvement "
+        "--plateau-factor", type=open_fraction_arg, default=0.5, help="with --schedule plateau: lr multiplier"
+    )
+    p.add_argument(
+        "--plateau-patience", type=nonnegative_int, default=3,
+        help="with --schedule plateau: validations without improvement "
         "before the learning rate drops"
     )
     p.add_argument(
-        "--early-stop-patience", type=int, default=0, help="stop after this many validations without a new best "
+        "--early-stop-patience", type=nonnegative_int, default=0,
+        help="stop after this many validations without a new best "
         "(0: never)"
     )
     p.add_argument(
@@ -448,11 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this much CPU time (2h, 90m, 1h30m; a resumed run counts the time already used)",
     )
     p.add_argument(
-        "--test", help="held-out test file: its errors are logged at every validation (learning_curve.csv/.png) "
+        "--test", type=existing_path,
+        help="held-out test file: its errors are logged at every validation (learning_curve.csv/.png) "
         "and never used to select weights"
     )
-    p.add_argument("--valid-every", type=int, default=250, help="steps between validations")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints (last.pt)")
+    p.add_argument(
+        "--drop-invalid-frames", action="store_true", help="drop training and validation frames whose energy or "
+        "forces are missing or not finite (NaN/inf), and report how many per file; by default such a frame is an error"
+    )
+    p.add_argument(
+        "--drop-outliers", type=positive_float, metavar="Z", help="drop frames whose energy per atom or largest force "
+        "has a robust z-score (median/MAD) above Z; without it, outliers are only reported"
+    )
+    p.add_argument("--valid-every", type=positive_int, default=250, help="steps between validations")
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=100, help="steps between resumable checkpoints (last.pt)"
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -461,17 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
         "fast on CPU); --no-compile trains in eager mode",
     )
     p.add_argument(
-        "--zbl", nargs="?", type=float, const=1.0, metavar="SCALE",
+        "--zbl", nargs="?", type=zbl_scale_arg, const=1.0, metavar="SCALE",
         help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights), switched off at "
         "SCALE (default 1) times the sum of the two atoms' covalent radii",
     )
-    p.add_argument("--hidden-channels", type=int, help="with --model scratch")
-    p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
+    p.add_argument("--hidden-channels", type=hidden_channels_arg, help="with --model scratch")
+    p.add_argument("--num-layers", type=num_layers_arg, default=4, help="with --model scratch and --hidden-channels")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and initial weights")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the batches, noise and initial weights")
+    p.add_argument("--threads", type=threads_arg, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
-        "--workers", type=int, default=1, metavar="N",
+        "--workers", type=workers_arg, default=1, metavar="N",
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
         "split between them; the time budget counts the CPU time of all)",
     )
@@ -486,14 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
         "needs pip install 'forcefield-et[corpus]'",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("--smiles", required=True, help="text or .gz file, one SMILES per line (first column)")
-    p.add_argument("--out", required=True, help="output folder (resumed when it holds a run with the same settings)")
+    p.add_argument(
+        "--smiles", required=True, type=existing_file, help="text or .gz file, one SMILES per line (first column)"
+    )
+    p.add_argument(
+        "--out", required=True, type=output_directory,
+        help="output folder (resumed when it holds a run with the same settings)"
+    )
     p.add_argument("--method", default="gfn2-xtb", choices=["gfn2-xtb", "gfn1-xtb"], help="tblite method")
-    p.add_argument("--max-molecules", type=int, help="use the first N SMILES")
-    p.add_argument("--md-frames", type=int, default=6, help="MD frames per molecule (10 fs apart)")
-    p.add_argument("--displacements", type=int, default=6, help="displaced frames per molecule")
-    p.add_argument("--molecules-per-shard", type=int, default=500, help="SMILES per output shard")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--max-molecules", type=positive_int, help="use the first N SMILES")
+    p.add_argument("--md-frames", type=nonnegative_int, default=6, help="MD frames per molecule (10 fs apart)")
+    p.add_argument("--displacements", type=nonnegative_int, default=6, help="displaced frames per molecule")
+    p.add_argument("--molecules-per-shard", type=positive_int, default=500, help="SMILES per output shard")
+    p.add_argument("--seed", type=seed, default=0, help="seed of every random choice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 
@@ -504,17 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
         "rmd17_aspirin_test_01.npz --out eval_aspirin",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True, type=model_reference)
+    p.add_argument("--data", required=True, type=existing_path)
     p.add_argument("--format", default="auto")
-    p.add_argument("--out", default="evaluation", help="output folder (metrics.json, parity.png)")
+    p.add_argument(
+        "--out", default="evaluation", type=output_directory, help="output folder (metrics.json, parity.png)"
+    )
     p.add_argument(
         "--write-predictions", action="store_true", help="also write predictions.extxyz: predicted energy and "
         "forces per frame, with the reference values and per-atom force errors where the data has labels"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--max-frames", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-frames", type=positive_int)
+    p.add_argument("--batch-size", type=batch_size_arg, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_evaluate)
 
@@ -531,27 +610,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="aspirin",
         help="structure file readable by ASE, or a bundled name (default: aspirin)",
     )
-    p.add_argument("--model", default="pretrained")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--model", default="pretrained", type=model_reference)
+    p.add_argument("--steps", type=nonnegative_int, default=2000)
+    p.add_argument("--timestep", type=timestep_arg, default=0.5, help="fs")
+    p.add_argument("--temperature", type=temperature_arg, default=300.0, help="K")
     p.add_argument("--thermostat", default="langevin", choices=["langevin", "nose-hoover", "nve"])
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
-    p.add_argument("--interval", type=int, default=10, help="steps between saved frames")
-    p.add_argument("--out", default="md_run", help="output folder (trajectory.traj, md_log.csv, md.png)")
+    p.add_argument("--friction", type=friction_arg, default=0.01, help="Langevin friction (1/fs)")
+    p.add_argument("--interval", type=positive_int, default=10, help="steps between saved frames")
+    p.add_argument(
+        "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
         "--relax-fmax",
-        type=float,
+        type=force_threshold_arg,
         default=0.05,
         help="relax with FIRE to this largest force (eV/Å) before MD (default 0.05)",
     )
     p.add_argument("--no-relax", action="store_true", help="start MD from the input geometry as it is")
     p.add_argument(
         "--max-bond-change",
-        type=float,
+        type=bond_change_arg,
         metavar="ANGSTROM",
         help="stop when a covalent bond of the starting structure has changed length by more than this "
         f"(Å; MDsim's collapse criterion is 0.5) and exit with status {BROKEN_BOND_EXIT_STATUS}; without it "
@@ -565,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=threads_arg,
         default=0,
         help=f"torch CPU threads; 0 (default): 1 below {SMALL_SYSTEM_ATOMS} atoms, where more threads "
         "only add overhead (see docs/benchmarks.md), else torch's default",
@@ -578,15 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model to TorchScript",
         epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt",
     )
-    p.add_argument("--model", default="pretrained")
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="pretrained", type=model_reference)
+    p.add_argument("--out", required=True, type=output_file)
     p.add_argument(
         "--format",
         default="torchscript",
         choices=["torchscript", "checkpoint"],
         help="torchscript: a scripted model; checkpoint: a safe inference checkpoint (weights + card)",
     )
-    p.add_argument("--card", help="with --format checkpoint: YAML file of model-card entries to store")
+    p.add_argument(
+        "--card", type=existing_file, help="with --format checkpoint: YAML file of model-card entries to store"
+    )
     p.add_argument("--name", help="with --format checkpoint: model name stored in the card")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_export)
@@ -596,23 +679,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  forcefield-et info\n  forcefield-et info pretrained",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="bundled name or checkpoint path (omit to list the bundled models)")
+    p.add_argument(
+        "model", nargs="?", type=model_reference,
+        help="bundled name or checkpoint path (omit to list the bundled models)",
+    )
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
 
 
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if getattr(args, "workers", 1) < 1:
-        parser.error(f"argument --workers: must be at least 1, got {args.workers}")
+    problem = check_paths(_subparser(parser, args.command), args)
+    if problem:
+        print(f"forcefield-et {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; training runs resume from their last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError, MemoryError, FloatingPointError) as error:
         print(f"forcefield-et {args.command}: error: {error}", file=sys.stderr)
         return 2
 

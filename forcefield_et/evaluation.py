@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import torch
@@ -16,10 +16,36 @@ from .data.conformations import ConformationSet
 from .model import Potential
 
 
+def memory_batches(model: Potential, tensors: Any, batch_size: int) -> List[torch.Tensor]:
+    """Frame indices of consecutive batches of a ``TensorConformations`` for energy+forces calls of
+    ``model``: at most ``batch_size`` frames each, and small enough for the available memory
+    (:func:`~forcefield_et.runtime.plan_batches`, from each frame's neighbour-pair count)."""
+    from .neighbors import edges_per_structure
+    from .runtime import plan_batches
+
+    device = model.head.scale.device
+    counts = []
+    for start in range(0, tensors.n_frames, batch_size):
+        batch = tensors.gather(torch.arange(start, min(start + batch_size, tensors.n_frames)))
+        cell = batch.get("cell")
+        counts.append(edges_per_structure(
+            batch["pos"].to(device), model.cutoff, batch["batch"].to(device), None if cell is None else cell.to(device)
+        ).cpu())
+    edge_counts = torch.cat(counts).tolist() if counts else []
+    hyper = model.hyperparameters
+    itemsize = model.head.scale.element_size()
+    on_cpu = model.head.scale.device.type == "cpu"
+    ranges = plan_batches(
+        edge_counts, batch_size, hyper["num_layers"], hyper["hidden_channels"], itemsize, check_memory=on_cpu
+    )
+    return [torch.arange(start, stop) for start, stop in ranges]
+
+
 def predict(
     model: Potential, data: ConformationSet, batch_size: int = 32, progress: bool = False
 ) -> Dict[str, np.ndarray]:
-    """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``."""
+    """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``, in batches
+    of at most ``batch_size`` frames that fit in the available memory (:func:`memory_batches`)."""
     from tqdm.auto import tqdm
 
     from .training.batching import TensorConformations
@@ -28,9 +54,9 @@ def predict(
     device = model.head.scale.device
     tensors = TensorConformations(data, dtype)
     energies, forces = [], []
-    starts = range(0, len(data), batch_size)
-    for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
-        batch = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
+    batches = memory_batches(model, tensors, batch_size)
+    for frames in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+        batch = tensors.gather(frames)
         cell = batch.get("cell")
         out = model(
             batch["z"].to(device),

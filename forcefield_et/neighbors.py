@@ -163,6 +163,14 @@ def radius_graph(
     return edge_index, torch.zeros((edge_index.shape[1], 3), dtype=pos.dtype, device=device)
 
 
+def edges_per_structure(pos: Tensor, cutoff: float, batch: Tensor, cell: Tensor | None = None) -> Tensor:
+    """Number of directed neighbour pairs within ``cutoff`` of each structure: [B] long, for
+    ``pos`` [N, 3] Å, ``batch`` [N] (structure index of each atom) and optional ``cell`` [B, 3, 3] Å."""
+    n_structures = int(batch.max()) + 1 if batch.numel() else 0
+    edge_index, _ = radius_graph(pos.detach(), cutoff, batch, cell)
+    return torch.bincount(batch[edge_index[0]], minlength=n_structures)
+
+
 def _periodic_radius_graph(
     pos: Tensor, cutoff: float, batch: Tensor, cell: Tensor, n_structures: int
 ) -> Tuple[Tensor, Tensor]:

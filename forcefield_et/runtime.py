@@ -25,7 +25,7 @@ import functools
 import os
 import platform
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -190,17 +190,122 @@ def malloc_free_bytes() -> int:
     return int(mallinfo2().fordblks)
 
 
-def available_memory_bytes() -> int | None:
-    """Memory a new evaluation can use: MemAvailable from /proc/meminfo (Linux) plus what this
-    process's malloc holds free; None where /proc/meminfo cannot be read."""
+PROC_MEMINFO = "/proc/meminfo"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_UNLIMITED = 2**60  # cgroup v1 reports "no limit" as a page-rounded 2**63 - 1
+# (limit file, usage file, reclaimable page-cache entry of memory.stat, folder under CGROUP_ROOT)
+_CGROUP_FILES = {
+    "v2": ("memory.max", "memory.current", "inactive_file", ""),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "memory"),
+}
+
+
+def _read_text(path: str) -> str | None:
     try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 + malloc_free_bytes()
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _own_cgroups() -> dict:
+    """This process's cgroup paths from /proc/self/cgroup: {"v2": "/...", "v1": "/..."} (memory controller)."""
+    found = {}
+    for line in (_read_text(PROC_SELF_CGROUP) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            found["v2"] = path
+        elif "memory" in controllers.split(","):
+            found["v1"] = path
+    return found
+
+
+def cgroup_available_bytes() -> int | None:
+    """Memory left under this process's cgroup memory limits: the smallest ``limit - (usage -
+    inactive page cache)`` over its cgroup and the cgroups above it (v2: ``memory.max`` and
+    ``memory.current``; v1: ``memory.limit_in_bytes`` and ``memory.usage_in_bytes``). None where
+    no limit is set ("max", or v1's near-2**63 value) or no cgroup files are readable."""
+    own = _own_cgroups()
+    left = []
+    for version, (limit_name, usage_name, inactive_key, folder) in _CGROUP_FILES.items():
+        parts = [p for p in own.get(version, "/").split("/") if p]
+        for depth in range(len(parts), -1, -1):  # own cgroup first, then each one above it
+            directory = os.path.join(CGROUP_ROOT, folder, *parts[:depth])
+            limit_text = _read_text(os.path.join(directory, limit_name))
+            usage_text = _read_text(os.path.join(directory, usage_name))
+            if limit_text is None or usage_text is None or limit_text == "max":
+                continue
+            try:
+                limit, usage = int(limit_text), int(usage_text)
+            except ValueError:
+                continue
+            if limit >= CGROUP_UNLIMITED:
+                continue
+            inactive = 0
+            for line in (_read_text(os.path.join(directory, "memory.stat")) or "").splitlines():
+                key, _, value = line.partition(" ")
+                if key == inactive_key and value.strip().isdigit():
+                    inactive = int(value)
+            left.append(max(limit - max(usage - inactive, 0), 0))
+    return min(left) if left else None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new evaluation can use: the smaller of MemAvailable from /proc/meminfo (Linux) and
+    what this process's cgroup limits leave (:func:`cgroup_available_bytes`, e.g. in a container
+    or a batch job), plus what this process's malloc holds free; None where neither is known."""
+    known = []
+    for line in (_read_text(PROC_MEMINFO) or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            try:
+                known.append(int(line.split()[1]) * 1024)
+            except (ValueError, IndexError):
+                pass
+    cgroup = cgroup_available_bytes()
+    if cgroup is not None:
+        known.append(cgroup)
+    return min(known) + malloc_free_bytes() if known else None
+
+
+def plan_batches(
+    edge_counts: Sequence[int],
+    batch_size: int,
+    num_layers: int,
+    hidden_channels: int,
+    itemsize: int,
+    check_memory: bool = True,
+) -> List[Tuple[int, int]]:
+    """Consecutive frame ranges ``(start, stop)`` for batched energy+forces evaluation of frames with
+    ``edge_counts`` [F] directed edges each: at most ``batch_size`` frames per range and, where the
+    available memory is known, an all-edges estimate (:func:`estimate_call_memory_bytes`) within
+    ``MEMORY_FRACTION`` of it. Raises MemoryError, naming the frame, when one frame alone does not fit.
+    ``check_memory=False`` (e.g. for a GPU, whose memory this does not see) limits the frame count only."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    available = available_memory_bytes() if check_memory else None
+    budget = None if available is None else MEMORY_FRACTION * available
+    per_edge = estimate_call_memory_bytes(1, num_layers, hidden_channels, itemsize)
+    ranges: List[Tuple[int, int]] = []
+    start, edges = 0, 0
+    for frame, count in enumerate(int(c) for c in edge_counts):
+        if budget is not None and count * per_edge > budget:
+            raise MemoryError(
+                f"frame {frame} has {count} neighbour pairs and needs about {count * per_edge / 2**30:.1f} GiB for one "
+                f"energy+forces call, but only {available / 2**30:.1f} GiB of memory is available"
+                + ("; use float32 instead of float64" if itemsize > 4 else "")
+            )
+        full = frame - start >= batch_size or (budget is not None and (edges + count) * per_edge > budget)
+        if full and frame > start:
+            ranges.append((start, frame))
+            start, edges = frame, 0
+        edges += count
+    if len(edge_counts) > start:
+        ranges.append((start, len(edge_counts)))
+    return ranges
 
 
 def check_memory(n_atoms: int, n_edges: int, num_layers: int, hidden_channels: int, itemsize: int) -> None:
@@ -219,10 +324,12 @@ __all__ = [
     "DEFAULT_EDGE_CHUNK_SIZE",
     "MemoryPlan",
     "available_memory_bytes",
+    "cgroup_available_bytes",
     "check_memory",
     "estimate_call_memory_bytes",
     "estimate_chunked_call_memory_bytes",
     "keep_freed_memory",
     "malloc_free_bytes",
+    "plan_batches",
     "plan_memory",
 ]

@@ -264,6 +264,80 @@ def test_weights_not_matching_hyperparameters(saved, tmp_path):
         load_model(bad)
 
 
+def _tampered(path, out, change_metadata=None, change_state=None):
+    """A copy of the checkpoint at ``path`` with edited metadata / state dict and a valid checksum."""
+    payload = raw(path)
+    meta = json.loads(payload["metadata"])
+    if change_metadata:
+        change_metadata(meta)
+    if change_state:
+        change_state(payload["state_dict"])
+    payload["metadata"] = json.dumps(meta, sort_keys=True)
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, out)
+    return out
+
+
+def _set_hyper(**values):
+    return lambda meta: meta["hyperparameters"].update(values)
+
+
+@pytest.mark.parametrize(
+    "change_metadata, change_state, field",
+    [
+        (_set_hyper(num_layers=10**6), None, "hyperparameters.num_layers"),
+        (_set_hyper(num_layers=2), None, "hyperparameters.num_layers .*weights hold 1 layer"),
+        (_set_hyper(hidden_channels=0), None, "hyperparameters.hidden_channels"),
+        (_set_hyper(hidden_channels=10**9), None, "hyperparameters.hidden_channels"),
+        (_set_hyper(hidden_channels="16"), None, "hyperparameters.hidden_channels"),
+        (_set_hyper(num_rbf=-3), None, "hyperparameters.num_rbf"),
+        (_set_hyper(num_heads=3), None, "hyperparameters.num_heads .*must divide"),
+        (_set_hyper(cutoff=float("nan")), None, "hyperparameters.cutoff"),
+        (_set_hyper(cutoff=float("inf")), None, "hyperparameters.cutoff"),
+        (_set_hyper(cutoff=0.0), None, "hyperparameters.cutoff"),
+        (_set_hyper(cutoff=-5.0), None, "hyperparameters.cutoff"),
+        (_set_hyper(zbl=float("nan")), None, "hyperparameters.zbl"),
+        (_set_hyper(elements=[1, 6, 7, 8, 9, 16, 500]), None, "hyperparameters.elements"),
+        (_set_hyper(elements=[1, 1, 7, 8, 9, 16, 17]), None, "hyperparameters.elements"),
+        (_set_hyper(elements=[1, 6, 7]), None, "'representation.embedding.weight'.*3 elements"),
+        (_set_hyper(elements=[1, 6, 7, 8, 9, 16, 35]), None, "'element_index'\\] maps Z=17"),
+        (_set_hyper(depth=3), None, "unknown entries \\['depth'\\]"),
+        (lambda meta: meta.pop("hyperparameters"), None, "hyperparameters"),
+        (None, lambda sd: sd["element_index"].__setitem__(6, 40), "'element_index'\\] maps Z=6 to 40"),
+        (None, lambda sd: sd.__setitem__("head.mlp.0.weight", sd["head.mlp.0.weight"].to(torch.int32)),
+         "'head.mlp.0.weight'.* must be float32 or float64"),
+        (None, lambda sd: sd["head.scale"].fill_(float("nan")), "'head.scale'.* NaN"),
+        (None, lambda sd: sd.__setitem__("representation.rbf.means", torch.zeros(5)), "'representation.rbf.means'"),
+    ],
+)
+def test_checkpoint_entries_are_range_checked_before_the_model_is_built(
+    saved, tmp_path, monkeypatch, change_metadata, change_state, field
+):
+    _, path = saved
+    bad = _tampered(path, tmp_path / "bad.pt", change_metadata, change_state)
+    built = []
+    monkeypatch.setattr(forcefield_et.model.Potential, "__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(CheckpointError, match=field) as info:
+        load_model(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    assert not built  # refused before anything was allocated
+
+
+def test_export_refuses_a_checkpoint_whose_entries_do_not_check(saved, tmp_path):
+    _, path = saved
+    bad = _tampered(path, tmp_path / "bad.pt", _set_hyper(cutoff=-1.0))
+    with pytest.raises(CheckpointError, match="hyperparameters.cutoff"):
+        export_checkpoint(bad, tmp_path / "exported.pt")
+    assert not (tmp_path / "exported.pt").exists()
+
+
+def test_bundled_checkpoints_pass_the_entry_checks():
+    for name, path in bundled_models().items():
+        payload = read_checkpoint(path)
+        ckpt.check_model_entries(payload["metadata"], payload["state_dict"], path)
+        assert load_model(name).hyperparameters == payload["metadata"]["hyperparameters"]
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "nope.pt")

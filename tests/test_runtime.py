@@ -114,3 +114,91 @@ def test_chunked_estimate_fits_10k_water_atoms_on_a_24_gib_machine():
     assert runtime.estimate_chunked_call_memory_bytes(**WATER_10K, edge_chunk_size=16384) > base
     assert runtime.estimate_chunked_call_memory_bytes(**{**WATER_10K, "n_atoms": 20_000}) > base
     assert runtime.estimate_chunked_call_memory_bytes(**{**WATER_10K, "n_edges": 1_000_000}) > base
+
+
+# ----------------------------------------------------------------------------- cgroup limits
+def _fake_system(monkeypatch, tmp_path, files, self_cgroup="0::/\n", meminfo_kib=64 * 2**20):
+    """A fake /proc/meminfo, /proc/self/cgroup and /sys/fs/cgroup tree under tmp_path."""
+    from forcefield_et import runtime
+
+    for relative, text in files.items():
+        path = tmp_path / "cgroup" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "meminfo").write_text(f"MemTotal: {2 * meminfo_kib} kB\nMemAvailable: {meminfo_kib} kB\n")
+    (tmp_path / "self_cgroup").write_text(self_cgroup)
+    monkeypatch.setattr(runtime, "CGROUP_ROOT", str(tmp_path / "cgroup"))
+    monkeypatch.setattr(runtime, "PROC_SELF_CGROUP", str(tmp_path / "self_cgroup"))
+    monkeypatch.setattr(runtime, "PROC_MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(runtime, "malloc_free_bytes", lambda: 0)
+    return runtime
+
+
+GIB = 2**30
+
+
+def test_cgroup_v2_limit_minus_usage_less_inactive_page_cache(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {
+        "memory.max": f"{4 * GIB}\n", "memory.current": f"{3 * GIB}\n",
+        "memory.stat": f"anon {2 * GIB}\ninactive_file {GIB // 2}\nactive_file 4096\n",
+    })
+    assert runtime.cgroup_available_bytes() == 4 * GIB - (3 * GIB - GIB // 2)
+    assert runtime.available_memory_bytes() == 4 * GIB - (3 * GIB - GIB // 2)  # smaller than the 64 GiB of meminfo
+
+
+def test_cgroup_v2_max_means_no_limit(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {"memory.max": "max\n", "memory.current": f"{GIB}\n"})
+    assert runtime.cgroup_available_bytes() is None
+    assert runtime.available_memory_bytes() == 64 * GIB  # /proc/meminfo alone
+
+
+def test_cgroup_v2_nested_group_and_its_parent(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {
+        "job/memory.max": "max\n", "job/memory.current": f"{GIB}\n",
+        "job/task/memory.max": f"{8 * GIB}\n", "job/task/memory.current": f"{GIB}\n",
+        "memory.max": f"{3 * GIB}\n", "memory.current": f"{2 * GIB}\n",
+    }, self_cgroup="0::/job/task\n")
+    assert runtime.cgroup_available_bytes() == GIB  # the root group's limit is the tightest
+
+
+def test_cgroup_v1_limit_and_its_unlimited_value(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {
+        "memory/memory.limit_in_bytes": f"{2 * GIB}\n", "memory/memory.usage_in_bytes": f"{GIB}\n",
+        "memory/memory.stat": f"inactive_file 1\ntotal_inactive_file {GIB // 4}\n",
+    }, self_cgroup="4:memory:/\n0::/\n")
+    assert runtime.cgroup_available_bytes() == 2 * GIB - (GIB - GIB // 4)
+    runtime = _fake_system(monkeypatch, tmp_path, {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": f"{GIB}\n",
+    })
+    assert runtime.cgroup_available_bytes() is None
+
+
+def test_cgroup_usage_above_the_limit_leaves_nothing_and_garbage_is_ignored(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {"memory.max": f"{GIB}\n", "memory.current": f"{2 * GIB}\n"})
+    assert runtime.cgroup_available_bytes() == 0
+    runtime = _fake_system(monkeypatch, tmp_path, {"memory.max": "lots\n", "memory.current": "x\n"})
+    assert runtime.cgroup_available_bytes() is None
+
+
+def test_no_meminfo_and_no_cgroup_is_unknown(monkeypatch, tmp_path):
+    runtime = _fake_system(monkeypatch, tmp_path, {})
+    monkeypatch.setattr(runtime, "PROC_MEMINFO", str(tmp_path / "absent"))
+    assert runtime.available_memory_bytes() is None
+
+
+# ----------------------------------------------------------------------------- batches
+def test_batches_respect_the_frame_count_and_the_memory(monkeypatch):
+    from forcefield_et import runtime
+
+    per_edge = runtime.estimate_call_memory_bytes(1, 2, 32, 8)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: None)
+    assert runtime.plan_batches([10] * 7, 3, 2, 32, 8) == [(0, 3), (3, 6), (6, 7)]
+    assert runtime.plan_batches([], 3, 2, 32, 8) == []
+    # room for 25 edges: frames of 10 edges go two at a time, a frame of 20 alone
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 25 * per_edge / runtime.MEMORY_FRACTION)
+    assert runtime.plan_batches([10, 10, 10, 20, 10], 8, 2, 32, 8) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    with pytest.raises(MemoryError, match="frame 1 has 30 neighbour pairs"):
+        runtime.plan_batches([10, 30], 8, 2, 32, 8)
+    assert runtime.plan_batches([10, 30], 8, 2, 32, 8, check_memory=False) == [(0, 2)]
+    with pytest.raises(ValueError, match="batch_size"):
+        runtime.plan_batches([10], 0, 2, 32, 8)

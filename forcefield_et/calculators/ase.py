@@ -7,6 +7,7 @@ order xx, yy, zz, yz, xz, xy) for periodic systems.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Dict, List, Sequence, Union
 
@@ -18,8 +19,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ..checkpoint import load_model, resolve_dtype
 from ..elements import symbol
 from ..model import Potential
-from ..neighbors import radius_graph
-from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_memory
+from ..neighbors import edges_per_structure, radius_graph
+from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_batches, plan_memory
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,19 @@ def model_positions(atoms: Atoms) -> np.ndarray:
     if atoms.pbc.any():
         return positions
     return positions - positions.mean(axis=0)
+
+def converted_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` itself when all its floating-point weights already are on ``device`` in ``dtype``,
+    else a converted copy: the caller's module (which another calculator may be using in another
+    dtype) is never converted in place."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if all(t.dtype == dtype and t.device == device for t in tensors):
+        return model
+    # compiled callables are not copied: a calculator compiles its own copy (compile=True)
+    memo = {id(getattr(model, name)): None for name in ("_compiled_energy", "_compiled_training")
+            if getattr(model, name, None) is not None}
+    return copy.deepcopy(model, memo).to(device=device, dtype=dtype)
+
 
 class NonFiniteError(FloatingPointError):
     """The model produced NaN/inf energies or forces (e.g. an MD run that has exploded)."""
@@ -62,7 +76,7 @@ class ETCalculator(Calculator):
             and finite-difference checks).
         compile: run the model's energy part through ``torch.compile`` (``Potential.compile_energy``:
             dynamic shapes; the first call compiles, minutes on a small CPU, later calls are faster).
-            Modifies the model instance passed in.
+            Modifies the model instance passed in when it is already in ``dtype`` on ``device``.
         neighbor_list: ``"torch"`` (the model's own TorchScript radius graph), ``"matscipy"``
             (matscipy's C neighbour list, periodic structures on CPU only), or ``"auto"``:
             matscipy for periodic structures of at least ``MATSCIPY_MIN_ATOMS`` atoms on CPU when
@@ -74,6 +88,10 @@ class ETCalculator(Calculator):
             chunk; an int: always chunk with this many edges per chunk. After each call ``last_path`` is
             ``"all_edges"`` or ``"chunked"`` and ``last_memory_plan`` the
             :class:`~forcefield_et.runtime.MemoryPlan` (None where memory was not checked).
+
+    A :class:`Potential` passed in is used as it is when its weights already have ``dtype`` and
+    ``device`` (so calculators of one dtype share it); otherwise the calculator works on a converted
+    copy, and the module passed in is left unchanged.
     """
 
     MATSCIPY_MIN_ATOMS = 100
@@ -116,7 +134,7 @@ class ETCalculator(Calculator):
             keep_freed_memory()  # large systems: no page-fault storm per call (see runtime.py)
         if isinstance(model, torch.nn.Module):
             self.model_name = type(model).__name__
-            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+            self.model = converted_model(model, self.device, self.dtype).eval()
         else:
             self.model_name = str(model)
             self.model = load_model(model, device=self.device, dtype=self.dtype)
@@ -284,13 +302,26 @@ class ETCalculator(Calculator):
         groups = {False: [], True: []}
         for index, atoms in enumerate(structures):
             groups[bool(atoms.pbc.all())].append(index)
+        hyper = self.model.hyperparameters
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
         for periodic, indices in groups.items():
+            edge_counts: List[int] = []
             for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
+                part = [structures[i] for i in indices[start : start + batch_size]]
+                _, pos, batch, cell, _ = self._batch_tensors(part)
+                edge_counts += edges_per_structure(pos, self.cutoff, batch, cell).tolist()
+            ranges = plan_batches(
+                edge_counts, batch_size, hyper["num_layers"], hyper["hidden_channels"], itemsize,
+                check_memory=self.device.type == "cpu",
+            )
+            for start, stop in ranges:
+                chunk = indices[start:stop]
                 self._batch_chunk([structures[i] for i in chunk], chunk, periodic, results)
         return results  # type: ignore[return-value]
 
-    def _batch_chunk(self, chunk: List[Atoms], indices: List[int], periodic: bool, results: List) -> None:
+    def _batch_tensors(self, chunk: List[Atoms]):
+        """z [N], pos [N, 3] Å, batch [N], cell [B, 3, 3] Å (None unless periodic) and the
+        atomic numbers (numpy) of a list of structures, on the calculator's device and dtype."""
         counts = [len(a) for a in chunk]
         numbers = np.concatenate([a.get_atomic_numbers() for a in chunk])
         z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
@@ -299,8 +330,13 @@ class ETCalculator(Calculator):
             torch.arange(len(chunk), device=self.device), torch.as_tensor(counts, device=self.device)
         )
         cell = None
-        if periodic:
+        if chunk[0].pbc.all():
             cell = torch.as_tensor(np.stack([a.get_cell().array for a in chunk]), dtype=self.dtype, device=self.device)
+        return z, pos, batch, cell, numbers
+
+    def _batch_chunk(self, chunk: List[Atoms], indices: List[int], periodic: bool, results: List) -> None:
+        counts = [len(a) for a in chunk]
+        z, pos, batch, cell, numbers = self._batch_tensors(chunk)
         output = self._evaluate(z, pos, batch, cell, int(sum(counts)))
         energies = output["energy"].detach().cpu().numpy().astype(np.float64)
         forces = output["forces"].detach().cpu().numpy().astype(np.float64)

@@ -199,18 +199,25 @@ class ConformationSet:
             fail("pos", f"has shape {self.pos.shape}, expected ({n_at}, 3)")
         if not np.isfinite(self.pos).all():
             fail("pos", "contains non-finite coordinates")
+        from .labels import nonfinite_labels_accepted  # here: labels imports this module
+
+        strict_labels = not nonfinite_labels_accepted()
         if self.energy is not None:
             if self.energy.shape != (n_frames,):
                 fail("energy", f"has shape {self.energy.shape}, expected ({n_frames},)")
-            if np.isinf(self.energy).any():
-                fail("energy", "contains infinite values")
+            infinite = np.isinf(self.energy)
+            if strict_labels and infinite.any():
+                first = int(np.argmax(infinite))
+                fail("energy", f"is infinite in {int(infinite.sum())} frame(s) (first: frame {first})")
         if self.forces is not None:
             if self.forces.shape != (n_at, 3):
                 fail("forces", f"has shape {self.forces.shape}, expected ({n_at}, 3) like 'pos'")
-            if np.isinf(self.forces).any():
-                fail("forces", "contains infinite values")
+            infinite = self._count_per_frame(np.isinf(self.forces).any(axis=1)) > 0
+            if strict_labels and infinite.any():
+                first = int(np.argmax(infinite))
+                fail("forces", f"is infinite in {int(infinite.sum())} frame(s) (first: frame {first})")
             nan_atom = np.isnan(self.forces).any(axis=1)
-            if nan_atom.any():
+            if strict_labels and nan_atom.any():
                 nan_count = self._count_per_frame(nan_atom)
                 partial = (nan_count > 0) & (nan_count < self.n_atoms)
                 if partial.any():

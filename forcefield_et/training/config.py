@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Callable, Dict, List, Union
 
 import numpy as np
 import yaml
 
 from ..data.conformations import ConformationSet
+from ..data.labels import accept_nonfinite_labels
 from .objectives import ObjectiveConfig
+from .screening import FrameOrigin, screen_labels, screen_outliers
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,11 @@ class SourceConfig:
     units: Dict[str, str] | None = None
     max_frames: int | None = None
     max_force: float | None = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
+    # frames without a finite label that the objective needs: False (default) rejects the source with an
+    # error naming the file and frame, True drops them and reports how many (training/screening.py)
+    drop_invalid_frames: bool = False
+    # robust z-score above which energy / force outliers are dropped; None: only report them
+    drop_outliers: float | None = None
     split: str = "molecule"  # validation hold-out: "molecule" (whole molecules) or "frame"
     valid_fraction: float = 0.05
     valid_path: str | None = None
@@ -156,6 +163,13 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
                 parse_slice(selection)
         if source.split not in ("molecule", "frame"):
             raise ConfigError(f"source {source.name!r}: split must be 'molecule' or 'frame'")
+        if not isinstance(source.drop_invalid_frames, bool):
+            raise ConfigError(
+                f"source {source.name!r}: drop_invalid_frames must be true or false, got {source.drop_invalid_frames!r}"
+            )
+        z = source.drop_outliers
+        if z is not None and (isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 < z < float("inf")):
+            raise ConfigError(f"source {source.name!r}: drop_outliers must be a positive number (a z-score), got {z!r}")
     if config.optim.schedule not in ("cosine", "plateau"):
         raise ConfigError("optim.schedule must be 'cosine' or 'plateau'")
     if config.optim.select_by not in SELECTION_METRICS:
@@ -227,8 +241,11 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raise ConfigError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML ({error})") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        one_line = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ConfigError(f"{path}: invalid YAML ({one_line})") from error
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping (run_dir, sources, ...), got {type(values).__name__}")
     return config_from_dict(values or {})
 
 
@@ -260,9 +277,11 @@ def read_source(
     data_root: str | None,
     path: Union[str, List[str], None] = None,
     validation: bool | str = False,
+    report: Callable[[str], None] | None = None,
 ) -> ConformationSet:
     """Read one source's data (or, with ``validation`` True/'valid' or 'test', its validation or
-    test file) with the configured reader and filters."""
+    test file) with the configured reader and filters, and screen its labels and outliers
+    (:mod:`~forcefield_et.training.screening`; ``report`` receives the messages, default: print)."""
     if validation is True:
         validation = "valid"
     from ..data import readers as readers_module
@@ -278,15 +297,24 @@ def read_source(
             options.setdefault("length_unit", source.units.get("length", "Angstrom"))
     paths = path or source.path
     paths = [paths] if isinstance(paths, str) else list(paths)
-    parts = [reader(p, **options) for p in expand_paths(paths, data_root)]
+    files = expand_paths(paths, data_root)
+    with accept_nonfinite_labels(source.drop_invalid_frames):
+        parts = [reader(p, **options) for p in files]
     data = parts[0] if len(parts) == 1 else ConformationSet.concatenate(parts)
+    origin = FrameOrigin.of_parts(files, [len(part) for part in parts])
     if source.max_force is not None and data.forces is not None:
         norms = np.linalg.norm(data.forces, axis=1)
         frame_max = np.maximum.reduceat(norms, data.offsets[:-1]) if len(data) else norms
-        data = data.subset(np.flatnonzero(frame_max <= source.max_force))
+        kept = np.flatnonzero(frame_max <= source.max_force)
+        data, origin = data.subset(kept), origin.subset(kept)
     selection = {"valid": source.valid_frames, "test": source.test_frames}[validation] if validation else source.frames
     if selection is not None:
-        data = data.subset(np.arange(len(data))[parse_slice(selection)])
+        kept = np.arange(len(data))[parse_slice(selection)]
+        data, origin = data.subset(kept), origin.subset(kept)
+    report = report or (lambda message: print(message, flush=True))
+    data, origin = screen_labels(data, origin, source.objective, source.name, source.drop_invalid_frames, report)
+    drop_z = None if validation == "test" else source.drop_outliers
+    data, origin = screen_outliers(data, origin, source.objective, source.name, drop_z, report)
     if not validation and source.max_frames is not None and len(data) > source.max_frames:
         rng = np.random.default_rng(0)
         data = data.subset(np.sort(rng.choice(len(data), source.max_frames, replace=False)))

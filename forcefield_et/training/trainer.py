@@ -56,12 +56,19 @@ RESUMABLE_SETTINGS = (
     "checkpoint_every", "valid_every", "select_by", "snapshot_steps",
 )
 
+LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
+
 
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a configuration (as ``TrainConfig.to_dict()``) that define what a run learns:
     everything but the run directory, the data root and :data:`RESUMABLE_SETTINGS`. A run resumes
     only under a configuration with the same fingerprint."""
     fingerprint = {k: v for k, v in config.items() if k not in ("run_dir", "data_root", "optim", "description")}
+    # source settings added after runs were stored: at their defaults they match a configuration without them
+    fingerprint["sources"] = [
+        {k: v for k, v in source.items() if not (k in LATER_SOURCE_DEFAULTS and v == LATER_SOURCE_DEFAULTS[k])}
+        for source in config.get("sources", [])
+    ]
     fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items() if k not in RESUMABLE_SETTINGS}
     return fingerprint
 
@@ -255,14 +262,21 @@ class Trainer:
                         "resume it with its own configuration, choose another run directory, or overwrite it"
                     )
 
+    def _report(self, message: str) -> None:
+        """A data-screening message (dropped frames, outliers), printed by the first worker."""
+        if self.rank == 0:
+            print(message, flush=True)
+
     def _load_sources(self) -> None:
         cfg = self.config
         self.sources: List[Source] = []
         self.valid_sets: List[ConformationSet] = []
         for sc in cfg.sources:
-            data = read_source(sc, cfg.data_root)
+            data = read_source(sc, cfg.data_root, report=self._report)
             if sc.valid_path:
-                train, valid = data, read_source(sc, cfg.data_root, path=sc.valid_path, validation=True)
+                train, valid = data, read_source(
+                    sc, cfg.data_root, path=sc.valid_path, validation=True, report=self._report
+                )
             elif sc.valid_fraction > 0 and sc.split == "frame":
                 train, valid = data.split_random(sc.valid_fraction, seed=cfg.seed)
             elif sc.valid_fraction > 0:
@@ -283,7 +297,9 @@ class Trainer:
         self.tensors = [TensorConformations(s.data, self.dtype) for s in self.sources]
         self.valid_tensors = [TensorConformations(v, self.dtype) if len(v) else None for v in self.valid_sets]
         self.test_tensors = [
-            TensorConformations(read_source(sc, cfg.data_root, path=sc.test_path, validation="test"), self.dtype)
+            TensorConformations(
+                read_source(sc, cfg.data_root, path=sc.test_path, validation="test", report=self._report), self.dtype
+            )
             if sc.test_path
             else None
             for sc in cfg.sources
@@ -340,12 +356,16 @@ class Trainer:
         head = self.model.head
         head.atomic_energies.add_(torch.as_tensor(solution, dtype=head.atomic_energies.dtype))
 
-    def _predict_energies(self, data: ConformationSet, batch_size: int = 64) -> np.ndarray:
+    def _predict_energies(self, data: ConformationSet) -> np.ndarray:
+        """The model's energies [F] (eV) of ``data``, in batches of at most ``optim.batch_size`` frames
+        that fit in the available memory."""
+        from ..evaluation import memory_batches
+
         tensors = TensorConformations(data, self.dtype)
         out = []
         self.model.eval()
-        for start in range(0, len(data), batch_size):
-            b = tensors.gather(torch.arange(start, min(start + batch_size, len(data))))
+        for frames in memory_batches(self.model, tensors, self.config.optim.batch_size):
+            b = tensors.gather(frames)
             with torch.enable_grad():
                 out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double())
         self.model.train()
@@ -813,6 +833,11 @@ class Trainer:
     def _after_validation(self, metrics: Dict[str, float]) -> None:
         optim = self.config.optim
         value = metrics[optim.select_by]
+        if not math.isfinite(value):  # the data is screened (screening.py): the weights have diverged
+            raise FloatingPointError(
+                f"non-finite validation {optim.select_by} ({value}) at step {self.step}: the weights have diverged; "
+                f"lower the learning rate, or resume from an earlier checkpoint"
+            )
         if value < self.best_valid:
             self.best_valid = value
             self.validations_since_best = 0

@@ -326,3 +326,47 @@ def test_a_molecule_far_from_the_origin_keeps_float32_accuracy():
     far.calc = ETCalculator("pretrained", dtype="float32")
     assert np.abs(far.get_forces() - near).max() < 1e-4
     assert far.get_potential_energy() == pytest.approx(energy, abs=1e-4)
+
+
+def test_a_potential_shared_by_calculators_of_two_dtypes_is_not_converted_in_place():
+    torch.manual_seed(0)
+    model = build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8).double().eval()
+    atoms = _aspirin_atoms()
+    reference = model(torch.tensor(atoms.numbers), torch.tensor(atoms.positions))
+    energy, forces = float(reference["energy"][0].detach()), reference["forces"].detach().numpy()
+    calc64 = ETCalculator(model, device="cpu", dtype="float64")
+    calc32 = ETCalculator(model, device="cpu", dtype="float32")
+    assert calc64.model is model and calc32.model is not model  # the caller's module keeps float64
+    assert model.head.scale.dtype == torch.float64 and calc32.model.head.scale.dtype == torch.float32
+    for calc, tolerance in ((calc64, 1e-12), (calc32, 1e-4)):
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(energy, rel=tolerance)
+        np.testing.assert_allclose(atoms.get_forces(), forces, rtol=tolerance ** 0.5, atol=tolerance ** 0.5)
+        atoms.calc = None
+    # the float64 calculator still gives the exact float64 result after the float32 one was made
+    atoms.calc = calc64
+    atoms.positions[0, 0] += 1e-3
+    moved = model(torch.tensor(atoms.numbers), torch.tensor(atoms.positions))
+    assert atoms.get_potential_energy() == pytest.approx(float(moved["energy"][0].detach()), rel=1e-12)
+
+
+def test_batch_evaluate_splits_batches_to_fit_memory(calc, monkeypatch):
+    from forcefield_et import runtime
+    from forcefield_et.data import read_rmd17
+
+    frames = [read_rmd17(shared_path("rmd17", "rmd17_ethanol_test_01.npz"), max_frames=5).to_ase(k) for k in range(5)]
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: None)
+    unconstrained = calc.batch_evaluate(frames, batch_size=4)
+    sizes: list = []
+    original = calc._evaluate
+    monkeypatch.setattr(calc, "_evaluate", lambda z, pos, batch, *a, **k: sizes.append(int(batch.max()) + 1)
+                        or original(z, pos, batch, *a, **k))
+    per_edge = runtime.estimate_call_memory_bytes(1, 2, 32, 8)
+    ethanol_edges = 9 * 8  # every pair of ethanol's 9 atoms lies within the cutoff
+    monkeypatch.setattr(runtime, "available_memory_bytes",
+                        lambda: 2.5 * ethanol_edges * per_edge / runtime.MEMORY_FRACTION)
+    tight = calc.batch_evaluate(frames, batch_size=4)
+    assert sizes == [2, 2, 1]
+    for a, b in zip(unconstrained, tight):
+        assert a["energy"] == pytest.approx(b["energy"], rel=1e-12)
+        np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-12)

@@ -639,3 +639,51 @@ def test_select_by_rejects_unknown_metrics(tmp_path):
 
     with pytest.raises(ConfigError, match="select_by"):
         config_from_dict(tiny_mixed_config(tmp_path / "run", select_by="force_mae"))
+
+
+def test_reference_energy_fit_uses_the_batch_size_and_the_memory_planner(tmp_path, monkeypatch):
+    from forcefield_et import runtime
+    from forcefield_et.model import Potential
+
+    data_path = str(shared_path("rmd17", "rmd17_ethanol_train_01.npz"))
+    torch.manual_seed(0)
+    parent = tmp_path / "parent.pt"
+    save_checkpoint(parent, build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8))
+    values = {
+        "run_dir": str(tmp_path / "run"), "init_from": str(parent),
+        "sources": [{"name": "ethanol", "path": data_path, "format": "rmd17", "objective": "energy_forces",
+                     "frames": "0:10", "valid_fraction": 0.0}],
+        "optim": {"batch_size": 3, "max_steps": 1, "compile": False},
+    }
+    sizes: list = []
+    original = Potential.forward
+
+    def recording(self, z, pos, batch=None, cell=None):
+        sizes.append(int(batch.max()) + 1)
+        return original(self, z, pos, batch, cell)
+
+    monkeypatch.setattr(Potential, "forward", recording)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: None)
+    Trainer(config_from_dict(values), progress=False)
+    assert sizes == [3, 3, 3, 1]  # optim.batch_size, not a fixed 64
+    sizes.clear()
+    per_edge = runtime.estimate_call_memory_bytes(1, 1, 16, 4)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 2 * 72 * per_edge / runtime.MEMORY_FRACTION)
+    Trainer(config_from_dict(values), progress=False)
+    assert sizes == [2] * 5  # two ethanol frames (72 neighbour pairs each) fit
+
+
+def test_diverged_weights_stop_at_the_validation_instead_of_never_writing_best_pt(tmp_path):
+    values = {
+        "run_dir": str(tmp_path / "run"), "model": dict(TINY_MODEL),
+        "sources": [{"name": "eth", "format": "rmd17", "path": str(shared_path("rmd17", "rmd17_ethanol_train_01.npz")),
+                     "frames": "0:10", "objective": "forces", "split": "frame", "valid_fraction": 0.2}],
+        "optim": {"batch_size": 4, "max_steps": 1, "valid_every": 1, "compile": False},
+    }
+    trainer = Trainer(config_from_dict(values), progress=False)
+    with torch.no_grad():
+        for average in trainer.ema:  # validation uses the weight average
+            average.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite validation valid_loss .* at step 1"):
+        trainer.run()
+    assert not (tmp_path / "run" / "best.pt").exists()

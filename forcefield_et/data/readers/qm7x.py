@@ -8,6 +8,7 @@ import numpy as np
 
 from ..conformations import ConformationSet
 from ..errors import DataFormatError
+from ..labels import nonfinite_labels_accepted
 from ._common import (
     PathLike,
     _check_finite_frames,
@@ -87,8 +88,12 @@ def read_qm7x(
             )
         _check_finite_frames(E, name, ekey, "energies")
         forces = F[mask].astype(np.float64)
-        if not np.isfinite(forces).all():
-            raise DataFormatError(f"{name}: key {fkey!r} has non-finite forces")
+        if not nonfinite_labels_accepted() and not np.isfinite(forces).all():
+            bad = ~np.isfinite(np.where(mask[..., None], F, 0.0)).all(axis=(1, 2))
+            raise DataFormatError(
+                f"{name}: key {fkey!r} has non-finite forces in {int(bad.sum())} frame(s) "
+                f"(first: frame {int(np.argmax(bad))})"
+            )
         if single_id is None:
             _, first, inv = np.unique(z, axis=0, return_index=True, return_inverse=True)
             rank = np.empty(len(first), dtype=np.int64)

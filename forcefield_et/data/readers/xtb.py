@@ -10,6 +10,7 @@ import numpy as np
 
 from ..conformations import ConformationSet
 from ..errors import DataFormatError
+from ..labels import nonfinite_labels_accepted
 from ._common import (
     PathLike,
     _check_finite_frames,
@@ -93,8 +94,10 @@ def _read_xtb_shard(p: Path, kinds: tuple[int, ...], excluded_ids: np.ndarray | 
         forces = forces[atom_keep].astype(np.float64)
         if not np.isfinite(pos).all():
             raise DataFormatError(f"{name}: key 'pos' has non-finite coordinates")
-        if not np.isfinite(forces).all():
-            raise DataFormatError(f"{name}: key 'forces' has non-finite values")
+        if not nonfinite_labels_accepted() and not np.isfinite(forces).all():
+            bad_atom = ~np.isfinite(forces).all(axis=1)
+            first = int(np.repeat(np.arange(int(keep.sum())), n_atoms[keep])[bad_atom][0])
+            raise DataFormatError(f"{name}: key 'forces' has non-finite values (first: frame {first} of those read)")
         _check_finite_frames(energy[keep], name, "energy", "energies")
         kind = kind[keep]
         cs = ConformationSet(
