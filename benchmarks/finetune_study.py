@@ -27,9 +27,10 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.checkpoint import BUNDLED_DIR, bundled_models, export_checkpoint, read_checkpoint
+from forcefield_et.checkpoint import read_checkpoint
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.registry import BUNDLED_DIR, bundled_models, export_checkpoint
 from forcefield_et.training import config_from_dict, train
 
 from .io import write_report, write_text_atomic

@@ -241,7 +241,7 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
             return ModelSpec(name, "nequip", path, f"NequIP TorchScript model {path.name}")
         return ModelSpec(name, "et", path, describe_et(path))
     if name == "et-pretrained-finetuned":
-        from forcefield_et.checkpoint import bundled_models
+        from forcefield_et.registry import bundled_models
 
         bundled = bundled_models()
         key = f"rmd17-{molecule}"

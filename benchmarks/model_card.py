@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from forcefield_et.checkpoint import read_checkpoint, resolve_model_path
+from forcefield_et.checkpoint import read_checkpoint
 from forcefield_et.elements import symbol
+from forcefield_et.registry import resolve_model_path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

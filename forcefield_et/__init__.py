@@ -9,8 +9,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .checkpoint import CheckpointError, load_model, save_checkpoint
+from .checkpoint import CheckpointError, save_checkpoint
 from .model import Potential, build_model
+from .registry import load_model
 
 __all__ = [
     "CheckpointError",

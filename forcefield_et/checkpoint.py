@@ -1,4 +1,6 @@
-"""Checkpoint I/O, in one place: safe loading, checksums, atomic writes, name resolution.
+"""The checkpoint file format: safe loading, checksums, atomic writes, and checks of the stored
+model entries against the weights. Names of bundled models and building a model from a file are
+:mod:`forcefield_et.registry`'s job.
 
 A checkpoint is a ``torch.save`` archive holding only tensors and plain Python values:
 
@@ -27,7 +29,6 @@ import torch
 
 FORMAT_NAME = "forcefield_et"
 FORMAT_VERSION = 1
-BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 UNITS = {"length": "Angstrom", "energy": "eV", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
 
 PathLike = Union[str, os.PathLike]
@@ -308,82 +309,14 @@ def check_model_entries(metadata: Dict[str, Any], state_dict: Dict[str, Any], pa
         )
 
 
-def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, Any] | None = None) -> Path:
-    """Copy a (training) checkpoint to an inference checkpoint: the model weights and metadata
-    only (no optimiser state), with ``card`` entries (name, description, level of theory,
-    limits, ...) merged into the metadata. Written atomically, checksummed."""
-    payload = read_checkpoint(source)
-    check_model_entries(payload["metadata"], payload["state_dict"], source)
-    meta = dict(payload["metadata"])
-    meta.update(card or {})
-    meta["exported_from"] = {"file": Path(source).name, "checksum": payload["checksum"]}
-    out: Dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "metadata": json.dumps(meta, sort_keys=True),
-        "state_dict": payload["state_dict"],
-    }
-    out["checksum"] = checksum(out)
-    return atomic_torch_save(out, destination)
+# names that moved to forcefield_et.registry and forcefield_et.dtypes; importable from here as before
+_MOVED = {"BUNDLED_DIR": "registry", "bundled_models": "registry", "resolve_model_path": "registry",
+          "load_model": "registry", "export_checkpoint": "registry", "resolve_dtype": "dtypes"}
 
 
-def bundled_models() -> Dict[str, Path]:
-    """Names of the checkpoints shipped inside the package, mapped to their files."""
-    if not BUNDLED_DIR.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.pt"))}
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-
-def resolve_model_path(name_or_path: PathLike) -> Path:
-    """Resolve a model name or path.
-
-    - an existing file path is used as is;
-    - a bundled name (``"pretrained"``, ``"rmd17-aspirin"``, ...) or such a name with ``.pt``
-      that does not exist as a file in the working directory resolves to the bundled file;
-    - anything else raises CheckpointError listing the bundled names.
-    """
-    candidate = Path(name_or_path).expanduser()
-    if candidate.is_file():
-        return candidate
-    bundled = bundled_models()
-    stem = candidate.name[:-3] if candidate.name.endswith(".pt") else candidate.name
-    if candidate.parent == Path(".") and stem in bundled:
-        return bundled[stem]
-    known = ", ".join(sorted(bundled)) or "none installed"
-    raise CheckpointError(f"model {str(name_or_path)!r} is neither an existing file nor a bundled model ({known})")
-
-
-def load_model(
-    name_or_path: PathLike = "pretrained",
-    device: Union[str, torch.device] = "cpu",
-    dtype: Union[str, torch.dtype] = "float32",
-) -> torch.nn.Module:
-    """Load a model by bundled name or path, in eval mode, on ``device`` in ``dtype``.
-
-    The checkpoint's metadata (training data, metrics, units) is attached as ``model.metadata``.
-    """
-    from .model import Potential
-
-    path = resolve_model_path(name_or_path)
-    payload = read_checkpoint(path)
-    meta = payload["metadata"]
-    check_model_entries(meta, payload["state_dict"], path)
-    hyper = meta["hyperparameters"]
-    try:
-        model = Potential(**hyper)
-        model.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{path}: weights do not match the stored hyperparameters ({error})") from error
-    model.metadata = meta
-    model.checkpoint_path = str(path)
-    return model.to(device=torch.device(device), dtype=resolve_dtype(dtype)).eval()
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    """'float32' / 'float64' (or a torch dtype) -> torch dtype; anything else raises ValueError."""
-    if isinstance(dtype, torch.dtype):
-        if dtype in (torch.float32, torch.float64):
-            return dtype
-    elif dtype in ("float32", "float64", "single", "double"):
-        return torch.float32 if dtype in ("float32", "single") else torch.float64
-    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        return getattr(importlib.import_module(f"forcefield_et.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -308,10 +308,10 @@ def _cmd_md(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .registry import load_model
 
     if args.format == "checkpoint":
-        from .checkpoint import export_checkpoint, resolve_model_path
+        from .registry import export_checkpoint, resolve_model_path
 
         card = _read_card(args.card) if args.card else {}
         if args.name:
@@ -347,8 +347,9 @@ def _read_card(path: str) -> dict:
 def _cmd_info(args: argparse.Namespace) -> int:
     import textwrap
 
-    from .checkpoint import bundled_models, read_checkpoint, resolve_model_path
+    from .checkpoint import read_checkpoint
     from .elements import symbol
+    from .registry import bundled_models, resolve_model_path
 
     if args.model is None:
         print("bundled models (forcefield-et info NAME for a model's card):")

@@ -208,7 +208,8 @@ def _problem_of_output_file(text: str) -> str | None:
 def _problem_of_model(text: str) -> str | None:
     if str(text) == "scratch":
         return None
-    from .checkpoint import CheckpointError, resolve_model_path
+    from .checkpoint import CheckpointError
+    from .registry import resolve_model_path
 
     try:
         path = resolve_model_path(text)

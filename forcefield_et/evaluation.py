@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_model
 from .data import read_dataset
 from .data.conformations import ConformationSet
 from .model import Potential
+from .registry import load_model
 
 
 def memory_batches(model: Potential, tensors: Any, batch_size: int) -> List[torch.Tensor]:

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from forcefield_et import load_model
-from forcefield_et.checkpoint import bundled_models, read_checkpoint
+from forcefield_et.checkpoint import read_checkpoint
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.registry import bundled_models
 from tests.conftest import shared_path
 
 BUNDLED = bundled_models()

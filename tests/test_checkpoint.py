@@ -12,17 +12,10 @@ import pytest
 import torch
 
 import forcefield_et
-from forcefield_et import CheckpointError, build_model, load_model, save_checkpoint
+from forcefield_et import CheckpointError, build_model, load_model, registry, save_checkpoint
 from forcefield_et import checkpoint as ckpt
-from forcefield_et.checkpoint import (
-    BUNDLED_DIR,
-    FORMAT_VERSION,
-    bundled_models,
-    checksum,
-    export_checkpoint,
-    read_checkpoint,
-    resolve_model_path,
-)
+from forcefield_et.checkpoint import FORMAT_VERSION, checksum, read_checkpoint
+from forcefield_et.registry import BUNDLED_DIR, bundled_models, export_checkpoint, resolve_model_path
 
 # ethanol-like geometry (Å): C C O H H H H H H
 ETHANOL_Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
@@ -371,7 +364,7 @@ def fake_bundle(tmp_path, monkeypatch):
     folder = tmp_path / "bundle"
     save_checkpoint(folder / "pretrained.pt", tiny_model(1))
     save_checkpoint(folder / "rmd17-aspirin.pt", tiny_model(2))
-    monkeypatch.setattr(ckpt, "BUNDLED_DIR", folder)
+    monkeypatch.setattr(registry, "BUNDLED_DIR", folder)
     return folder
 
 
@@ -394,7 +387,7 @@ def test_unknown_name_lists_the_bundled_names(fake_bundle):
 
 
 def test_unknown_name_without_bundled_models(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt, "BUNDLED_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="none installed"):
         resolve_model_path("pretrained")
 
@@ -421,10 +414,11 @@ def test_a_torchscript_export_is_named_as_such(tmp_path):
     path = tmp_path / "model.torchscript.pt"
     torch.jit.script(load_model("pretrained")).save(str(path))
     assert is_torchscript_file(path)
-    from forcefield_et.checkpoint import bundled_models
+    from forcefield_et.registry import bundled_models
 
     assert not is_torchscript_file(bundled_models()["pretrained"])
     with pytest.raises(CheckpointError, match="is a TorchScript model .* not a checkpoint"):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="TorchForce"):
         ETCalculator(str(path))
+

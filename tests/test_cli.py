@@ -200,7 +200,7 @@ def test_bad_time_budget_is_a_clear_usage_error(text, tmp_path, capsys):
 
 
 def test_info_without_a_model_lists_the_bundled_models(capsys):
-    from forcefield_et.checkpoint import bundled_models
+    from forcefield_et.registry import bundled_models
 
     code, out, _ = run_main(["info"], capsys)
     assert code == 0

@@ -16,10 +16,11 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from ..checkpoint import load_model, resolve_dtype
+from ..dtypes import resolve_dtype
 from ..elements import symbol
 from ..model import Potential
 from ..neighbors import edges_per_structure, radius_graph
+from ..registry import load_model
 from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_batches, plan_memory
 
 logger = logging.getLogger(__name__)

@@ -114,16 +114,11 @@ class _DropSimtkWarning(logging.Filter):
 
 
 def resolve_model(model: ModelLike, dtype: Union[str, torch.dtype, None] = None) -> torch.nn.Module:
-    """A Potential as is, or a bundled model name / checkpoint path loaded with ``load_model``."""
-    if isinstance(model, torch.nn.Module):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        from ..checkpoint import load_model
+    """A Potential as is, or a bundled model name / checkpoint path loaded in ``dtype``
+    (:func:`forcefield_et.registry.resolve_model`)."""
+    from ..registry import resolve_model as resolve
 
-        return load_model(model, dtype=dtype if dtype is not None else "float32")
-    raise TypeError(
-        f"model must be a Potential, a bundled model name or a checkpoint path, got {type(model).__name__}"
-    )
+    return resolve(model, dtype=dtype)
 
 
 def check_atomic_numbers(model: torch.nn.Module, atomic_numbers: Sequence[int]) -> List[int]:

@@ -117,7 +117,7 @@ class ForceFieldETPotentialImpl(_ImplBase):
         implementation: str | None = None,
         **args: Any,
     ) -> None:
-        from ..checkpoint import resolve_dtype
+        from ..dtypes import resolve_dtype
         from .forces import resolve_model
 
         self.name = name
@@ -138,7 +138,7 @@ class ForceFieldETPotentialImpl(_ImplBase):
         **args: Any,
     ) -> None:
         """Add one TorchForce or PythonForce for ``atoms`` (all atoms when None) to ``system``."""
-        from ..checkpoint import resolve_dtype
+        from ..dtypes import resolve_dtype
         from .forces import check_atomic_numbers, python_force, torch_force
 
         atom_list = None if atoms is None else [int(i) for i in atoms]

@@ -15,7 +15,7 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import resolve_dtype
+from ..dtypes import resolve_dtype
 from ..units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 __all__ = ["OpenMMModule"]

@@ -32,9 +32,11 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_model, read_checkpoint, resolve_dtype, save_checkpoint
+from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data.conformations import ConformationSet
+from ..dtypes import resolve_dtype
 from ..model import DEFAULT_ELEMENTS, build_model
+from ..registry import load_model
 from ..runtime import keep_freed_memory
 from .batching import (
     MixedBatchSampler,

@@ -217,7 +217,7 @@ def test_nve_energy_conservation_aspirin_float64():
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    from forcefield_et.checkpoint import bundled_models
+    from forcefield_et.registry import bundled_models
 
     # A trained model is needed: a random one releases energy and heats the molecule to ~2500 K.
     assert "pretrained" in bundled_models(), "the bundled pretrained checkpoint is missing"

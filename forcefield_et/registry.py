@@ -1,0 +1,117 @@
+"""The model registry: bundled model names, resolving a name or path to a checkpoint file, and
+building a :class:`~forcefield_et.model.Potential` from it. Every entry point (ASE, OpenMM, the
+CLI, the trainer, evaluation) resolves a model through :func:`resolve_model`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+from .checkpoint import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CheckpointError,
+    PathLike,
+    atomic_torch_save,
+    check_model_entries,
+    checksum,
+    read_checkpoint,
+)
+from .dtypes import resolve_dtype
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def bundled_models() -> Dict[str, Path]:
+    """Names of the checkpoints shipped inside the package, mapped to their files."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.pt"))}
+
+
+def resolve_model_path(name_or_path: PathLike) -> Path:
+    """Resolve a model name or path.
+
+    - an existing file path is used as is;
+    - a bundled name (``"pretrained"``, ``"rmd17-aspirin"``, ...) or such a name with ``.pt``
+      that does not exist as a file in the working directory resolves to the bundled file;
+    - anything else raises CheckpointError listing the bundled names.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    bundled = bundled_models()
+    stem = candidate.name[:-3] if candidate.name.endswith(".pt") else candidate.name
+    if candidate.parent == Path(".") and stem in bundled:
+        return bundled[stem]
+    known = ", ".join(sorted(bundled)) or "none installed"
+    raise CheckpointError(f"model {str(name_or_path)!r} is neither an existing file nor a bundled model ({known})")
+
+
+def load_model(
+    name_or_path: PathLike = "pretrained",
+    device: Union[str, torch.device] = "cpu",
+    dtype: Union[str, torch.dtype] = "float32",
+) -> torch.nn.Module:
+    """Load a model by bundled name or path, in eval mode, on ``device`` in ``dtype``.
+
+    The checkpoint's metadata (training data, metrics, units) is attached as ``model.metadata``.
+    """
+    from .model import Potential
+
+    path = resolve_model_path(name_or_path)
+    payload = read_checkpoint(path)
+    meta = payload["metadata"]
+    check_model_entries(meta, payload["state_dict"], path)
+    hyper = meta["hyperparameters"]
+    try:
+        model = Potential(**hyper)
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path}: weights do not match the stored hyperparameters ({error})") from error
+    model.metadata = meta
+    model.checkpoint_path = str(path)
+    return model.to(device=torch.device(device), dtype=resolve_dtype(dtype)).eval()
+
+
+def resolve_model(
+    model: Any,
+    dtype: Union[str, torch.dtype, None] = None,
+    device: Union[str, torch.device, None] = None,
+) -> torch.nn.Module:
+    """A model as given (a ``Potential``, returned as is, never converted) or loaded from a bundled
+    name or checkpoint path (in ``dtype``, default float32, on ``device``, default CPU)."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device if device is not None else "cpu",
+                          dtype=dtype if dtype is not None else "float32")
+    raise TypeError(
+        f"model must be a Potential, a bundled model name or a checkpoint path, got {type(model).__name__}"
+    )
+
+
+def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, Any] | None = None) -> Path:
+    """Copy a (training) checkpoint to an inference checkpoint: the model weights and metadata
+    only (no optimiser state), with ``card`` entries (name, description, level of theory,
+    limits, ...) merged into the metadata. Written atomically, checksummed."""
+    payload = read_checkpoint(source)
+    check_model_entries(payload["metadata"], payload["state_dict"], source)
+    meta = dict(payload["metadata"])
+    meta.update(card or {})
+    meta["exported_from"] = {"file": Path(source).name, "checksum": payload["checksum"]}
+    out: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "metadata": json.dumps(meta, sort_keys=True),
+        "state_dict": payload["state_dict"],
+    }
+    out["checksum"] = checksum(out)
+    return atomic_torch_save(out, destination)
+
+
+__all__ = ["BUNDLED_DIR", "bundled_models", "export_checkpoint", "load_model", "resolve_model", "resolve_model_path"]
