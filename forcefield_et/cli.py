@@ -185,8 +185,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _test_best(config, test_path: str, out: Path) -> None:
     """Evaluate the run's best.pt on every frame of the test file; writes test_metrics.json."""
+    from .data.sources import read_source
     from .evaluation import evaluate_model
-    from .training.config import read_source
 
     test = read_source(config.sources[0], config.data_root, path=test_path, validation="test")
     result = evaluate_model(str(out / "best.pt"), test)

@@ -378,40 +378,18 @@ class ConformationSet:
     def split_by_molecule(
         self, valid_fraction: float = 0.1, seed: int = 0
     ) -> tuple[ConformationSet, ConformationSet]:
-        """Hold out whole molecules: returns (train, valid), deterministic for ``seed``.
+        """Hold out whole molecules (:func:`forcefield_et.data.splits.split_by_molecule`)."""
+        from .splits import split_by_molecule
 
-        ``valid_fraction`` is the fraction of distinct ``mol_id`` values put in valid (at least
-        one molecule, at most all but one). Frame order is preserved within each part.
-        Raises ValueError if the set has fewer than two molecules (use ``split_random``).
-        """
-        if not 0.0 < valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-        mols = np.unique(self.mol_id)
-        if len(mols) < 2:
-            raise ValueError(
-                f"{self.source or 'ConformationSet'}: split_by_molecule needs >= 2 molecules, "
-                f"found {len(mols)}; use split_random for a single-molecule set"
-            )
-        rng = np.random.default_rng(seed)
-        n_valid = min(max(int(round(valid_fraction * len(mols))), 1), len(mols) - 1)
-        valid_mols = rng.permutation(mols)[:n_valid]
-        is_valid = np.isin(self.mol_id, valid_mols)
-        return self.subset(np.flatnonzero(~is_valid)), self.subset(np.flatnonzero(is_valid))
+        return split_by_molecule(self, valid_fraction, seed)
 
     def split_random(
         self, valid_fraction: float = 0.1, seed: int = 0
     ) -> tuple[ConformationSet, ConformationSet]:
-        """Random frame-level split (train, valid), deterministic for ``seed``; frame order preserved."""
-        if not 0.0 < valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-        n = len(self)
-        if n < 2:
-            raise ValueError("split_random needs at least 2 frames")
-        n_valid = min(max(int(round(valid_fraction * n)), 1), n - 1)
-        rng = np.random.default_rng(seed)
-        is_valid = np.zeros(n, dtype=bool)
-        is_valid[rng.permutation(n)[:n_valid]] = True
-        return self.subset(np.flatnonzero(~is_valid)), self.subset(np.flatnonzero(is_valid))
+        """Random frame-level split (:func:`forcefield_et.data.splits.split_random`)."""
+        from .splits import split_random
+
+        return split_random(self, valid_fraction, seed)
 
     # ------------------------------------------------------------------ ASE interop
     def to_ase(self, i: int) -> Atoms:

@@ -9,35 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Dict, List, Union
 
-import numpy as np
 import yaml
 
-from ..data.conformations import ConformationSet
-from ..data.labels import accept_nonfinite_labels
+from ..data.readers import FORMATS, format_reader
+from ..data.sources import parse_slice
 from .objectives import ObjectiveConfig
-from .screening import FrameOrigin, screen_labels, screen_outliers
 
 
 class ConfigError(ValueError):
     """The training configuration is invalid."""
-
-
-# Reader name -> (function name in data.readers, native units or None when the reader takes units).
-READERS: Dict[str, tuple] = {
-    "rmd17": ("read_rmd17", {"energy": "kcal/mol", "length": "Angstrom"}),
-    "md17": ("read_md17", {"energy": "kcal/mol", "length": "Angstrom"}),
-    "xtb_corpus": ("read_xtb_corpus", {"energy": "eV", "length": "Angstrom"}),
-    "qm7x": ("read_qm7x", {"energy": "eV", "length": "Angstrom"}),
-    "qm9": ("read_qm9", {"energy": "eV", "length": "Angstrom"}),
-    "deepmd": ("read_deepmd", {"energy": "eV", "length": "Angstrom"}),
-    "ani1x": ("read_ani1x", {"energy": "Hartree", "length": "Angstrom"}),
-    "spice": ("read_spice", {"energy": "Hartree", "length": "bohr"}),
-    "ase": ("read_ase", None),
-    "ase_db": ("read_ase_db", None),
-    "auto": ("read_dataset", None),
-}
 
 
 @dataclass
@@ -55,7 +37,7 @@ class SourceConfig:
     max_frames: int | None = None
     max_force: float | None = None  # eV/Å: drop frames whose largest atomic |F| exceeds it
     # frames without a finite label that the objective needs: False (default) rejects the source with an
-    # error naming the file and frame, True drops them and reports how many (training/screening.py)
+    # error naming the file and frame, True drops them and reports how many (data/screening.py)
     drop_invalid_frames: bool = False
     # robust z-score above which energy / force outliers are dropped; None: only report them
     drop_outliers: float | None = None
@@ -155,12 +137,15 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
     values["optim"] = _build(OptimConfig, values.get("optim", {}) or {}, "optim")
     config = _build(TrainConfig, values, "config")
     for source in config.sources:
-        if source.format not in READERS:
-            raise ConfigError(f"source {source.name!r}: unknown format {source.format!r}; known: {sorted(READERS)}")
+        if source.format not in FORMATS:
+            raise ConfigError(f"source {source.name!r}: unknown format {source.format!r}; known: {list(FORMATS)}")
         _check_units(source)
         for selection in (source.frames, source.valid_frames):
             if selection is not None:
-                parse_slice(selection)
+                try:
+                    parse_slice(selection)
+                except ValueError as error:
+                    raise ConfigError(f"source {source.name!r}: {error}") from error
         if source.split not in ("molecule", "frame"):
             raise ConfigError(f"source {source.name!r}: split must be 'molecule' or 'frame'")
         if not isinstance(source.drop_invalid_frames, bool):
@@ -211,7 +196,7 @@ def _check_units(source: SourceConfig) -> None:
         declared = {k: (energy_factor(v) if k == "energy" else length_factor(v)) for k, v in source.units.items()}
     except ValueError as error:
         raise ConfigError(f"source {source.name!r}: {error}") from error
-    native = READERS[source.format][1]
+    native = format_reader(source.format)[1]
     if native is not None:
         for key, factor in declared.items():
             native_factor = energy_factor(native[key]) if key == "energy" else length_factor(native[key])
@@ -220,18 +205,6 @@ def _check_units(source: SourceConfig) -> None:
                     f"source {source.name!r}: declared {key} unit {source.units[key]!r} does not match the "
                     f"{source.format} format, whose files are in {native[key]!r} (the reader converts to eV/Å)"
                 )
-
-
-def parse_slice(text: str) -> slice:
-    """'100:200', ':950', '0:1000:2' -> slice; raises ConfigError otherwise."""
-    parts = str(text).split(":")
-    if len(parts) not in (2, 3):
-        raise ConfigError(f"frame selection {text!r} must look like 'start:stop' or 'start:stop:step'")
-    try:
-        values = [int(p) if p.strip() else None for p in parts]
-    except ValueError:
-        raise ConfigError(f"frame selection {text!r} must contain integers") from None
-    return slice(*values)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
@@ -247,76 +220,3 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a YAML mapping (run_dir, sources, ...), got {type(values).__name__}")
     return config_from_dict(values or {})
-
-
-def resolve_path(path: str, data_root: str | None) -> Path:
-    p = Path(os.path.expandvars(path)).expanduser()
-    if not p.is_absolute() and data_root:
-        p = Path(os.path.expandvars(data_root)).expanduser() / p
-    return p
-
-
-def expand_paths(paths: List[str], data_root: str | None) -> List[Path]:
-    """Resolve each path; a path with glob characters (``*?[``) expands to its sorted matches and
-    must match at least one file."""
-    out: List[Path] = []
-    for path in paths:
-        resolved = resolve_path(path, data_root)
-        if any(c in resolved.name for c in "*?["):
-            matches = sorted(resolved.parent.glob(resolved.name))
-            if not matches:
-                raise FileNotFoundError(f"no file matches {resolved}")
-            out.extend(matches)
-        else:
-            out.append(resolved)
-    return out
-
-
-def read_source(
-    source: SourceConfig,
-    data_root: str | None,
-    path: Union[str, List[str], None] = None,
-    validation: bool | str = False,
-    report: Callable[[str], None] | None = None,
-) -> ConformationSet:
-    """Read one source's data (or, with ``validation`` True/'valid' or 'test', its validation or
-    test file) with the configured reader and filters, and screen its labels and outliers
-    (:mod:`~forcefield_et.training.screening`; ``report`` receives the messages, default: print)."""
-    if validation is True:
-        validation = "valid"
-    from ..data import readers as readers_module
-
-    function_name, native = READERS[source.format]
-    reader = getattr(readers_module, function_name)
-    options = dict(source.options)
-    if validation:
-        options.update(source.valid_options)
-    if native is None and source.units:
-        options.setdefault("energy_unit", source.units.get("energy", "eV"))
-        if source.format == "ase":
-            options.setdefault("length_unit", source.units.get("length", "Angstrom"))
-    paths = path or source.path
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    files = expand_paths(paths, data_root)
-    with accept_nonfinite_labels(source.drop_invalid_frames):
-        parts = [reader(p, **options) for p in files]
-    data = parts[0] if len(parts) == 1 else ConformationSet.concatenate(parts)
-    origin = FrameOrigin.of_parts(files, [len(part) for part in parts])
-    if source.max_force is not None and data.forces is not None:
-        norms = np.linalg.norm(data.forces, axis=1)
-        frame_max = np.maximum.reduceat(norms, data.offsets[:-1]) if len(data) else norms
-        kept = np.flatnonzero(frame_max <= source.max_force)
-        data, origin = data.subset(kept), origin.subset(kept)
-    selection = {"valid": source.valid_frames, "test": source.test_frames}[validation] if validation else source.frames
-    if selection is not None:
-        kept = np.arange(len(data))[parse_slice(selection)]
-        data, origin = data.subset(kept), origin.subset(kept)
-    report = report or (lambda message: print(message, flush=True))
-    data, origin = screen_labels(data, origin, source.objective, source.name, source.drop_invalid_frames, report)
-    drop_z = None if validation == "test" else source.drop_outliers
-    data, origin = screen_outliers(data, origin, source.objective, source.name, drop_z, report)
-    if not validation and source.max_frames is not None and len(data) > source.max_frames:
-        rng = np.random.default_rng(0)
-        data = data.subset(np.sort(rng.choice(len(data), source.max_frames, replace=False)))
-    data.source = source.name
-    return data

@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data.conformations import ConformationSet
+from ..data.sources import read_source
+from ..data.splits import split_by_molecule_id
 from ..dtypes import resolve_dtype
 from ..model import DEFAULT_ELEMENTS, build_model
 from ..registry import load_model
@@ -45,7 +47,7 @@ from .batching import (
     batch_shares,
     build_batch,
 )
-from .config import TrainConfig, read_source
+from .config import TrainConfig
 from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
 
@@ -111,23 +113,6 @@ def fit_atomic_energies(data: ConformationSet, elements: List[int], residual: np
     ok = np.isfinite(target)
     solution, *_ = np.linalg.lstsq(counts[ok], target[ok], rcond=None)
     return solution
-
-
-def split_by_molecule_id(
-    data: ConformationSet, valid_fraction: float, seed: int
-) -> Tuple[ConformationSet, ConformationSet]:
-    """Hold out whole molecules: molecule ``m`` is in validation iff a uniform draw seeded by
-    (seed, m) is below ``valid_fraction``. The decision depends only on the id, so sources that
-    share molecule ids (the xTB corpus kinds, and QM9 whose row i is xTB start i) hold out the
-    same molecules. A single-molecule source is split by frame instead."""
-    ids = np.unique(data.mol_id)
-    if len(ids) < 2:
-        return data.split_random(valid_fraction, seed=seed)
-    held = np.array([np.random.default_rng([seed, int(m)]).random() < valid_fraction for m in ids])
-    if not held.any():
-        held[np.random.default_rng(seed).integers(len(ids))] = True
-    is_valid = np.isin(data.mol_id, ids[held])
-    return data.subset(np.flatnonzero(~is_valid)), data.subset(np.flatnonzero(is_valid))
 
 
 def exponential_moving_average(decay: float) -> Callable[[List[torch.Tensor], List[torch.Tensor], torch.Tensor], None]:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from forcefield_et.checkpoint import checksum, read_checkpoint
+from forcefield_et.data.sources import expand_paths
 from forcefield_et.training import Trainer, config_from_dict, train
-from forcefield_et.training.config import ConfigError, expand_paths
+from forcefield_et.training.config import ConfigError
 from tests.conftest import shared_path
 from tests.training.test_trainer import tiny_mixed_config
 

@@ -44,6 +44,9 @@ __all__ = [
     "read_rmd17",
     "read_spice",
     "read_xtb_corpus",
+    "FORMATS",
+    "NATIVE_UNITS",
+    "format_reader",
     "smiles_formal_charge",
     "xtb_start_sources",
 ]
@@ -69,6 +72,33 @@ _FORMAT_ALIASES = {
     "xtb_corpus": "xtb",
     "dpdata": "deepmd",
 }
+# Units of each format's files (the reader converts them to eV and Å); None: the reader takes the
+# units as arguments (energy_unit, length_unit).
+NATIVE_UNITS: dict[str, dict[str, str] | None] = {
+    "rmd17": {"energy": "kcal/mol", "length": "Angstrom"},
+    "md17": {"energy": "kcal/mol", "length": "Angstrom"},
+    "qm7x": {"energy": "eV", "length": "Angstrom"},
+    "qm9": {"energy": "eV", "length": "Angstrom"},
+    "xtb": {"energy": "eV", "length": "Angstrom"},
+    "ani1x": {"energy": "Hartree", "length": "Angstrom"},
+    "spice": {"energy": "Hartree", "length": "bohr"},
+    "deepmd": {"energy": "eV", "length": "Angstrom"},
+    "ase_db": None,
+    "ase": None,
+}
+# every name a configuration may give as a source's format ("auto": detected from the file)
+FORMATS = tuple(sorted(set(READERS) | set(_FORMAT_ALIASES) | {"auto"}))
+
+
+def format_reader(name: str) -> tuple[Callable[..., ConformationSet], dict[str, str] | None]:
+    """(reader function, native units or None) of a format name or alias; ``"auto"`` reads with
+    :func:`read_dataset`. Raises ValueError for an unknown name."""
+    if name == "auto":
+        return read_dataset, None
+    canonical = _FORMAT_ALIASES.get(name, name)
+    if canonical not in READERS:
+        raise ValueError(f"unknown format {name!r}; known: {list(FORMATS)}")
+    return READERS[canonical], NATIVE_UNITS[canonical]
 
 
 def _sniff_npz(p: Path) -> str:

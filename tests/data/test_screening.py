@@ -10,8 +10,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from forcefield_et.data import DataFormatError
-from forcefield_et.training.config import config_from_dict, read_source
-from forcefield_et.training.screening import InvalidFramesError, outlier_scores, robust_z_scores
+from forcefield_et.data.screening import InvalidFramesError, outlier_scores, robust_z_scores
+from forcefield_et.data.sources import read_source
+from forcefield_et.training.config import config_from_dict
 from forcefield_et.training.trainer import Trainer, config_fingerprint
 
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])

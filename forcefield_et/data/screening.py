@@ -22,9 +22,9 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from ..data.conformations import ConformationSet
-from ..data.errors import DataFormatError
-from ..data.labels import REQUIRED_LABELS, invalid_label_frames
+from .conformations import ConformationSet
+from .errors import DataFormatError
+from .labels import REQUIRED_LABELS, invalid_label_frames
 
 REPORT_Z = 6.0  # frames with a robust z-score above this are listed before training
 MAX_LISTED = 12  # frame indices listed per report line
