@@ -6,6 +6,7 @@ Run ``forcefield-et COMMAND --help`` for each command's options and examples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -106,10 +107,35 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
     config = config_from_dict(values)
+    if args.committee is not None:
+        return _finetune_committee(args, config)
     _, metrics = train(config, progress=not args.no_progress, existing=existing)
     print(json.dumps(metrics, indent=2))
     if args.test:
         _test_best(config, args.test, Path(args.out))
+    return 0
+
+
+def _finetune_committee(args: argparse.Namespace, config) -> int:
+    """``finetune --committee K``: K members into ``--out/member_<k>/`` and ``--out/committee.json``
+    (rerunning resumes unfinished members and skips finished ones)."""
+    from .checkpoint import COMMITTEE_FILE
+    from .training.committee import train_committee
+
+    out = Path(args.out)
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise ValueError(f"{out} holds a single training run, not a committee; choose another --out")
+    if args.resume and not any(out.glob("member_*/last.pt")):
+        raise ValueError(f"nothing to resume: {out} holds no committee member")
+    existing = "overwrite" if args.overwrite else "resume"
+    if existing == "overwrite":
+        (out / COMMITTEE_FILE).unlink(missing_ok=True)
+    result = train_committee(config, args.committee, progress=not args.no_progress, existing=existing)
+    print(json.dumps(result, indent=2))
+    if args.test:
+        for index in range(args.committee):
+            member_out = out / f"member_{index}"
+            _test_best(dataclasses.replace(config, run_dir=str(member_out)), args.test, member_out)
     return 0
 
 
@@ -426,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and initial weights")
+    p.add_argument(
+        "--committee", type=int, metavar="K", help="train a committee of K members (seeds SEED..SEED+K-1, the same "
+        "validation frames) one after another into --out/member_<k>/ and list them in --out/committee.json, "
+        "which ETCalculator and md --model accept; rerunning resumes unfinished members and skips finished ones"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_finetune)
