@@ -27,6 +27,7 @@ DEFAULT_FINETUNE_STEPS = 3000
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
+UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -227,7 +228,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
     atoms = read(str(path))
     threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
     torch.set_num_threads(threads)
-    atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
+    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
@@ -248,13 +250,14 @@ def _cmd_md(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         relax_fmax=relax_fmax,
         max_bond_change=args.max_bond_change,
+        max_force_std=args.max_force_std,
     )
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
         stopped = summary["stopped"]
         print(f"forcefield-et md: stopped at {stopped['time_fs'] / 1000:g} ps (step {stopped['step']}): "
               f"{stopped['reason']}", file=sys.stderr)
-        return BROKEN_BOND_EXIT_STATUS
+        return UNCERTAIN_EXIT_STATUS if stopped.get("criterion") == "max_force_std" else BROKEN_BOND_EXIT_STATUS
     return 0
 
 
@@ -505,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
         "md",
         help="run MD with ASE from a structure file (or a bundled structure)",
         epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
-        "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500",
+        "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500\n"
+        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.5   # stop where the committee disagrees",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -514,7 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="aspirin",
         help="structure file readable by ASE, or a bundled name (default: aspirin)",
     )
-    p.add_argument("--model", default="pretrained")
+    p.add_argument(
+        "--model", default="pretrained", help="bundled name or checkpoint path; or a committee: its directory or "
+        "committee.json (finetune --committee), or checkpoints separated by commas"
+    )
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
@@ -539,6 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when a covalent bond of the starting structure has changed length by more than this "
         f"(Å; MDsim's collapse criterion is 0.5) and exit with status {BROKEN_BOND_EXIT_STATUS}; without it "
         "the largest change is only reported (md_log.csv, summary)",
+    )
+    p.add_argument(
+        "--max-force-std",
+        type=float,
+        metavar="EV_PER_A",
+        help="with a committee --model (a committee directory or committee.json from finetune --committee, or "
+        "several checkpoints separated by commas): stop when an atom's force std across the members exceeds "
+        f"this (eV/Å) and exit with status {UNCERTAIN_EXIT_STATUS}; a committee's largest per-atom force std is "
+        "logged per saved frame (md_log.csv) either way",
     )
     p.add_argument(
         "--compile",
