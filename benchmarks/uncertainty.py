@@ -26,12 +26,14 @@ sqrt(mean over members |F_m - F_mean|^2), eV/Å) as the predicted uncertainty:
   the shared xtb corpus (``xtb/xtb_shard0.npz``, kind 1; the pretraining corpus contains them):
   predicted std only, against the test frames.
 
-Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/``.
+Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/`` (the figure
+also to ``docs/img/uncertainty.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -49,6 +51,7 @@ from .machine import machine_info
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 MOLECULE = "aspirin"
 SPLIT_FRAMES = 1000
 VALID_FRAMES = 50
@@ -290,6 +293,8 @@ def main(argv: List[str] | None = None) -> None:
     train_committee(config, args.members, progress=False)
     print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
     summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out)
+    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
+        shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
     keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
             "miscalibration_area", "validation_std_scale", "miscalibration_area_scaled", "out_of_distribution")
     for key in keys:

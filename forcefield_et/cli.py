@@ -261,6 +261,51 @@ def _cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    """``select``: the frames of a file that a committee is most unsure of, kept diverse."""
+    import numpy as np
+    from ase.io import read, write
+
+    from .calculators.ase import ETCalculator
+    from .selection import select_frames
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"data file not found: {data}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
+    model = args.model.split(",") if "," in args.model else args.model
+    calc = ETCalculator(model, device=args.device, dtype=args.dtype)
+    if not calc.is_committee:
+        raise ValueError("select needs a committee --model (its directory, committee.json, or comma-separated "
+                         "checkpoints); a single model has no force std")
+    frames = read(str(data), index=":", **({"format": args.format} if args.format != "auto" else {}))
+    if not frames:
+        raise ValueError(f"{data} holds no frames")
+    results = calc.batch_evaluate(frames, batch_size=args.batch_size)
+    picked = select_frames(frames, [r["forces_std"] for r in results], args.n, args.min_distance,
+                           args.min_force_std)
+    chosen = []
+    for entry in picked:
+        atoms = frames[entry["index"]].copy()  # positions, numbers, cell: no labels to be mistaken for DFT
+        atoms.info = {"source_file": str(data), "source_index": entry["index"],
+                      "max_force_std_eV_A": entry["max_force_std_eV_A"]}
+        chosen.append(atoms)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if chosen:
+        write(str(tmp), chosen, format="extxyz")
+    else:
+        tmp.write_text("")
+    tmp.replace(out)
+    scores = [float(np.max(r["forces_std"])) for r in results]
+    print(json.dumps({"frames": len(frames), "selected": picked, "out": str(out),
+                      "max_force_std_eV_A": {"min": min(scores), "median": float(np.median(scores)),
+                                             "max": max(scores)}}, indent=2))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -571,6 +616,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser(
+        "select",
+        help="frames to label next: those a committee is most unsure of, kept diverse",
+        epilog="example: forcefield-et select --model runs/committee --data md_run/trajectory.traj --n 20 "
+        "--min-distance 0.05 --out to_label.extxyz",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a committee: its directory, committee.json, or comma-separated "
+                   "checkpoints")
+    p.add_argument("--data", required=True, help="frames readable by ASE (e.g. an md trajectory.traj, extxyz)")
+    p.add_argument("--format", default="auto", help="ASE format of --data (auto: from the file name)")
+    p.add_argument("--n", type=int, default=10, help="at most this many frames")
+    p.add_argument(
+        "--min-distance", type=float, default=0.0, metavar="ANGSTROM", help="skip a frame whose interatomic "
+        "distances differ by less than this (RMS, Å) from a frame already selected"
+    )
+    p.add_argument("--min-force-std", type=float, default=0.0, metavar="EV_PER_A",
+                   help="skip frames whose largest per-atom force std is below this (eV/Å)")
+    p.add_argument("--out", required=True, help="extxyz file of the selected frames (positions only, no labels)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser(
         "export",
