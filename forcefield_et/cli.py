@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run MD with ASE from a structure file (or a bundled structure)",
         epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
         "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500\n"
-        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.5   # stop where the committee disagrees",
+        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.1   # stop where the committee disagrees",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
