@@ -159,10 +159,13 @@ def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: 
     }
 
 
-def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path) -> Dict[str, Any]:
+def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
+             max_other_frames: int | None = None) -> Dict[str, Any]:
+    """Evaluate the committee (see the module docstring); ``max_other_frames`` limits the
+    validation and high-temperature frames (for a quick check)."""
     committee = load_committee(committee_dir, dtype="float32")
     train_file = data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
-    valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES))
+    valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
     test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz")
     test = test.subset(np.arange(0, len(test), test_stride))
     start = time.perf_counter()
@@ -193,6 +196,8 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path) 
         ood[f"displaced_{sigma_a:g}A"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
         ood_std[f"test + N(0, {sigma_a:g} Å) displacements"] = frame_max
     hot = hot_frames(data_root)
+    if hot is not None and max_other_frames is not None:
+        hot = hot.subset(np.arange(min(len(hot), max_other_frames)))
     if hot is not None and len(hot):
         pred = predict_committee(committee, hot)
         frame_max = frame_reduce(pred["forces_std"], hot.n_atoms, "max")
@@ -280,7 +285,8 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--test-stride", type=int, default=5, help="every k-th test_01 frame (5: 200 frames)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--quick", action="store_true", help="2 members, 4 steps, 20 test frames (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
@@ -292,7 +298,7 @@ def main(argv: List[str] | None = None) -> None:
     start = time.process_time()
     train_committee(config, args.members, progress=False)
     print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
-    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out)
+    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None)
     if args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
         shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
     keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
