@@ -164,3 +164,33 @@ def test_force_std_reporter_stops_the_simulation_beyond_the_limit():
     assert caught.value.step == 5 and simulation.currentStep == 5 and caught.value.force_std > 1e-4
     with pytest.raises(ValueError, match="needs a committee"):
         ForceStdReporter("pretrained", 5)
+
+
+def test_python_force_with_a_committee_drives_openmm_with_the_committee_mean():
+    openmm = require_openmm()
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip("openmm.PythonForce needs OpenMM >= 8.5")
+    from openmm import unit
+
+    from forcefield_et import ETCalculator, load_committee
+    from forcefield_et.openmm import python_force
+    from forcefield_et.units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, EV_TO_KJ_PER_MOL
+
+    simulation = _free_aspirin_simulation()
+    numbers = [a.element.atomic_number for a in simulation.topology.atoms()]
+    system = openmm.System()
+    for atom in simulation.topology.atoms():
+        system.addParticle(atom.element.mass)
+    system.addForce(python_force(load_committee(COMMITTEE), numbers))
+    context = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    positions = simulation.context.getState(getPositions=True).getPositions(asNumpy=True)
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True)
+    from ase import Atoms
+
+    atoms = Atoms(numbers=numbers, positions=positions.value_in_unit(unit.angstrom))
+    atoms.calc = ETCalculator(COMMITTEE, device="cpu")
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-3)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    np.testing.assert_allclose(forces / EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, atoms.get_forces(), atol=1e-4)
