@@ -194,3 +194,14 @@ def test_python_force_with_a_committee_drives_openmm_with_the_committee_mean():
     assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-3)
     forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
     np.testing.assert_allclose(forces / EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, atoms.get_forces(), atol=1e-4)
+
+
+def test_torch_force_refuses_a_committee_with_a_clear_error():
+    from tests.openmm.conftest import require_openmmtorch
+
+    require_openmmtorch()
+    from forcefield_et import load_committee
+    from forcefield_et.openmm import torch_force
+
+    with pytest.raises(ValueError, match="python_force"):
+        torch_force(load_committee(COMMITTEE), [6, 1])
