@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List
 
 from ..checkpoint import COMMITTEE_FILE, read_checkpoint, write_committee_file
 from .config import TrainConfig
-from .trainer import train
+from .trainer import _differences, config_fingerprint, train
 
 MEMBER_PREFIX = "member_"
 
@@ -40,14 +40,19 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
 
 
 def member_finished(config: TrainConfig) -> bool:
-    """Whether the run in ``config.run_dir`` has a ``best.pt`` and its ``last.pt`` reached
-    ``optim.max_steps`` or stopped for a reason that still holds under ``config`` (time budget
-    used, no better validation within the patience)."""
+    """Whether the run in ``config.run_dir`` was trained with ``config`` (same fingerprint, see
+    :func:`~forcefield_et.training.trainer.config_fingerprint`), has a ``best.pt``, and its
+    ``last.pt`` reached ``optim.max_steps`` or stopped for a reason that still holds under
+    ``config`` (time budget used, no better validation within the patience). A run of another
+    configuration is not finished: training it raises the trainer's clear error."""
     run_dir = Path(config.run_dir)
     last = run_dir / "last.pt"
     if not (last.is_file() and (run_dir / "best.pt").is_file()):
         return False
     state = read_checkpoint(last).get("training_state") or {}
+    stored = state.get("config")
+    if stored is None or _differences(config_fingerprint(stored), config_fingerprint(config.to_dict())):
+        return False
     optim = config.optim
     if int(state.get("step", 0)) >= optim.max_steps:
         return True

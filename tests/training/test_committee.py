@@ -55,6 +55,9 @@ def test_rerunning_resumes_unfinished_members_and_skips_finished_ones(tmp_path, 
     assert steps == [6, 6]
     code, stdout, _ = finetune(out, capsys, "--committee", "2", steps=6)
     assert code == 0 and stdout.count("is finished; skipped") == 2 and "resumed from" not in stdout
+    # a finished committee is not reused for other settings: the first member's run says what differs
+    code, _, err = finetune(out, capsys, "--committee", "2", "--lr", "1e-3", steps=6)
+    assert code == 2 and "another configuration" in err and "optim.lr" in err
 
 
 def test_committee_arguments_are_checked(tmp_path, capsys):
