@@ -10,15 +10,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .checkpoint import CheckpointError, save_checkpoint
-from .model import Potential, build_model
-from .registry import load_model
+from .model import Committee, Potential, build_model
+from .registry import load_committee, load_model
 
 __all__ = [
     "CheckpointError",
+    "Committee",
     "ETCalculator",
     "Potential",
     "__version__",
     "build_model",
+    "load_committee",
     "load_model",
     "save_checkpoint",
 ]

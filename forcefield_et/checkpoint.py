@@ -311,7 +311,9 @@ def check_model_entries(metadata: Dict[str, Any], state_dict: Dict[str, Any], pa
 
 # names that moved to forcefield_et.registry and forcefield_et.dtypes; importable from here as before
 _MOVED = {"BUNDLED_DIR": "registry", "bundled_models": "registry", "resolve_model_path": "registry",
-          "load_model": "registry", "export_checkpoint": "registry", "resolve_dtype": "dtypes"}
+          "load_model": "registry", "export_checkpoint": "registry", "resolve_dtype": "dtypes",
+          "COMMITTEE_FILE": "registry", "write_committee_file": "registry", "committee_members": "registry",
+          "load_committee": "registry"}
 
 
 def __getattr__(name: str) -> Any:

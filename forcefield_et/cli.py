@@ -6,6 +6,7 @@ Run ``forcefield-et COMMAND --help`` for each command's options and examples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from .cli_validators import (
     batch_size_arg,
     bond_change_arg,
     check_paths,
+    committee_size_arg,
     existing_file,
     existing_path,
     force_threshold_arg,
@@ -24,6 +26,7 @@ from .cli_validators import (
     learning_rate_arg,
     loss_weight_arg,
     model_reference,
+    nonnegative_float,
     nonnegative_int,
     num_layers_arg,
     open_fraction_arg,
@@ -54,6 +57,7 @@ DEFAULT_FINETUNE_STEPS = 3000
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
+UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 
 
 def _launch_workers(args: argparse.Namespace) -> int | None:
@@ -174,12 +178,37 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
     config = config_from_dict(values)
+    if args.committee is not None:
+        return _finetune_committee(args, config)
     trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
     if trainer.rank != 0:
         return 0
     print(json.dumps(metrics, indent=2))
     if args.test:
         _test_best(config, args.test, Path(args.out))
+    return 0
+
+
+def _finetune_committee(args: argparse.Namespace, config) -> int:
+    """``finetune --committee K``: K members into ``--out/member_<k>/`` and ``--out/committee.json``
+    (rerunning resumes unfinished members and skips finished ones)."""
+    from .registry import COMMITTEE_FILE
+    from .training.committee import train_committee
+
+    out = Path(args.out)
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise ValueError(f"{out} holds a single training run, not a committee; choose another --out")
+    if args.resume and not any(out.glob("member_*/last.pt")):
+        raise ValueError(f"nothing to resume: {out} holds no committee member")
+    existing = "overwrite" if args.overwrite else "resume"
+    if existing == "overwrite":
+        (out / COMMITTEE_FILE).unlink(missing_ok=True)
+    result = train_committee(config, args.committee, progress=not args.no_progress, existing=existing)
+    print(json.dumps(result, indent=2))
+    if args.test:
+        for index in range(args.committee):
+            member_out = out / f"member_{index}"
+            _test_best(dataclasses.replace(config, run_dir=str(member_out)), args.test, member_out)
     return 0
 
 
@@ -274,7 +303,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
     threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
     torch.set_num_threads(threads)
-    atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
+    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
@@ -295,13 +325,59 @@ def _cmd_md(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         relax_fmax=relax_fmax,
         max_bond_change=args.max_bond_change,
+        max_force_std=args.max_force_std,
     )
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
         stopped = summary["stopped"]
         print(f"forcefield-et md: stopped at {stopped['time_fs'] / 1000:g} ps (step {stopped['step']}): "
               f"{stopped['reason']}", file=sys.stderr)
-        return BROKEN_BOND_EXIT_STATUS
+        return UNCERTAIN_EXIT_STATUS if stopped.get("criterion") == "max_force_std" else BROKEN_BOND_EXIT_STATUS
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    """``select``: the frames of a file that a committee is most unsure of, kept diverse."""
+    import numpy as np
+    from ase.io import read, write
+
+    from .calculators.ase import ETCalculator
+    from .selection import select_frames
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"data file not found: {data}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
+    model = args.model.split(",") if "," in args.model else args.model
+    calc = ETCalculator(model, device=args.device, dtype=args.dtype)
+    if not calc.is_committee:
+        raise ValueError("select needs a committee --model (its directory, committee.json, or comma-separated "
+                         "checkpoints); a single model has no force std")
+    frames = read(str(data), index=":", **({"format": args.format} if args.format != "auto" else {}))
+    if not frames:
+        raise ValueError(f"{data} holds no frames")
+    results = calc.batch_evaluate(frames, batch_size=args.batch_size)
+    picked = select_frames(frames, [r["forces_std"] for r in results], args.n, args.min_distance,
+                           args.min_force_std)
+    chosen = []
+    for entry in picked:
+        atoms = frames[entry["index"]].copy()  # positions, numbers, cell: no labels to be mistaken for DFT
+        atoms.info = {"source_file": str(data), "source_index": entry["index"],
+                      "max_force_std_eV_A": entry["max_force_std_eV_A"]}
+        chosen.append(atoms)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if chosen:
+        write(str(tmp), chosen, format="extxyz")
+    else:
+        tmp.write_text("")
+    tmp.replace(out)
+    scores = [float(np.max(r["forces_std"])) for r in results]
+    print(json.dumps({"frames": len(frames), "selected": picked, "out": str(out),
+                      "max_force_std_eV_A": {"min": min(scores), "median": float(np.median(scores)),
+                                             "max": max(scores)}}, indent=2))
     return 0
 
 
@@ -542,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=num_layers_arg, default=4, help="with --model scratch and --hidden-channels")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
     p.add_argument("--seed", type=seed, default=0, help="seed of the batches, noise and initial weights")
+    p.add_argument(
+        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (seeds "
+        "SEED..SEED+K-1, the same validation frames) one after another into --out/member_<k>/ and list them in "
+        "--out/committee.json, which ETCalculator and md --model accept; rerunning resumes unfinished members and "
+        "skips finished ones"
+    )
     p.add_argument("--threads", type=threads_arg, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
         "--workers", type=workers_arg, default=1, metavar="N",
@@ -602,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
         "md",
         help="run MD with ASE from a structure file (or a bundled structure)",
         epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
-        "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500",
+        "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500\n"
+        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.1   # stop where the committee disagrees",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -611,7 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="aspirin",
         help="structure file readable by ASE, or a bundled name (default: aspirin)",
     )
-    p.add_argument("--model", default="pretrained", type=model_reference)
+    p.add_argument(
+        "--model", default="pretrained", type=model_reference, help="bundled name or checkpoint path; or a "
+        "committee: its directory or committee.json (finetune --committee), or checkpoints separated by commas"
+    )
     p.add_argument("--steps", type=nonnegative_int, default=2000)
     p.add_argument("--timestep", type=timestep_arg, default=0.5, help="fs")
     p.add_argument("--temperature", type=temperature_arg, default=300.0, help="K")
@@ -640,6 +726,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the largest change is only reported (md_log.csv, summary)",
     )
     p.add_argument(
+        "--max-force-std",
+        type=force_threshold_arg,
+        metavar="EV_PER_A",
+        help="with a committee --model (a committee directory or committee.json from finetune --committee, or "
+        "several checkpoints separated by commas): stop when an atom's force std across the members exceeds "
+        f"this (eV/Å) and exit with status {UNCERTAIN_EXIT_STATUS}; a committee's largest per-atom force std is "
+        "logged per saved frame (md_log.csv) either way",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the model's energy part: the first step compiles (minutes on a small CPU), "
@@ -654,6 +749,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser(
+        "select",
+        help="frames to label next: those a committee is most unsure of, kept diverse",
+        epilog="example: forcefield-et select --model runs/committee --data md_run/trajectory.traj --n 20 "
+        "--min-distance 0.05 --out to_label.extxyz",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=model_reference, help="a committee: its directory, "
+                   "committee.json, or comma-separated checkpoints")
+    p.add_argument("--data", required=True, type=existing_file,
+                   help="frames readable by ASE (e.g. an md trajectory.traj, extxyz)")
+    p.add_argument("--format", default="auto", help="ASE format of --data (auto: from the file name)")
+    p.add_argument("--n", type=positive_int, default=10, help="at most this many frames")
+    p.add_argument(
+        "--min-distance", type=nonnegative_float, default=0.0, metavar="ANGSTROM",
+        help="skip a frame whose interatomic distances differ by less than this (RMS, Å) from a frame already selected"
+    )
+    p.add_argument("--min-force-std", type=nonnegative_float, default=0.0, metavar="EV_PER_A",
+                   help="skip frames whose largest per-atom force std is below this (eV/Å)")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="extxyz file of the selected frames (positions only, no labels)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--batch-size", type=batch_size_arg, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser(
         "export",

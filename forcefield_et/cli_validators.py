@@ -45,6 +45,7 @@ __all__ = [
     "temperature_arg",
     "threads_arg",
     "workers_arg",
+    "committee_size_arg",
     "timestep_arg",
     "zbl_scale_arg",
 ]
@@ -206,17 +207,22 @@ def _problem_of_output_file(text: str) -> str | None:
 
 
 def _problem_of_model(text: str) -> str | None:
+    """A bundled name, a checkpoint file, a committee (its directory or committee.json), or
+    checkpoints separated by commas (a committee); ``scratch`` for finetune."""
     if str(text) == "scratch":
         return None
     from .checkpoint import CheckpointError
-    from .registry import resolve_model_path
+    from .registry import committee_members, resolve_model_path
 
-    try:
-        path = resolve_model_path(text)
-    except CheckpointError as error:
-        return str(error)
-    if path.stat().st_size == 0:
-        return f"{text}: the file is empty"
+    for item in str(text).split(",") if "," in str(text) else [str(text)]:
+        try:
+            if committee_members(item) is not None:
+                continue
+            path = resolve_model_path(item)
+        except CheckpointError as error:
+            return str(error)
+        if path.stat().st_size == 0:
+            return f"{item}: the file is empty"
     return None
 
 
@@ -254,6 +260,7 @@ hidden_channels_arg = bounded_int(1, 4096)
 num_layers_arg = bounded_int(1, 64)
 threads_arg = bounded_int(0, 4096)
 workers_arg = bounded_int(1, 1024)
+committee_size_arg = bounded_int(1, 64)
 open_fraction_arg = float_in_range(0.0, 1.0, include_low=False)  # (0, 1)
 learning_rate_arg = float_in_range(0.0, 1.0, include_low=False, include_high=True)
 loss_weight_arg = float_in_range(0.0, 1e6, include_high=True)

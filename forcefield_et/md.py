@@ -3,7 +3,9 @@
 Writes an ASE trajectory, a CSV log (time in fs, energies in eV, temperature in K, largest bond
 change in Å) and a PNG of energy and temperature against time. Every saved frame is checked
 against the covalent bonds of the starting structure (:mod:`forcefield_et.bonds`), so that a
-molecule that falls apart is reported, and with ``max_bond_change`` the run stops there.
+molecule that falls apart is reported, and with ``max_bond_change`` the run stops there. With a
+committee calculator, the log also holds the largest per-atom force std of each saved frame
+(eV/Å), and with ``max_force_std`` the run stops at the first frame the committee is unsure of.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def run_md(
     relax_fmax: float | None = None,
     relax_steps: int = 500,
     max_bond_change: float | None = None,
+    max_force_std: float | None = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
     and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
@@ -100,13 +103,26 @@ def run_md(
     The covalent bonds of the structure MD starts from are checked at every saved frame
     (``max_bond_change_A`` in the log and the summary: the largest |length - start length|, Å).
     With ``max_bond_change`` (Å; MDsim's collapse criterion is 0.5) the run stops at the first
-    saved frame beyond it, and the summary's ``stopped`` says when and which bonds changed."""
+    saved frame beyond it, and the summary's ``stopped`` says when and which bonds changed.
+
+    With a committee calculator (results ``forces_std``, see :class:`~forcefield_et.ETCalculator`),
+    every saved frame's largest per-atom force std is logged (``max_force_std_eV_A``) and
+    summarised; with ``max_force_std`` (eV/Å) the run stops at the first saved frame beyond it
+    (``stopped`` names the atom), typically a frame to label and add to the training data."""
     import time
 
     if atoms.calc is None:
         raise ValueError("run_md: atoms has no calculator (set atoms.calc = ETCalculator(...))")
     if max_bond_change is not None and not max_bond_change > 0:
         raise ValueError(f"run_md: max_bond_change must be a positive length in Å, got {max_bond_change}")
+    committee = "forces_std" in getattr(atoms.calc, "implemented_properties", ())
+    if max_force_std is not None and not max_force_std > 0:
+        raise ValueError(f"run_md: max_force_std must be a positive force in eV/Å, got {max_force_std}")
+    if max_force_std is not None and not committee:
+        raise ValueError(
+            "run_md: max_force_std needs a committee model (several checkpoints, e.g. from forcefield-et finetune "
+            "--committee); a single model has no force std"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     relaxation = relax(atoms, relax_fmax, relax_steps, out / "relax.log") if relax_fmax is not None else None
@@ -125,16 +141,17 @@ def run_md(
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
         bond_change = watch.change(atoms.positions, current_cell())
-        rows.append(
-            {
-                "time_fs": dynamics.nsteps * timestep_fs,
-                "epot_eV": epot,
-                "ekin_eV": ekin,
-                "etot_eV": epot + ekin,
-                "temperature_K": atoms.get_temperature(),
-                "max_bond_change_A": bond_change,
-            }
-        )
+        row = {
+            "time_fs": dynamics.nsteps * timestep_fs,
+            "epot_eV": epot,
+            "ekin_eV": ekin,
+            "etot_eV": epot + ekin,
+            "temperature_K": atoms.get_temperature(),
+            "max_bond_change_A": bond_change,
+        }
+        if committee:
+            row["max_force_std_eV_A"] = float(np.max(atoms.calc.get_property("forces_std", atoms)))
+        rows.append(row)
         trajectory.write()
         return bond_change
 
@@ -158,7 +175,12 @@ def run_md(
             bond_change = record()
             if max_bond_change is not None and bond_change > max_bond_change:
                 changes, reason = watch.broken(atoms.positions, max_bond_change, current_cell())
-                stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes}
+                stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes,
+                           "criterion": "max_bond_change"}
+                break
+            if max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
+                stopped = {"time_fs": done * timestep_fs, "step": done, "criterion": "max_force_std",
+                           **uncertain_atom(atoms, max_force_std)}
                 break
     finally:
         bar.close()
@@ -179,6 +201,8 @@ def run_md(
         "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
         "out_dir": str(out),
     }
+    if committee:
+        summary["max_force_std_eV_A"] = float(max(r["max_force_std_eV_A"] for r in rows))
     if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
         summary["total_energy_drift_eV"] = float(etot[-1] - etot[0])
     if stopped is not None:
@@ -186,6 +210,22 @@ def run_md(
     if relaxation is not None:
         summary["relaxation"] = relaxation
     return summary
+
+
+def uncertain_atom(atoms: Atoms, threshold: float) -> Dict[str, Any]:
+    """The atom with the largest committee force std (eV/Å) in ``atoms``' current results, and a
+    one-line reason naming it against ``threshold`` (eV/Å)."""
+    from ase.data import chemical_symbols
+
+    std = np.asarray(atoms.calc.get_property("forces_std", atoms))
+    index = int(np.argmax(std))
+    name = f"{chemical_symbols[int(atoms.numbers[index])]}{index}"
+    return {
+        "reason": f"the committee's force std on atom {name} is {std[index]:.3g} eV/Å, above --max-force-std "
+        f"{threshold:g} eV/Å: the model is unsure here (label this frame and add it to the training data)",
+        "atom": index,
+        "force_std_eV_A": float(std[index]),
+    }
 
 
 def relax(atoms: Atoms, fmax: float, max_steps: int, logfile: Union[str, Path, None] = None) -> Dict[str, Any]:

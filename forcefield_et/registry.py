@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import torch
 
@@ -114,4 +115,87 @@ def export_checkpoint(source: PathLike, destination: PathLike, card: Dict[str, A
     return atomic_torch_save(out, destination)
 
 
-__all__ = ["BUNDLED_DIR", "bundled_models", "export_checkpoint", "load_model", "resolve_model", "resolve_model_path"]
+
+COMMITTEE_FILE = "committee.json"
+COMMITTEE_FORMAT = "forcefield_et_committee"
+
+
+def write_committee_file(
+    directory: PathLike, members: Sequence[PathLike], extra: Dict[str, Any] | None = None
+) -> Path:
+    """Write ``directory/committee.json`` atomically: the member checkpoints (paths relative to
+    ``directory``, or absolute) of a committee, plus ``extra`` JSON entries."""
+    directory = Path(directory)
+    content: Dict[str, Any] = {
+        "format": COMMITTEE_FORMAT,
+        "format_version": 1,
+        "members": [str(m) for m in members],
+    }
+    content.update(extra or {})
+    path = directory / COMMITTEE_FILE
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{COMMITTEE_FILE}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def committee_members(name_or_path: PathLike) -> List[Path] | None:
+    """The member checkpoint files of a committee given as its directory (holding
+    ``committee.json``) or as the ``committee.json`` file; None when ``name_or_path`` is not a
+    committee. Raises CheckpointError for an unreadable committee file or a missing member."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir() and (candidate / COMMITTEE_FILE).is_file():
+        candidate = candidate / COMMITTEE_FILE
+    elif candidate.is_dir():
+        raise CheckpointError(
+            f"{candidate} is a directory without {COMMITTEE_FILE}; give a checkpoint file, a bundled model name, "
+            "or a committee directory written by forcefield-et finetune --committee"
+        )
+    if not (candidate.is_file() and candidate.suffix == ".json"):
+        return None
+    try:
+        content = json.loads(candidate.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read committee file {candidate}: {error}") from error
+    members = content.get("members") if isinstance(content, dict) else None
+    if not isinstance(content, dict) or content.get("format") != COMMITTEE_FORMAT or not isinstance(members, list):
+        raise CheckpointError(f"{candidate} is not a forcefield_et committee file (format {COMMITTEE_FORMAT!r})")
+    paths = [candidate.parent / Path(str(m)).expanduser() for m in members]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"committee {candidate}: member checkpoint(s) not found: {', '.join(missing)}")
+    return paths
+
+
+def load_committee(
+    members: Union[PathLike, Sequence[PathLike]],
+    device: Union[str, torch.device] = "cpu",
+    dtype: Union[str, torch.dtype] = "float32",
+) -> torch.nn.Module:
+    """Load a :class:`~forcefield_et.model.committee.Committee` from a committee directory or
+    ``committee.json``, or from a list of checkpoint paths / bundled names."""
+    from .model.committee import Committee
+
+    if isinstance(members, (str, os.PathLike)):
+        paths = committee_members(members)
+        if paths is None:
+            raise CheckpointError(f"{members} is not a committee directory or committee.json file")
+        source: str | None = str(members)
+    else:
+        paths, source = list(members), None
+    committee = Committee([load_model(p, device=device, dtype=dtype) for p in paths])
+    committee.source = source
+    return committee
+
+__all__ = [
+    "BUNDLED_DIR", "COMMITTEE_FILE", "bundled_models", "committee_members", "export_checkpoint", "load_committee",
+    "load_model", "resolve_model", "resolve_model_path", "write_committee_file",
+]

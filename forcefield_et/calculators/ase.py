@@ -2,13 +2,16 @@
 
 Follows ``ase.calculators.calculator.Calculator`` conventions: ``implemented_properties``,
 results cached until ``system_changes``, energy in eV, forces in eV/Å, stress in eV/Å³ (Voigt
-order xx, yy, zz, yz, xz, xy) for periodic systems.
+order xx, yy, zz, yz, xz, xy) for periodic systems. A committee of models
+(``ETCalculator(["a.pt", "b.pt", ...])`` or a committee directory) gives the members' mean and
+adds ``energy_std`` (eV) and ``forces_std`` (per atom, eV/Å); see :mod:`forcefield_et.model.committee`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
@@ -18,9 +21,9 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from ..dtypes import resolve_dtype
 from ..elements import symbol
-from ..model import Potential
+from ..model import Committee, Potential
 from ..neighbors import edges_per_structure, radius_graph
-from ..registry import load_model
+from ..registry import committee_members, load_committee, load_model
 from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_batches, plan_memory
 
 logger = logging.getLogger(__name__)
@@ -71,7 +74,11 @@ class ETCalculator(Calculator):
 
     Args:
         model: bundled model name (``"pretrained"``, ``"rmd17-aspirin"``, ...), a checkpoint
-            path, or a :class:`Potential` instance.
+            path, or a :class:`Potential` instance; or a committee: a list of names/paths, a
+            committee directory or its ``committee.json`` (``forcefield-et finetune --committee``),
+            or a :class:`~forcefield_et.model.Committee`. A committee's results are the members'
+            mean energy, forces (and stress) plus ``energy_std`` (eV) and ``forces_std`` [N] (eV/Å,
+            per atom: sqrt(mean over members of |F_m - F_mean|^2)).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"`` (default, fast) or ``"float64"`` (for tight energy conservation
             and finite-difference checks).
@@ -100,11 +107,12 @@ class ETCalculator(Calculator):
     EDGE_CHUNK_SIZE = DEFAULT_EDGE_CHUNK_SIZE  # edges per chunk when edge_chunking="auto" chunks
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    committee_properties = ["energy_std", "forces_std"]  # added for a committee
     default_parameters: Dict[str, Any] = {}
 
     def __init__(
         self,
-        model: Union[str, Potential] = "pretrained",
+        model: Union[str, os.PathLike, Potential, Committee, Sequence[Union[str, os.PathLike]]] = "pretrained",
         device: Union[str, torch.device] = "auto",
         dtype: Union[str, torch.dtype] = "float32",
         compile: bool = False,
@@ -136,9 +144,18 @@ class ETCalculator(Calculator):
         if isinstance(model, torch.nn.Module):
             self.model_name = type(model).__name__
             self.model = converted_model(model, self.device, self.dtype).eval()
+        elif isinstance(model, (list, tuple)):
+            self.model_name = f"committee of {len(model)}"
+            self.model = load_committee(model, device=self.device, dtype=self.dtype)
+        elif committee_members(model) is not None:
+            self.model_name = str(model)
+            self.model = load_committee(model, device=self.device, dtype=self.dtype)
         else:
             self.model_name = str(model)
             self.model = load_model(model, device=self.device, dtype=self.dtype)
+        self.is_committee = isinstance(self.model, Committee)
+        if self.is_committee:
+            self.implemented_properties = self.implemented_properties + self.committee_properties
         self.elements: List[int] = list(self.model.elements)
         self.cutoff: float = float(self.model.cutoff)
         if compile:
@@ -231,6 +248,9 @@ class ETCalculator(Calculator):
         self.n_calls += 1
         self._check_finite(energy, forces, numbers)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if "forces_std" in output:
+            self.results["energy_std"] = float(output["energy_std"][0].detach())
+            self.results["forces_std"] = output["forces_std"].detach().cpu().numpy().astype(np.float64)
         if cell is not None:
             self.results["stress"] = _full_stress_to_voigt(
                 output["stress"][0].detach().cpu().numpy().astype(np.float64)
@@ -296,7 +316,8 @@ class ETCalculator(Calculator):
     def batch_evaluate(self, structures: Sequence[Atoms], batch_size: int = 64) -> List[Dict[str, Any]]:
         """Energies and forces (and stress for periodic structures) of many structures in
         batched passes: returns one dict per structure with ``energy`` (eV), ``forces``
-        [n, 3] (eV/Å) and, if periodic, ``stress`` (Voigt, eV/Å³)."""
+        [n, 3] (eV/Å), if periodic, ``stress`` (Voigt, eV/Å³), and for a committee
+        ``energy_std`` (eV) and ``forces_std`` [n] (eV/Å)."""
         results: List[Dict[str, Any] | None] = [None] * len(structures)
         for atoms in structures:
             self.check_atoms(atoms)
@@ -346,6 +367,11 @@ class ETCalculator(Calculator):
             f = forces[offsets[k] : offsets[k + 1]]
             self._check_finite(float(energies[k]), f, numbers[offsets[k] : offsets[k + 1]])
             entry: Dict[str, Any] = {"energy": float(energies[k]), "forces": f}
+            if "forces_std" in output:
+                entry["energy_std"] = float(output["energy_std"][k].detach())
+                entry["forces_std"] = (
+                    output["forces_std"][offsets[k] : offsets[k + 1]].detach().cpu().numpy().astype(np.float64)
+                )
             if periodic:
                 entry["stress"] = _full_stress_to_voigt(output["stress"][k].detach().cpu().numpy().astype(np.float64))
             results[index] = entry

@@ -1,11 +1,13 @@
 """The Equivariant Transformer potential: representation, heads and the force wrapper."""
 
+from .committee import Committee
 from .et import EquivariantAttention, EquivariantTransformer, NeighborEmbedding
 from .heads import DipoleHead, EnergyHead, ScalarPropertyHead
 from .potential import DEFAULT_ELEMENTS, DEFAULT_HYPERPARAMETERS, Potential, build_model
 from .radial import CosineCutoff, ExpNormalSmearing
 
 __all__ = [
+    "Committee",
     "CosineCutoff",
     "DEFAULT_ELEMENTS",
     "DEFAULT_HYPERPARAMETERS",

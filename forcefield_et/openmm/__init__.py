@@ -6,6 +6,8 @@
 - :class:`OpenMMModule`: the TorchScript-able nm / kJ/mol wrapper both use;
 - :class:`BondCheckReporter`: a ``Simulation`` reporter that stops the run when a covalent bond
   breaks (:class:`BrokenBondError`);
+- :class:`ForceStdReporter`: a reporter that evaluates a committee at each report and stops the run
+  when its per-atom force std passes a limit (:class:`UncertainForcesError`);
 - ``MLPotential('forcefield-et', model=...)`` from openmm-ml (plugin registered via the
   ``openmmml.potentials`` entry point, implemented in :mod:`forcefield_et.openmm.mlpotential`).
 
@@ -27,11 +29,12 @@ from .forces import (
     torch_force,
 )
 from .module import OpenMMModule
-from .reporter import BondCheckReporter, BrokenBondError
+from .reporter import BondCheckReporter, BrokenBondError, ForceStdReporter, UncertainForcesError
 
 __all__ = [
     "BondCheckReporter",
     "BrokenBondError",
+    "ForceStdReporter",
     "INSTALL_HINT",
     "VERSION_MATRIX",
     "OpenMMModule",
@@ -40,4 +43,5 @@ __all__ = [
     "require_openmm",
     "require_openmmtorch",
     "torch_force",
+    "UncertainForcesError",
 ]

@@ -17,6 +17,7 @@ from typing import Any, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..model.committee import Committee
 from ..runtime import keep_freed_memory
 from .module import OpenMMModule
 
@@ -184,6 +185,9 @@ def torch_force(
     """
     openmmtorch = require_openmmtorch()
     potential = resolve_model(model, dtype)
+    if isinstance(potential, Committee):
+        raise ValueError("torch_force takes a single model; run a committee with python_force, or watch its "
+                         "spread with ForceStdReporter")
     numbers, indices = _ml_atoms(potential, atomic_numbers, atom_indices)
     module = torch.jit.script(OpenMMModule(potential, numbers, indices, dtype=dtype))
     force = openmmtorch.TorchForce(module)

@@ -1,5 +1,6 @@
-"""An OpenMM reporter that watches the covalent bonds of a simulation (the ASE side's
-``forcefield-et md --max-bond-change``, for ``Simulation.reporters``).
+"""OpenMM reporters: :class:`BondCheckReporter` watches the covalent bonds of a simulation (the ASE
+side's ``forcefield-et md --max-bond-change``); :class:`ForceStdReporter` reports a committee's
+largest per-atom force std (``forcefield-et md --max-force-std``). Both go in ``Simulation.reporters``.
 
 A machine-learned potential can pull a molecule apart without any error from OpenMM: energies
 stay finite while a bond stretches to 2 Å. :class:`BondCheckReporter` takes the bonds of the
@@ -130,4 +131,107 @@ class BondCheckReporter:
         self.close()
 
 
-__all__ = ["BondCheckReporter", "BrokenBondError"]
+class UncertainForcesError(RuntimeError):
+    """A committee's per-atom force std passed :class:`ForceStdReporter`'s ``max_force_std``.
+    ``step`` is the simulation step, ``atom`` the 0-based index of the most uncertain atom and
+    ``force_std`` its std (eV/Å)."""
+
+    def __init__(self, message: str, step: int, atom: int, force_std: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.atom = atom
+        self.force_std = force_std
+
+
+class ForceStdReporter:
+    """Evaluates a committee every ``report_interval`` steps and reports its largest per-atom
+    force std (eV/Å; ``forces_std`` of :class:`~forcefield_et.ETCalculator`), the OpenMM side of
+    ``forcefield-et md --max-force-std``. The simulation may be driven by any force (e.g. the
+    committee's first member as a TorchForce): the committee runs only at reports.
+
+    Args:
+        committee: a committee directory or ``committee.json``, a list of checkpoints, a
+            :class:`~forcefield_et.model.Committee`, or an ``ETCalculator`` holding a committee.
+        report_interval: steps between evaluations.
+        max_force_std: eV/Å; a larger std on any atom raises :class:`UncertainForcesError`, which
+            ends ``Simulation.step`` there. None: only measure.
+        file: optional CSV path; one row per report: step, time (ps), largest force std (eV/Å).
+        device, dtype: for the committee when it is not already a calculator.
+
+    ``last_max_force_std`` holds the latest value (eV/Å), ``max_force_std_seen`` the largest so far.
+    """
+
+    def __init__(self, committee: Any, report_interval: int, max_force_std: float | None = None,
+                 file: Union[str, Path, None] = None, device: str = "cpu", dtype: str = "float32") -> None:
+        from ..calculators.ase import ETCalculator
+
+        self._handle: Any = None
+        if int(report_interval) < 1:
+            raise ValueError(f"ForceStdReporter: report_interval must be >= 1, got {report_interval}")
+        if max_force_std is not None and not max_force_std > 0:
+            raise ValueError(f"ForceStdReporter: max_force_std must be a positive force in eV/Å, got {max_force_std}")
+        self.calculator = committee if isinstance(committee, ETCalculator) else ETCalculator(
+            committee, device=device, dtype=dtype)
+        if not self.calculator.is_committee:
+            raise ValueError(
+                "ForceStdReporter: needs a committee (several checkpoints); a single model has no force std"
+            )
+        self.report_interval = int(report_interval)
+        self.max_force_std = max_force_std
+        self.last_max_force_std: float | None = None
+        self.max_force_std_seen = 0.0
+        self._path = Path(file) if file is not None else None
+        self._atoms: Any = None
+
+    def describeNextReport(self, simulation: Any) -> Dict[str, Any]:  # noqa: N802 (OpenMM's name)
+        steps = self.report_interval - simulation.currentStep % self.report_interval
+        return {"steps": steps, "periodic": False, "include": ["positions"]}
+
+    def report(self, simulation: Any, state: Any) -> None:
+        from openmm import unit
+
+        if self._atoms is None:
+            self._start(simulation)
+        self._atoms.positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+        if self._atoms.pbc.all():
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+            self._atoms.cell = box
+        std = np.asarray(self.calculator.get_property("forces_std", self._atoms))
+        atom = int(np.argmax(std))
+        value = float(std[atom])
+        self.last_max_force_std = value
+        self.max_force_std_seen = max(self.max_force_std_seen, value)
+        step = int(simulation.currentStep)
+        if self._handle is not None:
+            self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{value:.6f}\n")
+            self._handle.flush()
+        if self.max_force_std is not None and value > self.max_force_std:
+            name = f"{self._atoms.get_chemical_symbols()[atom]}{atom}"
+            raise UncertainForcesError(
+                f"step {step}: the committee's force std on atom {name} is {value:.3g} eV/Å, above max_force_std "
+                f"{self.max_force_std:g} eV/Å", step, atom, value)
+
+    def _start(self, simulation: Any) -> None:
+        from ase import Atoms
+
+        atoms = list(simulation.topology.atoms())
+        if any(atom.element is None for atom in atoms):
+            raise ValueError("ForceStdReporter: every atom of the topology needs an element")
+        periodic = bool(simulation.system.usesPeriodicBoundaryConditions())
+        self._atoms = Atoms(numbers=[atom.element.atomic_number for atom in atoms], pbc=periodic)
+        self._atoms.calc = self.calculator
+        if self._path is not None:
+            self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
+            self._handle.write("step,time_ps,max_force_std_eV_A\n")
+
+    def close(self) -> None:
+        """Close the CSV file (also done when the reporter is garbage-collected)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+__all__ = ["BondCheckReporter", "BrokenBondError", "ForceStdReporter", "UncertainForcesError"]

@@ -100,6 +100,9 @@ class TrainConfig:
     run_dir: str
     sources: List[SourceConfig]
     seed: int = 0
+    # seed of the random train/validation carve (valid_fraction, valid_max_frames); None: ``seed``.
+    # A committee's members differ in ``seed`` and share this one, so they validate on the same frames.
+    split_seed: int | None = None
     dtype: str = "float32"
     model: Dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None

@@ -256,6 +256,7 @@ class Trainer:
 
     def _load_sources(self) -> None:
         cfg = self.config
+        split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
         self.sources: List[Source] = []
         self.valid_sets: List[ConformationSet] = []
         for sc in cfg.sources:
@@ -265,9 +266,9 @@ class Trainer:
                     sc, cfg.data_root, path=sc.valid_path, validation=True, report=self._report
                 )
             elif sc.valid_fraction > 0 and sc.split == "frame":
-                train, valid = data.split_random(sc.valid_fraction, seed=cfg.seed)
+                train, valid = data.split_random(sc.valid_fraction, seed=split_seed)
             elif sc.valid_fraction > 0:
-                train, valid = split_by_molecule_id(data, sc.valid_fraction, cfg.seed)
+                train, valid = split_by_molecule_id(data, sc.valid_fraction, split_seed)
             else:
                 train, valid = data, data.subset(np.arange(0))
             if len(valid) == 0 and (sc.valid_path or sc.valid_fraction > 0):
@@ -277,7 +278,7 @@ class Trainer:
                     "(with --n-train, leave frames after the first N) or a --valid file"
                 )
             if len(valid) > sc.valid_max_frames:
-                rng = np.random.default_rng(cfg.seed)
+                rng = np.random.default_rng(split_seed)
                 valid = valid.subset(np.sort(rng.choice(len(valid), sc.valid_max_frames, replace=False)))
             self.sources.append(Source(sc.name, train, sc.objective, sc.weight, sc.ratio))
             self.valid_sets.append(valid)

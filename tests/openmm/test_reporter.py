@@ -106,3 +106,102 @@ def test_reporter_rejects_bad_settings():
         BondCheckReporter(10, max_bond_change=-1.0)
     with pytest.raises(ValueError, match="bonds_from must be 'positions' or 'topology'"):
         BondCheckReporter(10, bonds_from="residues")
+
+
+def _free_aspirin_simulation():
+    """Aspirin from the bundled PDB with no forces at all (atoms drift at 300 K): a geometry for the
+    reporters to read; Reference platform, Langevin, 0.5 fs."""
+    openmm = require_openmm()
+    from openmm import app, unit
+
+    from tests.openmm.conftest import ASPIRIN_PDB
+
+    pdb = app.PDBFile(str(ASPIRIN_PDB))
+    system = openmm.System()
+    for atom in pdb.topology.atoms():
+        system.addParticle(atom.element.mass)
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 5 / unit.picosecond, 0.5 * unit.femtosecond)
+    integrator.setRandomNumberSeed(2)
+    simulation = app.Simulation(pdb.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(pdb.positions)
+    simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 3)
+    return simulation
+
+
+COMMITTEE = ["pretrained", "rmd17-aspirin"]  # bundled models of one architecture
+
+
+def test_force_std_reporter_reports_the_committee_std_of_the_current_positions(tmp_path):
+    from ase import Atoms
+    from openmm import unit
+
+    from forcefield_et import ETCalculator
+    from forcefield_et.openmm import ForceStdReporter
+
+    simulation = _free_aspirin_simulation()
+    reporter = ForceStdReporter(COMMITTEE, 5, file=tmp_path / "std.csv")
+    simulation.reporters.append(reporter)
+    simulation.step(10)
+    reporter.close()
+    rows = (tmp_path / "std.csv").read_text().splitlines()
+    assert rows[0] == "step,time_ps,max_force_std_eV_A" and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
+    positions = simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    atoms = Atoms(numbers=[a.element.atomic_number for a in simulation.topology.atoms()], positions=positions)
+    atoms.calc = ETCalculator(COMMITTEE, device="cpu")
+    expected = float(atoms.calc.get_property("forces_std", atoms).max())
+    assert reporter.last_max_force_std == pytest.approx(expected, rel=1e-5)
+    assert float(rows[-1].split(",")[2]) == pytest.approx(expected, rel=1e-4)
+    assert reporter.max_force_std_seen >= reporter.last_max_force_std > 0
+
+
+def test_force_std_reporter_stops_the_simulation_beyond_the_limit():
+    from forcefield_et.openmm import ForceStdReporter, UncertainForcesError
+
+    simulation = _free_aspirin_simulation()
+    simulation.reporters.append(ForceStdReporter(COMMITTEE, 5, max_force_std=1e-4))
+    with pytest.raises(UncertainForcesError, match="above max_force_std") as caught:
+        simulation.step(20)
+    assert caught.value.step == 5 and simulation.currentStep == 5 and caught.value.force_std > 1e-4
+    with pytest.raises(ValueError, match="needs a committee"):
+        ForceStdReporter("pretrained", 5)
+
+
+def test_python_force_with_a_committee_drives_openmm_with_the_committee_mean():
+    openmm = require_openmm()
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip("openmm.PythonForce needs OpenMM >= 8.5")
+    from openmm import unit
+
+    from forcefield_et import ETCalculator, load_committee
+    from forcefield_et.openmm import python_force
+    from forcefield_et.units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, EV_TO_KJ_PER_MOL
+
+    simulation = _free_aspirin_simulation()
+    numbers = [a.element.atomic_number for a in simulation.topology.atoms()]
+    system = openmm.System()
+    for atom in simulation.topology.atoms():
+        system.addParticle(atom.element.mass)
+    system.addForce(python_force(load_committee(COMMITTEE), numbers))
+    context = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    positions = simulation.context.getState(getPositions=True).getPositions(asNumpy=True)
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True)
+    from ase import Atoms
+
+    atoms = Atoms(numbers=numbers, positions=positions.value_in_unit(unit.angstrom))
+    atoms.calc = ETCalculator(COMMITTEE, device="cpu")
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-3)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    np.testing.assert_allclose(forces / EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, atoms.get_forces(), atol=1e-4)
+
+
+def test_torch_force_refuses_a_committee_with_a_clear_error():
+    from tests.openmm.conftest import require_openmmtorch
+
+    require_openmmtorch()
+    from forcefield_et import load_committee
+    from forcefield_et.openmm import torch_force
+
+    with pytest.raises(ValueError, match="python_force"):
+        torch_force(load_committee(COMMITTEE), [6, 1])

@@ -1,0 +1,311 @@
+"""Committee uncertainty on rMD17 aspirin: does the members' force spread predict the force error?
+
+    python -m benchmarks.uncertainty                 # train the committee (resumes), then evaluate
+    python -m benchmarks.uncertainty --quick         # CI: 2 members, a few steps, 20 test frames
+
+Protocol (sized for a small shared CPU): a committee of 4 members fine-tuned from the bundled
+``pretrained`` checkpoint on the first 50 frames of the rMD17 aspirin ``train_01`` split, with
+frames 950-999 of the same split as validation (the same frames for every member), seeds 0-3,
+600 steps each (batch 8, energy + force loss, AdamW 5e-4 with warm-up and cosine decay, EMA 0.99,
+eager training, 1 thread). The members are ordinary run directories under
+``benchmarks/results/uncertainty/runs/`` (with ``committee.json``), so an interrupted benchmark
+resumes; a finished committee is only evaluated again.
+
+Evaluation, with the committee mean as the prediction and ``forces_std`` (per atom,
+sqrt(mean over members |F_m - F_mean|^2), eV/Å) as the predicted uncertainty:
+
+- in distribution: 200 frames of the rMD17 aspirin ``test_01`` split (every fifth), with DFT labels:
+  Spearman rank correlation of predicted std and actual error |F_mean - F_ref| per atom, and of the
+  frame's mean std and its force RMSE per frame; calibration under a Gaussian assumption (each force
+  component's error ~ N(0, (std/sqrt(3))^2)): observed against expected fraction of components inside
+  the central interval at each confidence level, and the miscalibration area (mean |observed -
+  expected| over 99 levels; 0 is perfectly calibrated). The same after scaling std by one factor
+  fitted on the 50 validation frames (never on test frames).
+- out of distribution, without labels: the same 200 test frames with Gaussian displacements of every
+  coordinate (sigma 0.05 Å and 0.1 Å), and the 96 GFN2-xTB Langevin frames (500-1000 K) of aspirin in
+  the shared xtb corpus (``xtb/xtb_shard0.npz``, kind 1; the pretraining corpus contains them):
+  predicted std only, against the test frames.
+
+Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/`` (the figure
+also to ``docs/img/uncertainty.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.checkpoint import load_committee
+from forcefield_et.data import ConformationSet, read_rmd17
+from forcefield_et.training import config_from_dict
+from forcefield_et.training.committee import train_committee
+
+from .io import write_json_atomic
+from .machine import machine_info
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+MOLECULE = "aspirin"
+SPLIT_FRAMES = 1000
+VALID_FRAMES = 50
+DISPLACEMENTS_A = (0.05, 0.1)
+CONFIDENCE_LEVELS = np.linspace(0.01, 0.99, 99)
+
+
+def committee_config(run_dir: Path, n_train: int, steps: int, data_root: Path) -> Any:
+    """The members' shared training configuration (seed 0; member k trains with seed k)."""
+    train_file = str(data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz")
+    source = {
+        "name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
+        "frames": f"0:{n_train}", "valid_path": train_file,
+        "valid_frames": f"{SPLIT_FRAMES - VALID_FRAMES}:{SPLIT_FRAMES}",
+    }
+    return config_from_dict({
+        "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "init_from": "pretrained",
+        "sources": [source], "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
+        "optim": {
+            "batch_size": 8, "max_steps": steps, "lr": 5e-4, "min_lr": 1e-6, "warmup_steps": max(1, steps // 20),
+            "valid_every": max(1, steps // 5), "checkpoint_every": max(1, steps // 10),
+            "log_every": max(1, steps // 25), "ema_decay": 0.99, "threads": 1, "compile": False,
+        },
+    })
+
+
+def predict_committee(committee: Any, data: ConformationSet, batch_frames: int = 25) -> Dict[str, np.ndarray]:
+    """Committee mean forces [A, 3], per-atom force std [A] (eV/Å), energy std [F] (eV) and the
+    members' forces [M, A, 3] for every frame of ``data`` (non-periodic frames)."""
+    forces, forces_std, energy_std, members = [], [], [], []
+    offsets = np.concatenate([[0], np.cumsum(data.n_atoms)])
+    for start in range(0, len(data), batch_frames):
+        stop = min(start + batch_frames, len(data))
+        atoms = slice(offsets[start], offsets[stop])
+        z = torch.as_tensor(data.z[atoms], dtype=torch.long)
+        pos = torch.as_tensor(data.pos[atoms], dtype=torch.float32)
+        batch = torch.repeat_interleave(torch.arange(stop - start), torch.as_tensor(data.n_atoms[start:stop]))
+        output = committee(z, pos, batch)
+        forces.append(output["forces"].detach().double().numpy())
+        forces_std.append(output["forces_std"].detach().double().numpy())
+        energy_std.append(output["energy_std"].detach().double().numpy())
+        members.append(output["member_forces"].detach().double().numpy())
+    return {"forces": np.concatenate(forces), "forces_std": np.concatenate(forces_std),
+            "energy_std": np.concatenate(energy_std), "member_forces": np.concatenate(members, axis=1)}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def calibration_curve(errors: np.ndarray, sigmas: np.ndarray, levels: np.ndarray = CONFIDENCE_LEVELS) -> np.ndarray:
+    """Observed fraction of ``errors`` (force-component errors, eV/Å) inside the central Gaussian
+    interval ±z(p)·sigma at each confidence level p (``sigmas``: per-component std, same shape)."""
+    from scipy.stats import norm
+
+    ratio = np.abs(errors) / np.maximum(sigmas, 1e-12)
+    half_widths = norm.ppf(0.5 + levels / 2.0)
+    return np.array([(ratio <= w).mean() for w in half_widths])
+
+
+def miscalibration_area(observed: np.ndarray, levels: np.ndarray = CONFIDENCE_LEVELS) -> float:
+    """Mean |observed - expected| over the confidence levels (0: calibrated; 0.5 at worst)."""
+    return float(np.mean(np.abs(observed - levels)))
+
+
+def frame_reduce(values: np.ndarray, n_atoms: np.ndarray, how: str) -> np.ndarray:
+    """Per-frame mean or max of per-atom ``values``."""
+    split = np.split(values, np.cumsum(n_atoms)[:-1])
+    return np.array([getattr(np, how)(v) for v in split])
+
+
+def displaced(data: ConformationSet, sigma: float, seed: int) -> ConformationSet:
+    """A copy of ``data`` with every coordinate shifted by N(0, sigma^2) (Å); labels dropped."""
+    positions = data.pos + np.random.default_rng(seed).normal(0.0, sigma, data.pos.shape)
+    return ConformationSet(z=data.z.copy(), pos=positions, n_atoms=data.n_atoms.copy())
+
+
+def hot_frames(data_root: Path) -> ConformationSet | None:
+    """The aspirin frames of the GFN2-xTB Langevin trajectories (500-1000 K) in the xtb corpus, as
+    an unlabelled ConformationSet; None when the corpus is absent."""
+    starts_path, shard_path = data_root / "xtb" / "starts.npz", data_root / "xtb" / "xtb_shard0.npz"
+    if not (starts_path.is_file() and shard_path.is_file()):
+        return None
+    sources = [str(s) for s in np.load(starts_path)["source"]]
+    ids = [i for i, s in enumerate(sources) if s == f"rmd17-{MOLECULE}"]
+    shard = np.load(shard_path)
+    n_atoms = shard["n_atoms"]
+    keep = np.isin(shard["mol_id"], ids) & (shard["kind"] == 1)
+    atom_keep = np.repeat(keep, n_atoms)
+    return ConformationSet(
+        z=shard["z"][atom_keep].astype(np.int64), pos=shard["pos"][atom_keep].astype(np.float64),
+        n_atoms=n_atoms[keep].astype(np.int64), energy=np.full(int(keep.sum()), np.nan),
+    )
+
+
+def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: np.ndarray) -> Dict[str, float]:
+    return {
+        "frames": int(len(frame_max_std)),
+        "median_atom_std_meV_A": 1000 * float(np.median(atom_std)),
+        "median_frame_max_std_meV_A": 1000 * float(np.median(frame_max_std)),
+        "fraction_above_test_p95": float(np.mean(frame_max_std > np.percentile(reference_max, 95))),
+    }
+
+
+def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
+             max_other_frames: int | None = None) -> Dict[str, Any]:
+    """Evaluate the committee (see the module docstring); ``max_other_frames`` limits the
+    validation and high-temperature frames (for a quick check)."""
+    committee = load_committee(committee_dir, dtype="float32")
+    train_file = data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
+    valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
+    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz")
+    test = test.subset(np.arange(0, len(test), test_stride))
+    start = time.perf_counter()
+    pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
+
+    # calibration factor on validation frames: per-component sigma = std / sqrt(3), scaled so that
+    # the mean squared standardised error is 1
+    valid_sigma = np.repeat(pred_valid["forces_std"][:, None] / np.sqrt(3), 3, axis=1)
+    scale = float(np.sqrt(np.mean(((pred_valid["forces"] - valid.forces) / valid_sigma) ** 2)))
+
+    error_vectors = pred_test["forces"] - test.forces
+    atom_error = np.linalg.norm(error_vectors, axis=1)
+    atom_std = pred_test["forces_std"]
+    sigma = np.repeat(atom_std[:, None] / np.sqrt(3), 3, axis=1)
+    observed = calibration_curve(error_vectors, sigma)
+    observed_scaled = calibration_curve(error_vectors, scale * sigma)
+    frame_std_mean = frame_reduce(atom_std, test.n_atoms, "mean")
+    frame_std_max = frame_reduce(atom_std, test.n_atoms, "max")
+    frame_rmse = np.sqrt(frame_reduce(atom_error**2, test.n_atoms, "mean") / 3)
+    member_mae = [1000 * float(np.mean(np.abs(f - test.forces))) for f in pred_test["member_forces"]]
+
+    ood: Dict[str, Any] = {}
+    ood_std: Dict[str, np.ndarray] = {"test (rMD17, DFT-labelled)": frame_std_max}
+    for k, sigma_a in enumerate(DISPLACEMENTS_A):
+        moved = displaced(test, sigma_a, seed=k)
+        pred = predict_committee(committee, moved)
+        frame_max = frame_reduce(pred["forces_std"], moved.n_atoms, "max")
+        ood[f"displaced_{sigma_a:g}A"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
+        ood_std[f"test + N(0, {sigma_a:g} Å) displacements"] = frame_max
+    hot = hot_frames(data_root)
+    if hot is not None and max_other_frames is not None:
+        hot = hot.subset(np.arange(min(len(hot), max_other_frames)))
+    if hot is not None and len(hot):
+        pred = predict_committee(committee, hot)
+        frame_max = frame_reduce(pred["forces_std"], hot.n_atoms, "max")
+        ood["xtb_md_500_1000K"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
+        ood_std["GFN2-xTB MD, 500-1000 K"] = frame_max
+    eval_seconds = time.perf_counter() - start
+
+    members = committee.metadata["committee"]
+    summary = {
+        "protocol": __doc__.split("Writes")[0].strip(),
+        "molecule": MOLECULE,
+        "members": len(committee),
+        "n_train": int(members[0]["training"]["sources"][0]["frames"]),
+        "steps": int(members[0]["training"]["config"]["optim"]["max_steps"]),
+        "member_valid_force_mae_meV_A": [m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members],
+        "test_frames": len(test),
+        "test_force_mae_meV_A": {"committee_mean": 1000 * float(np.mean(np.abs(error_vectors))),
+                                 "members": member_mae},
+        "spearman_atom_std_vs_error": spearman(atom_std, atom_error),
+        "spearman_frame_mean_std_vs_rmse": spearman(frame_std_mean, frame_rmse),
+        "spearman_frame_max_std_vs_max_error": spearman(frame_std_max, frame_reduce(atom_error, test.n_atoms, "max")),
+        "median_atom_std_meV_A": 1000 * float(np.median(atom_std)),
+        "median_atom_error_meV_A": 1000 * float(np.median(atom_error)),
+        "miscalibration_area": miscalibration_area(observed),
+        "validation_std_scale": scale,
+        "miscalibration_area_scaled": miscalibration_area(observed_scaled),
+        "fraction_inside_95pct_interval": float(observed[94]),
+        "fraction_inside_95pct_interval_scaled": float(observed_scaled[94]),
+        "test_frame_max_std_meV_A_median": 1000 * float(np.median(frame_std_max)),
+        "out_of_distribution": ood,
+        "evaluation_wall_s": eval_seconds,
+        "machine": machine_info(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "uncertainty.json", summary)
+    plot(atom_std, atom_error, observed, observed_scaled, scale, ood_std, out / "uncertainty.png")
+    return summary
+
+
+def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, observed_scaled: np.ndarray,
+         scale: float, ood_std: Dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_s, ax_c, ax_o) = plt.subplots(1, 3, figsize=(15, 4.6))
+    ax_s.scatter(1000 * atom_std, 1000 * atom_error, s=3, alpha=0.3, color="C0", rasterized=True)
+    low = min(atom_std.min(), atom_error[atom_error > 0].min())
+    limits = [1000 * low, 1000 * max(atom_std.max(), atom_error.max())]
+    ax_s.plot(limits, limits, "k--", lw=1, label="error = std")
+    ax_s.set_xscale("log")
+    ax_s.set_yscale("log")
+    ax_s.set_xlabel("predicted force std per atom (meV/Å)")
+    ax_s.set_ylabel("force error |F - F_DFT| per atom (meV/Å)")
+    ax_s.set_title("rMD17 aspirin test frames")
+    ax_s.legend(loc="upper left", fontsize=8)
+    ax_c.plot(CONFIDENCE_LEVELS, observed, label=f"committee std (area {miscalibration_area(observed):.3f})")
+    ax_c.plot(CONFIDENCE_LEVELS, observed_scaled,
+              label=f"std × {scale:.2f}, fitted on validation (area {miscalibration_area(observed_scaled):.3f})")
+    ax_c.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax_c.set_xlabel("expected fraction inside the Gaussian interval")
+    ax_c.set_ylabel("observed fraction")
+    ax_c.set_title("calibration (force components)")
+    ax_c.legend(loc="upper left", fontsize=8)
+    bins = np.logspace(np.log10(min(v.min() for v in ood_std.values()) * 1000),
+                       np.log10(max(v.max() for v in ood_std.values()) * 1000), 40)
+    for label, values in ood_std.items():
+        ax_o.hist(1000 * values, bins=bins, histtype="step", density=True, lw=1.5, label=label)
+    ax_o.set_xscale("log")
+    ax_o.set_xlabel("largest per-atom force std of a frame (meV/Å)")
+    ax_o.set_ylabel("density")
+    ax_o.set_title("in and out of distribution")
+    ax_o.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--n-train", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--test-stride", type=int, default=5, help="every k-th test_01 frame (5: 200 frames)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.members, args.steps, args.test_stride = 2, 4, 50
+    if not (args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz").is_file():
+        raise SystemExit(f"benchmarks.uncertainty: rMD17 not found under {args.data_root}")
+    committee_dir = args.out / "runs"
+    config = committee_config(committee_dir, args.n_train, args.steps, args.data_root)
+    start = time.process_time()
+    train_committee(config, args.members, progress=False)
+    print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
+    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None)
+    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
+        shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
+    keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
+            "miscalibration_area", "validation_std_scale", "miscalibration_area_scaled", "out_of_distribution")
+    for key in keys:
+        print(f"{key}: {summary[key]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks.uncertainty: calibration measures and the --quick pipeline (a 2-member committee)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.uncertainty import CONFIDENCE_LEVELS, calibration_curve, main, miscalibration_area
+from tests.conftest import shared_path
+
+
+def test_calibration_of_gaussian_errors_with_the_right_and_wrong_sigma():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.05, 0.5, 200_000)
+    errors = rng.normal(0.0, sigma)
+    observed = calibration_curve(errors, sigma)
+    np.testing.assert_allclose(observed, CONFIDENCE_LEVELS, atol=0.01)
+    assert miscalibration_area(observed) < 0.005
+    overconfident = calibration_curve(errors, sigma / 4)  # predicted spread far too small
+    assert np.all(overconfident <= observed + 1e-12) and miscalibration_area(overconfident) > 0.2
+    assert miscalibration_area(np.ones_like(CONFIDENCE_LEVELS)) == pytest.approx(0.5, abs=0.01)
+
+
+def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys):
+    data_root = shared_path("rmd17").parent
+    main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "uncertainty.json").read_text())
+    assert summary["members"] == 2 and summary["test_frames"] == 20
+    assert -1 <= summary["spearman_atom_std_vs_error"] <= 1
+    assert 0 <= summary["miscalibration_area"] <= 0.5 and summary["validation_std_scale"] > 0
+    assert {"displaced_0.05A", "displaced_0.1A"} <= set(summary["out_of_distribution"])
+    assert (tmp_path / "uncertainty.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "runs" / "committee.json").read_text())["members"][1] == "member_1/best.pt"
+    capsys.readouterr()
+    main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])  # members are finished: no training
+    assert capsys.readouterr().out.count("is finished; skipped") == 2
