@@ -1,5 +1,6 @@
-"""A compiled training step for force-trained models: energies and their gradients with respect
-to the edge vectors as one inductor-compiled graph that is itself differentiable.
+"""Energies and their gradients with respect to the edge vectors as one inductor-compiled graph,
+itself differentiable: the compiled training step of force-trained models, and (called under
+``torch.no_grad``) the compiled inference path of :meth:`Potential.compile_energy`.
 
 Training on forces needs the gradient of the force error with respect to the weights, that is a
 second derivative of the energy (``autograd.grad(..., create_graph=True)`` and then
@@ -111,9 +112,10 @@ class CompiledEnergyGradient:
         decompositions = get_decompositions(
             [torch.ops.aten.native_layer_norm, torch.ops.aten.native_layer_norm_backward]
         )
-        graph = make_fx(energy_and_gradient, tracing_mode="symbolic", decomposition_table=decompositions)(
-            tensors, element, edge_index, sample
-        )
+        with torch.enable_grad():  # the trace differentiates, also when called for inference under no_grad
+            graph = make_fx(energy_and_gradient, tracing_mode="symbolic", decomposition_table=decompositions)(
+                tensors, element, edge_index, sample
+            )
         custom = torch.ops.forcefield_et.index_add.default
         for node in list(graph.graph.nodes):
             if node.op != "call_function":

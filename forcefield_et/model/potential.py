@@ -85,7 +85,7 @@ class Potential(nn.Module):
         self.head = EnergyHead(hidden_channels, len(elements))
         self.use_zbl = bool(zbl)
         self.zbl = ZBLRepulsion(elements, 1.0 if isinstance(zbl, bool) else float(zbl))
-        # Eager only (see compile_energy): torch.compile'd _atom_energies, or None. Not in the state dict.
+        # Eager inference only (see compile_energy): a CompiledEnergyGradient, or None. Not in the state dict.
         self._compiled_energy: Any = None
         # Eager training only (see compile_training): a CompiledEnergyGradient, or None. Not in the state dict.
         self._compiled_training: Any = None
@@ -188,8 +188,15 @@ class Potential(nn.Module):
             and edge_index.shape[1] > 0
         ):
             atom_energy, edge_gradient = self._compiled_training(element, edge_index, edge_vectors)
-        elif self._compiled_energy is not None and self.representation.edge_chunk_size is None:
-            atom_energy = self._compiled_energy(element, edge_index, edge_vectors)
+        elif (
+            self._compiled_energy is not None
+            and not self.training
+            and self.representation.edge_chunk_size is None
+            and edge_index.shape[1] > 0
+        ):
+            # inference: energy and dE/d(edge vectors) in one compiled graph, without an autograd tape
+            with torch.no_grad():
+                atom_energy, edge_gradient = self._compiled_energy(element, edge_index, edge_vectors.detach())
         else:
             atom_energy = self._atom_energies(element, edge_index, edge_vectors)
         energy = sum_per_structure(atom_energy, batch, n_structures)
@@ -198,7 +205,9 @@ class Potential(nn.Module):
             grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
         else:  # the compiled graph gave dE/d(edge vectors): chain it to the positions (and strain)
             seed: List[Optional[Tensor]] = [edge_gradient]
-            grads = torch.autograd.grad([edge_vectors], inputs, grad_outputs=seed, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                [edge_vectors], inputs, grad_outputs=seed, create_graph=self.training, allow_unused=True
+            )
         grad_pos = grads[0]
         forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
         result: Dict[str, Tensor] = {"energy": energy, "forces": forces}
@@ -224,20 +233,22 @@ class Potential(nn.Module):
 
     @torch.jit.unused
     def compile_energy(self, enabled: bool = True, **compile_options: Any) -> None:
-        """Run the energy part (ET and head: edge vectors -> energy) through ``torch.compile``
-        (inductor, ``dynamic=True`` so that a changing number of edges does not recompile); the
-        forces still come from autograd, through the compiled backward. Eager only; the neighbour
-        list, the input checks and the memory-saving chunked path stay uncompiled.
+        """Compile inference (eval mode, no edge chunking): the energy and its gradient with respect
+        to the edge vectors are traced into one graph (:mod:`forcefield_et.model.compiled_training`)
+        and compiled with ``torch.compile`` (inductor, dynamic numbers of atoms and edges); the
+        forces (and stress) follow from that gradient by the chain rule through the edge vectors,
+        without an autograd tape over the network. The neighbour list, the input checks and the
+        memory-saving chunked path stay eager; training mode uses :meth:`compile_training`.
 
-        The first call compiles (minutes on a small CPU); later calls fuse the element-wise work
-        (``python -m benchmarks.speed --models et et-compiled --skip-scaling`` measures the gain).
-        ``enabled=False`` restores eager. ``compile_options`` go to ``torch.compile``
-        (e.g. ``mode="max-autotune-no-cudagraphs"``)."""
+        The first call traces and compiles (about a minute on a small CPU); results equal the eager
+        ones to float rounding. ``enabled=False`` restores eager. ``compile_options`` go to
+        ``torch.compile``."""
         if not enabled:
             self._compiled_energy = None
             return
-        options = {"dynamic": True, **compile_options}
-        self._compiled_energy = torch.compile(self._atom_energies, **options)
+        from .compiled_training import CompiledEnergyGradient
+
+        self._compiled_energy = CompiledEnergyGradient(self, **compile_options)
 
     @torch.jit.unused
     def compile_training(self, enabled: bool = True, **compile_options: Any) -> None:
