@@ -24,7 +24,6 @@ EPILOG = """examples:
 
 DEFAULT_FINETUNE_STEPS = 3000
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
-SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 
 
@@ -38,6 +37,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config.run_dir = args.run_dir
     if args.compile is not None:
         config.optim.compile = args.compile
+    if args.device is not None:
+        config.optim.device = args.device
+    if args.threads is not None:
+        config.optim.threads = args.threads
     _, metrics = train(config, progress=not args.no_progress, existing="overwrite" if args.overwrite else "resume")
     print(json.dumps(metrics, indent=2))
     return 0
@@ -97,6 +100,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             "time_budget_s": args.time_budget,
             "ema_decay": args.ema_decay,
             "threads": args.threads,
+            "device": args.device,
             "compile": args.compile,
         },
     }
@@ -119,7 +123,7 @@ def _test_best(config, test_path: str, out: Path) -> None:
     from .training.config import read_source
 
     test = read_source(config.sources[0], config.data_root, path=test_path, validation="test")
-    result = evaluate_model(str(out / "best.pt"), test)
+    result = evaluate_model(str(out / "best.pt"), test, device=config.optim.device, threads=config.optim.threads)
     result["data"] = str(test_path)
     tmp = out / ".test_metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
@@ -175,6 +179,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         predictions=args.write_predictions,
+        device=args.device,
+        threads=args.threads,
     )
     print(json.dumps(result, indent=2))
     if not result["labels"]:
@@ -184,7 +190,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
-    import torch
     from ase.io import read
 
     from .calculators.ase import ETCalculator
@@ -199,13 +204,15 @@ def _cmd_md(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"structure file not found: {path}")
         path = structure_path(args.structure)
     atoms = read(str(path))
-    threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
-    torch.set_num_threads(threads)
-    atoms.calc = ETCalculator(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    atoms.calc = ETCalculator(
+        args.model, device=args.device, dtype=args.dtype, compile=args.compile, threads=args.threads
+    )
+    threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
-        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, {threads} torch thread(s)"
+        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, "
+        + (f"{threads} torch thread(s)" if threads else f"on {atoms.calc.device}")
         + (f", after relaxing to fmax {relax_fmax} eV/Å" if relax_fmax is not None else "")
         + f" -> {args.out}/"
     )
@@ -301,6 +308,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_for(n_atoms: int, requested: int | None) -> int:
+    """The torch thread count a command uses for ``n_atoms`` atoms (set process-wide)."""
+    from .runtime import apply_threads
+
+    return apply_threads(n_atoms, requested=requested or None)
+
+
+def device_argument(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N (availability is checked when used)."""
+    import re
+
+    value = str(text).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def threads_argument(text: str) -> int:
+    """argparse type of --threads: 0 (automatic) or a positive number of torch CPU threads."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count: use 0 (automatic) or a positive integer")
+    return value
+
+
+THREADS_HELP = (
+    "torch CPU threads; 0: automatic (1 for molecules up to about 100 atoms, more for larger systems, at most "
+    "the cores available and never more than OMP_NUM_THREADS; FORCEFIELD_ET_THREADS overrides it)"
+)
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default and keeps the examples' line breaks."""
 
@@ -333,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="override optim.compile (compile the training step; about twice as fast on CPU after a minute)",
     )
+    p.add_argument("--device", type=device_argument, help=f"override optim.device: {DEVICE_HELP}")
+    p.add_argument("--threads", type=threads_argument, help=f"override optim.threads: {THREADS_HELP}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -426,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=4, help="with --model scratch and --hidden-channels")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and initial weights")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=threads_argument, default=0, help=THREADS_HELP)
+    p.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_finetune)
 
@@ -468,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=threads_argument, default=0, help=THREADS_HELP)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -491,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     p.add_argument("--interval", type=int, default=10, help="steps between saved frames")
     p.add_argument("--out", default="md_run", help="output folder (trajectory.traj, md_log.csv, md.png)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -515,13 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model's energy part: the first step compiles (minutes on a small CPU), "
         "later steps are faster (measure: python -m benchmarks.speed --models et et-compiled --skip-scaling)",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help=f"torch CPU threads; 0 (default): 1 below {SMALL_SYSTEM_ATOMS} atoms, where more threads "
-        "only add overhead (see docs/benchmarks.md), else torch's default",
-    )
+    p.add_argument("--threads", type=threads_argument, default=0, help=THREADS_HELP + " (docs/performance.md)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
 
