@@ -279,7 +279,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
             errors = (meta.get("test_errors") or {})
             detail = f", test force MAE {errors['force_mae_meV_A']:.1f} meV/Å" if "force_mae_meV_A" in errors else ""
             elements = " ".join(symbol(z) for z in meta.get("hyperparameters", {}).get("elements", []))
-            print(f"  {name:22s} {elements}{detail}")
+            compositions = (meta.get("training_domain") or {}).get("compositions")
+            trained_on = f", trained on {', '.join(compositions)}" if compositions else ""
+            print(f"  {name:22s} {elements}{trained_on}{detail}")
             if meta.get("description"):
                 print(f"  {'':22s} {textwrap.shorten(str(meta['description']), width=100, placeholder=' ...')}")
         return 0
@@ -294,6 +296,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"{hyper.get('num_heads')} heads, {hyper.get('num_rbf')} RBF"
     )
     print(f"units:      {meta.get('units')}")
+    domain = meta.get("training_domain") or {}
+    if domain:
+        compositions = domain.get("compositions")
+        print(
+            f"domain:     trained on {' '.join(symbol(z) for z in domain.get('elements', []))}"
+            + (f"; compositions {', '.join(compositions)}" if compositions else "; many compositions")
+            + " (other structures get a DomainWarning)"
+        )
     training = meta.get("training") or {}
     for source in training.get("sources", []):
         print(f"data:       {source['name']}: {source['frames']} frames, objective {source['objective']}")
