@@ -326,3 +326,25 @@ def test_a_molecule_far_from_the_origin_keeps_float32_accuracy():
     far.calc = ETCalculator("pretrained", dtype="float32")
     assert np.abs(far.get_forces() - near).max() < 1e-4
     assert far.get_potential_energy() == pytest.approx(energy, abs=1e-4)
+
+
+def test_threads_argument_sets_torch_threads_for_the_calls(small_model, monkeypatch):
+    from ase.build import molecule
+
+    with pytest.raises(ValueError, match="threads must be None, 0"):
+        ETCalculator(small_model, device="cpu", threads=-1)
+    monkeypatch.setenv("FORCEFIELD_ET_THREADS", "zero")
+    with pytest.raises(ValueError, match="FORCEFIELD_ET_THREADS must be a positive integer"):
+        ETCalculator(small_model, device="cpu")
+    monkeypatch.delenv("FORCEFIELD_ET_THREADS")
+    before = torch.get_num_threads()
+    try:
+        water = molecule("H2O")
+        water.calc = ETCalculator(small_model, device="cpu", threads=2)
+        water.get_potential_energy()
+        assert torch.get_num_threads() == 2
+        water.calc = ETCalculator(small_model, device="cpu")  # the rule: one thread for 3 atoms
+        water.get_potential_energy()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
