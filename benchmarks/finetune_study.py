@@ -308,7 +308,10 @@ def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Pat
             "energy_mae_meV": result["test_energy_mae_meV"],
         },
     }
-    card["training_domain"] = rmd17_training_domain(molecule, DATA_ROOT, result["n_train"])
+    if (DATA_ROOT / f"rmd17_{molecule}_train_01.npz").is_file():
+        card["training_domain"] = rmd17_training_domain(molecule, DATA_ROOT, result["n_train"])
+    else:
+        print(f"{DATA_ROOT} has no rMD17 {molecule} data: the card gets no training_domain")
     return export_checkpoint(run_dir / "best.pt", destination_dir / f"rmd17-{molecule}.pt", card)
 
 
