@@ -604,9 +604,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_domain_warnings_on_one_line(command: str) -> None:
+    """DomainWarnings print as ``forcefield-et COMMAND: warning: ...`` (other warnings unchanged)."""
+    import warnings
+
+    from .domain import DomainWarning
+
+    default = getattr(warnings.formatwarning, "wrapped", warnings.formatwarning)  # wrap once per process
+
+    def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, DomainWarning):
+            return f"forcefield-et {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    format_warning.wrapped = default  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_domain_warnings_on_one_line(args.command)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -104,3 +104,22 @@ def test_openmm_force_warns_for_another_composition():
         pytest.skip("openmm.PythonForce needs OpenMM >= 8.5")
     with pytest.warns(DomainWarning, match="not on H2O"):
         python_force("rmd17-aspirin", [8, 1, 1])
+
+
+def test_md_command_prints_the_warning_on_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "water.xyz"
+    molecule("H2O").write(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "forcefield_et.cli", "md", str(path), "--model", "rmd17-aspirin", "--steps", "2",
+         "--interval", "1", "--no-relax", "--no-progress", "--out", str(tmp_path / "md")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    warning_lines = [line for line in result.stderr.splitlines() if "C9H8O4" in line]
+    assert len(warning_lines) == 1
+    assert warning_lines[0].startswith("forcefield-et md: warning: model 'rmd17-aspirin' was trained on C9H8O4 only")
