@@ -336,13 +336,15 @@ def choose_threads(
     return max(1, threads)
 
 
-def apply_threads(n_atoms: int, n_edges: int | None = None, requested: int | None = None) -> int:
+def apply_threads(
+    n_atoms: int, n_edges: int | None = None, requested: int | None = None, cpus: int | None = None
+) -> int:
     """Set torch's intra-op thread count by :func:`choose_threads` and return it. The setting is
     process-wide; a no-op when the count is already in effect."""
     global _threads_set_here
     import torch
 
-    threads = choose_threads(n_atoms, n_edges, requested)
+    threads = choose_threads(n_atoms, n_edges, requested, cpus=cpus)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     _threads_set_here = threads

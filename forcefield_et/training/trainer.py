@@ -33,7 +33,7 @@ from ..checkpoint import load_model, read_checkpoint, resolve_dtype, save_checkp
 from ..data.conformations import ConformationSet
 from ..domain import merge_domains, training_domain
 from ..model import DEFAULT_ELEMENTS, build_model
-from ..runtime import apply_threads, keep_freed_memory, resolve_device
+from ..runtime import apply_threads, available_cpus, keep_freed_memory, resolve_device
 from .batching import (
     MixedBatchSampler,
     Source,
@@ -157,9 +157,14 @@ class Trainer:
         self._lock_handle: Any = None
         self._check_existing_run()
         self._load_sources()
-        if self.device.type == "cpu":
+        if self.device.type == "cpu":  # the rule for one worker's batch, on its share of the machine's cores
             mean_atoms = float(np.mean(np.concatenate([s.data.n_atoms for s in self.sources])))
-            apply_threads(int(round(config.optim.batch_size * mean_atoms)), requested=config.optim.threads or None)
+            workers_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            apply_threads(
+                int(round(config.optim.batch_size / self.world_size * mean_atoms)),
+                requested=config.optim.threads or None,
+                cpus=max(1, available_cpus() // max(1, workers_here)),
+            )
         self._build_model()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
