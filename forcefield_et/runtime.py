@@ -30,7 +30,10 @@ import math
 import os
 import platform
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -351,7 +354,7 @@ def apply_threads(
     return threads
 
 
-def resolve_device(device: object = "auto", local_rank: int | None = None):
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a
     torch.device) -> torch.device. With ``local_rank`` (a ``torchrun`` worker), plain ``"cuda"`` and
     ``"auto"`` on a GPU machine become ``cuda:<local_rank>``. Raises ValueError for another device
