@@ -232,6 +232,7 @@ EDGES_PER_ATOM = 50  # typical directed edges per atom at a 5 Å cutoff (organic
 
 _torch_threads_at_import: int | None = None
 _threads_set_here: int | None = None
+_user_set_threads = False  # the user has called torch.set_num_threads since the import
 
 
 def _record_torch_threads() -> None:
@@ -294,20 +295,28 @@ def _positive_int(text: str | None, where: str) -> int | None:
     return value
 
 
-def user_thread_limit() -> int | None:
-    """The thread count the user set for this process, if any: ``OMP_NUM_THREADS``, or a
-    ``torch.set_num_threads`` call that changed torch's count since forcefield_et was imported
-    (a call made before the import is indistinguishable from torch's default and is kept as the
-    cap anyway). None when nothing was set."""
-    import torch
-
-    current = torch.get_num_threads()
-    if current != _threads_set_here and _torch_threads_at_import is not None and current != _torch_threads_at_import:
-        return current
+def omp_thread_limit() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` sets (its first entry), or None when it is unset or
+    not a positive integer."""
     try:
         return _positive_int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0], "OMP_NUM_THREADS")
     except ValueError:
         return None
+
+
+def user_thread_setting() -> int | None:
+    """torch's thread count when the user has set it with ``torch.set_num_threads`` since
+    forcefield_et was imported (it differs from the count forcefield_et last set, or from the
+    count at import when forcefield_et has set none); None otherwise. Once the user has set it,
+    the automatic rule leaves it alone for the rest of the process."""
+    global _user_set_threads
+    import torch
+
+    current = torch.get_num_threads()
+    if not _user_set_threads:
+        reference = _threads_set_here if _threads_set_here is not None else _torch_threads_at_import
+        _user_set_threads = reference is not None and current != reference
+    return current if _user_set_threads else None
 
 
 def choose_threads(
@@ -322,8 +331,8 @@ def choose_threads(
 
     ``requested`` (a positive int) wins; else the environment variable ``FORCEFIELD_ET_THREADS``;
     else one thread per ``EDGES_PER_THREAD`` edges, at least 1, at most ``cpus`` (default:
-    :func:`available_cpus`) and at most ``cap`` (default: the thread count the user set or torch
-    started with, so that the rule never raises a count the user chose)."""
+    :func:`available_cpus`) and at most ``cap`` (default: ``OMP_NUM_THREADS`` and the count torch
+    had when forcefield_et was imported, so that the rule never raises a count the user chose)."""
     if requested is not None and requested != 0:
         return _positive_int(str(requested), "threads")  # type: ignore[return-value]
     from_env = _positive_int(os.environ.get(THREADS_ENV), THREADS_ENV)
@@ -333,7 +342,8 @@ def choose_threads(
     threads = max(1, edges // EDGES_PER_THREAD)
     threads = min(threads, cpus if cpus is not None else available_cpus())
     if cap is None:
-        cap = user_thread_limit() or _torch_threads_at_import
+        limits = [value for value in (omp_thread_limit(), _torch_threads_at_import) if value is not None]
+        cap = min(limits) if limits else None
     if cap is not None:
         threads = min(threads, cap)
     return max(1, threads)
@@ -342,11 +352,16 @@ def choose_threads(
 def apply_threads(
     n_atoms: int, n_edges: int | None = None, requested: int | None = None, cpus: int | None = None
 ) -> int:
-    """Set torch's intra-op thread count by :func:`choose_threads` and return it. The setting is
-    process-wide; a no-op when the count is already in effect."""
+    """Set torch's intra-op thread count by :func:`choose_threads` and return the count in effect.
+    The setting is process-wide. Without ``requested`` or ``FORCEFIELD_ET_THREADS``, a count the
+    user set with ``torch.set_num_threads`` (:func:`user_thread_setting`) is kept as it is."""
     global _threads_set_here
     import torch
 
+    if not requested and not os.environ.get(THREADS_ENV, "").strip():
+        user = user_thread_setting()
+        if user is not None:
+            return user
     threads = choose_threads(n_atoms, n_edges, requested, cpus=cpus)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -394,7 +409,8 @@ __all__ = [
     "available_cpus",
     "choose_threads",
     "resolve_device",
-    "user_thread_limit",
+    "omp_thread_limit",
+    "user_thread_setting",
     "MemoryPlan",
     "available_memory_bytes",
     "cgroup_cpu_limit",

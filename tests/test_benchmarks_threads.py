@@ -10,8 +10,14 @@ from forcefield_et.structures import structure_path
 
 
 def test_one_round_on_aspirin(tmp_path, monkeypatch):
-    import benchmarks.threads as bench
+    import torch
 
+    import benchmarks.threads as bench
+    from forcefield_et import runtime
+
+    monkeypatch.setattr(runtime, "_user_set_threads", False)  # earlier tests may have set torch's count
+    monkeypatch.setattr(runtime, "_threads_set_here", None)
+    monkeypatch.setattr(runtime, "_torch_threads_at_import", torch.get_num_threads())
     monkeypatch.setattr(bench, "systems", lambda: {"aspirin": (read(structure_path("aspirin")), 2)})
     assert bench.main(["--rounds", "1", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "threads.json").read_text())

@@ -176,7 +176,9 @@ out["small"] = apply_threads(21)
 out["large_again"] = apply_threads(5000)
 torch.set_num_threads(1)  # the user's choice
 out["after_user_set_1"] = apply_threads(5000)
-out["explicit"] = apply_threads(21, requested=2)
+torch.set_num_threads(2)
+out["after_user_set_2"] = apply_threads(21)  # kept: the user has taken control of the count
+out["explicit"] = apply_threads(21, requested=1)
 print(json.dumps(out))
 """
 
@@ -199,7 +201,8 @@ def test_apply_threads_in_a_fresh_process_never_raises_the_users_count():
     large = min(out["cpus"], out["start"])
     assert (out["large"], out["small"], out["large_again"]) == (large, 1, large)
     assert out["after_user_set_1"] == 1
-    assert out["explicit"] == 2
+    assert out["after_user_set_2"] == 2
+    assert out["explicit"] == 1
     limited = _process_threads("forcefield_et", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})
     assert limited["wait_policy"] == "ACTIVE"  # the user's setting is kept
     assert (limited["large"], limited["small"], limited["large_again"]) == (1, 1, 1)

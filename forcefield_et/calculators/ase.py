@@ -76,9 +76,10 @@ class ETCalculator(Calculator):
             ``"all_edges"`` or ``"chunked"`` and ``last_memory_plan`` the
             :class:`~forcefield_et.runtime.MemoryPlan` (None where memory was not checked).
         threads: torch CPU threads for the calls (process-wide). None or 0 (default): the
-            package's rule (:func:`~forcefield_et.runtime.choose_threads`: 1 for molecules of up to
-            about 100 atoms, more for larger systems, never more than the cores available or a
-            count set with ``OMP_NUM_THREADS``, ``FORCEFIELD_ET_THREADS`` or ``torch.set_num_threads``).
+            package's rule (:func:`~forcefield_et.runtime.apply_threads`: ``FORCEFIELD_ET_THREADS``
+            when set; a count set with ``torch.set_num_threads`` after importing forcefield_et is
+            kept; else 1 for molecules of up to about 100 atoms, more for larger systems, never
+            more than the cores available or ``OMP_NUM_THREADS``).
 
     A structure outside the model's training domain (elements its training data lacked, or, for
     a model fitted to one molecule, another composition) gets one

@@ -337,7 +337,12 @@ def test_threads_argument_sets_torch_threads_for_the_calls(small_model, monkeypa
     with pytest.raises(ValueError, match="FORCEFIELD_ET_THREADS must be a positive integer"):
         ETCalculator(small_model, device="cpu")
     monkeypatch.delenv("FORCEFIELD_ET_THREADS")
+    from forcefield_et import runtime
+
+    monkeypatch.setattr(runtime, "_user_set_threads", False)  # earlier tests may have set torch's count
+    monkeypatch.setattr(runtime, "_threads_set_here", None)
     before = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "_torch_threads_at_import", before)
     try:
         water = molecule("H2O")
         water.calc = ETCalculator(small_model, device="cpu", threads=2)
