@@ -27,8 +27,9 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.checkpoint import read_checkpoint
+from forcefield_et.checkpoint import atomic_torch_save, checksum, read_checkpoint
 from forcefield_et.data import read_rmd17
+from forcefield_et.domain import training_domain
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.registry import BUNDLED_DIR, bundled_models, export_checkpoint
 from forcefield_et.training import config_from_dict, train
@@ -243,6 +244,12 @@ def main(argv: List[str] | None = None) -> None:
         help="train nothing; export each molecule's finished 1000-frame pretrained run as the bundled "
         "forcefield_et/checkpoints/rmd17-<molecule>.pt",
     )
+    parser.add_argument(
+        "--add-training-domain",
+        action="store_true",
+        help="train nothing; store the training domain (elements, composition) of each molecule's training "
+        "frames in its bundled checkpoint's card (weights and the other entries unchanged)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.molecules, args.sizes, args.steps, args.test_frames = ["ethanol"], [50], 10, 50
@@ -251,6 +258,10 @@ def main(argv: List[str] | None = None) -> None:
     if args.bundle:
         for molecule in args.molecules:
             print(bundle(out, molecule))
+        return
+    if args.add_training_domain:
+        for molecule in args.molecules:
+            print(add_training_domain(molecule, Path(args.data_root)))
         return
     if not args.report:
         for molecule in args.molecules:
@@ -291,7 +302,30 @@ def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Pat
             "energy_mae_meV": result["test_energy_mae_meV"],
         },
     }
+    if (DATA_ROOT / f"rmd17_{molecule}_train_01.npz").is_file():
+        card["training_domain"] = rmd17_training_domain(molecule, DATA_ROOT, result["n_train"])
+    else:
+        print(f"{DATA_ROOT} has no rMD17 {molecule} data: the card gets no training_domain")
     return export_checkpoint(run_dir / "best.pt", destination_dir / f"rmd17-{molecule}.pt", card)
+
+
+def rmd17_training_domain(molecule: str, data_root: Path, n_train: int = SPLIT_FRAMES - VALID_FRAMES) -> Dict[str, Any]:
+    """The ``training_domain`` card entry of a model fitted to the first ``n_train`` rMD17 train_01 frames."""
+    data = read_rmd17(data_root / f"rmd17_{molecule}_train_01.npz", max_frames=n_train)
+    return training_domain(data.z, data.n_atoms)
+
+
+def add_training_domain(molecule: str, data_root: Path, destination_dir: Path = BUNDLED_DIR) -> Path:
+    """Store the training domain in the bundled ``rmd17-<molecule>`` checkpoint (rewritten atomically,
+    new checksum; weights and the other card entries unchanged)."""
+    path = destination_dir / f"rmd17-{molecule}.pt"
+    payload = read_checkpoint(path)
+    meta = dict(payload["metadata"])
+    meta["training_domain"] = rmd17_training_domain(molecule, data_root)
+    out: Dict[str, Any] = {key: value for key, value in payload.items() if key not in ("metadata", "checksum")}
+    out["metadata"] = json.dumps(meta, sort_keys=True)
+    out["checksum"] = checksum(out)
+    return atomic_torch_save(out, path)
 
 
 def finished_runs(out: Path) -> List[Dict[str, Any]]:

@@ -41,8 +41,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.checkpoint import load_committee
 from forcefield_et.data import ConformationSet, read_rmd17
+from forcefield_et.registry import load_committee
 from forcefield_et.training import config_from_dict
 from forcefield_et.training.committee import train_committee
 

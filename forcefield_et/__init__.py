@@ -3,19 +3,35 @@
 Data path: structure -> neighbours (``neighbors``) -> ET (``model.et``) -> energy
 (``model.heads``) -> autograd forces (``model.potential``) -> calculators (ASE, OpenMM).
 Units inside: Å and eV (``units``).
+
+Imported before torch, the package sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment
+already sets it): idle OpenMP threads then sleep instead of spinning, which keeps multi-threaded
+calls fast when other processes share the cores. OpenMP reads the variable once, when torch
+loads it, so the setting has no effect in a process that imported torch first.
 """
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
-from .checkpoint import CheckpointError, save_checkpoint
-from .model import Committee, Potential, build_model
-from .registry import load_committee, load_model
+from . import runtime as _runtime  # noqa: E402
+from .checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from .domain import DomainWarning  # noqa: E402
+from .model import Committee, Potential, build_model  # noqa: E402
+from .registry import load_committee, load_model  # noqa: E402
+
+_runtime._record_torch_threads()
 
 __all__ = [
     "CheckpointError",
     "Committee",
+    "DomainWarning",
     "ETCalculator",
     "Potential",
     "__version__",

@@ -17,6 +17,7 @@ from .cli_validators import (
     bond_change_arg,
     check_paths,
     committee_size_arg,
+    device_arg,
     existing_file,
     existing_path,
     force_threshold_arg,
@@ -55,7 +56,6 @@ EPILOG = """examples:
 
 DEFAULT_FINETUNE_STEPS = 3000
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
-SMALL_SYSTEM_ATOMS = 100  # below this, MD runs on 1 torch thread by default
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 
@@ -100,6 +100,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         config.run_dir = args.run_dir
     if args.compile is not None:
         config.optim.compile = args.compile
+    if args.device is not None:
+        config.optim.device = args.device
+    if args.threads is not None:
+        config.optim.threads = args.threads
     existing = "overwrite" if args.overwrite else "resume"
     trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
     if trainer.rank == 0:
@@ -169,6 +173,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             "time_budget_s": args.time_budget,
             "ema_decay": args.ema_decay,
             "threads": args.threads,
+            "device": args.device,
             "compile": args.compile,
         },
     }
@@ -218,7 +223,7 @@ def _test_best(config, test_path: str, out: Path) -> None:
     from .evaluation import evaluate_model
 
     test = read_source(config.sources[0], config.data_root, path=test_path, validation="test")
-    result = evaluate_model(str(out / "best.pt"), test)
+    result = evaluate_model(str(out / "best.pt"), test, device=config.optim.device, threads=config.optim.threads)
     result["data"] = str(test_path)
     tmp = out / ".test_metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
@@ -274,6 +279,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         predictions=args.write_predictions,
+        device=args.device,
+        threads=args.threads,
     )
     print(json.dumps(result, indent=2))
     if not result["labels"]:
@@ -283,7 +290,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
-    import torch
     from ase.io import read
 
     from .calculators.ase import ETCalculator
@@ -301,14 +307,14 @@ def _cmd_md(args: argparse.Namespace) -> int:
         atoms = read(str(path))
     except Exception as error:  # ase raises many types for unreadable files
         raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
-    threads = args.threads or (1 if len(atoms) < SMALL_SYSTEM_ATOMS else torch.get_num_threads())
-    torch.set_num_threads(threads)
     model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
-    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
+    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile, threads=args.threads)
+    threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
-        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, {threads} torch thread(s)"
+        f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, "
+        + (f"{threads} torch thread(s)" if threads else f"on {atoms.calc.device}")
         + (f", after relaxing to fmax {relax_fmax} eV/Å" if relax_fmax is not None else "")
         + f" -> {args.out}/"
     )
@@ -434,7 +440,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
             errors = (meta.get("test_errors") or {})
             detail = f", test force MAE {errors['force_mae_meV_A']:.1f} meV/Å" if "force_mae_meV_A" in errors else ""
             elements = " ".join(symbol(z) for z in meta.get("hyperparameters", {}).get("elements", []))
-            print(f"  {name:22s} {elements}{detail}")
+            compositions = (meta.get("training_domain") or {}).get("compositions")
+            trained_on = f", trained on {', '.join(compositions)}" if compositions else ""
+            print(f"  {name:22s} {elements}{trained_on}{detail}")
             if meta.get("description"):
                 print(f"  {'':22s} {textwrap.shorten(str(meta['description']), width=100, placeholder=' ...')}")
         return 0
@@ -449,6 +457,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"{hyper.get('num_heads')} heads, {hyper.get('num_rbf')} RBF"
     )
     print(f"units:      {meta.get('units')}")
+    domain = meta.get("training_domain") or {}
+    if domain:
+        compositions = domain.get("compositions")
+        print(
+            f"domain:     trained on {' '.join(symbol(z) for z in domain.get('elements', []))}"
+            + (f"; compositions {', '.join(compositions)}" if compositions else "; many compositions")
+            + " (other structures get a DomainWarning)"
+        )
     training = meta.get("training") or {}
     for source in training.get("sources", []):
         print(f"data:       {source['name']}: {source['frames']} frames, objective {source['objective']}")
@@ -461,6 +477,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"{key}: {meta[key]}")
     print(f"version:    forcefield_et {meta.get('package_version')} (git {meta.get('git_commit')})")
     return 0
+
+
+def _threads_for(n_atoms: int, requested: int | None) -> int:
+    """The torch thread count a command uses for ``n_atoms`` atoms (set process-wide)."""
+    from .runtime import apply_threads
+
+    return apply_threads(n_atoms, requested=requested or None)
+
+
+THREADS_HELP = (
+    "torch CPU threads; 0: automatic (1 for molecules up to about 100 atoms, more for larger systems, at most "
+    "the cores available and never more than OMP_NUM_THREADS; FORCEFIELD_ET_THREADS overrides it)"
+)
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -500,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
         "split between them; the time budget counts the CPU time of all)",
     )
+    p.add_argument("--device", type=device_arg, help=f"override optim.device: {DEVICE_HELP}")
+    p.add_argument("--threads", type=threads_arg, help=f"override optim.threads: {THREADS_HELP}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -624,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out/committee.json, which ETCalculator and md --model accept; rerunning resumes unfinished members and "
         "skips finished ones"
     )
-    p.add_argument("--threads", type=threads_arg, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP)
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--workers", type=workers_arg, default=1, metavar="N",
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
@@ -678,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=positive_int)
     p.add_argument("--batch-size", type=batch_size_arg, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -707,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
@@ -740,13 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the model's energy part: the first step compiles (minutes on a small CPU), "
         "later steps are faster (measure: python -m benchmarks.speed --models et et-compiled --skip-scaling)",
     )
-    p.add_argument(
-        "--threads",
-        type=threads_arg,
-        default=0,
-        help=f"torch CPU threads; 0 (default): 1 below {SMALL_SYSTEM_ATOMS} atoms, where more threads "
-        "only add overhead (see docs/benchmarks.md), else torch's default",
-    )
+    p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP + " (docs/performance.md)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_md)
 
@@ -815,6 +844,23 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
     return subparsers.choices[command]
 
 
+def _show_domain_warnings_on_one_line(command: str) -> None:
+    """DomainWarnings print as ``forcefield-et COMMAND: warning: ...`` (other warnings unchanged)."""
+    import warnings
+
+    from .domain import DomainWarning
+
+    default = getattr(warnings.formatwarning, "wrapped", warnings.formatwarning)  # wrap once per process
+
+    def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, DomainWarning):
+            return f"forcefield-et {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    format_warning.wrapped = default  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -823,6 +869,7 @@ def main(argv: List[str] | None = None) -> int:
     if problem:
         print(f"forcefield-et {args.command}: error: {problem}", file=sys.stderr)
         return 2
+    _show_domain_warnings_on_one_line(args.command)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -45,6 +45,7 @@ __all__ = [
     "temperature_arg",
     "threads_arg",
     "workers_arg",
+    "device_arg",
     "committee_size_arg",
     "timestep_arg",
     "zbl_scale_arg",
@@ -260,6 +261,18 @@ hidden_channels_arg = bounded_int(1, 4096)
 num_layers_arg = bounded_int(1, 64)
 threads_arg = bounded_int(0, 4096)
 workers_arg = bounded_int(1, 1024)
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N (availability is checked when used)."""
+    import re
+
+    value = str(text).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
 committee_size_arg = bounded_int(1, 64)
 open_fraction_arg = float_in_range(0.0, 1.0, include_low=False)  # (0, 1)
 learning_rate_arg = float_in_range(0.0, 1.0, include_low=False, include_high=True)

@@ -176,13 +176,20 @@ def evaluate_model(
     batch_size: int = 32,
     progress: bool = False,
     predictions: bool = False,
+    device: Union[str, torch.device] = "cpu",
+    threads: int | None = None,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` on ``data``; with ``out_dir``, write metrics.json and parity.png there
     (and ``predictions.extxyz`` with ``predictions``). Data without labels gives predictions only:
-    the metrics say ``"labels": false``, and no parity plot is drawn."""
+    the metrics say ``"labels": false``, and no parity plot is drawn. ``device``: ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available), for a model given by name or path;
+    ``threads``: torch CPU threads (None or 0: :func:`forcefield_et.runtime.choose_threads` for one
+    batch)."""
+    from .runtime import apply_threads, resolve_device
+
     name = model if isinstance(model, str) else type(model).__name__
     if not isinstance(model, torch.nn.Module):
-        model = load_model(model, dtype=dtype)
+        model = load_model(model, device=resolve_device(device), dtype=dtype)
     if not isinstance(data, ConformationSet):
         source = str(data)
         data = read_dataset(data, format=None if data_format == "auto" else data_format)
@@ -190,6 +197,8 @@ def evaluate_model(
         source = data.source
     if max_frames is not None and len(data) > max_frames:
         data = data.subset(np.arange(max_frames))
+    if model.head.scale.device.type == "cpu" and len(data):
+        apply_threads(int(round(min(batch_size, len(data)) * float(np.mean(data.n_atoms)))), requested=threads or None)
     prediction = predict(model, data, batch_size=batch_size, progress=progress)
     labelled = has_labels(data)
     metrics = error_metrics(data, prediction) if labelled else {"frames": int(len(data)),

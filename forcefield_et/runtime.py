@@ -15,6 +15,10 @@ variable ``FORCEFIELD_ET_KEEP_MALLOC=1`` to leave malloc as it is.
 :func:`plan_memory` picks the evaluation path of a large structure: all edges at once when the
 estimate fits, else the edge-chunked mode (``Potential.set_edge_chunking``), whose memory grows
 with atoms and edges far more slowly, else a clear MemoryError.
+
+:func:`choose_threads` and :func:`apply_threads` are the one rule for torch's CPU thread count
+that every entry point (CLI, ``ETCalculator``, the OpenMM forces, evaluation, the trainer)
+follows; see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 import platform
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import torch
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -320,11 +328,198 @@ def check_memory(n_atoms: int, n_edges: int, num_layers: int, hidden_channels: i
         )
 
 
+# ----------------------------------------------------------------------------- torch threads
+THREADS_ENV = "FORCEFIELD_ET_THREADS"
+# Automatic rule: one thread per this many directed neighbour pairs (edges) of one call. Below it
+# (a molecule of up to ~100 atoms) a second thread only adds wake-up latency.
+EDGES_PER_THREAD = 5000
+EDGES_PER_ATOM = 50  # typical directed edges per atom at a 5 Å cutoff (organic molecules, water)
+
+_torch_threads_at_import: int | None = None
+_threads_set_here: int | None = None
+_user_set_threads = False  # the user has called torch.set_num_threads since the import
+
+
+def _record_torch_threads() -> None:
+    """Remember torch's thread count when forcefield_et is first imported (torch's default, or
+    what the user set before)."""
+    global _torch_threads_at_import
+    if _torch_threads_at_import is None:
+        import torch
+
+        _torch_threads_at_import = torch.get_num_threads()
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup CPU quota under ``root`` (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None: no quota or no cgroup files."""
+    candidates = (
+        (f"{root}/cpu.max", None),
+        (f"{root}/cpu/cpu.cfs_quota_us", f"{root}/cpu/cpu.cfs_period_us"),
+        (f"{root}/cpu,cpuacct/cpu.cfs_quota_us", f"{root}/cpu,cpuacct/cpu.cfs_period_us"),
+    )
+    for quota_path, period_path in candidates:
+        try:
+            with open(quota_path) as handle:
+                fields = handle.read().split()
+            if period_path is not None:
+                with open(period_path) as handle:
+                    fields = fields[:1] + handle.read().split()[:1]
+            if len(fields) < 2 or fields[0] in ("max", "-1"):
+                return None
+            quota, period = float(fields[0]), float(fields[1])
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            return quota / period
+    return None
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use: its CPU affinity (``os.sched_getaffinity``), capped by a
+    cgroup CPU quota (containers, ``docker --cpus``) rounded up; at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _positive_int(text: str | None, where: str) -> int | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{where} must be a positive integer number of threads, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{where} must be a positive integer number of threads, got {text!r}")
+    return value
+
+
+def omp_thread_limit() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` sets (its first entry), or None when it is unset or
+    not a positive integer."""
+    try:
+        return _positive_int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0], "OMP_NUM_THREADS")
+    except ValueError:
+        return None
+
+
+def user_thread_setting() -> int | None:
+    """torch's thread count when the user has set it with ``torch.set_num_threads`` since
+    forcefield_et was imported (it differs from the count forcefield_et last set, or from the
+    count at import when forcefield_et has set none); None otherwise. Once the user has set it,
+    the automatic rule leaves it alone for the rest of the process."""
+    global _user_set_threads
+    import torch
+
+    current = torch.get_num_threads()
+    if not _user_set_threads:
+        reference = _threads_set_here if _threads_set_here is not None else _torch_threads_at_import
+        _user_set_threads = reference is not None and current != reference
+    return current if _user_set_threads else None
+
+
+def choose_threads(
+    n_atoms: int,
+    n_edges: int | None = None,
+    requested: int | None = None,
+    cpus: int | None = None,
+    cap: int | None = None,
+) -> int:
+    """Torch CPU thread count for energy+forces calls of ``n_atoms`` atoms (``n_edges`` directed
+    neighbour pairs where known, else about ``EDGES_PER_ATOM`` per atom).
+
+    ``requested`` (a positive int) wins; else the environment variable ``FORCEFIELD_ET_THREADS``;
+    else one thread per ``EDGES_PER_THREAD`` edges, at least 1, at most ``cpus`` (default:
+    :func:`available_cpus`) and at most ``cap`` (default: ``OMP_NUM_THREADS`` and the count torch
+    had when forcefield_et was imported, so that the rule never raises a count the user chose)."""
+    if requested is not None and requested != 0:
+        return _positive_int(str(requested), "threads")  # type: ignore[return-value]
+    from_env = _positive_int(os.environ.get(THREADS_ENV), THREADS_ENV)
+    if from_env is not None:
+        return from_env
+    edges = int(n_edges) if n_edges is not None else int(n_atoms) * EDGES_PER_ATOM
+    threads = max(1, edges // EDGES_PER_THREAD)
+    threads = min(threads, cpus if cpus is not None else available_cpus())
+    if cap is None:
+        limits = [value for value in (omp_thread_limit(), _torch_threads_at_import) if value is not None]
+        cap = min(limits) if limits else None
+    if cap is not None:
+        threads = min(threads, cap)
+    return max(1, threads)
+
+
+def apply_threads(
+    n_atoms: int, n_edges: int | None = None, requested: int | None = None, cpus: int | None = None
+) -> int:
+    """Set torch's intra-op thread count by :func:`choose_threads` and return the count in effect.
+    The setting is process-wide. Without ``requested`` or ``FORCEFIELD_ET_THREADS``, a count the
+    user set with ``torch.set_num_threads`` (:func:`user_thread_setting`) is kept as it is."""
+    global _threads_set_here
+    import torch
+
+    if not requested and not os.environ.get(THREADS_ENV, "").strip():
+        user = user_thread_setting()
+        if user is not None:
+            return user
+    threads = choose_threads(n_atoms, n_edges, requested, cpus=cpus)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    _threads_set_here = threads
+    return threads
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a
+    torch.device) -> torch.device. With ``local_rank`` (a ``torchrun`` worker), plain ``"cuda"`` and
+    ``"auto"`` on a GPU machine become ``cuda:<local_rank>``. Raises ValueError for another device
+    or a GPU that is not there."""
+    import torch
+
+    text = str(device).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        if resolved.index is None and local_rank is not None:
+            resolved = torch.device("cuda", int(local_rank))
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {resolved} requested but this machine has {count} CUDA device(s)")
+    return resolved
+
+
+def passive_wait_policy() -> bool:
+    """Whether OpenMP's idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``) in this process's
+    environment; forcefield_et sets it when it is imported before torch."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 __all__ = [
     "DEFAULT_EDGE_CHUNK_SIZE",
+    "THREADS_ENV",
+    "apply_threads",
+    "available_cpus",
+    "choose_threads",
+    "resolve_device",
+    "omp_thread_limit",
+    "user_thread_setting",
     "MemoryPlan",
     "available_memory_bytes",
     "cgroup_available_bytes",
+    "cgroup_cpu_limit",
     "check_memory",
     "estimate_call_memory_bytes",
     "estimate_chunked_call_memory_bytes",

@@ -87,3 +87,7 @@ def test_bundle_exports_the_1000_frame_pretrained_run_with_its_test_errors(tmp_p
     assert meta["name"] == "rmd17-ethanol" and meta["test_errors"]["force_mae_meV_A"] == 12.5
     assert "frames 0-949" in meta["description"] and "optimizer" not in str(read_checkpoint(path).keys())
     load_model(path)  # loads as an inference model
+    from benchmarks.finetune_study import DATA_ROOT
+
+    if (DATA_ROOT / "rmd17_ethanol_train_01.npz").is_file():  # the card names what the model was fitted to
+        assert meta["training_domain"] == {"elements": [1, 6, 8], "compositions": ["C2H6O"]}

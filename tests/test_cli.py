@@ -307,3 +307,33 @@ def test_workers_must_be_positive(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["finetune", "--train", "x.xyz", "--workers", "0"])
     assert stop.value.code == 2 and "--workers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --device, --threads, training domain
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "md"])
+def test_bad_device_and_threads_are_usage_errors(command, capsys):
+    required = {"pretrain": ["--config", "c.yaml"], "finetune": ["--train", "t.xyz", "--out", "o"],
+                "evaluate": ["--model", "m.pt", "--data", "d.xyz"], "md": []}[command]
+    for option in (["--device", "tpu"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            main([command, *required, *option])
+        assert info.value.code == 2
+        assert "device" in capsys.readouterr().err or option[0] == "--threads"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(small_checkpoint, tmp_path, capsys):
+    code, _, err = run_main(["evaluate", "--model", small_checkpoint, "--data", tmp_path / "d.xyz", "--device", "cuda",
+                             "--out", tmp_path / "eval"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "forcefield-et evaluate: error: device 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'"
+    ]
+
+
+def test_info_shows_the_training_domain(capsys):
+    code, out, _ = run_main(["info", "rmd17-aspirin"], capsys)
+    assert code == 0
+    assert "domain:     trained on H C O; compositions C9H8O4" in out
+    code, out, _ = run_main(["info"], capsys)
+    assert "trained on C9H8O4" in out

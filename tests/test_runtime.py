@@ -202,3 +202,99 @@ def test_batches_respect_the_frame_count_and_the_memory(monkeypatch):
     assert runtime.plan_batches([10, 30], 8, 2, 32, 8, check_memory=False) == [(0, 2)]
     with pytest.raises(ValueError, match="batch_size"):
         runtime.plan_batches([10], 0, 2, 32, 8)
+
+
+# ----------------------------------------------------------------------------- torch threads
+def test_rule_gives_one_thread_to_a_small_molecule_and_more_to_a_large_system(monkeypatch):
+    from forcefield_et.runtime import THREADS_ENV, choose_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert choose_threads(21, cpus=8, cap=8) == 1
+    assert choose_threads(1000, cpus=8, cap=8) == 8  # 50,000 edges estimated: 10 threads, 8 cores
+    assert choose_threads(1000, cpus=2, cap=8) == 2  # never more than the cores available
+    assert choose_threads(1000, n_edges=12_000, cpus=8, cap=8) == 2  # edges, where known, decide
+    assert choose_threads(1000, cpus=8, cap=1) == 1  # never more than the user's setting
+
+
+def test_explicit_threads_and_the_environment_override_the_rule(monkeypatch):
+    from forcefield_et.runtime import THREADS_ENV, choose_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert choose_threads(21, requested=3, cpus=2, cap=1) == 3
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert choose_threads(21, cpus=8, cap=1) == 2
+    assert choose_threads(21, requested=1, cpus=8, cap=8) == 1  # the argument wins over the variable
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="FORCEFIELD_ET_THREADS must be a positive integer"):
+        choose_threads(21)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        choose_threads(21, requested=-2)
+
+
+def test_available_cpus_follows_affinity_and_cgroup_quota(monkeypatch, tmp_path):
+    from forcefield_et import runtime
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert runtime.cgroup_cpu_limit(str(tmp_path)) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert runtime.cgroup_cpu_limit(str(tmp_path)) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert runtime.cgroup_cpu_limit(str(tmp_path)) == 3.0
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1.5)
+    assert runtime.available_cpus() == 2  # a quota of 1.5 CPUs rounds up
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.available_cpus() == 6
+
+
+PROCESS_THREADS = """
+import json, os, sys
+first = sys.argv[1]
+if first == "torch":
+    import torch
+import forcefield_et
+import torch
+from forcefield_et.runtime import apply_threads, available_cpus
+out = {"wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": available_cpus(), "start": torch.get_num_threads()}
+out["large"] = apply_threads(5000)
+out["small"] = apply_threads(21)
+out["large_again"] = apply_threads(5000)
+torch.set_num_threads(1)  # the user's choice
+out["after_user_set_1"] = apply_threads(5000)
+torch.set_num_threads(2)
+out["after_user_set_2"] = apply_threads(21)  # kept: the user has taken control of the count
+out["explicit"] = apply_threads(21, requested=1)
+print(json.dumps(out))
+"""
+
+
+def _process_threads(first: str, env_extra):
+    unset = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "FORCEFIELD_ET_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(env_extra)
+    result = subprocess.run([sys.executable, "-c", PROCESS_THREADS, first], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_apply_threads_in_a_fresh_process_never_raises_the_users_count():
+    out = _process_threads("forcefield_et", {})
+    assert out["wait_policy"] == "PASSIVE"  # set because forcefield_et was imported before torch
+    large = min(out["cpus"], out["start"])
+    assert (out["large"], out["small"], out["large_again"]) == (large, 1, large)
+    assert out["after_user_set_1"] == 1
+    assert out["after_user_set_2"] == 2
+    assert out["explicit"] == 1
+    limited = _process_threads("forcefield_et", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert limited["wait_policy"] == "ACTIVE"  # the user's setting is kept
+    assert (limited["large"], limited["small"], limited["large_again"]) == (1, 1, 1)
+
+
+def test_wait_policy_is_left_alone_when_torch_was_imported_first():
+    assert _process_threads("torch", {})["wait_policy"] is None

@@ -19,12 +19,21 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ..domain import DomainCheck
 from ..dtypes import resolve_dtype
 from ..elements import symbol
 from ..model import Committee, Potential
 from ..neighbors import edges_per_structure, radius_graph
 from ..registry import committee_members, load_committee, load_model
-from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, keep_freed_memory, plan_batches, plan_memory
+from ..runtime import (
+    DEFAULT_EDGE_CHUNK_SIZE,
+    MemoryPlan,
+    apply_threads,
+    choose_threads,
+    keep_freed_memory,
+    plan_batches,
+    plan_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +105,15 @@ class ETCalculator(Calculator):
             chunk; an int: always chunk with this many edges per chunk. After each call ``last_path`` is
             ``"all_edges"`` or ``"chunked"`` and ``last_memory_plan`` the
             :class:`~forcefield_et.runtime.MemoryPlan` (None where memory was not checked).
+        threads: torch CPU threads for the calls (process-wide). None or 0 (default): the
+            package's rule (:func:`~forcefield_et.runtime.apply_threads`: ``FORCEFIELD_ET_THREADS``
+            when set; a count set with ``torch.set_num_threads`` after importing forcefield_et is
+            kept; else 1 for molecules of up to about 100 atoms, more for larger systems, never
+            more than the cores available or ``OMP_NUM_THREADS``).
+
+    A structure outside the model's training domain (elements its training data lacked, or, for
+    a model fitted to one molecule, another composition) gets one
+    :class:`~forcefield_et.domain.DomainWarning` per composition.
 
     A :class:`Potential` passed in is used as it is when its weights already have ``dtype`` and
     ``device`` (so calculators of one dtype share it); otherwise the calculator works on a converted
@@ -118,9 +136,14 @@ class ETCalculator(Calculator):
         compile: bool = False,
         neighbor_list: str = "auto",
         edge_chunking: Union[str, int, None] = "auto",
+        threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"ETCalculator: threads must be None, 0 (automatic) or a positive int, got {threads!r}")
+        self.threads = threads or None
+        choose_threads(1, requested=self.threads)  # a bad FORCEFIELD_ET_THREADS fails here, not at the first call
         if not (
             edge_chunking is None
             or edge_chunking == "auto"
@@ -163,6 +186,7 @@ class ETCalculator(Calculator):
         self._forward = self.model  # the model call (one place, so that tests can intercept it)
         self._supported = np.zeros(max(self.elements) + 1, dtype=bool)
         self._supported[self.elements] = True
+        self._domain_check = DomainCheck(getattr(self.model, "metadata", None), self.model_name)
         self._numbers_cache: np.ndarray | None = None
         self._z_tensor: torch.Tensor | None = None
         self.n_calls = 0
@@ -212,6 +236,9 @@ class ETCalculator(Calculator):
         if self._numbers_cache is None or not np.array_equal(numbers, self._numbers_cache):
             self._numbers_cache = numbers.copy()
             self._z_tensor = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
+            self._domain_check(numbers)
+        if self.device.type == "cpu":
+            apply_threads(len(atoms), requested=self.threads)
         pos = torch.as_tensor(model_positions(atoms), dtype=self.dtype, device=self.device)
         cell = None
         if atoms.pbc.all():
@@ -321,6 +348,7 @@ class ETCalculator(Calculator):
         results: List[Dict[str, Any] | None] = [None] * len(structures)
         for atoms in structures:
             self.check_atoms(atoms)
+            self._domain_check(atoms.get_atomic_numbers())
         groups = {False: [], True: []}
         for index, atoms in enumerate(structures):
             groups[bool(atoms.pbc.all())].append(index)
@@ -345,6 +373,8 @@ class ETCalculator(Calculator):
         """z [N], pos [N, 3] Å, batch [N], cell [B, 3, 3] Å (None unless periodic) and the
         atomic numbers (numpy) of a list of structures, on the calculator's device and dtype."""
         counts = [len(a) for a in chunk]
+        if self.device.type == "cpu":
+            apply_threads(int(sum(counts)), requested=self.threads)
         numbers = np.concatenate([a.get_atomic_numbers() for a in chunk])
         z = torch.as_tensor(numbers, dtype=torch.long, device=self.device)
         pos = torch.as_tensor(np.concatenate([model_positions(a) for a in chunk]), dtype=self.dtype, device=self.device)

@@ -17,8 +17,9 @@ from typing import Any, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..domain import DomainCheck
 from ..model.committee import Committee
-from ..runtime import keep_freed_memory
+from ..runtime import apply_threads, choose_threads, keep_freed_memory
 from .module import OpenMMModule
 
 __all__ = [
@@ -146,7 +147,7 @@ def _ml_atoms(
     per ML atom (same length as ``atom_indices``) or for the whole system."""
     numbers = [int(z) for z in atomic_numbers]
     if atom_indices is None:
-        return check_atomic_numbers(model, numbers), None
+        return _checked_in_domain(model, numbers), None
     indices = [int(i) for i in atom_indices]
     if not indices:
         raise ValueError("atom_indices is empty: select at least one ML atom")
@@ -157,7 +158,16 @@ def _ml_atoms(
                 f"or one per system particle (> {max(indices)})"
             )
         numbers = [numbers[i] for i in indices]
-    return check_atomic_numbers(model, numbers), indices
+    return _checked_in_domain(model, numbers), indices
+
+
+def _checked_in_domain(model: torch.nn.Module, numbers: List[int]) -> List[int]:
+    """check_atomic_numbers, plus a DomainWarning when the ML atoms are outside the model's training domain."""
+    numbers = check_atomic_numbers(model, numbers)
+    metadata = getattr(model, "metadata", None)
+    name = (metadata or {}).get("name") or getattr(model, "checkpoint_path", None) or type(model).__name__
+    DomainCheck(metadata, str(name))(numbers, stacklevel=5)
+    return numbers
 
 
 def torch_force(
@@ -167,6 +177,7 @@ def torch_force(
     periodic: bool = False,
     dtype: Union[str, torch.dtype] = "float32",
     force_group: int | None = None,
+    threads: int | None = None,
 ) -> Any:
     """An ``openmmtorch.TorchForce`` computing the potential (energy kJ/mol, forces kJ/mol/nm).
 
@@ -179,6 +190,9 @@ def torch_force(
         periodic: use the periodic box vectors of the Context (the model sees the same cell).
         dtype: precision the model runs in ("float32" or "float64").
         force_group: OpenMM force group (0..31); None leaves the default (0).
+        threads: torch CPU threads of this process, which the TorchForce's libtorch shares; None
+            or 0: the package's rule for the number of ML atoms (:func:`forcefield_et.runtime.choose_threads`).
+            Set here, when the force is created.
 
     The module is scripted with ``torch.jit.script`` and the force outputs forces directly
     (``setOutputsForces(True)``), so OpenMM does no extra backward pass.
@@ -189,6 +203,7 @@ def torch_force(
         raise ValueError("torch_force takes a single model; run a committee with python_force, or watch its "
                          "spread with ForceStdReporter")
     numbers, indices = _ml_atoms(potential, atomic_numbers, atom_indices)
+    apply_threads(len(numbers), requested=threads or None)
     module = torch.jit.script(OpenMMModule(potential, numbers, indices, dtype=dtype))
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
@@ -201,21 +216,27 @@ def torch_force(
 class PythonForceComputation:
     """Callback for ``openmm.PythonForce``: State (positions nm, box nm) -> (energy kJ/mol,
     forces [M, 3] kJ/mol/nm as a float64 NumPy array). Picklable, so a System holding it can be
-    serialised with ``XmlSerializer``."""
+    serialised with ``XmlSerializer``. On CPU each call runs with the torch thread count of
+    :func:`forcefield_et.runtime.choose_threads` for the ML atoms (``threads`` overrides it)."""
 
     def __init__(
-        self, module: OpenMMModule, periodic: bool, device: Union[str, torch.device] = "cpu"
+        self, module: OpenMMModule, periodic: bool, device: Union[str, torch.device] = "cpu",
+        threads: int | None = None,
     ) -> None:
         self.module = module.to(device)
         self.periodic = bool(periodic)
         self.device = torch.device(device)
+        self.threads = threads or None
         if self.device.type == "cpu":
             keep_freed_memory()  # large systems: no page-fault storm per call (see runtime.py)
+            choose_threads(1, requested=self.threads)  # a bad setting fails when the force is made
 
     def __call__(self, state: Any) -> Tuple[float, np.ndarray]:
         from openmm import unit
 
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if self.device.type == "cpu":
+            apply_threads(len(positions), requested=self.threads)
         pos = torch.as_tensor(np.asarray(positions, dtype=np.float64), device=self.device)
         box = None
         if self.periodic:
@@ -233,13 +254,15 @@ def python_force(
     dtype: Union[str, torch.dtype] = "float32",
     force_group: int | None = None,
     device: Union[str, torch.device] = "cpu",
+    threads: int | None = None,
 ) -> Any:
     """An ``openmm.PythonForce`` computing the potential; same arguments and physics as
     :func:`torch_force`, without openmm-torch (OpenMM >= 8.5).
 
     With ``atom_indices`` the force is restricted to those particles with
     ``PythonForce.setParticles``, so OpenMM passes only their positions to the callback.
-    ``device`` is the torch device the model runs on.
+    ``device`` is the torch device the model runs on; ``threads`` the torch CPU threads of each
+    call (None or 0: the package's rule for the number of ML atoms).
     """
     openmm = require_openmm()
     if not hasattr(openmm, "PythonForce"):
@@ -251,7 +274,7 @@ def python_force(
     numbers, indices = _ml_atoms(potential, atomic_numbers, atom_indices)
     # The callback sees only the selected particles, so the module itself needs no subset.
     module = OpenMMModule(potential, numbers, None, dtype=dtype)
-    computation = PythonForceComputation(module, periodic, device)
+    computation = PythonForceComputation(module, periodic, device, threads)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
     if indices is not None:

@@ -107,6 +107,9 @@ class ForceFieldETPotentialImpl(_ImplBase):
         dtype: "float32" or "float64": precision the model runs in.
         implementation: "torchforce", "pythonforce", or None (TorchForce when openmm-torch
             can be imported, else PythonForce).
+        threads: (keyword) torch CPU threads; None or 0: the package's rule for the number of ML
+            atoms (:func:`forcefield_et.runtime.choose_threads`).
+        device: (keyword, PythonForce only) torch device the model runs on.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ForceFieldETPotentialImpl(_ImplBase):
         self.dtype = resolve_dtype(dtype)
         self.implementation = None if implementation is None else _resolve_implementation(implementation)
         self.device = args.get("device")
+        self.threads = args.get("threads")
         # Load now so that a wrong name or path fails when the MLPotential is created.
         self.model = resolve_model(model, self.dtype)
 
@@ -151,12 +155,13 @@ class ForceFieldETPotentialImpl(_ImplBase):
         run_dtype = resolve_dtype(dtype) if dtype is not None else self.dtype
         requested = implementation if implementation is not None else self.implementation
         chosen = _resolve_implementation(requested)
+        threads = args.get("threads", self.threads)
         if chosen == "torchforce":
-            force = torch_force(self.model, numbers, atom_list, periodic=periodic, dtype=run_dtype)
+            force = torch_force(self.model, numbers, atom_list, periodic=periodic, dtype=run_dtype, threads=threads)
         else:
             device = args.get("device", self.device) or "cpu"
             force = python_force(
-                self.model, numbers, atom_list, periodic=periodic, dtype=run_dtype, device=device
+                self.model, numbers, atom_list, periodic=periodic, dtype=run_dtype, device=device, threads=threads
             )
         force.setForceGroup(int(forceGroup))
         system.addForce(force)

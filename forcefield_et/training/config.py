@@ -7,6 +7,7 @@ resolved against ``data_root`` when it is set, else against the working director
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Union
@@ -75,7 +76,10 @@ class OptimConfig:
     valid_every: int = 500
     checkpoint_every: int = 100
     log_every: int = 20
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 0  # torch CPU threads; 0: forcefield_et.runtime.choose_threads for one batch
+    # where the model, batches, EMA and metrics live: auto (CUDA when available), cpu, cuda, cuda:N;
+    # under torchrun on GPUs, auto and cuda mean cuda:LOCAL_RANK. May change when a run is resumed.
+    device: str = "auto"
     # validation metric that selects best.pt (and drives the plateau schedule):
     # "valid_loss" (the whole objective) or "valid_loss_without_denoise" (the denoising term
     # left out: it rewards the harmonic target, not the reference forces)
@@ -181,6 +185,8 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"optim.early_stop_patience must be >= 0, got {config.optim.early_stop_patience}")
     if config.dtype not in ("float32", "float64"):
         raise ConfigError("dtype must be 'float32' or 'float64'")
+    if not isinstance(optim.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", optim.device.strip().lower()):
+        raise ConfigError(f"optim.device must be auto, cpu, cuda or cuda:N, got {optim.device!r}")
     names = [s.name for s in config.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"source names must be unique, got {names}")

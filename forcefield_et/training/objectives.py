@@ -90,7 +90,7 @@ def loss_terms(batch: Dict[str, Tensor], n_sources: int) -> Dict[str, Tuple[Tens
 def count_terms(batch: Dict[str, Tensor], n_sources: int) -> Tensor:
     """Counts [n_terms, n_sources] of atoms (force terms) or frames (energy term) per source."""
     masks = loss_terms(batch, n_sources)
-    counts = torch.zeros(len(masks), n_sources, dtype=torch.float64)
+    counts = torch.zeros(len(masks), n_sources, dtype=torch.float64, device=batch["source"].device)
     for t, (mask, source) in enumerate(masks.values()):
         counts[t] = torch.bincount(source[mask], minlength=n_sources).to(torch.float64)
     return counts

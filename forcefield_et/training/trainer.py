@@ -36,10 +36,11 @@ from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data.conformations import ConformationSet
 from ..data.sources import read_source
 from ..data.splits import split_by_molecule_id
+from ..domain import merge_domains, training_domain
 from ..dtypes import resolve_dtype
 from ..model import DEFAULT_ELEMENTS, build_model
 from ..registry import load_model
-from ..runtime import keep_freed_memory
+from ..runtime import apply_threads, available_cpus, keep_freed_memory, resolve_device
 from .batching import (
     MixedBatchSampler,
     Source,
@@ -56,8 +57,8 @@ EXISTING_RUN_POLICIES = ("resume", "require", "refuse", "overwrite")
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "learning_curve.csv", "learning_curve.png", "config.yaml")
 # optimiser settings that may change when a run is resumed (how long and how it runs, not what it learns)
 RESUMABLE_SETTINGS = (
-    "max_steps", "warmup_steps", "time_budget_s", "early_stop_patience", "threads", "compile", "log_every",
-    "checkpoint_every", "valid_every", "select_by", "snapshot_steps",
+    "max_steps", "warmup_steps", "time_budget_s", "early_stop_patience", "threads", "device", "compile",
+    "log_every", "checkpoint_every", "valid_every", "select_by", "snapshot_steps",
 )
 
 LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
@@ -91,12 +92,24 @@ def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _distributed() -> Tuple[int, int]:
-    """(rank, world_size); initialises torch.distributed when launched by torchrun."""
+def training_device(requested: str = "auto") -> torch.device:
+    """The device of this training process: ``requested`` (auto, cpu, cuda, cuda:N) resolved;
+    under ``torchrun`` on GPUs, ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None
+    return resolve_device(requested, local_rank=local_rank)
+
+
+def _distributed(device: torch.device | None = None) -> Tuple[int, int]:
+    """(rank, world_size); initialises torch.distributed when launched by torchrun: NCCL when
+    the workers train on GPUs, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        if device is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -141,11 +154,10 @@ class Trainer:
             raise ValueError(f"existing must be one of {EXISTING_RUN_POLICIES}, got {existing!r}")
         self.existing = existing
         self.config = config
-        self.rank, self.world_size = _distributed()
+        self.device = training_device(config.optim.device)
+        self.rank, self.world_size = _distributed(self.device)
         self.progress = progress and self.rank == 0
-        if config.optim.threads > 0:
-            torch.set_num_threads(config.optim.threads)
-        if not torch.cuda.is_available():
+        if self.device.type == "cpu":
             keep_freed_memory()  # see runtime.py
         self.dtype = resolve_dtype(config.dtype)
         self.run_dir = Path(config.run_dir)
@@ -155,6 +167,14 @@ class Trainer:
         self._lock_handle: Any = None
         self._check_existing_run()
         self._load_sources()
+        if self.device.type == "cpu":  # the rule for one worker's batch, on its share of the machine's cores
+            mean_atoms = float(np.mean(np.concatenate([s.data.n_atoms for s in self.sources])))
+            workers_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            apply_threads(
+                int(round(config.optim.batch_size / self.world_size * mean_atoms)),
+                requested=config.optim.threads or None,
+                cpus=max(1, available_cpus() // max(1, workers_here)),
+            )
         self._build_model()
         optim = config.optim
         self.optimizer = torch.optim.AdamW(
@@ -292,13 +312,15 @@ class Trainer:
             else None
             for sc in cfg.sources
         ]
-        self.source_weights = torch.tensor([s.weight for s in self.sources], dtype=torch.float64)
+        # elements and compositions of the training frames: models warn outside them (domain.py)
+        self.training_domain = merge_domains([training_domain(s.data.z, s.data.n_atoms) for s in self.sources])
+        self.source_weights = torch.tensor([s.weight for s in self.sources], dtype=torch.float64, device=self.device)
 
     def _build_model(self) -> None:
         cfg = self.config
         data_elements = sorted({int(z) for s in self.sources for z in np.unique(s.data.z)})
         if cfg.init_from:
-            self.model = load_model(cfg.init_from, dtype=self.dtype)
+            self.model = load_model(cfg.init_from, device=self.device, dtype=self.dtype)
             overrides = set(cfg.model) - {"zbl"}
             if overrides:
                 raise ValueError(
@@ -316,7 +338,7 @@ class Trainer:
             hyper = dict(cfg.model)
             hyper["elements"] = sorted(set(hyper.get("elements", DEFAULT_ELEMENTS)) | set(data_elements))
             torch.manual_seed(cfg.seed)
-            self.model = build_model(**hyper).to(self.dtype)
+            self.model = build_model(**hyper).to(self.dtype).to(self.device)
             self.parent = None
             self._init_statistics()
         self.model.train()
@@ -342,7 +364,9 @@ class Trainer:
             residual = data.energy - self._predict_energies(data)
         solution = fit_atomic_energies(data, self.model.elements, residual)
         head = self.model.head
-        head.atomic_energies.add_(torch.as_tensor(solution, dtype=head.atomic_energies.dtype))
+        head.atomic_energies.add_(
+            torch.as_tensor(solution, dtype=head.atomic_energies.dtype, device=head.atomic_energies.device)
+        )
 
     def _predict_energies(self, data: ConformationSet) -> np.ndarray:
         """The model's energies [F] (eV) of ``data``, in batches of at most ``optim.batch_size`` frames
@@ -353,11 +377,18 @@ class Trainer:
         out = []
         self.model.eval()
         for frames in memory_batches(self.model, tensors, self.config.optim.batch_size):
-            b = tensors.gather(frames)
+            b = self._to_device(tensors.gather(frames))
             with torch.enable_grad():
-                out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double())
+                out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double().cpu())
         self.model.train()
         return torch.cat(out).numpy()
+
+    def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The batch's tensors on the training device (batches are built, and their denoising
+        noise drawn, on the CPU, so that they do not depend on the device)."""
+        if self.device.type == "cpu":
+            return batch
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     # ---------------------------------------------------------------- schedule, EMA
     def _schedule_factor(self) -> Callable[[int], float]:
@@ -431,6 +462,7 @@ class Trainer:
         }
         if self.parent:
             meta["parent_training"] = self.parent.get("training")
+        meta["training_domain"] = self.training_domain
         meta.update(extra or {})
         return meta
 
@@ -563,7 +595,7 @@ class Trainer:
 
     def train_step(self) -> Dict[str, float]:
         """One optimisation step on the global batch of ``self.step``."""
-        batch = self._local_batch(self.step)
+        batch = self._to_device(self._local_batch(self.step))
         counts = count_terms(batch, len(self.sources))
         if self.world_size > 1:
             dist.all_reduce(counts)
@@ -577,7 +609,7 @@ class Trainer:
             # when only one worker's frames have an energy term): every worker must all-reduce the
             # same tensors, so agree on the set first and use zeros where a local one is missing.
             params = list(self.model.parameters())
-            present = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+            present = torch.tensor([p.grad is not None for p in params], dtype=torch.int64, device=self.device)
             dist.all_reduce(present)
             grads = []
             for p, n_workers in zip(params, present.tolist()):
@@ -630,6 +662,7 @@ class Trainer:
                 picks[s] = frames.numpy()
                 batch = build_batch(self.valid_tensors_or_train(s), self.sources, picks)
                 prepare_equilibrium(batch, self.config.objectives, generator)
+                batch = self._to_device(batch)
                 counts = count_terms(batch, len(self.sources))
                 with torch.enable_grad():
                     out = model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
@@ -676,7 +709,7 @@ class Trainer:
         abs_err, n_comp, e_err = 0.0, 0, 0.0
         bs = self.config.optim.batch_size
         for start in range(0, tensors.n_frames, bs):
-            batch = tensors.gather(torch.arange(start, min(start + bs, tensors.n_frames)))
+            batch = self._to_device(tensors.gather(torch.arange(start, min(start + bs, tensors.n_frames))))
             with torch.enable_grad():
                 out = self.ema_model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
             diff = out["forces"].detach() - batch["forces"]
@@ -814,7 +847,7 @@ class Trainer:
         """True when ``flag`` is true on any data-parallel worker (so all stop together)."""
         if self.world_size == 1:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 

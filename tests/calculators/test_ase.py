@@ -370,3 +370,30 @@ def test_batch_evaluate_splits_batches_to_fit_memory(calc, monkeypatch):
     for a, b in zip(unconstrained, tight):
         assert a["energy"] == pytest.approx(b["energy"], rel=1e-12)
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-12)
+
+
+def test_threads_argument_sets_torch_threads_for_the_calls(small_model, monkeypatch):
+    from ase.build import molecule
+
+    with pytest.raises(ValueError, match="threads must be None, 0"):
+        ETCalculator(small_model, device="cpu", threads=-1)
+    monkeypatch.setenv("FORCEFIELD_ET_THREADS", "zero")
+    with pytest.raises(ValueError, match="FORCEFIELD_ET_THREADS must be a positive integer"):
+        ETCalculator(small_model, device="cpu")
+    monkeypatch.delenv("FORCEFIELD_ET_THREADS")
+    from forcefield_et import runtime
+
+    monkeypatch.setattr(runtime, "_user_set_threads", False)  # earlier tests may have set torch's count
+    monkeypatch.setattr(runtime, "_threads_set_here", None)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "_torch_threads_at_import", before)
+    try:
+        water = molecule("H2O")
+        water.calc = ETCalculator(small_model, device="cpu", threads=2)
+        water.get_potential_energy()
+        assert torch.get_num_threads() == 2
+        water.calc = ETCalculator(small_model, device="cpu")  # the rule: one thread for 3 atoms
+        water.get_potential_energy()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -340,3 +340,25 @@ def test_pythonforce_system_interpolates_and_serialises(small_model_file, aspiri
     assert all(math.isfinite(e) for e in energies)
     assert energies[0] != pytest.approx(energies[1])  # lambda switches MM -> ML
     assert energies[1] == pytest.approx(energies[2], rel=1e-6)  # ML energy survives the XML round trip
+
+
+@pytest.mark.parametrize("kind", ["torchforce", "pythonforce"])
+def test_forces_set_the_thread_count(kind, small_model, monkeypatch):
+    from forcefield_et import runtime
+
+    monkeypatch.setattr(runtime, "_user_set_threads", False)  # earlier tests may have set torch's count
+    monkeypatch.setattr(runtime, "_threads_set_here", None)
+    monkeypatch.setattr(runtime, "_torch_threads_at_import", torch.get_num_threads())
+    before = torch.get_num_threads()
+    positions = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    try:
+        force = _make_force(kind, small_model, [8, 1, 1], dtype="float64", threads=2)
+        _evaluate(force, positions)
+        assert torch.get_num_threads() == 2  # explicit threads=
+        force = _make_force(kind, small_model, [8, 1, 1], dtype="float64")
+        _evaluate(force, positions)
+        assert torch.get_num_threads() == 1  # the rule for 3 ML atoms
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            _make_force(kind, small_model, [8, 1, 1], threads=-1)
+    finally:
+        torch.set_num_threads(before)

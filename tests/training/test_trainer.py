@@ -687,3 +687,57 @@ def test_diverged_weights_stop_at_the_validation_instead_of_never_writing_best_p
     with pytest.raises(FloatingPointError, match="non-finite validation valid_loss .* at step 1"):
         trainer.run()
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+# ---------------------------------------------------------------- device and training domain
+def test_device_may_change_when_a_run_is_resumed(tmp_path):
+    from forcefield_et.training.trainer import config_fingerprint
+
+    values = tiny_mixed_config(tmp_path / "run")
+    on_cpu = config_from_dict({**values, "optim": {**values["optim"], "device": "cpu"}}).to_dict()
+    on_gpu = config_from_dict({**values, "optim": {**values["optim"], "device": "cuda:1"}}).to_dict()
+    assert config_fingerprint(on_cpu) == config_fingerprint(on_gpu)
+    stored_before_device_existed = json.loads(json.dumps(on_cpu))
+    del stored_before_device_existed["optim"]["device"]  # a last.pt written before the setting existed
+    assert config_fingerprint(stored_before_device_existed) == config_fingerprint(on_gpu)
+
+
+def test_bad_device_is_a_clear_error(tmp_path):
+    from forcefield_et.training.config import ConfigError
+
+    values = tiny_mixed_config(tmp_path / "run")
+    with pytest.raises(ConfigError, match="optim.device must be auto, cpu, cuda or cuda:N"):
+        config_from_dict({**values, "optim": {**values["optim"], "device": "tpu"}})
+    if not torch.cuda.is_available():
+        config = config_from_dict({**values, "optim": {**values["optim"], "device": "cuda"}})
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Trainer(config, progress=False)
+
+
+def test_checkpoints_store_the_training_domain(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", device="cpu")
+    trainer = Trainer(config_from_dict(values), progress=False)
+    assert trainer.device == torch.device("cpu")
+    expected = {"elements": [1, 6, 8], "compositions": ["C2H6O", "C3H4O2", "C9H8O4"]}
+    assert trainer.training_domain == expected  # ethanol, malonaldehyde, aspirin
+    trainer.save_last()
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["metadata"]["training_domain"] == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU paths are tested above)")
+def test_training_on_cuda_matches_cpu_and_its_checkpoint_loads_on_cpu(tmp_path):
+    losses = {}
+    for device in ("cpu", "cuda"):
+        values = tiny_mixed_config(tmp_path / device, device=device, max_steps=4, checkpoint_every=4, valid_every=4)
+        trainer = Trainer(config_from_dict(values), progress=False)
+        assert next(trainer.model.parameters()).device.type == device
+        losses[device] = [trainer.train_step()["loss"] for _ in range(4)]
+        assert trainer.ema[0].device.type == device
+        trainer.save_last()
+        metrics = trainer.validate()
+        assert math.isfinite(metrics["valid_loss"])
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=1e-3)  # float32 noise
+    model = load_model(tmp_path / "cuda" / "last.pt", device="cpu")  # saved from the GPU, loaded on CPU
+    assert next(model.parameters()).device.type == "cpu"
+    resumed = Trainer(config_from_dict(tiny_mixed_config(tmp_path / "cuda", device="cpu", max_steps=4)), progress=False)
+    assert resumed.resume() and resumed.step == 4
