@@ -323,6 +323,7 @@ def test_bad_device_and_threads_are_usage_errors(command, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_one_line_error(small_checkpoint, tmp_path, capsys):
+    (tmp_path / "d.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.74\n")
     code, _, err = run_main(["evaluate", "--model", small_checkpoint, "--data", tmp_path / "d.xyz", "--device", "cuda",
                              "--out", tmp_path / "eval"], capsys)
     assert code == 2
