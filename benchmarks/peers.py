@@ -616,27 +616,38 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
     try:
         for name, entry in trained.items():
             worker = WorkerProcess(name, pythons[entry["kind"]], eval_dir / f"{name}.log")
+            try:
+                loaded = worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"],
+                                     device=args.device)
+                digest = _digest(Path(entry["model_path"]))
+                cache = eval_dir / f"{name}.test.json"
+                stored = json.loads(cache.read_text()) if cache.is_file() else {}
+                if stored.get("sha256") != digest or stored.get("frames") != args.test_frames:
+                    result = worker.call("test", molecule=MOLECULE, frames=args.test_frames)
+                    stored = {"sha256": digest, "frames": args.test_frames, "test": result}
+                    write_json_atomic(cache, stored)
+            except Exception as error:  # one broken model must not stop the others
+                worker.close()
+                out["models"][name] = {"error": f"{type(error).__name__}: {error}"}
+                log(f"{name}: evaluation failed: {error}")
+                continue
             workers[name] = worker
-            loaded = worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"], device=args.device)
-            digest = _digest(Path(entry["model_path"]))
-            cache = eval_dir / f"{name}.test.json"
-            stored = json.loads(cache.read_text()) if cache.is_file() else {}
-            if stored.get("sha256") != digest or stored.get("frames") != args.test_frames:
-                result = worker.call("test", molecule=MOLECULE, frames=args.test_frames)
-                stored = {"sha256": digest, "frames": args.test_frames, "test": result}
-                write_json_atomic(cache, stored)
             out["models"][name] = {"model_sha256": digest, "versions": loaded["versions"], "python": loaded["python"],
                                    "test": stored["test"]}
             log(f"{name}: test force MAE {stored['test']['force_mae_meV_A']:.2f} meV/Å, energy MAE "
                 f"{stored['test']['energy_mae_meV']:.2f} meV ({stored['test']['frames']} frames)")
-        out["speed"] = interleaved_speed(workers, trained, args, eval_dir)
+        out["speed"] = interleaved_speed(workers, {n: trained[n] for n in workers}, args, eval_dir)
         out["md"] = {}
         for name, worker in workers.items():
             run_dir = runs / "md" / f"{MOLECULE}__{name}"
             log(f"{name}: MD stability, {args.md_time_ps:g} ps or {budget_tag(args.md_budget_s)} CPU, whichever first")
-            out["md"][name] = worker.call("md", molecule=MOLECULE, run_dir=str(run_dir), time_ps=args.md_time_ps,
-                                          cpu_budget_s=args.md_budget_s, device=args.device, quiet=False,
-                                          save_every=args.md_save_every)
+            try:
+                out["md"][name] = worker.call("md", molecule=MOLECULE, run_dir=str(run_dir), time_ps=args.md_time_ps,
+                                              cpu_budget_s=args.md_budget_s, device=args.device, quiet=False,
+                                              save_every=args.md_save_every)
+            except Exception as error:
+                out["models"][name]["md_error"] = f"{type(error).__name__}: {error}"
+                log(f"{name}: MD failed: {error}")
     finally:
         for worker in workers.values():
             worker.close()
@@ -778,6 +789,11 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="train and run nothing; summarise what is there")
     parser.add_argument("--probe-steps", type=int, default=None, help="timed steps per size in the step-cost probe")
     args = parser.parse_args(argv)
+
+    def terminate(signum, frame):  # a SIGTERM stops the peer's trainer too (see run_budgeted)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
     if args.mdsim_full:
         args.budget, args.md_budget = "none", "none"
     args.budget_s = parse_duration(args.budget)
