@@ -31,7 +31,7 @@ Models (``--models``, default all five):
 CPU budget (``--budget``, default 2 h per model): every model trains on one core with one thread.
 The ET's trainer counts its own CPU time and stops at the budget. For NequIP and MACE the driver
 polls the CPU time (user + system) of the training process and its children once a second and
-stops the process (SIGINT, then SIGTERM) at the budget; the CPU time at each checkpoint the peer
+kills its process group at the budget (nothing past it counts); the CPU time at each checkpoint the peer
 writes is recorded, so a stopped run resumes from its last checkpoint (``nequip-train ckpt_path``,
 ``mace_run_train --restart_latest``) with the budget it had used up to that checkpoint, as the ET
 does. Each validation is stamped with the CPU time at which it appeared: the learning curves
@@ -137,19 +137,16 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def _stop(proc: subprocess.Popen, grace_s: float = 120.0) -> None:
-    """SIGINT (graceful for Lightning and Python), then SIGTERM, then SIGKILL, to the process group."""
-    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 30.0), (signal.SIGKILL, 30.0)):
-        if proc.poll() is not None:
-            return
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the trainer's process group at once (SIGKILL). A gentler signal lets a trainer go on
+    working past the budget (Lightning finishes epochs after SIGINT); a killed run loses only the
+    work since its last checkpoint, which is where it resumes."""
+    if proc.poll() is None:
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+            pass
+    proc.wait()
 
 
 class Probe:
@@ -218,7 +215,7 @@ def run_budgeted(command: List[str], env: Dict[str, str], log_path: Path, state_
                 _stop(proc)
                 break
     except BaseException:
-        _stop(proc, grace_s=30.0)
+        _stop(proc)
         raise
     proc.wait()
     observe()
@@ -431,6 +428,7 @@ def train_nequip(name: str, settings: Dict[str, Any], python: str, budget_s: flo
     max_epochs = 1 if quick else settings["max_epochs"]
     config = nequip_config(_type_names(), train_xyz, valid_xyz, settings, max_epochs, "30:00:00:00", quick=quick,
                            device=device)
+    config["trainer"]["logger"]["flush_logs_every_n_steps"] = 1  # validation rows on disk when they happen
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [_bin(python, "nequip-train"), "-cp", str(root), "-cn", "config.yaml", f"hydra.run.dir={train_dir}"]
     if (train_dir / "last.ckpt").is_file():
@@ -490,8 +488,14 @@ class MaceProbe(Probe):
         self.root = root
 
     def checkpoint(self) -> Any:
-        files = sorted((self.root / "checkpoints").glob("*.pt"))
+        files = mace_checkpoints(self.root)
         return files[-1].name if files else None
+
+
+def mace_checkpoints(root: Path) -> List[Path]:
+    """mace_run_train's checkpoints (``<name>_run-<seed>_epoch-<N>.pt``) by epoch."""
+    files = [p for p in (root / "checkpoints").glob("*_epoch-*.pt")]
+    return sorted(files, key=lambda p: int(re.search(r"epoch-(\d+)", p.name).group(1)))
 
     def validations(self) -> List[Dict[str, Any]]:
         return mace_validations(self.root)
@@ -550,7 +554,7 @@ def train_mace(settings: Dict[str, Any], python: str, budget_s: float | None, qu
     state = run_budgeted(command, _peer_env(), root / "mace.log", root / "budget_state.json", budget_s,
                          MaceProbe(root))
     model = root / "mace.model"
-    checkpoints = sorted((root / "checkpoints").glob("*.pt"))
+    checkpoints = mace_checkpoints(root)
     if not checkpoints:
         raise RuntimeError(f"mace: no checkpoint in {root / 'checkpoints'}; see {root / 'mace.log'}")
     if not model.is_file() or model.stat().st_mtime < checkpoints[-1].stat().st_mtime:
