@@ -806,7 +806,7 @@ def main(argv: List[str] | None = None) -> int:
         args.md_time_ps = 0.1 if args.quick else 300.0
     if args.test_frames is None:
         args.test_frames = 20 if args.quick else 1000
-    probe_steps = args.probe_steps or (4 if args.quick else 20)
+    probe_steps = args.probe_steps or (4 if args.quick else 10)
     suffix = "-quick" if args.quick else ("-mdsim" if args.mdsim_full else "")
     runs = Path(args.runs or (REPO / "runs" / f"peers{suffix}")).resolve()
     out = Path(args.out or (runs / "results" if args.quick else RESULTS.with_name(f"peers{suffix}"))).resolve()
@@ -835,6 +835,9 @@ def main(argv: List[str] | None = None) -> int:
 
     if not args.report:
         started = time.perf_counter()
+        matched_path = runs / "probe" / "matched.json"  # its own file: parallel invocations share it
+        if matched_path.is_file():
+            summary["matched_size"] = json.loads(matched_path.read_text())
         if "nequip-matched" in names and "matched_size" not in summary:
             try:
                 et_cost = et_step_cost(args.quick, probe_steps, runs)
@@ -847,6 +850,7 @@ def main(argv: List[str] | None = None) -> int:
                                            "rule": "closest CPU ms per training step on a log scale (ET batch 8, "
                                                    "NequIP batch 5), one thread; sizes probed from MDsim's down "
                                                    "until one is cheaper than the ET"}
+                write_json_atomic(matched_path, summary["matched_size"])
                 write_json_atomic(summary_path, summary)
             except Exception as error:
                 skipped["nequip-matched"] = f"step-cost probe failed: {type(error).__name__}: {error}"
