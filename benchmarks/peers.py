@@ -483,6 +483,12 @@ def nequip_deploy(python: str, best: Path, root: Path, device: str) -> tuple[Pat
 
 
 # ------------------------------------------------------------------------------------ MACE
+def mace_checkpoints(root: Path) -> List[Path]:
+    """mace_run_train's checkpoints (``<name>_run-<seed>_epoch-<N>.pt``) by epoch."""
+    files = [p for p in (root / "checkpoints").glob("*_epoch-*.pt")]
+    return sorted(files, key=lambda p: int(re.search(r"epoch-(\d+)", p.name).group(1)))
+
+
 class MaceProbe(Probe):
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -490,12 +496,6 @@ class MaceProbe(Probe):
     def checkpoint(self) -> Any:
         files = mace_checkpoints(self.root)
         return files[-1].name if files else None
-
-
-def mace_checkpoints(root: Path) -> List[Path]:
-    """mace_run_train's checkpoints (``<name>_run-<seed>_epoch-<N>.pt``) by epoch."""
-    files = [p for p in (root / "checkpoints").glob("*_epoch-*.pt")]
-    return sorted(files, key=lambda p: int(re.search(r"epoch-(\d+)", p.name).group(1)))
 
     def validations(self) -> List[Dict[str, Any]]:
         return mace_validations(self.root)
