@@ -276,6 +276,10 @@ def resolve_model(name: str, molecule: str, extra: Dict[str, Path], cache_dir: P
 
 def make_calculator(spec: ModelSpec, protocol: Protocol):
     """An ASE calculator for ``spec`` on ``protocol.device``."""
+    if spec.kind == "mace":
+        from mace.calculators import MACECalculator
+
+        return MACECalculator(model_paths=str(spec.path), device=protocol.device, default_dtype=protocol.dtype)
     if spec.kind == "nequip":
         import warnings
 
@@ -283,6 +287,9 @@ def make_calculator(spec: ModelSpec, protocol: Protocol):
             warnings.simplefilter("ignore", FutureWarning)
             from nequip.integrations.ase import NequIPCalculator
 
+            if str(spec.path).endswith(".ckpt"):  # a training checkpoint, run eagerly (nequip's own loader)
+                return NequIPCalculator._from_saved_model(str(spec.path), device=protocol.device,
+                                                          chemical_species_to_atom_type_map=True)
             return NequIPCalculator.from_compiled_model(str(spec.path), device=protocol.device,
                                                         chemical_species_to_atom_type_map=True)
     from forcefield_et.calculators.ase import ETCalculator
@@ -400,10 +407,15 @@ class RunLogger:
 def run_one(
     spec: ModelSpec, reference: Reference, protocol: Protocol, run_dir: Path, checkpoint_every: int = 50,
     restart: bool = False, quiet: bool = False, work_dir: Path | None = None,
+    cpu_budget_s: float | None = None,
 ) -> Dict[str, Any]:
     """Run (or resume, or reuse) one molecule/model simulation and return its result dict.
     ``result.json`` goes to ``run_dir``; ``state.npz`` and ``trajectory.npz`` to ``work_dir``
-    (default ``run_dir``)."""
+    (default ``run_dir``).
+
+    ``cpu_budget_s``: stop once the run has used this much CPU time of its process (counted across
+    resumes, in the saved state) even if it has not reached ``protocol.time_ps``; the result then
+    says ``stopped_by: "cpu budget"`` and a later call with a larger budget extends it."""
     from ase import Atoms
 
     from forcefield_et.md import initial_velocities, make_dynamics
@@ -423,7 +435,9 @@ def run_one(
             path.unlink(missing_ok=True)
     if result_path.is_file():
         previous = json.loads(result_path.read_text())
-        same_length = previous.get("steps") == protocol.n_steps
+        same_length = previous.get("steps") == protocol.n_steps or (
+            previous.get("stopped_by") == "cpu budget" and cpu_budget_s is not None
+            and previous.get("cpu_budget_s") is not None and cpu_budget_s <= previous["cpu_budget_s"])
         if previous.get("fingerprint") == fingerprint_key and (same_length or previous["collapsed"]):
             log(f"complete already ({previous['stability_ps']:.2f} ps); reusing {result_path}")
             return previous
@@ -445,7 +459,7 @@ def run_one(
     atoms.calc = calculator
     frames: List[np.ndarray] = [reference.frames[protocol.start_frame].astype(np.float32)]
     temperatures: List[float] = []
-    steps_done, md_wall_s, resume_note, thermo = 0, 0.0, "fresh start", None
+    steps_done, md_wall_s, md_cpu_s, resume_note, thermo = 0, 0.0, 0.0, "fresh start", None
     if state_path.is_file():
         state = np.load(state_path)
         if str(state["fingerprint"]) == fingerprint_key:
@@ -456,6 +470,7 @@ def run_one(
             frames = list(state["frames"])
             temperatures = list(state["temperatures"])
             steps_done, md_wall_s = int(state["steps_done"]), float(state["md_wall_s"])
+            md_cpu_s = float(state["md_cpu_s"]) if "md_cpu_s" in state.files else md_wall_s
             thermo = (state["eta"], state["p_eta"]) if "eta" in state.files else None
             resume_note = f"resumed at step {steps_done}"
         else:
@@ -476,7 +491,7 @@ def run_one(
         savez_atomic(state_path, fingerprint=np.array(fingerprint_key), positions=atoms.get_positions(),
                       momenta=atoms.get_momenta(), frames=np.asarray(frames, dtype=np.float32),
                       temperatures=np.asarray(temperatures), steps_done=np.array(steps_done),
-                      md_wall_s=np.array(md_wall_s), **extra)
+                      md_wall_s=np.array(md_wall_s), md_cpu_s=np.array(md_cpu_s), **extra)
 
     collapsed_at: int | None = None
     reason = None
@@ -487,14 +502,19 @@ def run_one(
     log(f"{resume_note}; {protocol.n_steps} steps ({protocol.time_ps:g} ps), {len(reference.numbers)} atoms, "
         f"{len(reference.bonds)} bonds, model: {spec.description}")
     last_report = time.perf_counter()
+    stopped_by = None
     while collapsed_at is None and steps_done < protocol.n_steps:
-        start = time.perf_counter()
+        if cpu_budget_s is not None and md_cpu_s >= cpu_budget_s:
+            stopped_by = "cpu budget"
+            break
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             dynamics.run(protocol.save_every)
             failure = None
         except (FloatingPointError, ValueError, RuntimeError) as error:  # NonFiniteError is a FloatingPointError
             failure = f"{type(error).__name__}: {str(error)[:200]}"
         md_wall_s += time.perf_counter() - start
+        md_cpu_s += time.process_time() - cpu_start
         if failure is not None:
             steps_done = int(dynamics.nsteps)
             positions = np.full_like(frames[0], np.nan)
@@ -559,6 +579,9 @@ def run_one(
         "steps_per_s": steps_per_s,
         "ns_per_day": steps_per_s * protocol.timestep_fs * 1e-6 * 86400.0,
         "md_wall_s": md_wall_s,
+        "md_cpu_s": md_cpu_s,
+        "stopped_by": stopped_by or ("collapse" if collapsed_at is not None else "time"),
+        "cpu_budget_s": cpu_budget_s,
         "resume": resume_note,
         "fingerprint": fingerprint_key,
         "protocol_key": protocol_key(protocol),

@@ -188,8 +188,11 @@ def _train_tiny_scratch(molecule: str, run_dir: Path, steps: int, threads: int, 
 
 
 # ------------------------------------------------------------------------------------ NequIP
-def write_extxyz(molecule: str, frames: tuple, path: Path) -> int:
-    """rMD17 train-split frames [start, stop) as extxyz with energy (eV) and forces (eV/Å)."""
+def write_extxyz(molecule: str, frames: tuple, path: Path, keys: tuple[str, str] | None = None) -> int:
+    """rMD17 train-split frames [start, stop) as extxyz with energy (eV) and forces (eV/Å): as the
+    calculator results (``energy``/``forces``, what nequip reads) or, with ``keys`` =
+    (energy key, forces key), as ``atoms.info`` / ``atoms.arrays`` entries of those names (what
+    MACE reads, e.g. ``("REF_energy", "REF_forces")``)."""
     from ase.io import write
 
     from forcefield_et.data import read_rmd17
@@ -197,9 +200,14 @@ def write_extxyz(molecule: str, frames: tuple, path: Path) -> int:
     data = read_rmd17(rmd17_train_path(molecule))
     subset = data.subset(np.arange(*frames))
     structures = [subset.to_ase(i) for i in range(len(subset))]
-    for atoms in structures:  # keep only what nequip needs
+    for atoms in structures:  # keep only what the trainer needs
         for key in list(atoms.info):
             del atoms.info[key]
+        if keys is not None:
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            atoms.calc = None
+            atoms.info[keys[0]] = float(energy)
+            atoms.arrays[keys[1]] = np.array(forces)
     path.parent.mkdir(parents=True, exist_ok=True)
     write(str(path), structures, format="extxyz")
     return len(structures)

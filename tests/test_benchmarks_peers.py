@@ -1,0 +1,204 @@
+"""benchmarks/peers.py: CPU budgeting of external trainers (stop, resume), the step-cost match, the
+ET-only ``--quick`` pipeline end to end, ``--mdsim-full`` at a tiny size, and the NequIP/MACE part
+where their environments exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import peers
+from tests.conftest import REPO_ROOT, shared_path
+
+NEQUIP_PYTHON = os.environ.get("FORCEFIELD_ET_NEQUIP_PYTHON", peers.DEFAULT_NEQUIP_PYTHON)
+MACE_PYTHON = os.environ.get("FORCEFIELD_ET_MACE_PYTHON", peers.DEFAULT_MACE_PYTHON)
+
+
+def test_parse_duration_and_tags():
+    assert peers.parse_duration("2h") == 7200
+    assert peers.parse_duration("90m") == 5400
+    assert peers.parse_duration("45s") == 45
+    assert peers.parse_duration("1.5h") == 5400
+    assert peers.parse_duration("none") is None
+    assert peers.budget_tag(7200) == "2h" and peers.budget_tag(20) == "20s" and peers.budget_tag(None) == "nobudget"
+    with pytest.raises(Exception, match="not a duration"):
+        peers.parse_duration("two hours")
+
+
+def test_choose_matched_takes_the_closest_cost_on_a_log_scale():
+    costs = [{"size": "a", "ms_per_step": 800.0}, {"size": "b", "ms_per_step": 210.0},
+             {"size": "c", "ms_per_step": 90.0}]
+    assert peers.choose_matched(costs, 150.0)["size"] == "b"  # 210/150 = 1.4 beats 150/90 = 1.67
+    assert peers.choose_matched(costs, 100.0)["size"] == "c"
+    assert peers.choose_matched(costs, 1000.0)["size"] == "a"
+
+
+def test_tree_cpu_seconds_counts_children(tmp_path):
+    done = tmp_path / "done"
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+            f"open({str(done)!r}, 'w').close()\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {burn!r}])\n"
+                               "time.sleep(60)"], start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not done.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert done.exists()
+        assert peers.tree_cpu_seconds(parent.pid) >= 0.6  # the child's CPU time; the parent only sleeps
+    finally:
+        os.killpg(parent.pid, 9)
+        parent.wait()
+
+
+class FileProbe(peers.Probe):
+    """A fake trainer's output: ``ckpt`` holds the last checkpointed epoch, ``valid`` one line per epoch."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def checkpoint(self):
+        path = self.root / "ckpt"
+        return path.read_text() if path.is_file() else None
+
+    def validations(self):
+        path = self.root / "valid"
+        lines = path.read_text().split() if path.is_file() else []
+        return [{"key": ["epoch", int(e)], "epoch": int(e), "valid_force_mae_meV_A": 100.0 / (int(e) + 1)}
+                for e in lines]
+
+
+FAKE_TRAINER = """
+import sys, time
+from pathlib import Path
+root = Path(sys.argv[1])
+epoch = int((root / "ckpt").read_text()) + 1 if (root / "ckpt").is_file() else 0
+while epoch < int(sys.argv[2]):
+    t = time.process_time()
+    while time.process_time() - t < 0.25:  # an epoch of 0.25 CPU-s
+        pass
+    with open(root / "valid", "a") as handle:
+        handle.write(f"{epoch}\\n")
+    (root / "ckpt").write_text(str(epoch))
+    epoch += 1
+"""
+
+
+def test_run_budgeted_stops_at_the_budget_and_resumes_from_the_checkpoint(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(FAKE_TRAINER)
+    work = tmp_path / "work"
+    work.mkdir()
+    state_path = tmp_path / "state.json"
+    command = [sys.executable, str(script), str(work), "1000"]
+    state = peers.run_budgeted(command, {}, tmp_path / "log", state_path, 1.5, FileProbe(work), poll_s=0.1)
+    assert state["finished"] and state["stop_reason"] == "cpu budget"
+    assert 1.5 <= state["cpu_s"] < 3.0
+    assert state["checkpoints"], "checkpoints were stamped with their CPU time"
+    cpu = [v["cpu_s"] for v in state["validations"]]
+    assert cpu == sorted(cpu) and all(0 < c <= state["cpu_s"] for c in cpu)
+    epochs_first = int((work / "ckpt").read_text())
+    # a finished run is not repeated
+    assert peers.run_budgeted(command, {}, tmp_path / "log", state_path, 1.5, FileProbe(work)) == state
+    # a larger budget resumes from the last checkpoint, with the CPU time used up to it
+    state["finished"] = False
+    (state_path).write_text(json.dumps(state))
+    resumed = peers.run_budgeted(command, {}, tmp_path / "log", state_path, 3.0, FileProbe(work), poll_s=0.1)
+    assert resumed["segments"][-1]["start_cpu_s"] == pytest.approx(state["committed_cpu_s"])
+    assert resumed["cpu_s"] >= 3.0 and int((work / "ckpt").read_text()) > epochs_first
+    epochs = [v["epoch"] for v in resumed["validations"]]
+    assert epochs == sorted(set(epochs))
+
+
+def test_run_budgeted_lets_a_trainer_finish_and_reports_failures(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(FAKE_TRAINER)
+    work = tmp_path / "work"
+    work.mkdir()
+    state = peers.run_budgeted([sys.executable, str(script), str(work), "2"], {}, tmp_path / "log",
+                               tmp_path / "state.json", 100.0, FileProbe(work), poll_s=0.1)
+    assert state["stop_reason"].startswith("trainer finished") and len(state["validations"]) == 2
+    with pytest.raises(RuntimeError, match="exit 3"):
+        peers.run_budgeted([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "log2",
+                           tmp_path / "state2.json", 100.0, FileProbe(work), poll_s=0.1)
+
+
+def _run_quick(tmp_path: Path, *arguments: str) -> dict:
+    shared_path("rmd17", "rmd17_aspirin_train_01.npz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT)}
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--quick", "--runs", str(runs), "--out", str(out),
+                           "--nequip-python", NEQUIP_PYTHON, "--mace-python", MACE_PYTHON, *arguments],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "peers.json").read_text())
+    assert (out / "training_curves.png").stat().st_size > 0 and (out / "md_progress.png").stat().st_size > 0
+    assert (out / "peers.md").read_text().startswith("| model |")
+    return summary
+
+
+def _check_evaluated(summary: dict, name: str, frames: int = 20) -> None:
+    entry = summary["trained"][name]
+    assert Path(entry["model_path"]).is_file()
+    assert entry["cpu_hours"] > 0 and entry["curve"], "a learning curve against CPU-hours"
+    hours = [p["cpu_hours"] for p in entry["curve"]]
+    assert hours == sorted(hours) and all(p["valid_force_mae_meV_A"] > 0 for p in entry["curve"])
+    test = summary["evaluation"]["models"][name]["test"]
+    assert test["frames"] == frames and 0 < test["force_mae_meV_A"] < 1e5 and test["energy_mae_meV"] > 0
+    speed = summary["evaluation"]["speed"]["models"][name]
+    assert speed["ms_per_call"] > 0 and speed["md_steps_per_s"] > 0
+    md = summary["evaluation"]["md"][name]
+    assert md["simulated_ps"] > 0 and md["stability_ps"] <= md["simulated_ps"] and md["hr_mae"] >= 0
+    assert md["stopped_by"] in ("collapse", "time", "cpu budget")
+
+
+def test_quick_et_part(tmp_path):
+    summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "15s", "--md-budget", "5s")
+    for name in ("et-pretrained", "et-scratch"):
+        _check_evaluated(summary, name)
+        assert summary["trained"][name]["cpu_hours"] == pytest.approx(15 / 3600, rel=0.5)
+        assert summary["trained"][name]["stop_reason"].startswith("time budget")
+    assert summary["trained"]["et-scratch"]["architecture"]["num_layers"] == 2  # the tiny --quick ET
+    assert set(summary["evaluation"]["speed"]["models"]) == {"et-pretrained", "et-scratch"}
+    assert summary["training_budget"] == "15s" and summary["md_budget"] == "5s"
+    assert summary["machine"]["torch"]
+
+
+def _need(python: str, what: str) -> None:
+    if not Path(python).is_file():
+        pytest.skip(f"{what} environment not found at {python}: make it as docs/benchmarks.md says "
+                    f"('Head-to-head at equal CPU budget') or set FORCEFIELD_ET_{what.upper()}_PYTHON")
+
+
+def test_quick_peers_part(tmp_path):
+    _need(NEQUIP_PYTHON, "nequip")
+    _need(MACE_PYTHON, "mace")
+    summary = _run_quick(tmp_path, "--models", "nequip-mdsim", "nequip-matched", "mace", "--budget", "5m",
+                         "--md-budget", "5s")
+    for name in ("nequip-mdsim", "nequip-matched", "mace"):
+        _check_evaluated(summary, name)
+    matched = summary["matched_size"]
+    assert matched["et"]["ms_per_step"] > 0 and all(c["ms_per_step"] > 0 for c in matched["nequip"])
+    assert matched["chosen"] in matched["nequip"]
+    versions = summary["evaluation"]["models"]
+    assert versions["nequip-mdsim"]["versions"]["nequip"].startswith("0.19")
+    assert "mace-torch" in versions["mace"]["versions"]
+
+
+def test_quick_mdsim_full_protocol_at_a_tiny_size(tmp_path):
+    """--mdsim-full (the GPU protocol: no CPU limits, NequIP to its epoch limit) on the CPU, tiny."""
+    models = ["et-scratch"] + (["nequip-mdsim"] if Path(NEQUIP_PYTHON).is_file() else [])
+    summary = _run_quick(tmp_path, "--mdsim-full", "--models", *models, "--md-time-ps", "0.05")
+    assert summary["mdsim_full"] and summary["training_budget"] == "nobudget" and summary["md_budget"] == "nobudget"
+    for name in models:
+        _check_evaluated(summary, name)
+        assert summary["evaluation"]["md"][name]["stopped_by"] in ("collapse", "time")
+    assert summary["trained"]["et-scratch"]["steps"] == 30
+    if "nequip-mdsim" in models:
+        assert summary["trained"]["nequip-mdsim"]["stop_reason"].startswith("trainer finished")
