@@ -124,6 +124,20 @@ def large_systems() -> str:
     return "\n".join(lines) + "\n"
 
 
+SPEED_LABELS = {"et": "`et` (eager, 6 layers)", "et-compiled": "`et-compiled` (same weights, `compile=True`)",
+                "et-bundled": "`et-bundled` (ours, 4 layers)", "torchmd-net-et": "TorchMD-Net 3.1 ET",
+                "nequip": "NequIP 0.19"}
+
+
+def speed_compiled() -> str:
+    rows = _json("speed_compiled/speed.json")["aspirin"]["threads"]["1"]
+    lines = ["| model | ms/call | MD steps/s | ms ratio to `et` | MD steps/s ratio to `et` |", "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {SPEED_LABELS.get(name, name)} | {row['ms_per_call']:.1f} | {row['md_steps_per_s']:.1f} "
+                     f"| {row['ms_ratio_to_et']:.2f} | {row['md_speed_ratio_to_et']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def finetune_study() -> str:
     from . import finetune_study as study
 
@@ -181,6 +195,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "neighbors_times": neighbors_times,
     "openmm_speed": openmm_speed,
     "large_systems": large_systems,
+    "speed_compiled": speed_compiled,
 }
 
 

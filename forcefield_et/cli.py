@@ -772,8 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model's energy part: the first step compiles (minutes on a small CPU), "
-        "later steps are faster (measure: python -m benchmarks.speed --models et et-compiled --skip-scaling)",
+        help="compile energy and forces into one graph: the first step compiles (about half a minute), later "
+        "steps are faster (worth it for runs of more than several thousand steps; docs/benchmarks.md)",
     )
     p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP + " (docs/performance.md)")
     p.add_argument("--no-progress", action="store_true")

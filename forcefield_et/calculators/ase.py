@@ -91,8 +91,8 @@ class ETCalculator(Calculator):
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"`` (default, fast) or ``"float64"`` (for tight energy conservation
             and finite-difference checks).
-        compile: run the model's energy part through ``torch.compile`` (``Potential.compile_energy``:
-            dynamic shapes; the first call compiles, minutes on a small CPU, later calls are faster).
+        compile: energy and forces as one ``torch.compile``d graph (``Potential.compile_energy``:
+            dynamic shapes; the first call compiles, later calls are faster).
             Modifies the model instance passed in when it is already in ``dtype`` on ``device``.
         neighbor_list: ``"torch"`` (the model's own TorchScript radius graph), ``"matscipy"``
             (matscipy's C neighbour list, periodic structures on CPU only), or ``"auto"``:
