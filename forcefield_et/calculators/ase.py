@@ -106,6 +106,9 @@ class ETCalculator(Calculator):
     MATSCIPY_MIN_ATOMS = _EngineSetting("MATSCIPY_MIN_ATOMS")
     MEMORY_CHECK_MIN_ATOMS = _EngineSetting("MEMORY_CHECK_MIN_ATOMS")  # from this size on, memory is checked
     EDGE_CHUNK_SIZE = _EngineSetting("EDGE_CHUNK_SIZE")  # edges per chunk when edge_chunking="auto" chunks
+    threads = _EngineSetting("threads")
+    neighbor_list = _EngineSetting("neighbor_list")
+    edge_chunking = _EngineSetting("edge_chunking")
     last_path = _EngineSetting("last_path")
     last_memory_plan = _EngineSetting("last_memory_plan")
     _forward = _EngineSetting("model_call")  # the model call (tests intercept it)
@@ -135,7 +138,6 @@ class ETCalculator(Calculator):
         self.model = self.engine.model
         self.model_name = self.engine.name
         self.device, self.dtype = self.engine.device, self.engine.dtype
-        self.threads, self.neighbor_list, self.edge_chunking = threads or None, neighbor_list, edge_chunking
         self.is_committee = self.engine.is_committee
         if self.is_committee:
             self.implemented_properties = self.implemented_properties + self.committee_properties
