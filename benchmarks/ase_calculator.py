@@ -3,7 +3,7 @@
     python -m benchmarks.ase_calculator [--model pretrained] [--quick]
 
 In one interleaved run, on CPU in float32:
-- ms per energy+forces call of the bare model (``Potential.forward``) and of the calculator
+- ms per energy+forces call of the bare model (``Potential.forward`` through ``Evaluator.run``) and of the calculator
   (``atoms.get_forces()`` after moving an atom, so nothing is cached); the overhead is their ratio;
 - steps/s of velocity-Verlet MD through ASE with 1 and 2 torch threads;
 - conformations/s of ``batch_evaluate`` (batches of 64) against one call per conformation.
@@ -40,7 +40,7 @@ def main() -> None:
 
     atoms = read(structure_path("aspirin"))
     calc = ETCalculator(args.model, device="cpu", dtype="float32")
-    model = calc.model
+    engine = calc.engine  # the inference engine under the calculator
     z = torch.as_tensor(atoms.numbers)
     rng = np.random.default_rng(0)
     results = {"model": args.model, "molecule": "aspirin (21 atoms)", "dtype": "float32", "rounds": []}
@@ -54,7 +54,7 @@ def main() -> None:
 
         def bare() -> None:
             pos = torch.as_tensor(atoms.positions + rng.normal(0, 1e-4, atoms.positions.shape), dtype=torch.float32)
-            model(z, pos)
+            engine.run(z, pos, None, None, len(z))
 
         def through_calculator() -> None:
             atoms.positions[0, 0] += rng.normal(0, 1e-4)

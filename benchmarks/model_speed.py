@@ -31,6 +31,7 @@ import torch
 from ase.io import read
 
 from forcefield_et import build_model, load_model
+from forcefield_et.inference import Evaluator
 from forcefield_et.structures import structure_path
 
 from .machine import machine_info, median_ms
@@ -47,21 +48,26 @@ def inference(model: torch.nn.Module, repeats: int, rounds: int) -> Dict[str, fl
     scripted = torch.jit.script(model)
     rng = np.random.default_rng(0)
 
-    def call(module: torch.nn.Module) -> Callable[[], Any]:
+    eager = Evaluator.wrap(model).run  # Potential.forward, through the inference engine
+
+    def scripted_call(z: torch.Tensor, pos: torch.Tensor, batch: Any, cell: Any, n_atoms: int) -> Any:
+        return scripted(z, pos, batch, cell)
+
+    def call(evaluate: Callable[..., Any]) -> Callable[[], Any]:
         def run() -> Any:
             pos = base + torch.as_tensor(rng.normal(0, 1e-3, base.shape), dtype=torch.float32)
-            return module(z, pos)
+            return evaluate(z, pos, None, None, len(z))
 
         return run
 
     for _ in range(5):  # warm-up (TorchScript profiles and optimises during its first calls)
-        call(model)()
-        call(scripted)()
+        call(eager)()
+        call(scripted_call)()
     eager_ms, scripted_ms = [], []
     for _ in range(rounds):
-        eager_ms.append(median_ms(call(model), repeats))
-        scripted_ms.append(median_ms(call(scripted), repeats))
-    eager_out, scripted_out = model(z, base), scripted(z, base)
+        eager_ms.append(median_ms(call(eager), repeats))
+        scripted_ms.append(median_ms(call(scripted_call), repeats))
+    eager_out, scripted_out = eager(z, base, None, None, len(z)), scripted_call(z, base, None, None, len(z))
     eager_out = {k: v.detach() for k, v in eager_out.items()}
     scripted_out = {k: v.detach() for k, v in scripted_out.items()}
     return {

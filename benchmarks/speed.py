@@ -105,11 +105,13 @@ def _n_parameters(module: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-def _bare_et(potential: torch.nn.Module, device: str) -> Callable[[Atoms], None]:
+def _bare_et(engine: Any, device: str) -> Callable[[Atoms], None]:
+    """The bare model call (``Potential.forward`` through ``Evaluator.run``: no neighbour-list or
+    memory policy, no conversion of the results)."""
     def call(atoms: Atoms) -> None:
         z = torch.as_tensor(atoms.numbers, dtype=torch.long, device=device)
         pos = torch.as_tensor(atoms.positions, dtype=torch.float32, device=device)
-        potential(z, pos)["forces"].cpu()
+        engine.run(z, pos, None, None, len(atoms))["forces"].cpu()
 
     return call
 
@@ -128,7 +130,7 @@ def build_et(device: str = "cpu", neighbor_list: str = "auto") -> Model:
         "hyperparameters": dict(potential.hyperparameters),
         "parameters": _n_parameters(potential),
     }
-    return Model("et", calc, info, bare=_bare_et(calc.model, device))
+    return Model("et", calc, info, bare=_bare_et(calc.engine, device))
 
 
 def build_et_compiled(device: str = "cpu") -> Model:
@@ -169,7 +171,7 @@ def build_et_bundled(device: str = "cpu") -> Model:
         "hyperparameters": dict(calc.model.hyperparameters),
         "parameters": _n_parameters(calc.model),
     }
-    return Model("et-bundled", calc, info, bare=_bare_et(calc.model, device))
+    return Model("et-bundled", calc, info, bare=_bare_et(calc.engine, device))
 
 
 def torchmd_net_args(hyperparameters: Dict[str, Any]) -> Dict[str, Any]:

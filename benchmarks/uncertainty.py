@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from forcefield_et.data import ConformationSet, read_rmd17
+from forcefield_et.inference import Evaluator
 from forcefield_et.registry import load_committee
 from forcefield_et.training import config_from_dict
 from forcefield_et.training.committee import train_committee
@@ -83,17 +84,18 @@ def predict_committee(committee: Any, data: ConformationSet, batch_frames: int =
     members' forces [M, A, 3] for every frame of ``data`` (non-periodic frames)."""
     forces, forces_std, energy_std, members = [], [], [], []
     offsets = np.concatenate([[0], np.cumsum(data.n_atoms)])
+    engine = Evaluator.wrap(committee)
     for start in range(0, len(data), batch_frames):
         stop = min(start + batch_frames, len(data))
         atoms = slice(offsets[start], offsets[stop])
         z = torch.as_tensor(data.z[atoms], dtype=torch.long)
         pos = torch.as_tensor(data.pos[atoms], dtype=torch.float32)
         batch = torch.repeat_interleave(torch.arange(stop - start), torch.as_tensor(data.n_atoms[start:stop]))
-        output = committee(z, pos, batch)
-        forces.append(output["forces"].detach().double().numpy())
-        forces_std.append(output["forces_std"].detach().double().numpy())
-        energy_std.append(output["energy_std"].detach().double().numpy())
-        members.append(output["member_forces"].detach().double().numpy())
+        output = engine.evaluate_batch(z, pos, batch)
+        forces.append(output["forces"].double().numpy())
+        forces_std.append(output["forces_std"].double().numpy())
+        energy_std.append(output["energy_std"].double().numpy())
+        members.append(output["member_forces"].double().numpy())
     return {"forces": np.concatenate(forces), "forces_std": np.concatenate(forces_std),
             "energy_std": np.concatenate(energy_std), "member_forces": np.concatenate(members, axis=1)}
 

@@ -33,6 +33,7 @@ __all__ = [
     "Committee",
     "DomainWarning",
     "ETCalculator",
+    "Evaluator",
     "Potential",
     "__version__",
     "build_model",
@@ -47,4 +48,8 @@ def __getattr__(name: str):
         from .calculators.ase import ETCalculator
 
         return ETCalculator
+    if name == "Evaluator":
+        from .inference import Evaluator
+
+        return Evaluator
     raise AttributeError(f"module 'forcefield_et' has no attribute {name!r}")

@@ -42,6 +42,15 @@ from .cli_validators import (
     workers_arg,
     zbl_scale_arg,
 )
+from .training.config import (
+    FINETUNE_OPTIM,
+    FINETUNE_SCRATCH_LAYERS,
+    OptimConfig,
+    SourceConfig,
+    TrainConfig,
+    field_default,
+)
+from .training.objectives import ObjectiveConfig
 
 EPILOG = """examples:
   forcefield-et pretrain --config configs/pretrain_cpu_small.yaml
@@ -54,7 +63,7 @@ EPILOG = """examples:
   forcefield-et info pretrained
 """
 
-DEFAULT_FINETUNE_STEPS = 3000
+DEFAULT_FINETUNE_STEPS = FINETUNE_OPTIM.max_steps
 UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
@@ -111,12 +120,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .training import config_from_dict, train
-
-    launched = _launch_workers(args)
-    if launched is not None:
-        return launched
+def finetune_config(args: argparse.Namespace) -> TrainConfig:
+    """The training configuration of ``forcefield-et finetune`` with the parsed ``args``."""
+    from .training import config_from_dict
 
     if args.steps is None:
         args.steps = UNLIMITED_STEPS if (args.time_budget or args.early_stop_patience) else DEFAULT_FINETUNE_STEPS
@@ -181,8 +187,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         values["model"] = {"hidden_channels": args.hidden_channels, "num_layers": args.num_layers}
     if args.zbl is not None:
         values.setdefault("model", {})["zbl"] = True if args.zbl == 1.0 else args.zbl
+    return config_from_dict(values)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .training import train
+
+    launched = _launch_workers(args)
+    if launched is not None:
+        return launched
+    config = finetune_config(args)
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
-    config = config_from_dict(values)
     if args.committee is not None:
         return _finetune_committee(args, config)
     trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
@@ -513,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, type=existing_file, help="YAML training configuration (see configs/)")
-    p.add_argument("--max-steps", type=nonnegative_int, help="override optim.max_steps")
+    p.add_argument(
+        "--max-steps", type=nonnegative_int,
+        help=f"override optim.max_steps (the config's, else {field_default(OptimConfig, 'max_steps')})",
+    )
     p.add_argument("--run-dir", type=output_directory, help="override run_dir")
     p.add_argument(
         "--overwrite", action="store_true", help="delete the run in run_dir and start afresh (by default a run "
@@ -523,15 +541,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="override optim.compile (compile the training step; about twice as fast on CPU after a minute)",
+        help="override optim.compile (compile the training step; about twice as fast on CPU after a minute; "
+        f"the config's, else {field_default(OptimConfig, 'compile')})",
     )
     p.add_argument(
         "--workers", type=workers_arg, default=1, metavar="N",
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
         "split between them; the time budget counts the CPU time of all)",
     )
-    p.add_argument("--device", type=device_arg, help=f"override optim.device: {DEVICE_HELP}")
-    p.add_argument("--threads", type=threads_arg, help=f"override optim.threads: {THREADS_HELP}")
+    p.add_argument(
+        "--device", type=device_arg,
+        help=f"override optim.device (the config's, else {field_default(OptimConfig, 'device')}): {DEVICE_HELP}",
+    )
+    p.add_argument(
+        "--threads", type=threads_arg,
+        help=f"override optim.threads (the config's, else {field_default(OptimConfig, 'threads')}): {THREADS_HELP}",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -549,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train", required=True, nargs="+", type=existing_path, help="training data file(s) (extxyz, ASE db, npz, ...)"
     )
-    p.add_argument("--format", default="auto", help="reader (auto, rmd17, ase, ase_db, deepmd, ...)")
+    p.add_argument(
+        "--format", default=field_default(SourceConfig, "format"), help="reader (auto, rmd17, ase, ase_db, deepmd, ...)"
+    )
     p.add_argument(
         "--energy-key", help="extxyz/ASE files: the info key holding the energy (default: the calculator's energy)"
     )
@@ -564,8 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --n-train and no --valid: validation frames taken after the first N (default 50)",
     )
     p.add_argument("--valid", type=existing_path, help="validation data file")
-    p.add_argument("--valid-fraction", type=fraction, default=0.05, help="validation split when no --valid")
-    p.add_argument("--valid-max-frames", type=positive_int, default=500, help="at most this many validation frames")
+    p.add_argument(
+        "--valid-fraction", type=fraction, default=field_default(SourceConfig, "valid_fraction"),
+        help="validation split when no --valid",
+    )
+    p.add_argument(
+        "--valid-max-frames", type=positive_int, default=field_default(SourceConfig, "valid_max_frames"),
+        help="at most this many validation frames",
+    )
     p.add_argument(
         "--out", required=True, type=output_directory, help="run directory (best.pt, last.pt, metrics.csv)"
     )
@@ -577,37 +610,47 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--overwrite", action="store_true", help="delete the run in --out and start afresh")
     p.add_argument("--name", default="finetune", help="source name in logs")
     p.add_argument(
-        "--steps", type=positive_int, help="optimiser steps (default: 3000; no limit with --time-budget or "
+        "--steps", type=positive_int,
+        help=f"optimiser steps (default: {DEFAULT_FINETUNE_STEPS}; no limit with --time-budget or "
         "--early-stop-patience, which then decide when to stop)"
     )
-    p.add_argument("--batch-size", type=batch_size_arg, default=8, help="structures per optimiser step")
-    p.add_argument("--lr", type=learning_rate_arg, default=5e-4, help="AdamW learning rate after the warm-up")
+    optim = FINETUNE_OPTIM
+    p.add_argument("--batch-size", type=batch_size_arg, default=optim.batch_size, help="structures per optimiser step")
+    p.add_argument("--lr", type=learning_rate_arg, default=optim.lr, help="AdamW learning rate after the warm-up")
     p.add_argument(
-        "--warmup-steps", type=nonnegative_int, default=100, help="linear warm-up steps (at most a tenth of --steps)"
+        "--warmup-steps", type=nonnegative_int, default=optim.warmup_steps,
+        help="linear warm-up steps (at most a tenth of --steps)",
     )
     p.add_argument(
-        "--energy-weight", type=loss_weight_arg, default=1.0, help="per-atom energy MSE weight (0: forces only)"
+        "--energy-weight", type=loss_weight_arg, default=field_default(ObjectiveConfig, "energy_weight"),
+        help="per-atom energy MSE weight (0: forces only)",
     )
-    p.add_argument("--force-weight", type=loss_weight_arg, default=10.0, help="force MSE weight")
-    p.add_argument("--ema-decay", type=fraction, default=0.99, help="decay of the weight average that best.pt holds")
-    p.add_argument("--min-lr", type=learning_rate_arg, default=1e-6, help="floor of the learning rate")
+    p.add_argument(
+        "--force-weight", type=loss_weight_arg, default=field_default(ObjectiveConfig, "force_weight"),
+        help="force MSE weight",
+    )
+    p.add_argument(
+        "--ema-decay", type=fraction, default=optim.ema_decay, help="decay of the weight average that best.pt holds"
+    )
+    p.add_argument("--min-lr", type=learning_rate_arg, default=optim.min_lr, help="floor of the learning rate")
     p.add_argument(
         "--schedule",
-        default="cosine",
+        default=optim.schedule,
         choices=["cosine", "plateau"],
         help="cosine: decay to --min-lr over --steps; plateau: halve the learning rate when the validation "
         "loss stops improving (pair it with --time-budget or --early-stop-patience and a large --steps)",
     )
     p.add_argument(
-        "--plateau-factor", type=open_fraction_arg, default=0.5, help="with --schedule plateau: lr multiplier"
+        "--plateau-factor", type=open_fraction_arg, default=optim.plateau_factor,
+        help="with --schedule plateau: lr multiplier",
     )
     p.add_argument(
-        "--plateau-patience", type=nonnegative_int, default=3,
+        "--plateau-patience", type=nonnegative_int, default=optim.plateau_patience,
         help="with --schedule plateau: validations without improvement "
         "before the learning rate drops"
     )
     p.add_argument(
-        "--early-stop-patience", type=nonnegative_int, default=0,
+        "--early-stop-patience", type=nonnegative_int, default=optim.early_stop_patience,
         help="stop after this many validations without a new best "
         "(0: never)"
     )
@@ -630,14 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-outliers", type=positive_float, metavar="Z", help="drop frames whose energy per atom or largest force "
         "has a robust z-score (median/MAD) above Z; without it, outliers are only reported"
     )
-    p.add_argument("--valid-every", type=positive_int, default=250, help="steps between validations")
+    p.add_argument("--valid-every", type=positive_int, default=optim.valid_every, help="steps between validations")
     p.add_argument(
-        "--checkpoint-every", type=positive_int, default=100, help="steps between resumable checkpoints (last.pt)"
+        "--checkpoint-every", type=positive_int, default=optim.checkpoint_every,
+        help="steps between resumable checkpoints (last.pt)",
     )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=optim.compile,
         help="compile the training step (the first step takes about a minute; later ones run about twice as "
         "fast on CPU); --no-compile trains in eager mode",
     )
@@ -647,17 +691,26 @@ def build_parser() -> argparse.ArgumentParser:
         "SCALE (default 1) times the sum of the two atoms' covalent radii",
     )
     p.add_argument("--hidden-channels", type=hidden_channels_arg, help="with --model scratch")
-    p.add_argument("--num-layers", type=num_layers_arg, default=4, help="with --model scratch and --hidden-channels")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the batches, noise and initial weights")
+    p.add_argument(
+        "--num-layers", type=num_layers_arg, default=FINETUNE_SCRATCH_LAYERS,
+        help="with --model scratch and --hidden-channels",
+    )
+    p.add_argument(
+        "--dtype", default=field_default(TrainConfig, "dtype"), choices=["float32", "float64"],
+        help="training precision",
+    )
+    p.add_argument(
+        "--seed", type=seed, default=field_default(TrainConfig, "seed"),
+        help="seed of the batches, noise and initial weights",
+    )
     p.add_argument(
         "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (seeds "
         "SEED..SEED+K-1, the same validation frames) one after another into --out/member_<k>/ and list them in "
         "--out/committee.json, which ETCalculator and md --model accept; rerunning resumes unfinished members and "
         "skips finished ones"
     )
-    p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP)
-    p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=threads_arg, default=optim.threads, help=THREADS_HELP)
+    p.add_argument("--device", type=device_arg, default=optim.device, help=DEVICE_HELP)
     p.add_argument(
         "--workers", type=workers_arg, default=1, metavar="N",
         help="data-parallel worker processes on this machine (torchrun --standalone; one core each, the batch "
@@ -861,6 +914,10 @@ def _show_domain_warnings_on_one_line(command: str) -> None:
     warnings.formatwarning = format_warning
 
 
+# commands that evaluate or train a model, and so opt in to runtime.keep_freed_memory
+ALLOCATOR_COMMANDS = ("pretrain", "finetune", "evaluate", "md", "select")
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -870,6 +927,10 @@ def main(argv: List[str] | None = None) -> int:
         print(f"forcefield-et {args.command}: error: {problem}", file=sys.stderr)
         return 2
     _show_domain_warnings_on_one_line(args.command)
+    if args.command in ALLOCATOR_COMMANDS:
+        from .runtime import keep_freed_memory
+
+        keep_freed_memory()  # the application opts in: large systems reuse freed memory (runtime.py)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import torch
 
 from .data import read_dataset
 from .data.conformations import ConformationSet
+from .inference import Evaluator
 from .model import Potential
 from .registry import load_model
 
@@ -19,54 +20,18 @@ from .registry import load_model
 def memory_batches(model: Potential, tensors: Any, batch_size: int) -> List[torch.Tensor]:
     """Frame indices of consecutive batches of a ``TensorConformations`` for energy+forces calls of
     ``model``: at most ``batch_size`` frames each, and small enough for the available memory
-    (:func:`~forcefield_et.runtime.plan_batches`, from each frame's neighbour-pair count)."""
-    from .neighbors import edges_per_structure
-    from .runtime import plan_batches
-
-    device = model.head.scale.device
-    counts = []
-    for start in range(0, tensors.n_frames, batch_size):
-        batch = tensors.gather(torch.arange(start, min(start + batch_size, tensors.n_frames)))
-        cell = batch.get("cell")
-        counts.append(edges_per_structure(
-            batch["pos"].to(device), model.cutoff, batch["batch"].to(device), None if cell is None else cell.to(device)
-        ).cpu())
-    edge_counts = torch.cat(counts).tolist() if counts else []
-    hyper = model.hyperparameters
-    itemsize = model.head.scale.element_size()
-    on_cpu = model.head.scale.device.type == "cpu"
-    ranges = plan_batches(
-        edge_counts, batch_size, hyper["num_layers"], hyper["hidden_channels"], itemsize, check_memory=on_cpu
-    )
-    return [torch.arange(start, stop) for start, stop in ranges]
+    (:meth:`forcefield_et.inference.Evaluator.memory_batches`)."""
+    return Evaluator.wrap(model).memory_batches(tensors, batch_size)
 
 
 def predict(
-    model: Potential, data: ConformationSet, batch_size: int = 32, progress: bool = False
+    model: Union[Potential, Evaluator], data: ConformationSet, batch_size: int = 32, progress: bool = False
 ) -> Dict[str, np.ndarray]:
     """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``, in batches
-    of at most ``batch_size`` frames that fit in the available memory (:func:`memory_batches`)."""
-    from tqdm.auto import tqdm
-
-    from .training.batching import TensorConformations
-
-    dtype = model.head.scale.dtype
-    device = model.head.scale.device
-    tensors = TensorConformations(data, dtype)
-    energies, forces = [], []
-    batches = memory_batches(model, tensors, batch_size)
-    for frames in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
-        batch = tensors.gather(frames)
-        cell = batch.get("cell")
-        out = model(
-            batch["z"].to(device),
-            batch["pos"].to(device),
-            batch["batch"].to(device),
-            None if cell is None else cell.to(device),
-        )
-        energies.append(out["energy"].detach().double().cpu())
-        forces.append(out["forces"].detach().double().cpu())
-    return {"energy": torch.cat(energies).numpy(), "forces": torch.cat(forces).numpy()}
+    of at most ``batch_size`` frames that fit in the available memory
+    (:meth:`forcefield_et.inference.Evaluator.predict`; a model is used in its device and dtype)."""
+    evaluator = model if isinstance(model, Evaluator) else Evaluator.wrap(model)
+    return evaluator.predict(data, batch_size=batch_size, progress=progress)
 
 
 def error_metrics(data: ConformationSet, prediction: Dict[str, np.ndarray]) -> Dict[str, Any]:

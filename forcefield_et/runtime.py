@@ -9,12 +9,16 @@ page-fault work made a call 2.3x slower (5.0 s against 2.2 s, system time 13 s a
 four calls; measured with ``benchmarks/speed.py``'s water boxes on a 2-core AMD EPYC). Raising
 the mmap and trim thresholds to 1 GiB keeps freed memory in the process for reuse.
 
-The setting is process-wide and applied once, on Linux with glibc only. Set the environment
-variable ``FORCEFIELD_ET_KEEP_MALLOC=1`` to leave malloc as it is.
+The setting is process-wide and applied once, on Linux with glibc only, and only on request: no
+constructor applies it. Applications opt in by calling :func:`keep_freed_memory` (the
+``forcefield-et`` commands and the benchmarks do; ``ETCalculator(tune_allocator=True)`` and
+``Evaluator(tune_allocator=True)`` call it). Set the environment variable
+``FORCEFIELD_ET_KEEP_MALLOC=1`` to leave malloc as it is even then.
 
 :func:`plan_memory` picks the evaluation path of a large structure: all edges at once when the
-estimate fits, else the edge-chunked mode (``Potential.set_edge_chunking``), whose memory grows
-with atoms and edges far more slowly, else a clear MemoryError.
+estimate fits, else the edge-chunked strategy (:mod:`forcefield_et.model.chunked`), whose memory
+grows with atoms and edges far more slowly, else a clear MemoryError. The inference engine
+(:class:`forcefield_et.inference.Evaluator`) applies these plans to every call.
 
 :func:`choose_threads` and :func:`apply_threads` are the one rule for torch's CPU thread count
 that every entry point (CLI, ``ETCalculator``, the OpenMM forces, evaluation, the trainer)

@@ -34,10 +34,10 @@ def test_opt_out_leaves_malloc_alone():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is a glibc function")
-def test_the_calculator_applies_it_on_cpu(small_model):
+def test_the_calculator_applies_it_on_cpu_when_asked(small_model):
     from forcefield_et import ETCalculator, runtime
 
-    ETCalculator(small_model, device="cpu")
+    ETCalculator(small_model, device="cpu", tune_allocator=True)
     assert runtime._applied is True
 
 

@@ -11,100 +11,22 @@ an equivariant multi-head attention over the radius graph:
 This file only maps (z, edges) to per-atom features; energies live in ``heads.py``, forces
 in ``potential.py``.
 
-Memory: the backward pass of the default path keeps every layer's [E, F] and [E, 3, F] edge
-messages (about 24 values per edge, layer and channel). For large systems the eager-only
-edge-chunked path (:meth:`EquivariantTransformer.set_edge_chunking`) computes the edge-level work
-of each layer (filters, attention, messages and their sum onto the atoms) over chunks of edges
-and keeps no per-edge message: the backward pass recomputes one chunk at a time (activation
-checkpointing, in :class:`_ChunkedEdgeSum`).
+Memory: the backward pass of this (all-edges) path keeps every layer's [E, F] and [E, 3, F] edge
+messages (about 24 values per edge, layer and channel). For large systems the memory-saving
+strategy in ``chunked.py`` (switched on with :meth:`EquivariantTransformer.set_edge_chunking`)
+runs the same layers over chunks of edges and recomputes one chunk at a time in the backward pass.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
+from .chunked import chunked_forward
 from .radial import CosineCutoff, ExpNormalSmearing
-
-MessageFunction = Callable[[Sequence[Tensor], Sequence[Tensor]], List[Tensor]]
-
-
-class _ChunkedEdgeSum(torch.autograd.Function):
-    """Per-edge messages summed onto their receiving atoms, over chunks of edges (eager only).
-
-    ``apply(message_fn, chunk_size, n_atoms, n_node, *node_tensors, *edge_tensors)`` returns one
-    sum [N, ...] per message. ``message_fn(node_tensors, edge_chunk)`` maps the node tensors (used
-    whole: node features, weights) and one chunk of the edge tensors (edge_tensors[0] is the
-    receiving atom i [E]; all are sliced along dim 0) to a list of messages [E_chunk, ...].
-
-    This is activation checkpointing written out, rather than ``torch.utils.checkpoint``: the
-    forward runs without building a graph and sums each chunk into preallocated totals; the
-    backward recomputes one chunk at a time and accumulates its gradients into preallocated
-    buffers. Little outlives a chunk, so that glibc's heap (with the thresholds of
-    ``runtime.keep_freed_memory``) reuses the same blocks chunk after chunk: with
-    ``torch.utils.checkpoint`` (use_reentrant=False) the per-chunk autograd nodes and [N, ...]
-    partial sums fragmented the heap, which grew by 8 MiB per chunk (192 water atoms, default
-    model, chunks of 2,048 edges: forward peak RSS 340 MiB against 113 MiB here). First-order
-    gradients only.
-    """
-
-    @staticmethod
-    def forward(ctx, message_fn: MessageFunction, chunk_size: int, n_atoms: int, n_node: int, *tensors: Tensor):
-        node, edge = tensors[:n_node], tensors[n_node:]
-        n_edges = edge[0].shape[0]
-        sums: List[Tensor] = []
-        for start in range(0, n_edges, chunk_size):
-            chunk = [t[start : start + chunk_size] for t in edge]
-            messages = message_fn(node, chunk)
-            if not sums:
-                sums = [m.new_zeros((n_atoms,) + tuple(m.shape[1:])) for m in messages]
-            for total, message in zip(sums, messages):
-                total.index_add_(0, chunk[0], message)
-            del chunk, messages
-        ctx.message_fn, ctx.chunk_size, ctx.n_node = message_fn, chunk_size, n_node
-        ctx.save_for_backward(*tensors)
-        return tuple(sums)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grad_sums: Tensor):
-        tensors, n_node, chunk_size = ctx.saved_tensors, ctx.n_node, ctx.chunk_size
-        needs = ctx.needs_input_grad[4:]
-        node = [t.detach().requires_grad_(need) for t, need in zip(tensors[:n_node], needs[:n_node])]
-        edge = tensors[n_node:]
-        grads: List[Optional[Tensor]] = [None] * len(tensors)
-        for start in range(0, edge[0].shape[0], chunk_size):
-            chunk = [
-                t[start : start + chunk_size].detach().requires_grad_(need) if need else t[start : start + chunk_size]
-                for t, need in zip(edge, needs[n_node:])
-            ]
-            inputs = node + chunk
-            wanted = [index for index, t in enumerate(inputs) if t.requires_grad]
-            with torch.enable_grad():
-                messages = ctx.message_fn(node, chunk)
-            pairs = [(m, g.index_select(0, chunk[0])) for m, g in zip(messages, grad_sums) if m.requires_grad]
-            if not pairs or not wanted:
-                continue
-            parts = torch.autograd.grad(
-                [m for m, _ in pairs], [inputs[index] for index in wanted], [g for _, g in pairs], allow_unused=True
-            )
-            for index, part in zip(wanted, parts):
-                if part is None:
-                    continue
-                total = grads[index]
-                if total is None:
-                    total = grads[index] = torch.zeros_like(tensors[index])
-                if index < n_node:
-                    total.add_(part)
-                else:
-                    total[start : start + chunk_size] = part
-            del chunk, inputs, messages, pairs, parts
-        return (None, None, None, None, *grads)
 
 
 class NeighborEmbedding(nn.Module):
@@ -137,25 +59,9 @@ class NeighborEmbedding(nn.Module):
         embedding_weight: Tensor, proj_weight: Tensor, proj_bias: Tensor,
     ) -> Tensor:
         """Per-edge messages f_cut(r_ij) W_r(rbf_ij) * e(z_j): [E, F] (the weights are passed in so
-        that the chunked path can differentiate with respect to them)."""
+        that the chunked strategy can differentiate with respect to them)."""
         weight = functional.linear(rbf, proj_weight, proj_bias) * cutoff_weight.unsqueeze(-1)
         return functional.embedding(element.index_select(0, j), embedding_weight) * weight
-
-    def _chunk_messages(self, node: Sequence[Tensor], edge: Sequence[Tensor]) -> List[Tensor]:
-        element, embedding_weight, proj_weight, proj_bias = node
-        _, j, rbf, cutoff_weight = edge
-        return [self._messages(element, j, rbf, cutoff_weight, embedding_weight, proj_weight, proj_bias)]
-
-    def forward_chunked(
-        self, element: Tensor, x: Tensor, geometry: Sequence[Tensor], edge_chunk_size: int
-    ) -> Tensor:
-        """Eager-only :meth:`forward` over chunks of ``edge_chunk_size`` edges; ``geometry`` =
-        (i, j, rbf, cutoff_weight, unit_vectors) as in :meth:`EquivariantTransformer._forward_chunked`."""
-        node = (element, self.embedding.weight, self.distance_proj.weight, self.distance_proj.bias)
-        (aggregated,) = _ChunkedEdgeSum.apply(
-            self._chunk_messages, edge_chunk_size, x.shape[0], len(node), *node, *geometry[:4]
-        )
-        return self.combine(torch.cat([x, aggregated], dim=-1))
 
 
 class EquivariantAttention(nn.Module):
@@ -263,45 +169,6 @@ class EquivariantAttention(nn.Module):
             vec_msg = vec.index_select(0, j) * vec_gate.unsqueeze(1) + vec_msg
         return vec_msg
 
-    def _chunk_messages(
-        self, node: Sequence[Tensor], edge: Sequence[Tensor], vectors_are_zero: bool, update_vectors: bool
-    ) -> List[Tensor]:
-        """One edge chunk's messages ([E_chunk, F] and, with ``update_vectors``, [E_chunk, 3, F])."""
-        q, k, v, vec, filter_weight, filter_bias = node
-        i, j, rbf, cutoff_weight, unit_vectors = edge
-        x_msg, vec_gate, dir_gate = self._scalar_messages(
-            q, k, v, i, j, rbf, cutoff_weight, filter_weight, filter_bias, update_vectors
-        )
-        if not update_vectors:
-            return [x_msg]
-        return [x_msg, self._vector_messages(vec, j, vec_gate, dir_gate, unit_vectors, vectors_are_zero)]
-
-    def forward_chunked(
-        self,
-        x: Tensor,
-        vec: Tensor,
-        geometry: Sequence[Tensor],
-        edge_chunk_size: int,
-        vectors_are_zero: bool = False,
-        update_vectors: bool = True,
-    ) -> Tuple[Tensor, Tensor]:
-        """Eager-only :meth:`forward` with the edge-level work (filters, attention, messages and
-        their sums onto the atoms) done over chunks of ``edge_chunk_size`` edges: the backward pass
-        keeps the node features [N, ...] and recomputes one chunk's messages at a time.
-        ``geometry`` = (i [E], j [E], rbf [E, R], cutoff_weight [E], unit_vectors [E, 3]). Same
-        results as :meth:`forward` up to the order of floating-point sums."""
-        F = self.hidden_channels
-        q, k, v = torch.split(self.qkv_proj(self.layernorm(x)), [F, F, 3 * F], dim=-1)
-        node = (q, k, v, vec, self.filter_proj.weight, self.filter_proj.bias)
-        message_fn = functools.partial(
-            self._chunk_messages, vectors_are_zero=vectors_are_zero, update_vectors=update_vectors
-        )
-        sums = _ChunkedEdgeSum.apply(message_fn, edge_chunk_size, x.shape[0], len(node), *node, *geometry)
-        dx, o1, vec3 = self._gated_update(vec, sums[0])
-        if not update_vectors:
-            return dx, torch.zeros((0, 3, F), dtype=x.dtype, device=x.device)
-        return dx, vec3 * o1.unsqueeze(1) + sums[1]
-
 
 class EquivariantTransformer(nn.Module):
     """Maps element indices and edge geometry to per-atom scalar features [N, F].
@@ -363,7 +230,7 @@ class EquivariantTransformer(nn.Module):
         if not torch.jit.is_scripting():
             if self.edge_chunk_size is not None and edge_index.shape[1] > self.edge_chunk_size:
                 geometry = (edge_index[0], edge_index[1], rbf, cutoff_weight, unit_vectors)
-                return self._forward_chunked(element, geometry, vector_output, self.edge_chunk_size)
+                return chunked_forward(self, element, geometry, vector_output, self.edge_chunk_size)
 
         x = self.embedding(element)
         x = self.neighbor_embedding(element, x, edge_index, rbf, cutoff_weight)
@@ -372,28 +239,6 @@ class EquivariantTransformer(nn.Module):
         for index, layer in enumerate(self.layers):
             update_vectors = vector_output or index < last
             dx, dvec = layer(x, vec, edge_index, rbf, cutoff_weight, unit_vectors, index == 0, update_vectors)
-            x = x + dx
-            if update_vectors:
-                vec = vec + dvec
-        return self.final_norm(x), vec
-
-    def _forward_chunked(
-        self, element: Tensor, geometry: Tuple[Tensor, ...], vector_output: bool, edge_chunk_size: int
-    ) -> Tuple[Tensor, Tensor]:
-        """:meth:`forward` with every edge-level step done per chunk of ``edge_chunk_size`` edges
-        (inference only). ``geometry`` = (i [E], j [E], rbf [E, R], cutoff_weight [E], unit_vectors [E, 3])."""
-        if self.training:
-            raise RuntimeError(
-                "edge chunking is for inference only (model.eval()): training needs create_graph=True, which the "
-                "recomputed chunks do not support; call set_edge_chunking(None) before training"
-            )
-        x = self.embedding(element)
-        x = self.neighbor_embedding.forward_chunked(element, x, geometry, edge_chunk_size)
-        vec = torch.zeros((x.shape[0], 3, x.shape[1]), dtype=x.dtype, device=x.device)
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            update_vectors = vector_output or index < last
-            dx, dvec = layer.forward_chunked(x, vec, geometry, edge_chunk_size, index == 0, update_vectors)
             x = x + dx
             if update_vectors:
                 vec = vec + dvec

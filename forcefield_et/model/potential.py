@@ -281,7 +281,9 @@ class Potential(nn.Module):
     def set_edge_chunking(self, edge_chunk_size: int | None) -> None:
         """Memory-saving inference mode for large systems: with ``edge_chunk_size`` (edges per
         chunk, e.g. 8192) every layer's edge-level work runs over chunks of that many edges under
-        activation checkpointing, so that the backward pass keeps one chunk's [chunk, 3, F] messages
+        activation checkpointing (the strategy in :mod:`forcefield_et.model.chunked`; the inference
+        engine, :class:`forcefield_et.inference.Evaluator`, sets it per call from its memory plan), so
+        that the backward pass keeps one chunk's [chunk, 3, F] messages
         instead of all [E, 3, F] ones (about 1.3-1.5x the time per call; results equal up to float
         rounding). ``None`` (the default) restores the all-edges path. Only structures with more
         edges than one chunk are chunked. Eager inference only: in ``train()`` mode the forward

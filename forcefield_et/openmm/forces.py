@@ -3,7 +3,8 @@
 - :func:`torch_force` scripts an :class:`~forcefield_et.openmm.OpenMMModule` and wraps it in an
   ``openmmtorch.TorchForce`` (needs the openmm-torch plugin built against your torch).
 - :func:`python_force` gives the same physics through ``openmm.PythonForce`` (OpenMM >= 8.5),
-  calling the potential from Python at every step; it needs no plugin.
+  calling the potential from Python at every step through the inference engine
+  (:class:`forcefield_et.inference.Evaluator`, as the ASE calculator does); it needs no plugin.
 
 Both take positions in nm from OpenMM and return kJ/mol and kJ/mol/nm.
 """
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 
 from ..domain import DomainCheck
+from ..inference import Evaluator
 from ..model.committee import Committee
-from ..runtime import apply_threads, choose_threads, keep_freed_memory
+from ..runtime import apply_threads, choose_threads
+from ..units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 from .module import OpenMMModule
 
 __all__ = [
@@ -215,35 +218,34 @@ def torch_force(
 
 class PythonForceComputation:
     """Callback for ``openmm.PythonForce``: State (positions nm, box nm) -> (energy kJ/mol,
-    forces [M, 3] kJ/mol/nm as a float64 NumPy array). Picklable, so a System holding it can be
-    serialised with ``XmlSerializer``. On CPU each call runs with the torch thread count of
-    :func:`forcefield_et.runtime.choose_threads` for the ML atoms (``threads`` overrides it)."""
+    forces [M, 3] kJ/mol/nm as a float64 NumPy array). It only converts units; the model call, with
+    the thread count, neighbour list and memory plan of each call, is the evaluator's
+    (:class:`forcefield_et.inference.Evaluator`). Picklable, so a System holding it can be
+    serialised with ``XmlSerializer``.
 
-    def __init__(
-        self, module: OpenMMModule, periodic: bool, device: Union[str, torch.device] = "cpu",
-        threads: int | None = None,
-    ) -> None:
-        self.module = module.to(device)
+    Args:
+        evaluator: the inference engine holding the model.
+        atomic_numbers: atomic numbers of the M atoms the callback sees, in their order.
+        periodic: pass the Context's box vectors to the model as its cell.
+    """
+
+    def __init__(self, evaluator: Evaluator, atomic_numbers: Sequence[int], periodic: bool) -> None:
+        self.evaluator = evaluator
+        self.atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64)
         self.periodic = bool(periodic)
-        self.device = torch.device(device)
-        self.threads = threads or None
-        if self.device.type == "cpu":
-            keep_freed_memory()  # large systems: no page-fault storm per call (see runtime.py)
-            choose_threads(1, requested=self.threads)  # a bad setting fails when the force is made
 
     def __call__(self, state: Any) -> Tuple[float, np.ndarray]:
         from openmm import unit
 
-        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        if self.device.type == "cpu":
-            apply_threads(len(positions), requested=self.threads)
-        pos = torch.as_tensor(np.asarray(positions, dtype=np.float64), device=self.device)
+        positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
         box = None
         if self.periodic:
             vectors = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-            box = torch.as_tensor(np.asarray(vectors, dtype=np.float64), device=self.device)
-        energy, forces = self.module(pos, box)
-        return float(energy), forces.detach().cpu().numpy()
+            box = np.asarray(vectors, dtype=np.float64) * NM_TO_ANGSTROM
+        output = self.evaluator.evaluate(self.atomic_numbers, positions * NM_TO_ANGSTROM, box)
+        energy = float(output["energy"].sum()) * EV_TO_KJ_PER_MOL
+        forces = output["forces"].cpu().numpy().astype(np.float64) * EV_PER_ANGSTROM_TO_KJ_PER_MOL_PER_NM
+        return energy, forces
 
 
 def python_force(
@@ -270,11 +272,12 @@ def python_force(
             f"openmm.PythonForce needs OpenMM >= 8.5 (found {openmm.__version__}). "
             f"Upgrade with: {INSTALL_HINT}"
         )
+    choose_threads(1, requested=threads or None)  # a bad setting fails when the force is made
     potential = resolve_model(model, dtype)
     numbers, indices = _ml_atoms(potential, atomic_numbers, atom_indices)
-    # The callback sees only the selected particles, so the module itself needs no subset.
-    module = OpenMMModule(potential, numbers, None, dtype=dtype)
-    computation = PythonForceComputation(module, periodic, device, threads)
+    # The callback sees only the selected particles (setParticles below), in their order.
+    evaluator = Evaluator(potential, device=device, dtype=dtype, threads=threads or None, owner="PythonForce")
+    computation = PythonForceComputation(evaluator, numbers, periodic)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
     if indices is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -117,6 +117,28 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls`` (a fresh one for a default factory)."""
+    for item in fields(cls):
+        if item.name == name:
+            if item.default is not MISSING:
+                return item.default
+            if item.default_factory is not MISSING:
+                return item.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+# Defaults of a fine-tuning run (``forcefield-et finetune``: a few hundred labelled frames, usually
+# from a pretrained start). The CLI reads its defaults from here and from the dataclass defaults
+# above for every field that fine-tuning leaves as it is, so that the two never disagree.
+FINETUNE_OPTIM = OptimConfig(
+    batch_size=8, max_steps=3000, warmup_steps=100, ema_decay=0.99, plateau_patience=3, valid_every=250,
+    compile=True,
+)
+FINETUNE_SCRATCH_LAYERS = 4  # num_layers of a model trained from scratch with --hidden-channels
 
 
 def _build(cls, values: Dict[str, Any], where: str):

@@ -38,9 +38,10 @@ from ..data.sources import read_source
 from ..data.splits import split_by_molecule_id
 from ..domain import merge_domains, training_domain
 from ..dtypes import resolve_dtype
+from ..inference import Evaluator
 from ..model import DEFAULT_ELEMENTS, build_model
 from ..registry import load_model
-from ..runtime import apply_threads, available_cpus, keep_freed_memory, resolve_device
+from ..runtime import apply_threads, available_cpus, resolve_device
 from .batching import (
     MixedBatchSampler,
     Source,
@@ -157,8 +158,6 @@ class Trainer:
         self.device = training_device(config.optim.device)
         self.rank, self.world_size = _distributed(self.device)
         self.progress = progress and self.rank == 0
-        if self.device.type == "cpu":
-            keep_freed_memory()  # see runtime.py
         self.dtype = resolve_dtype(config.dtype)
         self.run_dir = Path(config.run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -370,18 +369,13 @@ class Trainer:
 
     def _predict_energies(self, data: ConformationSet) -> np.ndarray:
         """The model's energies [F] (eV) of ``data``, in batches of at most ``optim.batch_size`` frames
-        that fit in the available memory."""
-        from ..evaluation import memory_batches
-
-        tensors = TensorConformations(data, self.dtype)
-        out = []
+        that fit in the available memory (through the inference engine's batch path)."""
         self.model.eval()
-        for frames in memory_batches(self.model, tensors, self.config.optim.batch_size):
-            b = self._to_device(tensors.gather(frames))
-            with torch.enable_grad():
-                out.append(self.model(b["z"], b["pos"], b["batch"], b.get("cell"))["energy"].detach().double().cpu())
-        self.model.train()
-        return torch.cat(out).numpy()
+        try:
+            prediction = Evaluator.wrap(self.model).predict(data, self.config.optim.batch_size, keys=("energy",))
+        finally:
+            self.model.train()
+        return prediction["energy"]
 
     def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The batch's tensors on the training device (batches are built, and their denoising
@@ -708,15 +702,15 @@ class Trainer:
         ``tensors``, in batches of ``optim.batch_size``."""
         abs_err, n_comp, e_err = 0.0, 0, 0.0
         bs = self.config.optim.batch_size
+        evaluator = Evaluator.wrap(self.ema_model)
         for start in range(0, tensors.n_frames, bs):
             batch = self._to_device(tensors.gather(torch.arange(start, min(start + bs, tensors.n_frames))))
-            with torch.enable_grad():
-                out = self.ema_model(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
-            diff = out["forces"].detach() - batch["forces"]
+            out = evaluator.evaluate_batch(batch["z"], batch["pos"], batch["batch"], batch.get("cell"))
+            diff = out["forces"] - batch["forces"]
             ok = torch.isfinite(diff).all(-1)
             abs_err += float(diff[ok].abs().sum())
             n_comp += 3 * int(ok.sum())
-            e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
+            e_err += float((out["energy"].double() - batch["energy"]).abs().sum())
         errors = {"force_mae_meV_A": 1000 * abs_err / max(n_comp, 1)}
         if objective in ("energy_forces", "energy"):
             errors["energy_mae_meV"] = 1000 * e_err / tensors.n_frames
