@@ -162,7 +162,9 @@ def test_quick_et_part(tmp_path):
     summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "6s", "--md-budget", "2s")
     for name in ("et-pretrained", "et-scratch"):
         _check_evaluated(summary, name)
-        assert summary["trained"][name]["cpu_hours"] == pytest.approx(6 / 3600, rel=0.5)
+        # stops once the budget is used: past it by at most the step and validation under way then,
+        # which take far longer on a heavily shared machine (measured: 4 CPU-s past a 6 s budget)
+        assert 6 <= 3600 * summary["trained"][name]["cpu_hours"] <= 6 + 12
         assert summary["trained"][name]["stop_reason"].startswith("time budget")
     assert summary["trained"]["et-scratch"]["architecture"]["num_layers"] == 2  # the tiny --quick ET
     assert set(summary["evaluation"]["speed"]["models"]) == {"et-pretrained", "et-scratch"}
