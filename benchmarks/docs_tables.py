@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Tuple
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 DOC_FILES = sorted((REPO_ROOT / "docs").glob("*.md")) + [REPO_ROOT / "README.md"]
+INDENTED_MARKER = re.compile(r"^[ \t]+<!-- /?table\b.*$", re.M)
 MARKER = re.compile(r"^<!-- table: (?P<name>[\w.-]+) -->\n(?P<body>.*?)^<!-- /table -->$", re.M | re.S)
 
 
@@ -50,14 +51,17 @@ def nve_drift() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _percent(overhead: float) -> str:
+    """A calculator overhead in percent; below 5 % it is within the machine's ±10 % run-to-run noise."""
+    text = f"{overhead:.1f} %".replace("-", "−")
+    return f"within noise ({text})" if abs(overhead) < 5 else text
+
+
 def ase_calculator() -> str:
     lines = ["| torch threads | bare model ms/call | ETCalculator ms/call | overhead | ASE MD steps/s (VelocityVerlet) "
              "| ns/day at 0.5 fs |", "|---|---|---|---|---|---|"]
     for row in _json("ase_calculator.json")["rounds"]:
-        overhead = row["calculator_overhead_percent"]
-        text = f"{overhead:.1f} %".replace("-", "−")
-        if abs(overhead) < 5:  # the machine's run-to-run noise is about ±10 %
-            text = f"within noise ({text})"
+        text = _percent(row["calculator_overhead_percent"])
         lines.append(f"| {row['threads']} | {row['bare_model_ms']:.1f} | {row['calculator_ms']:.1f} | {text} "
                      f"| {row['md_steps_per_s']:.1f} | {row['md_ns_per_day']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -115,7 +119,7 @@ def openmm_speed() -> str:
 
 def large_systems() -> str:
     paths = {"all_edges": "all edges", "chunked": "chunked"}
-    lines = ["| atoms | path the plan chose | s per call (call 1, call 2) | peak memory of the calls | estimate |",
+    lines = ["| atoms | path the planner chose | s per call (call 1, call 2) | peak memory of the calls | estimate |",
              "|---|---|---|---|---|"]
     for row in _json("large_systems.json")["results"]:
         calls = ", ".join(f"{t:.1f}" for t in row["s_per_call"])
@@ -162,6 +166,18 @@ def train_speed_data_parallel() -> str:
     return speed.data_parallel_table(_json("train_speed.json"))
 
 
+def train_speed_phases() -> str:
+    """Where the eager training step spends its time (``benchmarks.train_speed``)."""
+    result = _json("train_speed.json")
+    labels = {"parameter backward": "parameter backward (the second derivative)", "optimiser": "AdamW",
+              "data": "batch assembly"}
+    phases = result["eager_phases_ms"]
+    lines = ["| phase of the eager step | ms |", "|---|---|"]
+    lines += [f"| {labels.get(name, name)} | {ms:.0f} |"
+              for name, ms in sorted(phases.items(), key=lambda item: -item[1])]
+    return "\n".join(lines) + "\n"
+
+
 def ablation() -> str:
     from . import ablation as study
 
@@ -174,10 +190,221 @@ def qm9_property() -> str:
     return qm9.table(_json("qm9_property/qm9_property.json"))
 
 
+def model_card_summary() -> str:
+    from . import model_card
+
+    return model_card.summary(_json("model_card.json"))
+
+
+def model_card_data() -> str:
+    from . import model_card
+
+    return model_card.data_table(_json("model_card.json"))
+
+
+def model_card_validation() -> str:
+    from . import model_card
+
+    return model_card.validation_table(_json("model_card.json"))
+
+
 def md_stability() -> str:
     from . import md_stability as stability
 
     return stability.table(_json("md_stability/md_stability.json")["runs"])
+
+
+def speed_aspirin() -> str:
+    """Aspirin energy+forces calls and MD through each model's ASE calculator (``benchmarks.speed``)."""
+    result = _json("speed.json")
+    models = result["models"]
+
+    def label(name: str, first: bool) -> str:
+        if not first:
+            return SPEED_LABELS.get(name, name).split(" (")[0]
+        h = models[name].get("hyperparameters", {})
+        if name == "et":
+            return f"`et` (ours, {h['hidden_channels']} hidden, {h['num_layers']} layers)"
+        if name == "et-bundled":
+            return f"`et-bundled` (ours, the trained `pretrained` model, {h['num_layers']} layers)"
+        if name == "torchmd-net-et":
+            return f"TorchMD-Net {models[name]['torchmdnet_version'].rsplit('.', 1)[0]} ET, same hyperparameters"
+        if name == "nequip":
+            return (f"NequIP 0.19, MDsim MD17 size (r {h['r_max']:g} Å, {h['num_layers']} layers, l_max {h['l_max']}, "
+                    f"{h['num_features']} features)")
+        return name
+
+    lines = ["| threads | model | ms/call | MD steps/s | ms ratio to `et` | MD steps/s ratio to `et` |",
+             "|---|---|---|---|---|---|"]
+    seen = set()
+    for threads, rows in result["aspirin"]["threads"].items():
+        for name, row in rows.items():
+            lines.append(f"| {threads} | {label(name, name not in seen)} | {row['ms_per_call']:.1f} "
+                         f"| {row['md_steps_per_s']:.1f} | {row['ms_ratio_to_et']:.2f} "
+                         f"| {row['md_speed_ratio_to_et']:.2f} |")
+            seen.add(name)
+    return "\n".join(lines) + "\n"
+
+
+def speed_water() -> str:
+    """ms per energy+forces call on tiled water boxes, 1 thread (``benchmarks.speed``)."""
+    scaling = _json("speed.json")["scaling"]
+    names = {"et": "`et`", "et-torch-nl": "`et` with the torch neighbour list", "torch-nl": "",
+             "torchmd-net-et": "TorchMD-Net ET", "nequip": "NequIP"}
+    series = {name: {r["atoms"]: r for r in rows} for name, rows in scaling["results"].items()}
+    sizes = sorted({n for rows in series.values() for n, r in rows.items() if "ms_per_call" in r})
+
+    def cell(row: Dict[str, Any] | None) -> str:
+        if row is None:
+            return "–"
+        if "ms_per_call" in row:
+            return f"{row['ms_per_call']:,.0f}"
+        if row["skipped"].startswith("time") and "predicted_s_per_call" in row:
+            return f"skipped (predicted {row['predicted_s_per_call']:.0f} s per call)"
+        return "skipped (memory)" if row["skipped"].startswith("MemoryError") else "skipped"
+
+    lines = ["| atoms | " + " | ".join(names.get(n, n) for n in series) + " |", "|---" * (len(series) + 1) + "|"]
+    for n in sizes:
+        lines.append(f"| {n:,} | " + " | ".join(cell(rows.get(n)) for rows in series.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def model_speed_training() -> str:
+    """One full training step of the default model on GFN2-xTB MD frames (``benchmarks.model_speed``)."""
+    row = _json("model_speed.json")["training"]
+    return ("| model | data | batch | atoms per conformation | conformations/s | ms per step |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| {row['model'].replace(' A)', ' Å)')} | {row['data']} | {row['batch_size']} "
+            f"| {row['mean_atoms_per_conformation']:.1f} | {row['conformations_per_s']:.1f} "
+            f"| {row['ms_per_step']:.0f} |\n")
+
+
+def ase_batch_evaluate() -> str:
+    row = _json("ase_calculator.json")["batch_evaluate"]
+    return ("| evaluation (aspirin, 1 thread) | conformations/s |\n|---|---|\n"
+            f"| one `ETCalculator` call per conformation | {row['one_by_one_conformations_per_s']:.1f} |\n"
+            f"| `batch_evaluate`, batches of {row['batch_size']} | {row['conformations_per_s']:.1f} "
+            f"({row['speedup']:.2f}×) |\n")
+
+
+def threads() -> str:
+    """``benchmarks.threads``: one energy+forces call at 1 and 2 threads and at the rule's count."""
+    labels = {"aspirin": "aspirin (bundled structure)", "water_768": "64-water box tiled 2 × 2 × 1"}
+    lines = ["| system | atoms | 1 thread | 2 threads | rule (threads) |", "|---|---|---|---|---|"]
+    for name, row in _json("threads.json")["systems"].items():
+        ms = {k: f"{v:,.0f}" if v >= 1000 else f"{v:.1f}" for k, v in row["ms_per_call"].items()}
+        lines.append(f"| {labels.get(name, name)} | {row['atoms']} | {ms['1']} ms | {ms['2']} ms "
+                     f"| {ms['rule']} ms ({row['rule_threads']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def finetune_budget() -> str:
+    """The study's 2,000-step cell against the same cell at a longer budget (``finetune_budget``)."""
+    longer = _json("finetune_budget/finetune_study.json")["runs"]
+    cells = {(r["molecule"], r["n_train"]) for r in longer}
+    study = [r for r in _json("finetune_study/finetune_study.json")["runs"] if (r["molecule"], r["n_train"]) in cells]
+    lines = ["| molecule, train frames | steps | force MAE scratch | force MAE pretrained | scratch / pretrained "
+             "| energy MAE scratch | energy MAE pretrained | scratch / pretrained |",
+             "|---|---|---|---|---|---|---|---|"]
+    for runs in (study, longer):
+        by = {(r["molecule"], r["n_train"], r["start"]): r for r in runs}
+        for molecule, n_train in sorted(cells):
+            a, b = by[(molecule, n_train, "scratch")], by[(molecule, n_train, "pretrained")]
+            fa, fb = a["test_force_mae_meV_A"], b["test_force_mae_meV_A"]
+            ea, eb = a["test_energy_mae_meV"], b["test_energy_mae_meV"]
+            lines.append(f"| {molecule}, {n_train} | {a['steps']:,} | {fa:.1f} | {fb:.1f} | {fa / fb:.2f}× "
+                         f"| {ea:.1f} | {eb:.1f} | {ea / eb:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def finetune_rebuild() -> str:
+    """Committed study runs against the same run trained again (``rebuild.json``, written by
+    ``python -m benchmarks.prepare --models et-scratch``)."""
+    from .finetune_study import MOLECULE_NAMES
+
+    lines = ["| run | test force MAE, study → rebuilt (meV/Å) | test energy MAE, study → rebuilt (meV) |",
+             "|---|---|---|"]
+    for path in sorted((RESULTS / "finetune_study" / "runs").glob("*/rebuild.json")):
+        molecule, n_train, start = path.parent.name.rsplit("-", 2)
+        row = json.loads(path.read_text())
+        cells = []
+        for key in ("test_force_mae_meV_A", "test_energy_mae_meV"):
+            change = 100 * row["relative_difference"][key]
+            cells.append(f"{row['stored'][key]:.2f} → {row['rebuilt'][key]:.2f} "
+                         f"({change:+.2f} %)".replace("-", "−"))
+        lines.append(f"| {MOLECULE_NAMES.get(molecule, molecule)}, {n_train}, {start} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell(run: Dict[str, Any] | None, full_ps: float) -> str:
+    if run is None:
+        return "not run"
+    if run["collapsed"]:
+        bonds = run.get("collapse_bonds") or {}
+        stretched, formed = bonds.get("stretched") or [], bonds.get("formed") or []
+        if stretched and formed:
+            return (f"{run['stability_ps']:g} ps: proton transfer, {stretched[0]['bond'].replace('-', '–')} → "
+                    f"{formed[0]['bond'].replace('-', '–')}")
+        names = ", ".join(b["bond"].replace("-", "–") for b in stretched)
+        return f"collapses at {run['stability_ps']:g} ps" + (f" ({names})" if names else "")
+    reached = run.get("extension_reached_ps")
+    if reached is not None:
+        return f"no collapse in the {reached:g} ps simulated"
+    if run["simulated_ps"] >= full_ps:
+        return f"**{run['simulated_ps']:g} of {full_ps:g} ps**, no collapse"
+    return f"no collapse in the {run['simulated_ps']:g} ps simulated"
+
+
+def md_stability_summary() -> str:
+    """The MD-stability runs in one line per molecule (``benchmarks.md_stability``)."""
+    from .finetune_study import MOLECULE_NAMES
+
+    result = _json("md_stability/md_stability.json")
+    full_ps = result["protocol"]["time_ps"]
+    by = {(r["molecule"], r["model"]): r for r in result["runs"]}
+    lines = ["| molecule | pretrained → fine-tuned (`rmd17-<mol>`) | from scratch |", "|---|---|---|"]
+    for molecule in sorted({m for m, _ in by}):
+        lines.append(f"| {MOLECULE_NAMES.get(molecule, molecule)} | "
+                     f"{_md_cell(by.get((molecule, 'et-pretrained-finetuned')), full_ps)} "
+                     f"| {_md_cell(by.get((molecule, 'et-scratch')), full_ps)} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_results() -> str:
+    """The README's headline figures, one line per benchmark."""
+    ase = {r["threads"]: r for r in _json("ase_calculator.json")["rounds"]}[1]
+    overhead = ase["calculator_overhead_percent"]
+    speed = _json("speed.json")
+    rows = speed["aspirin"]["threads"]["1"]
+    et, tmd, nequip = rows["et"], rows["torchmd-net-et"], rows["nequip"]
+    drift = _json("nve_drift.json")
+    runs = {r["dtype"]: r for r in drift["runs"]}
+    run = runs["float32"]
+    checkpoint = drift.get("model_checkpoint") or {}
+    model = (f"pretraining checkpoint at step {checkpoint['step']:,}" if checkpoint.get("step")
+             else f"`{drift['model']}` model")
+    neighbors = _json("neighbors.json")
+    sizes = [r["n_atoms"] for r in neighbors["results"] if r["n_atoms"] >= neighbors["slope_fit_min_atoms"]]
+    lines = [
+        "| what | result | command |",
+        "|---|---|---|",
+        f"| ASE calculator overhead over the bare model (aspirin, 1 thread) | {_percent(overhead)} "
+        "| `python -m benchmarks.ase_calculator` |",
+        f"| ASE MD, aspirin, bundled model, float32, 1 thread | {ase['md_steps_per_s']:.0f} steps/s "
+        f"({ase['md_ns_per_day']:.1f} ns/day at 0.5 fs) | `python -m benchmarks.ase_calculator` |",
+        f"| energy+forces, aspirin, default size ({speed['models']['et']['hyperparameters']['num_layers']} layers), "
+        f"1 thread: ours vs TorchMD-Net's ET vs NequIP | {et['ms_per_call']:.1f} / {tmd['ms_per_call']:.1f} / "
+        f"{nequip['ms_per_call']:.0f} ms (1 : {tmd['ms_ratio_to_et']:.2f} : {nequip['ms_ratio_to_et']:.1f}) "
+        "| `python -m benchmarks.speed` |",
+        f"| NVE drift, aspirin, {run['timestep_fs']:g} fs, {run['steps'] * run['timestep_fs'] / 1000:g} ps, {model} "
+        f"| {scientific(runs['float32']['drift_eV_per_atom_per_ns'])} (float32), "
+        f"{scientific(runs['float64']['drift_eV_per_atom_per_ns'])} (float64) eV/atom/ns "
+        f"| `python -m benchmarks.nve_drift --steps {run['steps']}` |",
+        f"| neighbour-list scaling, periodic water, {sizes[0] / 1000:.1f}k–{sizes[-1] / 1000:.0f}k atoms "
+        f"| log-log slope {neighbors['slopes']['periodic']:.2f} (wall), "
+        f"{neighbors['slopes_user_time']['periodic']:.2f} (user CPU) | `python -m benchmarks.neighbors` |",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 TABLES: Dict[str, Callable[[], str]] = {
@@ -185,6 +412,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "finetune_study_summary": finetune_study_summary,
     "train_speed": train_speed,
     "train_speed_data_parallel": train_speed_data_parallel,
+    "train_speed_phases": train_speed_phases,
     "md_stability": md_stability,
     "ablation": ablation,
     "qm9_property": qm9_property,
@@ -196,6 +424,18 @@ TABLES: Dict[str, Callable[[], str]] = {
     "openmm_speed": openmm_speed,
     "large_systems": large_systems,
     "speed_compiled": speed_compiled,
+    "speed_aspirin": speed_aspirin,
+    "speed_water": speed_water,
+    "model_speed_training": model_speed_training,
+    "ase_batch_evaluate": ase_batch_evaluate,
+    "threads": threads,
+    "finetune_budget": finetune_budget,
+    "finetune_rebuild": finetune_rebuild,
+    "md_stability_summary": md_stability_summary,
+    "readme_results": readme_results,
+    "model_card_summary": model_card_summary,
+    "model_card_data": model_card_data,
+    "model_card_validation": model_card_validation,
 }
 
 
@@ -208,6 +448,8 @@ def stale_tables() -> List[str]:
     """Descriptions of marked tables that differ from their results (or have no generator)."""
     problems = []
     for path in DOC_FILES:
+        for line in INDENTED_MARKER.findall(path.read_text()):
+            problems.append(f"{path.relative_to(REPO_ROOT)}: indented marker {line.strip()!r} (markers start a line)")
         for name, body in marked_tables(path):
             if name not in TABLES:
                 problems.append(f"{path.relative_to(REPO_ROOT)}: table {name!r} has no generator in TABLES")

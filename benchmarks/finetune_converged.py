@@ -204,6 +204,9 @@ def report(results_dir: Path = RESULTS_DIR) -> str:
     return write_report(results_dir, "finetune_converged.json", summary, "finetune_converged.md", table(results), draw)
 
 
+QUICK_BUDGET_S = 6  # --quick: CPU seconds of training (a few validations of the tiny pipeline check)
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", nargs="+", default=MOLECULES)
@@ -214,7 +217,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")
-    parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, scratch, a 20 s budget, eager")
+    parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, scratch, a 6 s budget, eager")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -222,7 +225,7 @@ def main(argv: List[str] | None = None) -> None:
     optim, test_frames = None, 1000
     if args.quick:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
-        optim, test_frames = {"time_budget_s": 20, "compile": False, "valid_every": 10}, 50
+        optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
     if not args.report:
         for molecule in args.molecules:
             for size in args.sizes:

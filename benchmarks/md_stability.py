@@ -660,14 +660,16 @@ def run_hr(run: Dict[str, Any]) -> np.ndarray | None:
 
 
 def stability_text(run: Dict[str, Any]) -> str:
-    """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed and the time an
-    unfinished extension of the run has reached."""
+    """'<stable ps> of <simulated ps>', with '(collapsed)' when the run collapsed and, for a run
+    whose extension to a longer time has not finished, how far the extension got without a collapse
+    (the other columns describe the finished shorter run)."""
     text = f"{run['stability_ps']:.2f} of {run['simulated_ps']:.2f}"
     if run["collapsed"]:
         bonds = bond_changes_text(run.get("collapse_bonds"))
         text += f" (collapsed: {bonds})" if bonds else " (collapsed)"
     if run.get("extension_reached_ps") is not None:
-        text += f" (extension running or stopped at {run['extension_reached_ps']:.2f} ps)"
+        text += (f" (continued to {run['extension_reached_ps']:.2f} ps without collapse; "
+                 f"other columns over the first {run['simulated_ps']:.2f} ps)")
     return text
 
 

@@ -1,24 +1,27 @@
-"""Write docs/model_card.md and its training-curve plot from the bundled checkpoint.
+"""The model card of the bundled ``pretrained`` checkpoint: ``docs/model_card.md``, its
+training-curve plot and the results file the card's figures are rendered from.
 
     python -m benchmarks.model_card [--model pretrained] [--metrics runs/pretrain_cpu_small/metrics.csv]
 
-Every number in the card is read from the checkpoint's metadata (stored by the trainer at the
-validation that selected it) or from the run's metrics.csv.
+Every figure is read from the checkpoint's metadata (stored by the trainer at the validation that
+selected it) or derived from the run's metrics log, and written to
+``benchmarks/results/model_card.json``; the card's tables are rendered from that file (and
+checked against it by ``python -m benchmarks.docs_tables``, like every measured table of the docs).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
-from forcefield_et.checkpoint import read_checkpoint
-from forcefield_et.elements import symbol
-from forcefield_et.registry import resolve_model_path
-
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCS = REPO_ROOT / "docs"
+RESULT = REPO_ROOT / "benchmarks" / "results" / "model_card.json"
+STIFFNESS = REPO_ROOT / "benchmarks" / "results" / "denoise_stiffness.json"
 
 
 def read_metrics(path: Path) -> List[Dict[str, str]]:
@@ -60,112 +63,183 @@ def plot_curves(rows: List[Dict[str, str]], path: Path) -> List[str]:
     return keys
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pretrained")
-    parser.add_argument("--metrics", default="runs/pretrain_cpu_small/metrics.csv")
-    parser.add_argument("--out", default=str(DOCS / "model_card.md"))
-    args = parser.parse_args()
+def schedule_change(train_rows: List[Dict[str, str]], warmup_steps: int) -> Dict[str, Any] | None:
+    """The logged step at which the learning rate fell by more than half from one log line to the
+    next after the warm-up (a step budget lowered during the run: the cosine follows the new
+    budget), with the rates before and after; ``None`` for a smooth schedule."""
+    rates = [(int(r["step"]), float(r["lr"])) for r in train_rows if r.get("lr")]
+    for (_, before), (step, after) in zip(rates, rates[1:]):
+        if step > warmup_steps and after < 0.5 * before:
+            return {"step": step, "lr_before": before, "lr_after": after}
+    return None
 
-    path = resolve_model_path(args.model)
+
+def collect(model: str, metrics: Path) -> Dict[str, Any]:
+    """Everything the card shows, from the checkpoint's metadata and the run's metrics log."""
+    from forcefield_et.checkpoint import read_checkpoint
+    from forcefield_et.elements import symbol
+    from forcefield_et.registry import resolve_model_path
+
+    path = Path(resolve_model_path(model))
     meta = read_checkpoint(path)["metadata"]
-    hyper = meta["hyperparameters"]
     training = meta.get("training", {})
     config = training.get("config", {})
-    objectives = config.get("objectives", {})
     optim = config.get("optim", {})
-    validation = meta.get("validation", {})
-    rows = read_metrics(Path(args.metrics))
-    stiffness_file = Path("benchmarks/results/denoise_stiffness.json")
-    stiffness_text = "run `python -m benchmarks.denoise_stiffness` for the fit"
-    if stiffness_file.exists():
-        fit = json.loads(stiffness_file.read_text())
-        stiffness_text = (
-            f"`python -m benchmarks.denoise_stiffness`: global fit {fit['k_global_eV_per_A2']:.1f} eV/Å², "
-            f"median over {fit['frames']} frames {fit['k_median_eV_per_A2']:.1f} eV/Å²"
-        )
-    plot_curves(rows, DOCS / "img" / "pretrain_curve.png")
     step = int(training.get("step") or 0)
+    rows = read_metrics(metrics)
     train_rows = [r for r in rows if r["kind"] == "train" and int(r["step"]) <= step]
     rates = sorted(float(r["conf_per_s"]) for r in train_rows if r.get("conf_per_s"))
-    median_rate = rates[len(rates) // 2] if rates else float("nan")
+    median_rate = rates[len(rates) // 2] if rates else None
     batch_size = int(optim.get("batch_size", 1))
-    train_hours = step * batch_size / median_rate / 3600 if rates else float("nan")
-    remaining_steps = int(optim.get("max_steps", step)) - step
-    remaining_hours = remaining_steps * batch_size / median_rate / 3600 if rates else float("nan")
+    stiffness = json.loads(STIFFNESS.read_text()) if STIFFNESS.exists() else None
+    return {
+        "model": model,
+        "checkpoint": str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path),
+        "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "file_size_MB": path.stat().st_size / 1e6,
+        "metrics_log": str(metrics),
+        "description": meta.get("description", ""),
+        "elements": [symbol(z) for z in meta["hyperparameters"]["elements"]],
+        "hyperparameters": {k: v for k, v in meta["hyperparameters"].items() if k != "elements"},
+        "level_of_theory": meta.get("level_of_theory", ""),
+        "limits": meta.get("limits", ""),
+        "step": step,
+        "optim": optim,
+        "objectives": config.get("objectives", {}),
+        "sources": training.get("sources", []),
+        "validation": meta.get("validation", {}),
+        "median_conformations_per_s": median_rate,
+        "training_hours_at_median_rate": step * batch_size / median_rate / 3600 if median_rate else None,
+        "schedule_change": schedule_change(train_rows, int(optim.get("warmup_steps", 0))),
+        "denoise_stiffness": stiffness and {k: stiffness[k] for k in ("frames", "k_global_eV_per_A2",
+                                                                      "k_median_eV_per_A2")},
+    }
 
+
+def summary(card: Dict[str, Any]) -> str:
+    """The card's summary list."""
+    from .docs_tables import scientific
+
+    h, optim = card["hyperparameters"], card["optim"]
+    step, max_steps = card["step"], int(optim.get("max_steps", card["step"]))
     lines = [
-        "# Model card: `pretrained`",
-        "",
-        "Generated by `python -m benchmarks.model_card` from the bundled checkpoint's metadata and the",
-        f"run's metrics log (`{args.metrics}`). Reproduce the checkpoint with",
-        "`forcefield-et pretrain --config configs/pretrain_cpu_small.yaml`, then",
-        "`forcefield-et export --model runs/pretrain_cpu_small/best.pt --format checkpoint "
-        "--card configs/pretrained_card.yaml --out forcefield_et/checkpoints/pretrained.pt`.",
-        "",
-        "## Summary",
-        "",
-        f"- **Description.** {meta.get('description', '')}",
-        f"- **Elements.** {' '.join(symbol(z) for z in hyper['elements'])}",
-        f"- **Architecture.** Equivariant Transformer, {hyper['hidden_channels']} hidden channels, "
-        f"{hyper['num_layers']} layers, {hyper['num_heads']} heads, {hyper['num_rbf']} exp-normal RBF, "
-        f"cosine cutoff {hyper['cutoff']} Å; file size {path.stat().st_size / 1e6:.1f} MB.",
-        f"- **Training state.** EMA weights at step {training.get('step')} of {optim.get('max_steps')} "
-        f"(batch {optim.get('batch_size')}, AdamW lr {optim.get('lr')} with {optim.get('warmup_steps')} "
-        f"warm-up steps and {optim.get('schedule')} decay, EMA {optim.get('ema_decay')}, gradient clip "
+        f"- **Description.** {card['description']}",
+        f"- **Elements.** {' '.join(card['elements'])}",
+        f"- **Architecture.** Equivariant Transformer, {h['hidden_channels']} hidden channels, {h['num_layers']} "
+        f"layers, {h['num_heads']} heads, {h['num_rbf']} exp-normal RBF, cosine cutoff {h['cutoff']} Å; file size "
+        f"{card['file_size_MB']:.1f} MB.",
+        f"- **Training state.** EMA weights at step {step:,} of {max_steps:,} (batch {optim.get('batch_size')}, "
+        f"AdamW lr {optim.get('lr')} with {optim.get('warmup_steps')} warm-up steps and {optim.get('schedule')} "
+        f"decay to {optim.get('min_lr'):g}, EMA {optim.get('ema_decay')}, gradient clip "
         f"{optim.get('clip_grad_norm')}).",
-        f"- **Wall time.** About {train_hours:.1f} h of training to reach step {step} on one core of a 2-core "
-        f"AMD EPYC, at the median throughput of the logged training windows ({median_rate:.0f} conformations/s; "
-        "validation and pauses excluded); "
-        + (
-            f"the remaining {remaining_steps} steps take about {remaining_hours:.1f} h more at that rate."
-            if remaining_steps > 0
-            else "the run is complete."
-        ),
+    ]
+    change = card.get("schedule_change")
+    if change:
+        lines.append(
+            f"- **Schedule.** The step budget was lowered to {max_steps:,} at step {change['step']:,} and the "
+            f"cosine follows the budget, so the learning rate drops from {scientific(change['lr_before'])} to "
+            f"{scientific(change['lr_after'])} at that step and anneals to {scientific(optim['min_lr'], 0)} over "
+            f"the last {max_steps - change['step']:,} steps (the config as committed runs the plain cosine to "
+            f"{max_steps:,} steps). The denoising term of the validation loss rose over the preceding "
+            f"validations while every validation force error fell, so selection uses "
+            f"`{optim.get('select_by', 'valid_loss')}` from that step on."
+        )
+    if card.get("training_hours_at_median_rate"):
+        remaining = max_steps - step
+        lines.append(
+            f"- **Training time.** About {card['training_hours_at_median_rate']:.1f} h to reach step {step:,} on "
+            f"one core of a 2-core AMD EPYC, at the median throughput of the logged training windows "
+            f"({card['median_conformations_per_s']:.0f} conformations/s; validation excluded)"
+            + (f"; {remaining:,} steps of the budget remain." if remaining > 0 else ".")
+        )
+    lines += [
         f"- **Checkpoint selection.** The EMA weights with the lowest `{optim.get('select_by', 'valid_loss')}` "
         f"over the validations every {optim.get('valid_every')} steps.",
-        *([f"- **Run history.** {meta['history']}"] if meta.get("history") else []),
-        f"- **Level of theory.** {meta.get('level_of_theory', '')}",
-        f"- **Known limits.** {meta.get('limits', '')}",
-        "",
-        "## Data and objectives",
-        "",
-        "| source | frames (train) | objective | loss weight | share of batch |",
-        "|---|---|---|---|---|",
+        f"- **Level of theory.** {card['level_of_theory']}",
+        f"- **Known limits.** {card['limits']}",
     ]
-    for source in training.get("sources", []):
-        lines.append(
-            f"| {source['name']} | {source['frames']} | {source['objective']} | {source['weight']} | "
-            f"{source['ratio']} |"
-        )
+    return "\n".join(lines) + "\n"
+
+
+def data_table(card: Dict[str, Any]) -> str:
+    """The sources with their objectives, and the equilibrium objectives' constants."""
+    objectives, fit = card["objectives"], card.get("denoise_stiffness")
+    lines = ["| source | frames (train) | objective | loss weight | share of batch |", "|---|---|---|---|---|"]
+    for source in card["sources"]:
+        lines.append(f"| {source['name']} | {source['frames']:,} | {source['objective']} | {source['weight']} "
+                     f"| {source['ratio']} |")
+    fit_text = (f"`python -m benchmarks.denoise_stiffness`: global fit {fit['k_global_eV_per_A2']:.1f} eV/Å², "
+                f"median over {fit['frames']:,} frames {fit['k_median_eV_per_A2']:.1f} eV/Å²"
+                if fit else "`python -m benchmarks.denoise_stiffness`")
     lines += [
         "",
         f"Equilibrium sources: a fraction {objectives.get('denoise_fraction')} of their frames in each batch is "
         f"perturbed with ε ~ N(0, σ²), σ = {objectives.get('sigma')} Å, and trained toward the restoring force "
         f"−k·ε with k = {objectives.get('k')} eV/Å² (weight {objectives.get('denoise_weight')}); the others are "
         f"trained to zero force (weight {objectives.get('zero_force_weight')}). k is the least-squares fit of "
-        "F = −k·δ on the GFN2-xTB displaced frames (kind 2) against their relaxed structures "
-        f"({stiffness_text}); σ was chosen, not tuned. Validation holds out ~5% of molecules per "
-        "source (by molecule id, consistently between the xTB corpus and QM9; by frame for the combustion "
-        "clusters).",
+        f"F = −k·δ on the GFN2-xTB displaced frames (kind 2) against their relaxed structures ({fit_text}); σ was "
+        "chosen, not tuned. Validation holds out ~5% of molecules per source (by molecule id, consistently "
+        "between the xTB corpus and QM9; by frame for the combustion clusters).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def validation_table(card: Dict[str, Any]) -> str:
+    """The validation metrics stored with the selected checkpoint."""
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in sorted(card["validation"].items()):
+        lines.append(f"| {key} | {value:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def page(card: Dict[str, Any]) -> str:
+    """docs/model_card.md, with its tables between the markers of ``benchmarks.docs_tables``."""
+
+    def block(name: str, body: str) -> List[str]:
+        return [f"<!-- table: {name} -->", body.rstrip("\n"), "<!-- /table -->"]
+
+    return "\n".join([
+        f"# Model card: `{card['model']}`",
+        "",
+        "Generated by `python -m benchmarks.model_card` from the bundled checkpoint's metadata and the",
+        f"run's metrics log (`{card['metrics_log']}`), through `benchmarks/results/model_card.json`.",
+        "Reproduce the checkpoint with `forcefield-et pretrain --config configs/pretrain_cpu_small.yaml`, then",
+        "`forcefield-et export --model runs/pretrain_cpu_small/best.pt --format checkpoint "
+        "--card configs/pretrained_card.yaml --out forcefield_et/checkpoints/pretrained.pt`.",
+        "",
+        "## Summary",
+        "",
+        *block("model_card_summary", summary(card)),
+        "",
+        "## Data and objectives",
+        "",
+        *block("model_card_data", data_table(card)),
         "",
         "## Validation at the selected checkpoint",
         "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for key, value in sorted(validation.items()):
-        lines.append(f"| {key} | {value:.4g} |")
-    lines += [
+        *block("model_card_validation", validation_table(card)),
         "",
         "`force_mae` is the mean absolute error of force components on held-out molecules; "
         "`eq_force_norm` is the mean predicted |F| at held-out equilibrium geometries (0 is ideal).",
         "",
         "![training curves](img/pretrain_curve.png)",
         "",
-    ]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    ])
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pretrained")
+    parser.add_argument("--metrics", default="runs/pretrain_cpu_small/metrics.csv")
+    parser.add_argument("--out", default=str(DOCS / "model_card.md"))
+    parser.add_argument("--result", default=str(RESULT), help="the results file the card is rendered from")
+    args = parser.parse_args(argv)
+
+    card = collect(args.model, Path(args.metrics))
+    Path(args.result).write_text(json.dumps(card, indent=2) + "\n")
+    plot_curves(read_metrics(Path(args.metrics)), DOCS / "img" / "pretrain_curve.png")
+    Path(args.out).write_text(page(card))
+    print(f"wrote {args.result} and {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Systems: liquid water at its real density, built by tiling the 64-water periodic
 absent, random positions at 0.1 atoms/Å^3 in cubic boxes. The smallest size (~100 atoms) is
 always random positions at the water box's density. Cutoff 5 Å.
 
-Timed, as the median of a few repeats after a warm-up call:
+Timed, as the median of a few repeats after a warm-up call, in interleaved rounds over the sizes:
 - ``radius_graph`` periodic (the supercell with its cell);
 - ``radius_graph`` non-periodic (the same positions wrapped into the cell, no cell; ``auto``
   method: brute force up to 384 atoms, cell list above);
@@ -20,7 +20,8 @@ Each time is recorded as wall clock and as process CPU time split into user and 
 the system time (page faults of freshly mmapped large tensors) grows faster than N.
 
 Reports the log-log slope of time against N fitted over N >= 1000 (goal: <= 1.2, i.e. linear
-scaling) for wall, CPU and user time. Writes ``neighbors.json`` (with the machine and the load
+scaling) for wall, CPU and user time, and for the fastest repeat's CPU and user time (the figures
+that other jobs on the machine disturb least). Writes ``neighbors.json`` (with the machine and the load
 average) and a log-log plot ``neighbors.png``.
 """
 
@@ -54,7 +55,7 @@ FULL_TILINGS = [
     (1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3),
     (4, 3, 3), (4, 4, 3), (4, 4, 4), (5, 4, 4), (5, 5, 4), (5, 5, 5), (6, 6, 6),
 ]
-QUICK_TILINGS = [(1, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3)]
+QUICK_TILINGS = [(1, 1, 1), (2, 2, 1), (2, 2, 2), (3, 3, 2), (3, 3, 3)]
 
 
 def _machine() -> Dict[str, Any]:
@@ -119,30 +120,6 @@ def build_systems(quick: bool) -> List[Dict[str, Any]]:
     return systems
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> Tuple[Dict[str, float], Any]:
-    """Medians over ``repeats`` calls (after one warm-up call) of the wall-clock time and of the
-    process CPU time (user + system; and system alone), in seconds. On a shared machine the
-    CPU time is the better measure of the algorithm's cost; the wall time is what a user sees."""
-    result = fn()  # warm-up (allocations, first-call overheads)
-    wall, cpu, user, system = [], [], [], []
-    for _ in range(repeats):
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        result = fn()
-        wall.append(time.perf_counter() - start)
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        user.append(r1.ru_utime - r0.ru_utime)
-        system.append(r1.ru_stime - r0.ru_stime)
-        cpu.append(user[-1] + system[-1])
-    timing = {
-        "wall": statistics.median(wall),
-        "cpu": statistics.median(cpu),
-        "user": statistics.median(user),
-        "sys": statistics.median(system),
-    }
-    return timing, result
-
-
 def _slope(n_atoms: List[int], seconds: List[float]) -> float | None:
     pts = [(n, t) for n, t in zip(n_atoms, seconds, strict=True) if n >= SLOPE_FIT_MIN_ATOMS and t > 0]
     if len(pts) < 2:
@@ -152,54 +129,86 @@ def _slope(n_atoms: List[int], seconds: List[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def _time_once(fn: Callable[[], Any]) -> Tuple[Dict[str, float], Any]:
+    """Wall-clock, user and system time of one call, in seconds."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": wall, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime}, result
+
+
+def _summary(samples: List[Dict[str, float]]) -> Dict[str, float]:
+    """Medians (and the minima of wall and CPU time) of one size's timed calls."""
+    cpu = [s["user"] + s["sys"] for s in samples]
+    return {
+        "wall": statistics.median(s["wall"] for s in samples),
+        "cpu": statistics.median(cpu),
+        "user": statistics.median(s["user"] for s in samples),
+        "sys": statistics.median(s["sys"] for s in samples),
+        "wall_min": min(s["wall"] for s in samples),
+        "cpu_min": min(cpu),
+        "user_min": min(s["user"] for s in samples),
+    }
+
+
 def run(quick: bool, dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
+    """Times every method on every size in interleaved rounds (round r times each size once, from
+    the smallest up), after one warm-up call per size and method: a stretch of heavier load on a
+    shared machine then slows one round of every size instead of every repeat of one size, so it
+    cannot bend the fitted slope the way it could when each size's repeats ran back to back."""
     try:
         from matscipy.neighbours import neighbour_list
     except ImportError:  # pragma: no cover - matscipy is a test/bench dependency
         neighbour_list = None
-    results = []
     load_before = os.getloadavg()
+    cases = []
     for system in build_systems(quick):
-        n = system["pos"].shape[0]
-        repeats = 3 if (quick or n > 5000) else 5
         pos = torch.tensor(system["pos"], dtype=dtype)
         cell = torch.tensor(system["cell"], dtype=dtype).unsqueeze(0)
-        t_pbc, (edges_pbc, _) = _median_time(
-            lambda pos=pos, cell=cell: radius_graph(pos, CUTOFF, None, cell), repeats
-        )
-        t_open, (edges_open, _) = _median_time(lambda pos=pos: radius_graph(pos, CUTOFF), repeats)
-        row: Dict[str, Any] = {
-            "n_atoms": n,
-            "source": system["source"],
-            "tiling": system["tiling"],
-            "periodic_s": t_pbc["wall"],
-            "periodic_cpu_s": t_pbc["cpu"],
-            "periodic_user_s": t_pbc["user"],
-            "periodic_sys_s": t_pbc["sys"],
-            "nonperiodic_s": t_open["wall"],
-            "nonperiodic_cpu_s": t_open["cpu"],
-            "nonperiodic_user_s": t_open["user"],
-            "nonperiodic_sys_s": t_open["sys"],
-            "periodic_edges": int(edges_pbc.shape[1]),
-            "nonperiodic_edges": int(edges_open.shape[1]),
-            "periodic_us_per_atom": 1e6 * t_pbc["wall"] / n,
-            "repeats": repeats,
+        calls = {
+            "periodic": lambda pos=pos, cell=cell: radius_graph(pos, CUTOFF, None, cell),
+            "nonperiodic": lambda pos=pos: radius_graph(pos, CUTOFF),
         }
         if neighbour_list is not None:
             p, c = system["pos"], system["cell"]
-            t_ms, (i_ms, _, _) = _median_time(
-                lambda p=p, c=c: neighbour_list("ijS", positions=p, cell=c, pbc=[True] * 3, cutoff=CUTOFF),
-                repeats,
-            )
-            row["matscipy_s"] = t_ms["wall"]
-            row["matscipy_cpu_s"] = t_ms["cpu"]
-            row["matscipy_user_s"] = t_ms["user"]
-            row["matscipy_sys_s"] = t_ms["sys"]
-            row["matscipy_edges"] = int(i_ms.shape[0])
+            calls["matscipy"] = lambda p=p, c=c: neighbour_list("ijS", positions=p, cell=c, pbc=[True] * 3,
+                                                                cutoff=CUTOFF)
+        n = system["pos"].shape[0]
+        # warm-up call (allocations, first-call overheads); keep only the pair counts
+        edges = {}
+        for name, fn in calls.items():
+            output = fn()
+            edges[name] = int(output[0].shape[0] if name == "matscipy" else output[0].shape[1])
+            del output
+        cases.append({"system": system, "n": n, "calls": calls, "samples": {name: [] for name in calls},
+                      "repeats": 3 if (quick or n > 5000) else 5, "edges": edges})
+    for round_ in range(max(case["repeats"] for case in cases)):
+        for case in cases:
+            if round_ < case["repeats"]:
+                for name, fn in case["calls"].items():
+                    timing, _ = _time_once(fn)
+                    case["samples"][name].append(timing)
+    results = []
+    for case in cases:
+        system, n, edges = case["system"], case["n"], case["edges"]
+        timings = {name: _summary(samples) for name, samples in case["samples"].items()}
+        row: Dict[str, Any] = {"n_atoms": n, "source": system["source"], "tiling": system["tiling"]}
+        for name, t in timings.items():
+            row.update({f"{name}_s": t["wall"], f"{name}_cpu_s": t["cpu"], f"{name}_user_s": t["user"],
+                        f"{name}_sys_s": t["sys"], f"{name}_min_s": t["wall_min"], f"{name}_min_cpu_s": t["cpu_min"],
+                        f"{name}_min_user_s": t["user_min"]})
+        row["periodic_edges"] = edges["periodic"]
+        row["nonperiodic_edges"] = edges["nonperiodic"]
+        row["periodic_us_per_atom"] = 1e6 * timings["periodic"]["wall"] / n
+        row["repeats"] = case["repeats"]
+        if "matscipy" in edges:
+            row["matscipy_edges"] = edges["matscipy"]
         results.append(row)
         print(
-            f"N={n:6d}  periodic {t_pbc['wall'] * 1e3:9.2f} ms (cpu {t_pbc['cpu'] * 1e3:9.2f})  "
-            f"non-periodic {t_open['wall'] * 1e3:9.2f} ms (cpu {t_open['cpu'] * 1e3:9.2f})  "
+            f"N={n:6d}  periodic {row['periodic_s'] * 1e3:9.2f} ms (cpu {row['periodic_cpu_s'] * 1e3:9.2f})  "
+            f"non-periodic {row['nonperiodic_s'] * 1e3:9.2f} ms (cpu {row['nonperiodic_cpu_s'] * 1e3:9.2f})  "
             f"matscipy {row.get('matscipy_s', float('nan')) * 1e3:8.2f} ms  edges {row['periodic_edges']}",
             flush=True,
         )
@@ -208,21 +217,27 @@ def run(quick: bool, dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
     slopes = {name: _slope(ns, [r[f"{name}_s"] for r in results]) for name in series}
     cpu_slopes = {name: _slope(ns, [r[f"{name}_cpu_s"] for r in results]) for name in series}
     user_slopes = {name: _slope(ns, [r[f"{name}_user_s"] for r in results]) for name in series}
+    min_cpu_slopes = {name: _slope(ns, [r[f"{name}_min_cpu_s"] for r in results]) for name in series}
+    min_user_slopes = {name: _slope(ns, [r[f"{name}_min_user_s"] for r in results]) for name in series}
     return {
         "benchmark": "neighbors",
         "function": "forcefield_et.neighbors.radius_graph",
         "cutoff_angstrom": CUTOFF,
         "dtype": str(dtype).replace("torch.", ""),
         "quick": quick,
-        "timing": "median of `repeats` calls after one warm-up call, seconds; *_s wall clock, "
+        "timing": "median of `repeats` calls after one warm-up call, timed in interleaved rounds over the "
+        "sizes, seconds; *_s wall clock, "
         "*_cpu_s process CPU time = *_user_s + *_sys_s (system time: mostly page faults of large "
-        "allocations)",
+        "allocations); *_min_s, *_min_cpu_s, *_min_user_s: the fastest of the repeats (wall, CPU, user CPU)",
         "machine": _machine(),
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "results": results,
         "slopes": slopes,
         "slopes_cpu_time": cpu_slopes,
         "slopes_user_time": user_slopes,
+        "slopes_min_cpu_time": min_cpu_slopes,
+        "slopes_min_user_time": min_user_slopes,
+        "slope_edges": _slope(ns, [r["periodic_edges"] for r in results]),
         "slope_fit_min_atoms": SLOPE_FIT_MIN_ATOMS,
         "slope_goal": SLOPE_GOAL,
         "meets_goal": {k: (v is not None and v <= SLOPE_GOAL) for k, v in slopes.items()},

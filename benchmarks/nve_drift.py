@@ -73,6 +73,20 @@ def run(model: str, dtype: str, steps: int, timestep_fs: float, interval: int, s
     }
 
 
+def checkpoint_identity(model: str) -> dict:
+    """Which weights ran: the checkpoint's training step and the SHA-256 of its file (a bundled
+    name such as ``pretrained`` names different weights after a re-export)."""
+    import hashlib
+
+    from forcefield_et.checkpoint import read_checkpoint
+    from forcefield_et.registry import resolve_model_path
+
+    path = resolve_model_path(model)
+    training = read_checkpoint(path)["metadata"].get("training", {})
+    return {"step": training.get("step"), "max_steps": training.get("config", {}).get("optim", {}).get("max_steps"),
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained")
@@ -91,6 +105,7 @@ def main() -> None:
     payload = {
         "benchmark": "nve_drift",
         "model": args.model,
+        "model_checkpoint": checkpoint_identity(args.model),
         "molecule": "aspirin (rMD17 geometry)",
         "machine": machine_info(),
         "runs": results,

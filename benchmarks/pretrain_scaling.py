@@ -98,7 +98,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="a 5 s budget per run, eager, 50 test frames")
+    parser.add_argument("--quick", action="store_true", help="a 2 s budget per run, eager, 50 test frames")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out, run = Path(args.out), Path(args.run)
@@ -114,7 +114,7 @@ def main(argv: List[str] | None = None) -> None:
                     optim: Dict[str, Any] = {"time_budget_s": 3600 * BUDGET_HOURS.get(size, 0.5)}
                     test_frames = 1000
                     if args.quick:
-                        optim, test_frames = {"time_budget_s": 5, "compile": False, "valid_every": 10}, 50
+                        optim, test_frames = {"time_budget_s": 2, "compile": False, "valid_every": 5}, 50
                     result = run_cell(molecule, size, str(start["path"]), Path(args.data_root), Path(args.runs), out,
                                       optim, test_frames, model=scratch_model if start["path"] == "scratch" else None,
                                       extra={"conformations_seen": start["conformations_seen"]})

@@ -297,7 +297,7 @@ def test_a_stopped_extension_keeps_the_finished_result_and_the_summary_marks_it(
     assert kept["steps"] == 60
     [found] = ms.collect_previous_runs(tmp_path, long, [])
     assert found["extension_reached_ps"] == pytest.approx(0.04)
-    assert "(extension running or stopped at 0.04 ps)" in ms.table([found])
+    assert "(continued to 0.04 ps without collapse; other columns over the first " in ms.table([found])
 
 
 def test_quick_end_to_end(tmp_path, small_checkpoint):

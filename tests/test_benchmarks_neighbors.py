@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,7 +21,7 @@ def test_neighbors_benchmark_quick(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # about 20 s on an idle 2-core machine; far longer when other jobs share it
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "log-log slope" in proc.stdout
@@ -43,9 +45,19 @@ def test_neighbors_benchmark_quick(tmp_path):
         assert row["periodic_edges"] == row["matscipy_edges"] > 0
         assert 0 < row["nonperiodic_edges"] <= row["periodic_edges"]
     assert report["edges_match_matscipy"] is True
+    # Water at constant density: the number of pairs grows exactly linearly with N.
+    assert report["slope_edges"] == pytest.approx(1.0, abs=0.05)
     for key in ("periodic", "nonperiodic", "matscipy"):
-        assert isinstance(report["slopes"][key], float)
-        assert 0.0 < report["slopes"][key] < 3.0
+        for slopes in ("slopes", "slopes_cpu_time", "slopes_user_time", "slopes_min_cpu_time", "slopes_min_user_time"):
+            assert isinstance(report[slopes][key], float), (slopes, key)
+    # The scaling itself, on a figure the load on a shared machine cannot flip: the fastest of the
+    # repeats, in user CPU time, with the sizes timed in interleaved rounds. Other jobs make a call
+    # wait for a core (wall time) and add page-fault time (system time), and a stretch of heavy load
+    # slows one round of every size rather than every repeat of one size; the median wall-clock
+    # slope under such load has come out as low as -0.18 over the quick sizes. A cell list is
+    # linear (slope 1); the brute-force O(N^2) search would give 2.
+    for key in ("periodic", "nonperiodic"):
+        assert 0.5 < report["slopes_min_user_time"][key] < 1.6, (key, report["slopes_min_user_time"])
 
     png = tmp_path / "neighbors.png"
     assert png.exists() and png.stat().st_size > 5000

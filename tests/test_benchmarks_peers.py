@@ -159,14 +159,16 @@ def _check_evaluated(summary: dict, name: str, frames: int = 20) -> None:
 
 
 def test_quick_et_part(tmp_path):
-    summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "15s", "--md-budget", "5s")
+    summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "6s", "--md-budget", "2s")
     for name in ("et-pretrained", "et-scratch"):
         _check_evaluated(summary, name)
-        assert summary["trained"][name]["cpu_hours"] == pytest.approx(15 / 3600, rel=0.5)
+        # stops once the budget is used: past it by at most the step and validation under way then,
+        # which take far longer on a heavily shared machine (measured: 4 CPU-s past a 6 s budget)
+        assert 6 <= 3600 * summary["trained"][name]["cpu_hours"] <= 6 + 12
         assert summary["trained"][name]["stop_reason"].startswith("time budget")
     assert summary["trained"]["et-scratch"]["architecture"]["num_layers"] == 2  # the tiny --quick ET
     assert set(summary["evaluation"]["speed"]["models"]) == {"et-pretrained", "et-scratch"}
-    assert summary["training_budget"] == "15s" and summary["md_budget"] == "5s"
+    assert summary["training_budget"] == "6s" and summary["md_budget"] == "2s"
     assert summary["machine"]["torch"]
 
 
@@ -194,7 +196,7 @@ def test_quick_peers_part(tmp_path):
 def test_quick_mdsim_full_protocol_at_a_tiny_size(tmp_path):
     """--mdsim-full (the GPU protocol: no CPU limits, NequIP to its epoch limit) on the CPU, tiny."""
     models = ["et-scratch"] + (["nequip-mdsim"] if Path(NEQUIP_PYTHON).is_file() else [])
-    summary = _run_quick(tmp_path, "--mdsim-full", "--models", *models, "--md-time-ps", "0.05")
+    summary = _run_quick(tmp_path, "--mdsim-full", "--models", *models, "--md-time-ps", "0.02")
     assert summary["mdsim_full"] and summary["training_budget"] == "nobudget" and summary["md_budget"] == "nobudget"
     for name in models:
         _check_evaluated(summary, name)

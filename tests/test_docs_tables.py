@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from benchmarks import docs_tables
+import hashlib
+import json
+
+from benchmarks import docs_tables, model_card
 
 
 def test_every_marked_table_equals_its_results():
@@ -27,3 +30,29 @@ def test_a_changed_figure_is_reported_and_rewritten(tmp_path, monkeypatch):
     assert docs_tables.write_tables() == ["page.md"]
     assert page.read_text() == f"Intro.\n\n<!-- table: train_speed -->\n{good}<!-- /table -->\n\nAfter.\n"
     assert docs_tables.stale_tables() == []
+
+
+def test_an_indented_marker_is_reported(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text("- item\n\n  <!-- table: train_speed -->\n  <!-- /table -->\n")
+    monkeypatch.setattr(docs_tables, "DOC_FILES", [page])
+    monkeypatch.setattr(docs_tables, "REPO_ROOT", tmp_path)
+    assert docs_tables.stale_tables() == [
+        "page.md: indented marker '<!-- table: train_speed -->' (markers start a line)",
+        "page.md: indented marker '<!-- /table -->' (markers start a line)",
+    ]
+
+
+def test_model_card_results_are_those_of_the_bundled_checkpoint():
+    """benchmarks/results/model_card.json holds the bundled checkpoint's metadata, and
+    docs/model_card.md is the page rendered from it (``python -m benchmarks.model_card``)."""
+    from forcefield_et.checkpoint import read_checkpoint
+
+    card = json.loads(model_card.RESULT.read_text())
+    path = docs_tables.REPO_ROOT / card["checkpoint"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["checkpoint_sha256"]
+    meta = read_checkpoint(path)["metadata"]
+    assert card["validation"] == meta["validation"]
+    assert card["sources"] == meta["training"]["sources"]
+    assert card["step"] == meta["training"]["step"]
+    assert model_card.page(card) == (docs_tables.REPO_ROOT / "docs" / "model_card.md").read_text()
