@@ -868,15 +868,17 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 
 
 def _show_domain_warnings_on_one_line(command: str) -> None:
-    """DomainWarnings print as ``forcefield-et COMMAND: warning: ...`` (other warnings unchanged)."""
+    """DomainWarnings and DroppedFramesWarnings print as ``forcefield-et COMMAND: warning: ...``
+    (other warnings unchanged)."""
     import warnings
 
+    from .data.errors import DroppedFramesWarning
     from .domain import DomainWarning
 
     default = getattr(warnings.formatwarning, "wrapped", warnings.formatwarning)  # wrap once per process
 
     def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202
-        if issubclass(category, DomainWarning):
+        if issubclass(category, (DomainWarning, DroppedFramesWarning)):
             return f"forcefield-et {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
