@@ -51,12 +51,17 @@ def _h5_molecule_groups(h: Any, marker: str) -> list[tuple[str, Any]]:
     return out
 
 
-def _molecule_groups_or_fail(h: Any, name: str, marker: str) -> list[tuple[str, Any]]:
-    """:func:`_h5_molecule_groups`, or a DataFormatError naming the top-level keys when there is none."""
-    groups = _h5_molecule_groups(h, marker)
-    if not groups:
-        raise DataFormatError(f"{name}: no group with key {marker!r} (top-level keys: {sorted(h.keys())[:20]})")
-    return groups
+@contextmanager
+def _h5_molecules(path: PathLike, kind: str, marker: str) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """Open an HDF5 release file and yield its name and its molecule groups (those holding the dataset
+    ``marker``); errors inside name the file and the format ``kind``."""
+    p = _existing(path)
+    name = p.name
+    with _guard(name, kind), _open_h5(p, name) as h:
+        groups = _h5_molecule_groups(h, marker)
+        if not groups:
+            raise DataFormatError(f"{name}: no group with key {marker!r} (top-level keys: {sorted(h.keys())[:20]})")
+        yield name, groups
 
 
 MAX_LISTED_DROPPED = 12  # dropped frames named in the warning; the rest are counted
@@ -178,12 +183,9 @@ def read_ani1x(
     :class:`~forcefield_et.data.errors.DroppedFramesWarning` saying how many and which. Returns eV, eV/Å;
     ``mol_id`` = group index (a formula group can hold several isomers).
     """
-    p = _existing(path)
-    name = p.name
     parts = []
     dropped = _DroppedFrames()
-    with _guard(name, "ANI-1x HDF5"), _open_h5(p, name) as h:
-        groups = _molecule_groups_or_fail(h, name, "coordinates")
+    with _h5_molecules(path, "ANI-1x HDF5", "coordinates") as (name, groups):
         for gi, (gname, g) in enumerate(groups[:max_groups] if max_groups is not None else groups):
             z = _h5_get(g, name, gname, "atomic_numbers", ndim=1).astype(np.int64)
             R = _h5_get(g, name, gname, "coordinates", ndim=3)
@@ -251,12 +253,9 @@ def read_spice(
     :class:`~forcefield_et.data.errors.DroppedFramesWarning` saying how many and which;
     ``mol_id`` = group index.
     """
-    p = _existing(path)
-    name = p.name
     parts = []
     dropped = _DroppedFrames()
-    with _guard(name, "SPICE HDF5"), _open_h5(p, name) as h:
-        groups = _molecule_groups_or_fail(h, name, "conformations")
+    with _h5_molecules(path, "SPICE HDF5", "conformations") as (name, groups):
         ekey = energy_key
         if ekey is None:
             g0 = groups[0][1]
