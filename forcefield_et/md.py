@@ -392,11 +392,12 @@ def _truncate_outputs(out: Path, frames: int) -> List[Dict[str, float]]:
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename, so a killed process leaves the old file or the
+    new one. Not fsynced: the trajectory and log written before it are not either, and an fsync per
+    saved frame would cost small molecules a tenth of their speed."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
