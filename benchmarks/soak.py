@@ -21,12 +21,14 @@ until that much time has passed. After every round it checks:
 - both: no temporary (``*.tmp``) file is left in the run folder, and every launch that was not
   killed exited with status 0.
 
-Kill times: one kill in five at ``startup x U(0, 1.2)`` after the launch (imports, data loading),
-the others at ``work / (kills + 1) x U(0, 2)`` after the launch first writes into its folder (its
-start-up is over), with the start-up (launch to first write) and work times measured on the
-reference; so kills land during start-up, relaxation, MD/training steps and state writes, however
-loaded the machine is. Results: ``soak.json`` and ``soak.png`` in ``--out``.
-Run folders go to ``--work`` (``runs/soak``, deleted at the start).
+Kill times: one kill in five at ``startup x U(0, 1.2)`` after the launch (imports, data loading);
+the others a random share of the mean time between writes after the launch's n-th write into its
+folder, n uniform in 1 .. 0.8 x the reference's writes (a write: files modified within one 0.05 s
+poll; the start-up and the writes are measured on the reference). Counting writes rather than
+seconds spreads the kills over the run's progress however loaded the machine is: into relaxation,
+MD and training steps, validation, checkpoint and state writes, and relaunches of a finished run.
+Results: ``soak.json`` and ``soak.png`` in ``--out``. Run folders go to ``--work`` (``runs/soak``,
+deleted at the start).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Launch:
     end_s: float = 0.0
     killed: bool = False
     exit_status: int | None = None
-    phase: str = ""  # when the kill was aimed: "start-up" (from the launch) or "work" (from its first write)
+    phase: str = ""  # when the kill was aimed: "start-up" (from the launch) or "after N writes"
 
 
 @dataclass
@@ -203,38 +205,52 @@ def _failed(target: Target, status: int, log: Path) -> SoakFailure:
     return SoakFailure(f"{target.name}: a launch exited with status {status}; the end of {log}:\n{tail}")
 
 
-def _wrote_since(folder: Path, since: float) -> bool:
-    """Whether a file directly in ``folder`` was modified after ``since`` (a time.time())."""
+def _last_write(folder: Path) -> float:
+    """The latest modification time (time.time()) of a file directly in ``folder``; 0 if none."""
+    latest = 0.0
     try:
-        return any(p.stat().st_mtime > since for p in folder.iterdir() if p.is_file())
-    except FileNotFoundError:  # the folder, or a temporary file, went away while we looked
-        return False
+        for path in folder.iterdir():
+            try:
+                latest = max(latest, path.stat().st_mtime)
+            except FileNotFoundError:  # a temporary file renamed while we looked
+                pass
+    except FileNotFoundError:
+        pass
+    return latest
 
 
-def _wait_until_working(process: subprocess.Popen, out: Path, since: float) -> None:
-    """Until ``process`` has written into ``out`` (its start-up is over) or has ended."""
-    while process.poll() is None and not _wrote_since(out, since):
+def _wait_for_writes(process: subprocess.Popen, out: Path, since: float, count: int | None) -> int:
+    """Until ``process`` has written into ``out`` ``count`` times after ``since`` (a time.time();
+    writes closer than the 0.05 s poll count once), or has ended; returns the writes seen."""
+    seen, mark = 0, since
+    while process.poll() is None and (count is None or seen < count):
+        latest = _last_write(out)
+        if latest > mark:
+            seen, mark = seen + 1, latest
         time.sleep(0.05)
+    return seen
 
 
 def run_reference(target: Target, out: Path) -> Dict[str, float]:
-    """The uninterrupted run; returns its wall time and the time to its first write (startup)."""
+    """The uninterrupted run; returns its wall time, the time to its first write into ``out``
+    (startup) and how many writes it made (a write: files modified within one 0.05 s poll)."""
     log = out.parent / f"{out.name}.log"
     start, since = time.perf_counter(), time.time()
     process = _start(target.first, out, log)
-    _wait_until_working(process, out, since)
+    _wait_for_writes(process, out, since, 1)
     startup = time.perf_counter() - start
+    writes = 1 + _wait_for_writes(process, out, _last_write(out), None)
     process.wait()
     wall = time.perf_counter() - start
     if process.returncode != 0:
         raise _failed(target, process.returncode, log)
-    return {"wall_s": wall, "startup_s": startup, "work_s": max(wall - startup, 1e-3)}
+    return {"wall_s": wall, "startup_s": startup, "work_s": max(wall - startup, 1e-3), "writes": writes}
 
 
-def run_interrupted(target: Target, out: Path, kills: int, delay: Callable[[], Tuple[bool, float]]) -> Round:
+def run_interrupted(target: Target, out: Path, kills: int, delay: Callable[[], Tuple[int, float]]) -> Round:
     """Start, kill, restart, ... ``kills`` times, then run to the end. ``delay()`` says when to kill
-    each launch: (False, t) t seconds after it starts, (True, t) t seconds after it first writes into
-    ``out`` (once its start-up is over, whatever the load of the machine)."""
+    each launch: (0, t) t seconds after it starts; (n, t) t seconds after its n-th write into ``out``
+    (counting progress rather than time, so that kills land in the work however loaded the machine is)."""
     log = out.parent / f"{out.name}.log"
     result = Round()
     start = time.perf_counter()
@@ -246,10 +262,10 @@ def run_interrupted(target: Target, out: Path, kills: int, delay: Callable[[], T
         process = _start(argv, out, log)
         timeout = None
         if result.kills < kills:
-            after_startup, timeout = delay()
-            launch.phase = "work" if after_startup else "start-up"
-            if after_startup:
-                _wait_until_working(process, out, since)
+            writes, timeout = delay()
+            launch.phase = f"after {writes} writes" if writes else "start-up"
+            if writes:
+                _wait_for_writes(process, out, since, writes)
         try:
             launch.exit_status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -275,10 +291,12 @@ def soak_target(target: Target, work: Path, kills: int, seed: int, duration_s: f
     reference = run_reference(target, reference_dir)
     rng = random.Random(f"{seed}:{target.name}")
 
-    def delay() -> Tuple[bool, float]:  # one kill in five during start-up, the others into the work
+    gap = reference["work_s"] / reference["writes"]  # mean time between writes
+
+    def delay() -> Tuple[int, float]:  # one kill in five during start-up, the others into the work
         if rng.random() < STARTUP_KILL_SHARE:
-            return False, reference["startup_s"] * rng.uniform(0, 1.2)
-        return True, reference["work_s"] / (kills + 1) * rng.uniform(0, 2)
+            return 0, reference["startup_s"] * rng.uniform(0, 1.2)
+        return rng.randint(1, max(1, round(reference["writes"] * 0.8))), gap * rng.uniform(0, 1)
 
     rounds: List[Dict[str, Any]] = []
     start = time.perf_counter()
