@@ -23,7 +23,7 @@ until that much time has passed. After every round it checks:
 
 Kill times: one kill in five at ``startup x U(0, 1.2)`` after the launch (imports, data loading);
 the others a random share of the mean time between writes after the launch's n-th write into its
-folder, n uniform in 1 .. 0.8 x the reference's writes (a write: files modified within one 0.05 s
+folder, n uniform in 1 .. writes / (kills + 1) of the reference (a write: files modified within one 0.05 s
 poll; the start-up and the writes are measured on the reference). Counting writes rather than
 seconds spreads the kills over the run's progress however loaded the machine is: into relaxation,
 MD and training steps, validation, checkpoint and state writes, and relaunches of a finished run.
@@ -296,7 +296,8 @@ def soak_target(target: Target, work: Path, kills: int, seed: int, duration_s: f
     def delay() -> Tuple[int, float]:  # one kill in five during start-up, the others into the work
         if rng.random() < STARTUP_KILL_SHARE:
             return 0, reference["startup_s"] * rng.uniform(0, 1.2)
-        return rng.randint(1, max(1, round(reference["writes"] * 0.8))), gap * rng.uniform(0, 1)
+        # about writes / (kills + 1) writes per launch, so that the kills use up only part of the run
+        return rng.randint(1, max(1, round(reference["writes"] / (kills + 1)))), gap * rng.uniform(0, 1)
 
     rounds: List[Dict[str, Any]] = []
     start = time.perf_counter()
