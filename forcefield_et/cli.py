@@ -347,7 +347,11 @@ def _cmd_md(args: argparse.Namespace) -> int:
         relax_fmax=relax_fmax,
         max_bond_change=args.max_bond_change,
         max_force_std=args.max_force_std,
+        existing="overwrite" if args.overwrite else "resume",
+        settings={"model": _model_fingerprint(args.model), "dtype": args.dtype, "compile": bool(args.compile)},
     )
+    if "resumed_from_step" in summary:
+        print(f"resumed from {Path(args.out) / 'md_state.npz'} at step {summary['resumed_from_step']}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
         stopped = summary["stopped"]
@@ -355,6 +359,22 @@ def _cmd_md(args: argparse.Namespace) -> int:
               f"{stopped['reason']}", file=sys.stderr)
         return UNCERTAIN_EXIT_STATUS if stopped.get("criterion") == "max_force_std" else BROKEN_BOND_EXIT_STATUS
     return 0
+
+
+def _model_fingerprint(reference: str) -> List[str]:
+    """The model of an MD run, as ``md`` compares it on resuming: each name, and each file's SHA-256."""
+    import hashlib
+
+    entries = []
+    for item in reference.split(","):
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(path.glob("*.json")) + sorted(path.glob("member_*/best.pt"))
+        else:
+            files = [path] if path.is_file() else []
+        digests = [hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files]
+        entries.append(item + "".join(f" sha256:{d}" for d in digests))
+    return entries
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -793,8 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--friction", type=friction_arg, default=0.01, help="Langevin friction (1/fs)")
     p.add_argument("--interval", type=positive_int, default=10, help="steps between saved frames")
     p.add_argument(
-        "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png)"
+        "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png, "
+        "md_state.npz); a run there with the same settings is resumed (a larger --steps extends it), one with other "
+        "settings is refused"
     )
+    p.add_argument("--overwrite", action="store_true", help="delete the MD run in --out and start afresh")
     p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=seed, default=0)
@@ -898,15 +921,17 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 
 
 def _show_domain_warnings_on_one_line(command: str) -> None:
-    """DomainWarnings print as ``forcefield-et COMMAND: warning: ...`` (other warnings unchanged)."""
+    """DomainWarnings and DroppedFramesWarnings print as ``forcefield-et COMMAND: warning: ...``
+    (other warnings unchanged)."""
     import warnings
 
+    from .data.errors import DroppedFramesWarning
     from .domain import DomainWarning
 
     default = getattr(warnings.formatwarning, "wrapped", warnings.formatwarning)  # wrap once per process
 
     def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202
-        if issubclass(category, DomainWarning):
+        if issubclass(category, (DomainWarning, DroppedFramesWarning)):
             return f"forcefield-et {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -6,11 +6,23 @@ against the covalent bonds of the starting structure (:mod:`forcefield_et.bonds`
 molecule that falls apart is reported, and with ``max_bond_change`` the run stops there. With a
 committee calculator, the log also holds the largest per-atom force std of each saved frame
 (eV/Å), and with ``max_force_std`` the run stops at the first frame the committee is unsure of.
+
+A run is resumable (``existing="resume"``, the default of ``forcefield-et md``): after every saved
+frame ``md_state.npz`` holds the step, positions, momenta, the thermostat's random generator or
+Nosé–Hoover chain and the bond reference, written atomically after the frame's trajectory entry and
+log row. A run killed at any moment and started again with the same settings drops any frame or row
+written after the last state, and continues from that state: it reproduces the uninterrupted run's
+trajectory and log exactly (same device, dtype and thread count), and a larger ``steps`` extends a
+finished run.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Union
@@ -23,6 +35,14 @@ from tqdm.auto import tqdm
 from .bonds import BondWatch
 
 THERMOSTATS = ("langevin", "nose-hoover", "nve")
+EXISTING_MD_POLICIES = ("overwrite", "resume")
+STATE_FILE = "md_state.npz"
+SETTINGS_FILE = "md_settings.json"
+TRAJECTORY_FILE = "trajectory.traj"
+LOG_FILE = "md_log.csv"
+PLOT_FILE = "md.png"
+RELAX_LOG = "relax.log"
+OUTPUT_FILES = (TRAJECTORY_FILE, LOG_FILE, PLOT_FILE, RELAX_LOG, STATE_FILE, SETTINGS_FILE)
 
 
 def make_dynamics(
@@ -91,6 +111,8 @@ def run_md(
     relax_steps: int = 500,
     max_bond_change: float | None = None,
     max_force_std: float | None = None,
+    existing: str = "overwrite",
+    settings: Dict[str, Any] | None = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
     and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
@@ -108,7 +130,14 @@ def run_md(
     With a committee calculator (results ``forces_std``, see :class:`~forcefield_et.ETCalculator`),
     every saved frame's largest per-atom force std is logged (``max_force_std_eV_A``) and
     summarised; with ``max_force_std`` (eV/Å) the run stops at the first saved frame beyond it
-    (``stopped`` names the atom), typically a frame to label and add to the training data."""
+    (``stopped`` names the atom), typically a frame to label and add to the training data.
+
+    ``existing`` says what to do with a run already in ``out_dir``: ``"overwrite"`` (the default)
+    starts afresh; ``"resume"`` continues it from ``md_state.npz`` when it was started with the same
+    settings (these arguments except ``steps`` and ``progress``, the input structure and
+    ``settings``, e.g. the model; otherwise ValueError), returns a finished or stopped run's summary
+    without running, and extends a finished run to a larger ``steps``. ``atoms`` then holds the
+    resumed state. ``steps_per_s`` counts the MD time of every session."""
     import time
 
     if atoms.calc is None:
@@ -123,19 +152,68 @@ def run_md(
             "run_md: max_force_std needs a committee model (several checkpoints, e.g. from forcefield-et finetune "
             "--committee); a single model has no force std"
         )
+    if existing not in EXISTING_MD_POLICIES:
+        raise ValueError(f"run_md: existing must be one of {EXISTING_MD_POLICIES}, got {existing!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    relaxation = relax(atoms, relax_fmax, relax_steps, out / "relax.log") if relax_fmax is not None else None
+    fingerprint = {
+        "structure_sha256": structure_digest(atoms),
+        "timestep_fs": timestep_fs,
+        "temperature_K": temperature_K,
+        "thermostat": thermostat,
+        "friction_per_fs": friction_per_fs,
+        "interval": interval,
+        "seed": seed,
+        "relax_fmax": relax_fmax,
+        "relax_steps": relax_steps,
+        "max_bond_change": max_bond_change,
+        "max_force_std": max_force_std,
+        "committee": committee,
+        **(settings or {}),
+    }
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
+    state = _prepare_out_dir(out, fingerprint, existing, steps)
     periodic = bool(atoms.pbc.any())
-    watch = BondWatch(atoms.numbers, atoms.positions, atoms.cell.array.copy() if periodic else None,
+    relaxation: Dict[str, Any] | None
+    if state is None:
+        relaxation = relax(atoms, relax_fmax, relax_steps, out / RELAX_LOG) if relax_fmax is not None else None
+        reference = atoms.positions.copy()
+        initial_velocities(atoms, temperature_K, seed)
+    else:
+        meta = json.loads(str(state["meta"]))
+        relaxation = meta["relaxation"]
+        reference = state["reference_positions"]
+        atoms.set_positions(state["positions"])
+        atoms.set_momenta(state["momenta"])
+    watch = BondWatch(atoms.numbers, reference, atoms.cell.array.copy() if periodic else None,
                       atoms.pbc.copy() if periodic else None)
-    initial_velocities(atoms, temperature_K, seed)
     dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
+    fieldnames = ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K", "max_bond_change_A"]
+    if committee:
+        fieldnames.append("max_force_std_eV_A")
     rows: List[Dict[str, float]] = []
-    trajectory = Trajectory(str(out / "trajectory.traj"), "w", atoms)
+    done = 0
+    md_wall_s = 0.0
+    stopped: Dict[str, Any] | None = None
+    if state is not None:
+        done, md_wall_s, stopped = int(meta["step"]), float(meta["md_wall_s"]), meta["stopped"]
+        _restore_dynamics(dynamics, meta)
+        dynamics.nsteps = done
+        rows = _truncate_outputs(out, int(meta["frames"]))
+    log_handle = open(out / LOG_FILE, "a" if state is not None else "w", newline="")
+    log_writer = csv.DictWriter(log_handle, fieldnames)
+    if state is None:
+        log_writer.writeheader()
+    trajectory = Trajectory(str(out / TRAJECTORY_FILE), "a" if state is not None else "w", atoms)
 
     def current_cell() -> np.ndarray | None:  # a barostat may change the cell; bond lengths follow it
         return atoms.cell.array if periodic else None
+
+    def save_state() -> None:
+        meta = {"step": done, "frames": len(rows), "md_wall_s": md_wall_s, "stopped": stopped,
+                "relaxation": relaxation, **_dynamics_state(dynamics)}
+        _savez_atomic(out / STATE_FILE, {"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                                          "reference_positions": reference, "meta": np.array(json.dumps(meta))})
 
     def record() -> float:
         epot = atoms.get_potential_energy()
@@ -152,24 +230,28 @@ def run_md(
         if committee:
             row["max_force_std_eV_A"] = float(np.max(atoms.calc.get_property("forces_std", atoms)))
         rows.append(row)
-        trajectory.write()
+        trajectory.write()  # flushed by ASE before it returns
+        log_writer.writerow(row)
+        log_handle.flush()
         return bond_change
 
-    record()
     bar = tqdm(
         total=steps,
+        initial=done,
         disable=not progress,
         desc=f"MD {thermostat}",
         unit="step",
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep logs of background runs short
     )
-    start = time.perf_counter()
-    done = 0
-    stopped: Dict[str, Any] | None = None
     try:
-        while done < steps:
+        if state is None:
+            record()
+            save_state()
+        while done < steps and stopped is None:
             chunk = min(interval, steps - done)
+            start = time.perf_counter()
             dynamics.run(chunk)
+            md_wall_s += time.perf_counter() - start
             done += chunk
             bar.update(chunk)
             bond_change = record()
@@ -177,30 +259,27 @@ def run_md(
                 changes, reason = watch.broken(atoms.positions, max_bond_change, current_cell())
                 stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes,
                            "criterion": "max_bond_change"}
-                break
-            if max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
+            elif max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
                 stopped = {"time_fs": done * timestep_fs, "step": done, "criterion": "max_force_std",
                            **uncertain_atom(atoms, max_force_std)}
-                break
+            save_state()  # after the frame and its row: a restart drops whatever came after the last state
     finally:
         bar.close()
         trajectory.close()
-    elapsed = time.perf_counter() - start
-    with open(out / "md_log.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_md_log(rows, out / "md.png", title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
+        log_handle.close()
+    plot_md_log(rows, out / PLOT_FILE, title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
     etot = np.array([r["etot_eV"] for r in rows])
     summary = {
         "steps": done,
-        "steps_per_s": done / elapsed,
-        "ns_per_day": done * timestep_fs * 1e-6 / elapsed * 86400,
+        "steps_per_s": done / md_wall_s if md_wall_s > 0 else float("nan"),
+        "ns_per_day": done * timestep_fs * 1e-6 / md_wall_s * 86400 if md_wall_s > 0 else float("nan"),
         "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
         "bonds_checked": int(len(watch.bonds)),
         "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
         "out_dir": str(out),
     }
+    if state is not None:
+        summary["resumed_from_step"] = int(meta["step"])
     if committee:
         summary["max_force_std_eV_A"] = float(max(r["max_force_std_eV_A"] for r in rows))
     if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
@@ -210,6 +289,122 @@ def run_md(
     if relaxation is not None:
         summary["relaxation"] = relaxation
     return summary
+
+
+def structure_digest(atoms: Atoms) -> str:
+    """SHA-256 of a structure's atomic numbers, positions, cell and periodicity (what MD starts from)."""
+    h = hashlib.sha256()
+    for array in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
+                  atoms.cell.array.astype(np.float64), atoms.pbc.astype(np.int8)):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    return sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+
+
+def _prepare_out_dir(out: Path, fingerprint: Dict[str, Any], existing: str, steps: int) -> Any:
+    """Check ``out`` against ``existing`` and return the saved state to resume from (None: start
+    afresh, after removing the outputs of a run that had saved no state yet)."""
+    for stale in out.glob(".*.tmp"):  # temporary files of an interrupted write: never complete
+        if stale.name[1:-4] in OUTPUT_FILES:
+            stale.unlink()
+    settings_path, state_path = out / SETTINGS_FILE, out / STATE_FILE
+    state = None
+    if existing == "resume":
+        if settings_path.exists():
+            stored = json.loads(settings_path.read_text())
+            changed = _differences(stored, fingerprint)
+            if changed:
+                raise ValueError(
+                    f"{out} holds an MD run with other settings (differs in: {', '.join(changed)}); rerun it with its "
+                    "own settings, choose another --out, or pass --overwrite to replace it"
+                )
+            if state_path.exists():
+                state = np.load(state_path)
+                meta = json.loads(str(state["meta"]))
+                if int(meta["step"]) > steps:
+                    raise ValueError(
+                        f"{out} holds an MD run of {meta['step']} steps, more than the {steps} asked for; ask for at "
+                        "least as many steps, choose another --out, or pass --overwrite to replace it"
+                    )
+        elif any((out / name).exists() for name in OUTPUT_FILES):
+            raise ValueError(
+                f"{out} holds MD output without {SETTINGS_FILE} (not a resumable run); choose another --out or pass "
+                "--overwrite to replace it"
+            )
+    if state is None:
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+        _write_bytes_atomic(settings_path, json.dumps(fingerprint, indent=2).encode())
+    return state
+
+
+def _dynamics_state(dynamics: Any) -> Dict[str, Any]:
+    """What an ASE integrator carries from step to step besides positions and momenta: the
+    Langevin random generator's state or the Nosé–Hoover chain's coordinates and momenta."""
+    state: Dict[str, Any] = {}
+    rng = getattr(dynamics, "rng", None)
+    if rng is not None and hasattr(rng, "bit_generator"):
+        state["rng"] = rng.bit_generator.state
+    thermostat = getattr(dynamics, "_thermostat", None)
+    if thermostat is not None:
+        state["eta"] = np.array(thermostat._eta, dtype=np.float64).tolist()
+        state["p_eta"] = np.array(thermostat._p_eta, dtype=np.float64).tolist()
+    return state
+
+
+def _restore_dynamics(dynamics: Any, meta: Dict[str, Any]) -> None:
+    if "rng" in meta:
+        dynamics.rng.bit_generator.state = meta["rng"]
+    if "eta" in meta:  # JSON keeps floats exactly (shortest repr)
+        thermostat = dynamics._thermostat
+        thermostat._eta = np.array(meta["eta"], dtype=np.float64)
+        thermostat._p_eta = np.array(meta["p_eta"], dtype=np.float64)
+
+
+def _truncate_outputs(out: Path, frames: int) -> List[Dict[str, float]]:
+    """Cut trajectory.traj and md_log.csv back to the first ``frames`` saved frames (a run killed
+    after writing a frame but before saving its state leaves one more); returns the log's rows."""
+    with open(out / LOG_FILE, newline="") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    if len(lines) < frames + 1:
+        raise ValueError(f"{out / LOG_FILE} holds {len(lines) - 1} rows, fewer than the {frames} frames of "
+                         f"{out / STATE_FILE}: the run cannot be resumed; pass --overwrite to start afresh")
+    text = "".join(lines[: frames + 1])
+    if len(lines) > frames + 1 or not text.endswith("\n"):
+        _write_bytes_atomic(out / LOG_FILE, text.encode())
+    with Trajectory(str(out / TRAJECTORY_FILE)) as trajectory:
+        saved = len(trajectory)
+        if saved < frames:
+            raise ValueError(f"{out / TRAJECTORY_FILE} holds {saved} frames, fewer than the {frames} of "
+                             f"{out / STATE_FILE}: the run cannot be resumed; pass --overwrite to start afresh")
+        kept = [trajectory[i] for i in range(frames)] if saved > frames else None
+    if kept is not None:
+        tmp = out / f".{TRAJECTORY_FILE}.tmp"
+        with Trajectory(str(tmp), "w") as trajectory:
+            for frame in kept:
+                trajectory.write(frame)
+        os.replace(tmp, out / TRAJECTORY_FILE)
+    with open(out / LOG_FILE, newline="") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename, so a killed process leaves the old file or the
+    new one. Not fsynced: the trajectory and log written before it are not either, and an fsync per
+    saved frame would cost small molecules a tenth of their speed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _savez_atomic(path: Path, arrays: Dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _write_bytes_atomic(path, buffer.getvalue())
 
 
 def uncertain_atom(atoms: Atoms, threshold: float) -> Dict[str, Any]:
@@ -264,6 +459,8 @@ def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    _write_bytes_atomic(Path(path), buffer.getvalue())
     return Path(path)

@@ -6,7 +6,7 @@ All readers return Å / eV (forces eV/Å); see :mod:`forcefield_et.data.readers`
 from __future__ import annotations
 
 from .conformations import ConformationSet
-from .errors import DataFormatError
+from .errors import DataFormatError, DroppedFramesWarning
 from .readers import (
     QM9_PROPERTY_UNITS,
     READERS,
@@ -29,6 +29,7 @@ from .readers import (
 __all__ = [
     "ConformationSet",
     "DataFormatError",
+    "DroppedFramesWarning",
     "QM9_PROPERTY_UNITS",
     "READERS",
     "infer_format",

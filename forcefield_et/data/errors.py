@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataFormatError"]
+__all__ = ["DataFormatError", "DroppedFramesWarning"]
 
 
 class DataFormatError(ValueError):
@@ -11,3 +11,9 @@ class DataFormatError(ValueError):
     The message always names the file (or the data set's ``source``) and the key, line or
     entry that is wrong, e.g. ``"rmd17_aspirin_train_01.npz: missing key 'coords' (found: ...)"``.
     """
+
+
+class DroppedFramesWarning(UserWarning):
+    """A reader left out frames of a file (e.g. ANI-1x or SPICE frames whose energy or forces are
+    NaN at the chosen level of theory). The message names the file, how many frames were dropped of
+    how many, why, and which (the first few)."""

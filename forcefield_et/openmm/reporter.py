@@ -31,7 +31,39 @@ class BrokenBondError(RuntimeError):
         self.changes = changes
 
 
-class BondCheckReporter:
+class _CsvLogReporter:
+    """The optional CSV log shared by the reporters: ``step,time_ps,<column>``, one row per report,
+    flushed as it is written (the file is opened when the simulation first reports)."""
+
+    _log_column = ""
+
+    def __init__(self, file: Union[str, Path, None]) -> None:
+        self._handle: Any = None
+        self._path = Path(file) if file is not None else None
+
+    def _open_log(self) -> None:
+        if self._path is not None:
+            self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
+            self._handle.write(f"step,time_ps,{self._log_column}\n")
+
+    def _log_row(self, step: int, state: Any, value: float) -> None:
+        if self._handle is not None:
+            from openmm import unit
+
+            self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{value:.6f}\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the CSV file (also done when the reporter is garbage-collected)."""
+        if getattr(self, "_handle", None) is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class BondCheckReporter(_CsvLogReporter):
     """Checks the bonds every ``report_interval`` steps.
 
     Args:
@@ -48,9 +80,11 @@ class BondCheckReporter:
     consults the reporter, i.e. before its first step.
     """
 
+    _log_column = "max_bond_change_A"
+
     def __init__(self, report_interval: int, max_bond_change: float | None = 0.5,
                  file: Union[str, Path, None] = None, bonds_from: str = "positions") -> None:
-        self._handle: Any = None  # the CSV file, opened at the first report
+        super().__init__(file)
         if int(report_interval) < 1:
             raise ValueError(f"BondCheckReporter: report_interval must be >= 1, got {report_interval}")
         if max_bond_change is not None and not max_bond_change > 0:
@@ -64,7 +98,6 @@ class BondCheckReporter:
         self.max_change_A = 0.0
         self._watch: BondWatch | None = None
         self._periodic = False
-        self._path = Path(file) if file is not None else None
 
     @property
     def bonds(self) -> np.ndarray | None:
@@ -84,11 +117,7 @@ class BondCheckReporter:
         change = self._watch.change(positions, cell)
         self.max_change_A = max(self.max_change_A, change)
         step = int(simulation.currentStep)
-        if self._handle is not None:
-            from openmm import unit
-
-            self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{change:.6f}\n")
-            self._handle.flush()
+        self._log_row(step, state, change)
         if self.max_bond_change is not None and change > self.max_bond_change:
             changes, reason = self._watch.broken(positions, self.max_bond_change, cell)
             raise BrokenBondError(f"step {step}: {reason}", step, changes)
@@ -117,18 +146,7 @@ class BondCheckReporter:
                 raise ValueError("BondCheckReporter: bonds_from='topology', but the topology has no bonds")
             bonds = np.array(pairs, dtype=np.int64)
         self._watch = BondWatch(numbers, positions, cell, pbc, bonds)
-        if self._path is not None:
-            self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
-            self._handle.write("step,time_ps,max_bond_change_A\n")
-
-    def close(self) -> None:
-        """Close the CSV file (also done when the reporter is garbage-collected)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def __del__(self) -> None:
-        self.close()
+        self._open_log()
 
 
 class UncertainForcesError(RuntimeError):
@@ -143,7 +161,7 @@ class UncertainForcesError(RuntimeError):
         self.force_std = force_std
 
 
-class ForceStdReporter:
+class ForceStdReporter(_CsvLogReporter):
     """Evaluates a committee every ``report_interval`` steps and reports its largest per-atom
     force std (eV/Å; ``forces_std`` of :class:`~forcefield_et.ETCalculator`), the OpenMM side of
     ``forcefield-et md --max-force-std``. The simulation may be driven by any force (e.g. the
@@ -161,11 +179,13 @@ class ForceStdReporter:
     ``last_max_force_std`` holds the latest value (eV/Å), ``max_force_std_seen`` the largest so far.
     """
 
+    _log_column = "max_force_std_eV_A"
+
     def __init__(self, committee: Any, report_interval: int, max_force_std: float | None = None,
                  file: Union[str, Path, None] = None, device: str = "cpu", dtype: str = "float32") -> None:
         from ..calculators.ase import ETCalculator
 
-        self._handle: Any = None
+        super().__init__(file)
         if int(report_interval) < 1:
             raise ValueError(f"ForceStdReporter: report_interval must be >= 1, got {report_interval}")
         if max_force_std is not None and not max_force_std > 0:
@@ -180,7 +200,6 @@ class ForceStdReporter:
         self.max_force_std = max_force_std
         self.last_max_force_std: float | None = None
         self.max_force_std_seen = 0.0
-        self._path = Path(file) if file is not None else None
         self._atoms: Any = None
 
     def describeNextReport(self, simulation: Any) -> Dict[str, Any]:  # noqa: N802 (OpenMM's name)
@@ -202,9 +221,7 @@ class ForceStdReporter:
         self.last_max_force_std = value
         self.max_force_std_seen = max(self.max_force_std_seen, value)
         step = int(simulation.currentStep)
-        if self._handle is not None:
-            self._handle.write(f"{step},{state.getTime().value_in_unit(unit.picosecond):.6f},{value:.6f}\n")
-            self._handle.flush()
+        self._log_row(step, state, value)
         if self.max_force_std is not None and value > self.max_force_std:
             name = f"{self._atoms.get_chemical_symbols()[atom]}{atom}"
             raise UncertainForcesError(
@@ -220,18 +237,7 @@ class ForceStdReporter:
         periodic = bool(simulation.system.usesPeriodicBoundaryConditions())
         self._atoms = Atoms(numbers=[atom.element.atomic_number for atom in atoms], pbc=periodic)
         self._atoms.calc = self.calculator
-        if self._path is not None:
-            self._handle = open(self._path, "w")  # noqa: SIM115 (kept open for the run, like OpenMM's reporters)
-            self._handle.write("step,time_ps,max_force_std_eV_A\n")
-
-    def close(self) -> None:
-        """Close the CSV file (also done when the reporter is garbage-collected)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def __del__(self) -> None:
-        self.close()
+        self._open_log()
 
 
 __all__ = ["BondCheckReporter", "BrokenBondError", "ForceStdReporter", "UncertainForcesError"]

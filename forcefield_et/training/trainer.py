@@ -242,6 +242,18 @@ class Trainer:
         if (self.run_dir / "snapshots").is_dir():
             shutil.rmtree(self.run_dir / "snapshots")
 
+    def _started(self) -> bool:
+        """Whether ``run_dir`` holds a run that was started (killed before its first ``last.pt``, a
+        resume starts it again from step 0, which the uninterrupted run would have passed through)."""
+        return (self.run_dir / ".lock").exists() or any((self.run_dir / name).exists() for name in RUN_FILES)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of writes that a killed run left unfinished (``run_dir``'s lock
+        is held, so no other process is writing them)."""
+        for folder in (self.run_dir, self.run_dir / "snapshots"):
+            for stale in [*folder.glob(".*.tmp"), *folder.glob("*.csv.tmp")]:
+                stale.unlink(missing_ok=True)
+
     def _check_existing_run(self) -> None:
         """Validate ``existing`` against what the run directory holds (nothing is changed here)."""
         last = self.run_dir / "last.pt"
@@ -256,7 +268,7 @@ class Trainer:
             raise ValueError(
                 f"{self.run_dir} already holds {where}; pass --resume to continue it or --overwrite to replace it"
             )
-        if self.existing == "require" and not last.exists():
+        if self.existing == "require" and not last.exists() and not self._started():
             raise ValueError(f"nothing to resume: {last} does not exist")
         if last.exists():
             stored = (read_checkpoint(last).get("training_state") or {}).get("config")
@@ -543,7 +555,8 @@ class Trainer:
             rows = list(csv.reader(handle))
         if not rows:
             return
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        # a row cut short by a kill has fewer fields (its step may even parse): it is dropped
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= self.step]
         tmp = path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as handle:
             csv.writer(handle).writerows(kept)
@@ -729,6 +742,8 @@ class Trainer:
         if self.rank == 0:
             self._lock()
         try:
+            if self.rank == 0:
+                self._remove_stale_temporaries()
             if self.existing == "overwrite" and self.rank == 0:
                 self._remove_existing_run()
             if self.world_size > 1:
@@ -740,8 +755,10 @@ class Trainer:
     def _run(self, cfg: Any) -> Dict[str, float]:
         resumed = self.resume()
         if self.rank == 0:
-            with open(self.run_dir / "config.yaml", "w") as handle:
+            tmp = self.run_dir / ".config.yaml.tmp"
+            with open(tmp, "w") as handle:
                 yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
+            os.replace(tmp, self.run_dir / "config.yaml")
         last_valid: Dict[str, float] = {}
         bar = tqdm(
             total=cfg.max_steps,

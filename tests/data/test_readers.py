@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import h5py
@@ -308,8 +309,11 @@ def write_ani1x(path: Path) -> tuple[Path, dict]:
 
 
 def test_ani1x_layout_units_and_missing_labels(tmp_path: Path) -> None:
+    from forcefield_et.data import DroppedFramesWarning
+
     p, g = write_ani1x(tmp_path / "ani1x_small.h5")
-    cs = read_ani1x(p)
+    with pytest.warns(DroppedFramesWarning, match="'CH4' frame 1$"):
+        cs = read_ani1x(p)
     assert infer_format(p) == "ani1x"
     assert len(cs) == 2 + 2  # CH4 frame 1 has NaN energy
     np.testing.assert_array_equal(cs.mol_id, [0, 0, 1, 1])
@@ -318,10 +322,47 @@ def test_ani1x_layout_units_and_missing_labels(tmp_path: Path) -> None:
     np.testing.assert_allclose(cs.frame(1)["forces"], g["CH4"]["F"][2] * HARTREE_TO_EV)  # Hartree/Å
     np.testing.assert_allclose(cs.frame(3)["pos"], g["H2O"]["R"][1])  # Å unchanged
     np.testing.assert_array_equal(cs.frame(2)["z"], [8, 1, 1])
-    cc = read_ani1x(p, energy_key="ccsd(t)_cbs.energy", forces_key=None)
+    with pytest.warns(DroppedFramesWarning, match="'CH4' frame 0$"):
+        cc = read_ani1x(p, energy_key="ccsd(t)_cbs.energy", forces_key=None)
     assert cc.forces is None and len(cc) == 2 + 2
     np.testing.assert_allclose(cc.energy[:2], g["CH4"]["cc"][[1, 2]] * HARTREE_TO_EV)
-    assert read_dataset(p).source == "ani1x:ani1x_small.h5"
+    with pytest.warns(DroppedFramesWarning):
+        assert read_dataset(p).source == "ani1x:ani1x_small.h5"
+
+
+def test_hdf5_readers_report_the_frames_they_drop(tmp_path: Path) -> None:
+    from forcefield_et.data import DroppedFramesWarning
+
+    p, _ = write_ani1x(tmp_path / "ani1x_small.h5")
+    with pytest.warns(DroppedFramesWarning) as caught:
+        read_ani1x(p)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "ani1x_small.h5: dropped 1 of 5 frame(s) with non-finite (NaN/inf) 'wb97x_dz.energy' or 'wb97x_dz.forces' "
+        "(labels missing at that level): 'CH4' frame 1"
+    )
+    # many dropped frames: the first 12 are named, the rest counted
+    with h5py.File(tmp_path / "many.h5", "w") as h:
+        for name in ("A", "B"):
+            g = h.create_group(name)
+            g["atomic_numbers"] = np.array([1, 1], dtype=np.uint8)
+            g["coordinates"] = np.zeros((10, 2, 3), np.float32) + np.arange(10)[:, None, None]
+            g["wb97x_dz.energy"] = np.where(np.arange(10) % 10 < 8, np.nan, -1.0)
+            g["wb97x_dz.forces"] = np.zeros((10, 2, 3))
+    with pytest.warns(DroppedFramesWarning, match=r"many.h5: dropped 16 of 20 frame\(s\) .*'A' frame 0, .*"
+                      r"'A' frame 7, 'B' frame 0, .*'B' frame 3, and 4 more$"):
+        assert len(read_ani1x(tmp_path / "many.h5")) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing dropped: no warning
+        read_spice(write_spice(tmp_path / "spice_ok.h5")[0])
+    spice, _ = write_spice(tmp_path / "spice_nan.h5")
+    with h5py.File(spice, "a") as h:
+        energy = h["methoxide"]["dft_total_energy"][()]
+        energy[1] = np.inf
+        h["methoxide"]["dft_total_energy"][...] = energy
+    with pytest.warns(DroppedFramesWarning, match=r"spice_nan.h5: dropped 1 of 4 frame\(s\) with non-finite "
+                      r"\(NaN/inf\) 'dft_total_energy' or 'dft_total_gradient' .*: 'methoxide' frame 1$"):
+        assert len(read_spice(spice)) == 3
 
 
 def write_spice(path: Path, nan_coord: bool = False, grad_shape_bad: bool = False) -> tuple[Path, dict]:

@@ -618,6 +618,53 @@ def test_fresh_start_drops_metrics_left_by_an_unsaved_run(tmp_path):
     assert all(loss != "9.9" for _, _, loss in rows)
 
 
+def test_resume_drops_a_metrics_row_cut_short_by_a_kill(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=10, checkpoint_every=5, valid_every=100)
+    train(config_from_dict(values), progress=False)
+    run_dir = tmp_path / "run"
+    complete = (run_dir / "metrics.csv").read_text()
+    # a kill while appending the row of step 100 left "10" (its step field cut short, which parses as 10)
+    (run_dir / "metrics.csv").write_text(complete + "10")
+    train(config_from_dict(dict(values, optim=dict(values["optim"], max_steps=10))), progress=False)
+    assert (run_dir / "metrics.csv").read_text() == complete
+
+
+def test_resume_removes_temporary_files_left_by_a_killed_run(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=5, checkpoint_every=5, valid_every=5)
+    train(config_from_dict(values), progress=False)
+    run_dir = tmp_path / "run"
+    stale = [run_dir / ".last.pt.k3j2.tmp", run_dir / ".best.pt.x1.tmp", run_dir / "metrics.csv.tmp",
+             run_dir / ".learning_curve.png.tmp", run_dir / ".config.yaml.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    keep = run_dir / "notes.txt"
+    keep.write_text("not ours")
+    train(config_from_dict(values), progress=False, existing="require")
+    assert not any(path.exists() for path in stale)
+    assert keep.exists() and sorted(p.name for p in run_dir.glob("*.tmp")) == []
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=6, checkpoint_every=6, valid_every=3)
+    reference = tiny_mixed_config(tmp_path / "reference", max_steps=6, checkpoint_every=6, valid_every=3)
+    train(config_from_dict(reference), progress=False)
+    # killed after the validation of step 3 wrote best.pt, before the first last.pt: a plain restart is
+    # refused (the folder holds a run), so --resume must continue it
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("process 1\n")
+    save_checkpoint(run_dir / "best.pt", build_model(**TINY_MODEL), {})
+    with pytest.raises(ValueError, match="pass --resume"):
+        Trainer(config_from_dict(values), progress=False, existing="refuse")
+    train(config_from_dict(values), progress=False, existing="require")
+    for name in ("last.pt", "best.pt"):
+        ours, theirs = read_checkpoint(run_dir / name)["state_dict"], read_checkpoint(tmp_path / "reference" / name)[
+            "state_dict"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    with pytest.raises(ValueError, match="nothing to resume"):  # a folder that never held a run
+        Trainer(config_from_dict(tiny_mixed_config(tmp_path / "empty")), progress=False, existing="require")
+
+
 def test_select_by_valid_loss_without_denoise_picks_best_by_the_force_terms(tmp_path):
     values = tiny_mixed_config(tmp_path / "run", max_steps=20, valid_every=10, checkpoint_every=10,
                                select_by="valid_loss_without_denoise")

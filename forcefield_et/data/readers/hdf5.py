@@ -12,7 +12,7 @@ import numpy as np
 
 from ...units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
 from ..conformations import ConformationSet
-from ..errors import DataFormatError
+from ..errors import DataFormatError, DroppedFramesWarning
 from ._common import PathLike, _existing, _finish, _fixed_size_set, _guard
 
 
@@ -49,6 +49,51 @@ def _h5_molecule_groups(h: Any, marker: str) -> list[tuple[str, Any]]:
 
     visit(h)
     return out
+
+
+@contextmanager
+def _h5_molecules(path: PathLike, kind: str, marker: str) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """Open an HDF5 release file and yield its name and its molecule groups (those holding the dataset
+    ``marker``); errors inside name the file and the format ``kind``."""
+    p = _existing(path)
+    name = p.name
+    with _guard(name, kind), _open_h5(p, name) as h:
+        groups = _h5_molecule_groups(h, marker)
+        if not groups:
+            raise DataFormatError(f"{name}: no group with key {marker!r} (top-level keys: {sorted(h.keys())[:20]})")
+        yield name, groups
+
+
+MAX_LISTED_DROPPED = 12  # dropped frames named in the warning; the rest are counted
+
+
+class _DroppedFrames:
+    """Frames a reader leaves out for non-finite labels, reported once per file as a
+    :class:`~forcefield_et.data.errors.DroppedFramesWarning`."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.dropped: list[tuple[str, np.ndarray]] = []
+
+    def add(self, gname: str, keep: np.ndarray) -> None:
+        self.total += len(keep)
+        if not keep.all():
+            self.dropped.append((gname, np.flatnonzero(~keep)))
+
+    def warn(self, name: str, labels: str) -> None:
+        import warnings
+
+        count = sum(len(frames) for _, frames in self.dropped)
+        if not count:
+            return
+        listed = [f"{gname!r} frame {int(i)}" for gname, frames in self.dropped for i in frames][:MAX_LISTED_DROPPED]
+        more = f", and {count - len(listed)} more" if count > len(listed) else ""
+        warnings.warn(
+            f"{name}: dropped {count} of {self.total} frame(s) with non-finite (NaN/inf) {labels} (labels missing at "
+            f"that level): {', '.join(listed)}{more}",
+            DroppedFramesWarning,
+            stacklevel=3,
+        )
 
 
 def _h5_get(g: Any, name: str, gname: str, key: str, ndim: int | None = None) -> np.ndarray:
@@ -134,24 +179,20 @@ def read_ani1x(
     ``atomic_numbers`` [N], ``coordinates`` [F,N,3] Å, ``<level>.energy`` [F] Hartree and
     ``<level>.forces`` [F,N,3] Hartree/Å (``energy_key``/``forces_key`` pick the level, e.g.
     ``'ccsd(t)_cbs.energy'`` with ``forces_key=None``). Frames whose selected energy or forces
-    contain NaN (label missing at that level) are dropped. Returns eV, eV/Å;
+    contain NaN (label missing at that level) are dropped, with a
+    :class:`~forcefield_et.data.errors.DroppedFramesWarning` saying how many and which. Returns eV, eV/Å;
     ``mol_id`` = group index (a formula group can hold several isomers).
     """
-    p = _existing(path)
-    name = p.name
     parts = []
-    with _guard(name, "ANI-1x HDF5"), _open_h5(p, name) as h:
-        groups = _h5_molecule_groups(h, "coordinates")
-        if not groups:
-            raise DataFormatError(
-                f"{name}: no group with key 'coordinates' (top-level keys: {sorted(h.keys())[:20]})"
-            )
+    dropped = _DroppedFrames()
+    with _h5_molecules(path, "ANI-1x HDF5", "coordinates") as (name, groups):
         for gi, (gname, g) in enumerate(groups[:max_groups] if max_groups is not None else groups):
             z = _h5_get(g, name, gname, "atomic_numbers", ndim=1).astype(np.int64)
             R = _h5_get(g, name, gname, "coordinates", ndim=3)
             E = _h5_get(g, name, gname, energy_key)
             F = _h5_get(g, name, gname, forces_key) if forces_key else None
             keep = _molecule_frames(name, gname, z, R, "coordinates", E, energy_key, F, forces_key)
+            dropped.add(gname, keep)
             if not keep.any():
                 continue
             E = E.reshape(-1)[keep].astype(np.float64) * HARTREE_TO_EV
@@ -161,6 +202,7 @@ def read_ani1x(
         raise DataFormatError(
             f"{name}: no frame has finite {energy_key!r}" + (f"/{forces_key!r}" if forces_key else "")
         )
+    dropped.warn(name, f"{energy_key!r}" + (f" or {forces_key!r}" if forces_key else ""))
     return _finish(_join_molecules(parts, f"ani1x:{name}"))
 
 
@@ -207,17 +249,13 @@ def read_spice(
     ``forces = -gradient`` in eV/Å. ``properties``: ``formation_energy`` (eV, when present
     and not the energy) and ``charge`` (total formal charge from the SMILES, e).
     ``subsets`` keeps only groups whose ``subset`` matches (case-insensitive substring).
-    Frames with non-finite energy or gradient are dropped; ``mol_id`` = group index.
+    Frames with non-finite energy or gradient are dropped, with a
+    :class:`~forcefield_et.data.errors.DroppedFramesWarning` saying how many and which;
+    ``mol_id`` = group index.
     """
-    p = _existing(path)
-    name = p.name
     parts = []
-    with _guard(name, "SPICE HDF5"), _open_h5(p, name) as h:
-        groups = _h5_molecule_groups(h, "conformations")
-        if not groups:
-            raise DataFormatError(
-                f"{name}: no group with key 'conformations' (top-level keys: {sorted(h.keys())[:20]})"
-            )
+    dropped = _DroppedFrames()
+    with _h5_molecules(path, "SPICE HDF5", "conformations") as (name, groups):
         ekey = energy_key
         if ekey is None:
             g0 = groups[0][1]
@@ -241,6 +279,7 @@ def read_spice(
             E = _h5_get(g, name, gname, ekey)
             G = _h5_get(g, name, gname, "dft_total_gradient")
             keep = _molecule_frames(name, gname, z, R, "conformations", E, ekey, G, "dft_total_gradient")
+            dropped.add(gname, keep)
             if not keep.any():
                 continue
             nk = int(keep.sum())
@@ -269,4 +308,5 @@ def read_spice(
         raise DataFormatError(
             f"{name}: no molecule with finite {ekey!r} and 'dft_total_gradient' was selected"
         )
+    dropped.warn(name, f"{ekey!r} or 'dft_total_gradient'")
     return _finish(_join_molecules(parts, f"spice:{name}"))
