@@ -2,6 +2,7 @@
 
     python -m benchmarks.uncertainty                 # train the committee (resumes), then evaluate
     python -m benchmarks.uncertainty --quick         # CI: 2 members, a few steps, 20 test frames
+    python -m benchmarks.uncertainty --kind heads    # one checkpoint with 4 heads -> results/uncertainty/heads/
 
 Protocol (sized for a small shared CPU): a committee of 4 members fine-tuned from the bundled
 ``pretrained`` checkpoint on the first 50 frames of the rMD17 aspirin ``train_01`` split, with
@@ -44,7 +45,7 @@ import torch
 from forcefield_et.data import ConformationSet, read_rmd17
 from forcefield_et.registry import load_committee
 from forcefield_et.training import config_from_dict
-from forcefield_et.training.committee import train_committee
+from forcefield_et.training.committee import train_committee, train_head_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
@@ -160,16 +161,18 @@ def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: 
 
 
 def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
-             max_other_frames: int | None = None) -> Dict[str, Any]:
+             max_other_frames: int | None = None, with_ood: bool = True) -> Dict[str, Any]:
     """Evaluate the committee (see the module docstring); ``max_other_frames`` limits the
-    validation and high-temperature frames (for a quick check)."""
+    validation and high-temperature frames (for a quick check); ``with_ood=False`` skips the
+    out-of-distribution frames."""
     committee = load_committee(committee_dir, dtype="float32")
     train_file = data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
     valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
     test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz")
     test = test.subset(np.arange(0, len(test), test_stride))
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
+    in_distribution_cpu = time.process_time() - start_cpu
 
     # calibration factor on validation frames: per-component sigma = std / sqrt(3), scaled so that
     # the mean squared standardised error is 1
@@ -189,13 +192,13 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
 
     ood: Dict[str, Any] = {}
     ood_std: Dict[str, np.ndarray] = {"test (rMD17, DFT-labelled)": frame_std_max}
-    for k, sigma_a in enumerate(DISPLACEMENTS_A):
+    for k, sigma_a in enumerate(DISPLACEMENTS_A if with_ood else ()):
         moved = displaced(test, sigma_a, seed=k)
         pred = predict_committee(committee, moved)
         frame_max = frame_reduce(pred["forces_std"], moved.n_atoms, "max")
         ood[f"displaced_{sigma_a:g}A"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
         ood_std[f"test + N(0, {sigma_a:g} Å) displacements"] = frame_max
-    hot = hot_frames(data_root)
+    hot = hot_frames(data_root) if with_ood else None
     if hot is not None and max_other_frames is not None:
         hot = hot.subset(np.arange(min(len(hot), max_other_frames)))
     if hot is not None and len(hot):
@@ -205,14 +208,19 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         ood_std["GFN2-xTB MD, 500-1000 K"] = frame_max
     eval_seconds = time.perf_counter() - start
 
-    members = committee.metadata["committee"]
+    members = committee.metadata.get("committee")
+    kind = "checkpoints" if isinstance(members, list) else "heads"
+    first = members[0] if kind == "checkpoints" else committee.metadata
+    valid_mae = ([m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members] if kind == "checkpoints"
+                 else [first.get("validation", {}).get(f"{MOLECULE}/force_mae_meV_A")])
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
         "molecule": MOLECULE,
+        "committee_kind": kind,
         "members": len(committee),
-        "n_train": int(members[0]["training"]["sources"][0]["frames"]),
-        "steps": int(members[0]["training"]["config"]["optim"]["max_steps"]),
-        "member_valid_force_mae_meV_A": [m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members],
+        "n_train": int(first["training"]["sources"][0]["frames"]),
+        "steps": int(first["training"]["config"]["optim"]["max_steps"]),
+        "member_valid_force_mae_meV_A": valid_mae,
         "test_frames": len(test),
         "test_force_mae_meV_A": {"committee_mean": 1000 * float(np.mean(np.abs(error_vectors))),
                                  "members": member_mae},
@@ -229,6 +237,8 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         "test_frame_max_std_meV_A_median": 1000 * float(np.median(frame_std_max)),
         "out_of_distribution": ood,
         "evaluation_wall_s": eval_seconds,
+        "evaluation_cpu_s_validation_and_test": in_distribution_cpu,
+        "training_cpu_s": training_cpu_seconds(committee_dir),
         "machine": machine_info(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -277,6 +287,21 @@ def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, obs
     plt.close(fig)
 
 
+def training_cpu_seconds(committee_dir: Path) -> float | None:
+    """CPU seconds the committee's training used (the last ``cpu_hours`` of each run's metrics.csv:
+    the member runs of a checkpoint committee, or the one run of a heads committee)."""
+    import csv
+
+    total, found = 0.0, False
+    for metrics in sorted(committee_dir.glob("member_*/metrics.csv")) or [committee_dir / "metrics.csv"]:
+        if not metrics.is_file():
+            continue
+        rows = [r for r in csv.DictReader(metrics.open()) if r.get("cpu_hours")]
+        if rows:
+            total, found = total + 3600 * float(rows[-1]["cpu_hours"]), True
+    return total if found else None
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=4)
@@ -285,6 +310,10 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--test-stride", type=int, default=5, help="every k-th test_01 frame (5: 200 frames)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--kind", choices=["checkpoints", "heads"], default="checkpoints",
+                        help="committee kind: K checkpoints (seeds 0..K-1), or one checkpoint with K heads "
+                        "(forcefield-et finetune --committee-kind heads); heads results go to <out>/heads/")
+    parser.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution frames")
     parser.add_argument("--quick", action="store_true",
                         help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
     args = parser.parse_args(argv)
@@ -293,13 +322,19 @@ def main(argv: List[str] | None = None) -> None:
         args.members, args.steps, args.test_stride = 2, 4, 50
     if not (args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz").is_file():
         raise SystemExit(f"benchmarks.uncertainty: rMD17 not found under {args.data_root}")
+    if args.kind == "heads":
+        args.out = args.out / "heads"
     committee_dir = args.out / "runs"
     config = committee_config(committee_dir, args.n_train, args.steps, args.data_root)
     start = time.process_time()
-    train_committee(config, args.members, progress=False)
+    if args.kind == "heads":
+        train_head_committee(config, args.members, progress=False)
+    else:
+        train_committee(config, args.members, progress=False)
     print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
-    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None)
-    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
+    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None,
+                       with_ood=not args.no_ood)
+    if args.kind == "checkpoints" and args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
         shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
     keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
             "miscalibration_area", "validation_std_scale", "miscalibration_area_scaled", "out_of_distribution")

@@ -1,6 +1,7 @@
 """The Equivariant Transformer potential: representation, heads and the force wrapper."""
 
 from .committee import Committee
+from .head_committee import HeadCommittee
 from .et import EquivariantAttention, EquivariantTransformer, NeighborEmbedding
 from .heads import DipoleHead, EnergyHead, ScalarPropertyHead
 from .potential import DEFAULT_ELEMENTS, DEFAULT_HYPERPARAMETERS, Potential, build_model
@@ -8,6 +9,7 @@ from .radial import CosineCutoff, ExpNormalSmearing
 
 __all__ = [
     "Committee",
+    "HeadCommittee",
     "CosineCutoff",
     "DEFAULT_ELEMENTS",
     "DEFAULT_HYPERPARAMETERS",

@@ -97,3 +97,21 @@ def test_member_config_names_the_run_directory_and_seed(tmp_path, index):
     member = member_config(config, index)
     assert member.run_dir == str(tmp_path / "c" / f"member_{index}")
     assert member.seed == config.seed + index and member.split_seed == config.seed
+
+
+def test_heads_committee_trains_one_run_with_k_heads(tmp_path, capsys):
+    out = tmp_path / "heads"
+    code, stdout, _ = finetune(out, capsys, "--committee", "3", "--committee-kind", "heads")
+    assert code == 0
+    listing = json.loads((out / "committee.json").read_text())
+    assert listing["kind"] == "heads" and listing["members"] == ["best.pt"]
+    model = load_model(out / "best.pt")
+    assert len(model) == 3 and model.metadata["committee"]["kind"] == "heads"
+    heads = model.all_heads()
+    assert not torch.equal(heads[0].mlp[2].weight, heads[1].mlp[2].weight)
+    atoms = read_ethanol()
+    atoms.calc = ETCalculator(out, device="cpu", dtype="float64")
+    atoms.get_forces()
+    assert atoms.calc.results["forces_std"].shape == (9,) and atoms.calc.results["forces_std"].max() > 0
+    code, _, _ = finetune(out, capsys, "--committee", "3", "--committee-kind", "heads")  # finished: resumes, no error
+    assert code == 0
