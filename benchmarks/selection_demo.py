@@ -139,8 +139,8 @@ def main(argv: List[str] | None = None) -> None:
     cpu["select"] = time.process_time() - t
     rng = np.random.default_rng(0)
     random_pick = sorted(int(i) for i in rng.choice(pool, N_ADD, replace=False))
-    selected_dir = fit("selected_50", np.concatenate([start_idx, selected]))
-    random_dir = fit("random_50", np.concatenate([start_idx, random_pick]))
+    fit("selected_50", np.concatenate([start_idx, selected]))
+    fit("random_50", np.concatenate([start_idx, random_pick]))
 
     test = read_rmd17(test_file)
     test = test.subset(np.arange(0, len(test), args.test_stride))

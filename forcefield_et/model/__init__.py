@@ -1,8 +1,8 @@
 """The Equivariant Transformer potential: representation, heads and the force wrapper."""
 
 from .committee import Committee
-from .head_committee import HeadCommittee
 from .et import EquivariantAttention, EquivariantTransformer, NeighborEmbedding
+from .head_committee import HeadCommittee
 from .heads import DipoleHead, EnergyHead, ScalarPropertyHead
 from .potential import DEFAULT_ELEMENTS, DEFAULT_HYPERPARAMETERS, Potential, build_model
 from .radial import CosineCutoff, ExpNormalSmearing

@@ -53,7 +53,7 @@ class HeadCommittee(Committee, Potential):
 
     @classmethod
     def from_potential(cls, potential: Potential, n_heads: int, head_noise: float = 0.1,
-                       seed: int = 0) -> "HeadCommittee":
+                       seed: int = 0) -> HeadCommittee:
         """A committee whose representation is ``potential``'s and whose K heads are copies of its
         energy head with independent Gaussian noise added to every MLP weight and bias (standard
         deviation ``head_noise`` times that tensor's own standard deviation; generator seeded by
