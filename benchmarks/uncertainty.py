@@ -3,6 +3,7 @@
     python -m benchmarks.uncertainty                 # train the committee (resumes), then evaluate
     python -m benchmarks.uncertainty --quick         # CI: 2 members, a few steps, 20 test frames
     python -m benchmarks.uncertainty --kind heads    # one checkpoint with 4 heads -> results/uncertainty/heads/
+    python -m benchmarks.uncertainty --compare       # the two kinds: calibration against CPU cost
 
 Protocol (sized for a small shared CPU): a committee of 4 members fine-tuned from the bundled
 ``pretrained`` checkpoint on the first 50 frames of the rMD17 aspirin ``train_01`` split, with
@@ -34,6 +35,7 @@ also to ``docs/img/uncertainty.png``).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -302,6 +304,100 @@ def training_cpu_seconds(committee_dir: Path) -> float | None:
     return total if found else None
 
 
+def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet, rounds: int = 3) -> Dict[str, float]:
+    """CPU seconds per frame of one committee call, for the two committees, timed alternately in one
+    process on the same frames (single frames, as MD calls them), median over ``rounds``."""
+    times: Dict[str, List[float]] = {"checkpoints": [], "heads": [], "single": []}
+    single = checkpoints.members[0]
+    models = {"checkpoints": checkpoints, "heads": heads, "single": single}
+    frames = [data.subset(np.array([i])) for i in range(len(data))]
+    for model in models.values():  # warm-up
+        predict_committee(model, frames[0]) if model is not single else single(
+            torch.as_tensor(frames[0].z), torch.as_tensor(frames[0].pos, dtype=torch.float32))
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.process_time()
+            for frame in frames:
+                z, pos = torch.as_tensor(frame.z), torch.as_tensor(frame.pos, dtype=torch.float32)
+                model(z, pos)
+            times[name].append((time.process_time() - start) / len(frames))
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
+    """``--compare``: the checkpoint committee (``<out>/uncertainty.json``) against the heads committee
+    (``<out>/heads/uncertainty.json``): calibration, training CPU and inference CPU per frame
+    (timed here, alternately, on ``frames`` test frames; the checkpoint committee's cost does not
+    depend on its weights, so when its member checkpoints are absent it is timed with copies of the
+    bundled ``pretrained`` model, the members' architecture). Writes ``committee_kinds.json`` and
+    ``committee_kinds.png``."""
+    from forcefield_et.model import Committee
+    from forcefield_et.registry import committee_members, load_model
+
+    results = {kind: json.loads(path.read_text()) for kind, path in
+               (("checkpoints", out / "uncertainty.json"), ("heads", out / "heads" / "uncertainty.json"))}
+    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").subset(np.arange(frames))
+    heads = load_committee(out / "heads" / "runs", dtype="float32")
+    try:
+        checkpoints = load_committee(out / "runs", dtype="float32")
+        timed_with = "the member checkpoints"
+    except Exception:  # noqa: BLE001 -- member weights are not kept in the repository
+        k = len(committee_members(out / "runs") or []) if (out / "runs" / "committee.json").is_file() else 4
+        checkpoints = Committee([load_model("pretrained") for _ in range(max(k, 2))])
+        timed_with = f"{len(checkpoints)} copies of the bundled pretrained model (the members' architecture)"
+    per_frame = inference_cpu_per_frame(checkpoints, heads, test)
+    keys = ("spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse", "spearman_frame_max_std_vs_max_error",
+            "miscalibration_area", "miscalibration_area_scaled", "validation_std_scale",
+            "fraction_inside_95pct_interval", "fraction_inside_95pct_interval_scaled", "median_atom_std_meV_A",
+            "median_atom_error_meV_A", "test_force_mae_meV_A", "training_cpu_s", "test_frames", "members", "steps",
+            "n_train")
+    kinds = {}
+    for kind, r in results.items():
+        entry = {key: r.get(key) for key in keys}
+        entry["inference_cpu_s_per_frame"] = per_frame[kind]
+        eval_frames = r["test_frames"] + VALID_FRAMES
+        entry["train_plus_evaluation_cpu_s"] = (entry["training_cpu_s"] or float("nan")) + eval_frames * per_frame[kind]
+        kinds[kind] = entry
+    summary = {
+        "command": "python -m benchmarks.uncertainty --compare",
+        "inference_timing": {"frames": frames, "single_model_cpu_s_per_frame": per_frame["single"],
+                             "checkpoint_committee_timed_with": timed_with,
+                             "note": "one aspirin frame per call, 1 thread, eager float32, median of 3 rounds"},
+        "train_plus_evaluation": "training CPU + (test + validation frames) x inference CPU per frame",
+        "kinds": kinds,
+        "machine": machine_info(),
+    }
+    write_json_atomic(out / "committee_kinds.json", summary)
+    plot_kinds(kinds, out / "committee_kinds.png")
+    return summary
+
+
+def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(kinds)
+    labels = [f"{kinds[n]['members']} {n}" for n in names]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    panels = [("spearman_atom_std_vs_error", "Spearman, per-atom std vs error"),
+              ("miscalibration_area", "miscalibration area (raw std)"),
+              ("training_cpu_s", "training CPU (s)"),
+              ("inference_cpu_s_per_frame", "inference CPU per frame (s)")]
+    for ax, (key, title) in zip(axes, panels):
+        values = [kinds[n][key] or 0.0 for n in names]
+        ax.bar(labels, values, color=["C0", "C1"][: len(names)])
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("committee of checkpoints vs one checkpoint with heads (rMD17 aspirin, 50 training frames)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=4)
@@ -316,8 +412,14 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution frames")
     parser.add_argument("--quick", action="store_true",
                         help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare the finished checkpoint and heads results in --out (no training)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.compare:
+        summary = compare_kinds(args.out, args.data_root)
+        print(json.dumps(summary["kinds"], indent=2))
+        return
     if args.quick:
         args.members, args.steps, args.test_stride = 2, 4, 50
     if not (args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz").is_file():
