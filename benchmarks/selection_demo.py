@@ -38,7 +38,7 @@ from forcefield_et.training.committee import train_head_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
-from .uncertainty import DATA_ROOT, frame_reduce, predict_committee
+from .uncertainty import DATA_ROOT, frame_reduce, predict_committee, training_cpu_seconds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "selection_demo"
 MOLECULE = "aspirin"
@@ -126,9 +126,8 @@ def main(argv: List[str] | None = None) -> None:
     def fit(name: str, indices: np.ndarray) -> Path:
         subset = work / f"{name}.npz"
         write_subset(train_file, indices, subset)
-        t = time.process_time()
         train_head_committee(run_config(runs / name, subset, train_file, args.steps), args.heads, progress=False)
-        cpu[f"train_{name}"] = time.process_time() - t
+        cpu[f"train_{name}"] = training_cpu_seconds(runs / name)  # across resumes
         return runs / name
 
     start_dir = fit("start_25", start_idx)
