@@ -76,6 +76,26 @@ def watch(committee: Any, frames: np.ndarray, numbers: np.ndarray, stride: int) 
     return out
 
 
+def lead_times(runs: Dict[str, Dict[str, Any]]) -> float:
+    """Threshold = the largest ``max_force_std_eV_A`` of the runs with role 'stable'; adds to every
+    'collapsing' run ``first_crossing_ps`` (the first ``time_ps`` above the threshold, or None),
+    ``lead_time_ps`` (``break_ps`` minus it, or None) and ``frames_above_threshold``. Returns the threshold."""
+    stable_max = [np.nanmax(r["max_force_std_eV_A"]) for r in runs.values() if r["role"] == "stable"]
+    if not stable_max:
+        raise ValueError("lead times need at least one stable run")
+    threshold = float(max(stable_max))
+    for r in runs.values():
+        if r["role"] != "collapsing":
+            continue
+        std, times = np.asarray(r["max_force_std_eV_A"], dtype=float), np.asarray(r["time_ps"], dtype=float)
+        above = np.flatnonzero(std > threshold)
+        r["first_crossing_ps"] = float(times[above[0]]) if len(above) else None
+        r["lead_time_ps"] = (r["break_ps"] - r["first_crossing_ps"]
+                             if r.get("break_ps") is not None and r["first_crossing_ps"] is not None else None)
+        r["frames_above_threshold"] = int(len(above))
+    return threshold
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, required=True, help="md_stability --out folder")
@@ -119,17 +139,7 @@ def main(argv: List[str] | None = None) -> None:
                            "collapse_reason": result.get("collapse_reason") or result.get("reason"),
                            "time_ps": times[:: args.stride].round(4).tolist(),
                            "max_force_std_eV_A": std.round(5).tolist()}
-    stable_max = [np.nanmax(r["max_force_std_eV_A"]) for r in runs.values() if r["role"] == "stable"]
-    threshold = float(max(stable_max))
-    for r in runs.values():
-        if r["role"] != "collapsing":
-            continue
-        std, times = np.asarray(r["max_force_std_eV_A"]), np.asarray(r["time_ps"])
-        above = np.flatnonzero(std > threshold)
-        r["first_crossing_ps"] = float(times[above[0]]) if len(above) else None
-        r["lead_time_ps"] = (r["break_ps"] - r["first_crossing_ps"]
-                             if r["break_ps"] is not None and r["first_crossing_ps"] is not None else None)
-        r["frames_above_threshold"] = int(len(above))
+    threshold = lead_times(runs)
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
         "watcher": str(args.watcher),

@@ -109,7 +109,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--stage", choices=["all", "start"], default="all",
                         help="'start': train the 25-frame committee only")
-    parser.add_argument("--quick", action="store_true", help="4 steps, 10 test frames (CI)")
+    parser.add_argument("--quick", action="store_true", help="4 steps, a pool of 50 frames, 10 test frames (CI)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
@@ -120,7 +120,7 @@ def main(argv: List[str] | None = None) -> None:
         raise SystemExit(f"benchmarks.selection_demo: rMD17 not found under {args.data_root}")
     runs, work = args.out / "runs", args.out / "work"
     start_idx = np.arange(N_START)
-    pool = np.arange(N_START, POOL_STOP)
+    pool = np.arange(N_START, POOL_STOP if not args.quick else N_START + 50)
     cpu: Dict[str, float] = {}
 
     def fit(name: str, indices: np.ndarray) -> Path:
