@@ -1,6 +1,6 @@
 """One round of committee-driven frame selection on rMD17 aspirin, against random frames.
 
-    python -m benchmarks.selection_demo                      # resumable; ~15 CPU-minutes
+    python -m benchmarks.selection_demo                      # resumable; about 5 CPU-minutes
     python -m benchmarks.selection_demo --quick              # CI: a few steps, 10 test frames
 
 Protocol (sized for a small shared CPU):
@@ -10,11 +10,12 @@ Protocol (sized for a small shared CPU):
    labels unused until chosen. Validation: frames 950-999 (the same for every run).
 2. Fine-tune a heads committee (``forcefield-et finetune --committee 4 --committee-kind heads``
    recipe: 4 heads, from ``pretrained``, batch 8, energy + force loss, AdamW 5e-4 with warm-up and
-   cosine decay, EMA 0.99, seed 0) on the 25 start frames.
+   cosine decay, EMA 0.99, seed 0) on the 25 start frames, ``--steps`` steps (default 300).
 3. Choose 25 pool frames with ``forcefield-et select --n 25 --min-distance 0.05`` (largest per-atom
    force std first, skipping frames within 0.05 Å RMS interatomic distance of one already taken),
    from an extxyz file of the pool's positions only; and 25 pool frames uniformly at random (seed 0).
-4. Fine-tune the same recipe, same steps, on start + selected and on start + random frames.
+4. Fine-tune the same recipe from ``pretrained`` with ``--steps-added`` steps (default 100), the same
+   for both, on start + selected and on start + random frames.
 5. Test: force MAE of the committee mean (and energy MAE) on every ``--test-stride``-th frame of the
    ``test_01`` split.
 
@@ -103,17 +104,20 @@ def test_errors(committee_dir: Path, test) -> Dict[str, Any]:
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--test-stride", type=int, default=10, help="every k-th test_01 frame (10: 100 frames)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the 25-frame committee")
+    parser.add_argument("--steps-added", type=int, default=100,
+                        help="training steps of each 50-frame committee (the same for both)")
+    parser.add_argument("--test-stride", type=int, default=20, help="every k-th test_01 frame (20: 50 frames)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--stage", choices=["all", "start"], default="all",
-                        help="'start': train the 25-frame committee only")
+    parser.add_argument("--stage", choices=["all", "start", "random"], default="all",
+                        help="'start': train the 25-frame committee only; 'random': the 50-frame committee on "
+                        "random frames only (it does not need the selection, so it can train alongside)")
     parser.add_argument("--quick", action="store_true", help="4 steps, a pool of 50 frames, 10 test frames (CI)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
-        args.steps, args.test_stride = 4, 100
+        args.steps, args.steps_added, args.test_stride = 4, 4, 100
     train_file = args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
     test_file = args.data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz"
     if not train_file.is_file():
@@ -123,23 +127,26 @@ def main(argv: List[str] | None = None) -> None:
     pool = np.arange(N_START, POOL_STOP if not args.quick else N_START + 50)
     cpu: Dict[str, float] = {}
 
-    def fit(name: str, indices: np.ndarray) -> Path:
+    def fit(name: str, indices: np.ndarray, steps: int) -> Path:
         subset = work / f"{name}.npz"
         write_subset(train_file, indices, subset)
-        train_head_committee(run_config(runs / name, subset, train_file, args.steps), args.heads, progress=False)
+        train_head_committee(run_config(runs / name, subset, train_file, steps), args.heads, progress=False)
         cpu[f"train_{name}"] = training_cpu_seconds(runs / name)  # across resumes
         return runs / name
 
-    start_dir = fit("start_25", start_idx)
+    rng = np.random.default_rng(0)
+    random_pick = sorted(int(i) for i in rng.choice(pool, N_ADD, replace=False))
+    if args.stage == "random":
+        fit("random_50", np.concatenate([start_idx, random_pick]), args.steps_added)
+        return
+    start_dir = fit("start_25", start_idx, args.steps)
     if args.stage == "start":
         return
     t = time.process_time()
     selected = select_with_cli(start_dir, train_file, pool, N_ADD, work)
     cpu["select"] = time.process_time() - t
-    rng = np.random.default_rng(0)
-    random_pick = sorted(int(i) for i in rng.choice(pool, N_ADD, replace=False))
-    fit("selected_50", np.concatenate([start_idx, selected]))
-    fit("random_50", np.concatenate([start_idx, random_pick]))
+    fit("selected_50", np.concatenate([start_idx, selected]), args.steps_added)
+    fit("random_50", np.concatenate([start_idx, random_pick]), args.steps_added)
 
     test = read_rmd17(test_file)
     test = test.subset(np.arange(0, len(test), args.test_stride))
@@ -159,7 +166,8 @@ def main(argv: List[str] | None = None) -> None:
     results = {name: test_errors(runs / name, test) for name in ("start_25", "selected_50", "random_50")}
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
-        "molecule": MOLECULE, "heads": args.heads, "steps": args.steps, "test_frames": len(test),
+        "molecule": MOLECULE, "heads": args.heads, "steps_start": args.steps, "steps_added": args.steps_added,
+        "test_frames": len(test), "pool_frames": len(pool),
         "selected_train_indices": selected, "random_train_indices": random_pick,
         "start_committee_on_added_frames": {
             "selected": {"median_frame_max_std_meV_A": 1000 * float(np.median(chosen_std)),
