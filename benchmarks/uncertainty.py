@@ -324,6 +324,32 @@ def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet,
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def time_inference(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
+    """``--time-inference``: CPU per frame of the heads committee in ``<out>/heads/runs`` and of the
+    checkpoint committee in ``<out>/runs`` (see :func:`compare_kinds`), written to
+    ``<out>/heads/inference_timing.json``. The cost does not depend on the weights, so it can run
+    while the heads are still training (on their latest ``best.pt``)."""
+    from forcefield_et.model import Committee
+    from forcefield_et.registry import load_model
+
+    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").subset(np.arange(frames))
+    heads_dir = out / "heads" / "runs"
+    heads = load_committee(heads_dir, dtype="float32") if (heads_dir / "committee.json").is_file() else \
+        load_model(heads_dir / "best.pt")
+    try:
+        checkpoints = load_committee(out / "runs", dtype="float32")
+        timed_with = "the member checkpoints"
+    except Exception:  # noqa: BLE001 -- member weights are not kept in the repository
+        k = len(json.loads((out / "runs" / "committee.json").read_text())["members"]) \
+            if (out / "runs" / "committee.json").is_file() else 4
+        checkpoints = Committee([load_model("pretrained") for _ in range(max(k, 2))])
+        timed_with = f"{len(checkpoints)} copies of the bundled pretrained model (the members' architecture)"
+    timing = {"frames": frames, "cpu_s_per_frame": inference_cpu_per_frame(checkpoints, heads, test),
+              "checkpoint_committee_timed_with": timed_with, "machine": machine_info()}
+    write_json_atomic(out / "heads" / "inference_timing.json", timing)
+    return timing
+
+
 def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
     """``--compare``: the checkpoint committee (``<out>/uncertainty.json``) against the heads committee
     (``<out>/heads/uncertainty.json``): calibration, training CPU and inference CPU per frame
@@ -331,21 +357,13 @@ def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any
     depend on its weights, so when its member checkpoints are absent it is timed with copies of the
     bundled ``pretrained`` model, the members' architecture). Writes ``committee_kinds.json`` and
     ``committee_kinds.png``."""
-    from forcefield_et.model import Committee
-    from forcefield_et.registry import committee_members, load_model
-
     results = {kind: json.loads(path.read_text()) for kind, path in
                (("checkpoints", out / "uncertainty.json"), ("heads", out / "heads" / "uncertainty.json"))}
-    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").subset(np.arange(frames))
-    heads = load_committee(out / "heads" / "runs", dtype="float32")
-    try:
-        checkpoints = load_committee(out / "runs", dtype="float32")
-        timed_with = "the member checkpoints"
-    except Exception:  # noqa: BLE001 -- member weights are not kept in the repository
-        k = len(committee_members(out / "runs") or []) if (out / "runs" / "committee.json").is_file() else 4
-        checkpoints = Committee([load_model("pretrained") for _ in range(max(k, 2))])
-        timed_with = f"{len(checkpoints)} copies of the bundled pretrained model (the members' architecture)"
-    per_frame = inference_cpu_per_frame(checkpoints, heads, test)
+    timing_path = out / "heads" / "inference_timing.json"
+    if not timing_path.is_file():
+        time_inference(out, data_root, frames)
+    timing = json.loads(timing_path.read_text())
+    per_frame, timed_with = timing["cpu_s_per_frame"], timing["checkpoint_committee_timed_with"]
     keys = ("spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse", "spearman_frame_max_std_vs_max_error",
             "miscalibration_area", "miscalibration_area_scaled", "validation_std_scale",
             "fraction_inside_95pct_interval", "fraction_inside_95pct_interval_scaled", "median_atom_std_meV_A",
@@ -414,8 +432,13 @@ def main(argv: List[str] | None = None) -> None:
                         help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
     parser.add_argument("--compare", action="store_true",
                         help="compare the finished checkpoint and heads results in --out (no training)")
+    parser.add_argument("--time-inference", action="store_true",
+                        help="time one call of each committee kind (writes <out>/heads/inference_timing.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.time_inference:
+        print(json.dumps(time_inference(args.out, args.data_root), indent=2))
+        return
     if args.compare:
         summary = compare_kinds(args.out, args.data_root)
         print(json.dumps(summary["kinds"], indent=2))
