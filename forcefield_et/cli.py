@@ -660,17 +660,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
     p.add_argument("--seed", type=seed, default=0, help="seed of the batches, noise and initial weights")
     p.add_argument(
-        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (seeds "
-        "SEED..SEED+K-1, the same validation frames) one after another into --out/member_<k>/ and list them in "
-        "--out/committee.json, which ETCalculator and md --model accept; rerunning resumes unfinished members and "
-        "skips finished ones"
+        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (see "
+        "--committee-kind) and list it in --out/committee.json, which ETCalculator, md --model and select accept; "
+        "rerunning resumes an unfinished committee; with --committee-kind checkpoints the members (seeds "
+        "SEED..SEED+K-1, the same validation frames) train one after another into --out/member_<k>/ and finished "
+        "ones are skipped"
     )
     p.add_argument(
-        "--committee-kind", choices=["checkpoints", "heads"], default="checkpoints",
-        help="with --committee: 'checkpoints' trains K separate models (K times the cost of one, to train and to "
-        "evaluate); 'heads' trains one model with K energy heads on a shared representation into --out (each head "
-        "on its own bootstrap resample; about the training cost of one model, inference 1 forward + K backward "
-        "passes)",
+        "--committee-kind", choices=["heads", "checkpoints"], default="heads",
+        help="with --committee: 'heads' (the default) trains one model with K energy heads on a shared "
+        "representation into --out (each head on its own bootstrap resample; about the training cost of one "
+        "model, inference 1 forward + K backward passes); 'checkpoints' trains K separate models into "
+        "--out/member_<k>/ (K times the cost of one, to train and to evaluate)",
     )
     p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP)
     p.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
