@@ -126,7 +126,7 @@ class HeadCommitteeTrainer(Trainer):
     def __init__(self, config: TrainConfig, n_heads: int, head_noise: float = DEFAULT_HEAD_NOISE,
                  progress: bool = True, existing: str = "resume") -> None:
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 2:
-            raise ValueError(f"a committee needs at least 2 heads, got {n_heads!r}")
+            raise ValueError(f"a committee needs at least 2 members, got {n_heads!r}")
         if not head_noise >= 0:
             raise ValueError(f"head_noise must be >= 0, got {head_noise!r}")
         self.n_heads, self.head_noise = n_heads, float(head_noise)
