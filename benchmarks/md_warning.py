@@ -167,7 +167,12 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.2))
     for k, (model, r) in enumerate(summary["runs"].items()):
         colour = f"C{k}"
-        label = f"{model} ({'stable' if r['role'] == 'stable' else 'collapses'})"
+        if r["role"] == "stable":
+            label = f"{model} (stable, driver)"
+        elif r.get("break_ps") is not None:
+            label = f"{model} (driver; bond breaks at {r['break_ps']:.2f} ps)"
+        else:
+            label = f"{model} (driver; no bond break within {r['simulated_ps']:.2f} ps)"
         ax.plot(r["time_ps"], 1000 * np.asarray(r["max_force_std_eV_A"], dtype=float), lw=0.8, color=colour,
                 label=label)
         if r.get("break_ps") is not None:
@@ -175,13 +180,14 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
             ax.text(r["break_ps"], 0.02, " bond break", color=colour, rotation=90, va="bottom", fontsize=8,
                     transform=ax.get_xaxis_transform())
         if r.get("first_crossing_ps") is not None:
-            ax.plot([r["first_crossing_ps"]], [1000 * summary["threshold_eV_A"]], "v", color=colour, ms=8)
+            ax.plot([r["first_crossing_ps"]], [1000 * summary["threshold_eV_A"]], "v", color=colour, ms=8,
+                    label=f"{model}: first frame above the threshold")
     ax.axhline(1000 * summary["threshold_eV_A"], color="k", ls="--", lw=1,
                label=f"threshold: max of the stable run(s), {1000 * summary['threshold_eV_A']:.0f} meV/Å")
     ax.set_yscale("log")
     ax.set_xlabel("time (ps), 500 K")
     ax.set_ylabel("largest per-atom force std (meV/Å)")
-    ax.set_title("rMD17 aspirin MD watched by a committee")
+    ax.set_title(f"rMD17 aspirin MD at 500 K, watched by {Path(summary['watcher']).name}")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
