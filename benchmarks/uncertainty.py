@@ -373,6 +373,8 @@ def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any
     kinds = {}
     for kind, r in results.items():
         entry = {key: r.get(key) for key in keys}
+        if entry["training_cpu_s"] is None:  # a result written before training CPU was recorded
+            entry["training_cpu_s"] = training_cpu_seconds(out / ("runs" if kind == "checkpoints" else "heads/runs"))
         entry["inference_cpu_s_per_frame"] = per_frame[kind]
         eval_frames = r["test_frames"] + VALID_FRAMES
         entry["train_plus_evaluation_cpu_s"] = (entry["training_cpu_s"] or float("nan")) + eval_frames * per_frame[kind]
