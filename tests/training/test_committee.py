@@ -49,7 +49,8 @@ def test_committee_members_differ_by_seed_and_the_committee_loads(tmp_path, caps
 def test_rerunning_resumes_unfinished_members_and_skips_finished_ones(tmp_path, capsys):
     out = tmp_path / "committee"
     assert finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints")[0] == 0
-    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", steps=6)  # a longer run: both resume
+    # a longer run: both resume
+    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", steps=6)
     assert code == 0 and stdout.count("resumed from") == 2
     steps = [read_checkpoint(out / f"member_{k}" / "last.pt")["training_state"]["step"] for k in range(2)]
     assert steps == [6, 6]
