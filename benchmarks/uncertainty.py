@@ -2,6 +2,8 @@
 
     python -m benchmarks.uncertainty                 # train the committee (resumes), then evaluate
     python -m benchmarks.uncertainty --quick         # CI: 2 members, a few steps, 20 test frames
+    python -m benchmarks.uncertainty --kind heads    # one checkpoint with 4 heads -> results/uncertainty/heads/
+    python -m benchmarks.uncertainty --compare       # the two kinds: calibration against CPU cost
 
 Protocol (sized for a small shared CPU): a committee of 4 members fine-tuned from the bundled
 ``pretrained`` checkpoint on the first 50 frames of the rMD17 aspirin ``train_01`` split, with
@@ -33,6 +35,7 @@ also to ``docs/img/uncertainty.png``).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -45,7 +48,7 @@ from forcefield_et.data import ConformationSet, read_rmd17
 from forcefield_et.inference import Evaluator
 from forcefield_et.registry import load_committee
 from forcefield_et.training import config_from_dict
-from forcefield_et.training.committee import train_committee
+from forcefield_et.training.committee import train_committee, train_head_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
@@ -162,16 +165,18 @@ def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: 
 
 
 def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
-             max_other_frames: int | None = None) -> Dict[str, Any]:
+             max_other_frames: int | None = None, with_ood: bool = True) -> Dict[str, Any]:
     """Evaluate the committee (see the module docstring); ``max_other_frames`` limits the
-    validation and high-temperature frames (for a quick check)."""
+    validation and high-temperature frames (for a quick check); ``with_ood=False`` skips the
+    out-of-distribution frames."""
     committee = load_committee(committee_dir, dtype="float32")
     train_file = data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
     valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
     test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz")
     test = test.subset(np.arange(0, len(test), test_stride))
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
+    in_distribution_cpu = time.process_time() - start_cpu
 
     # calibration factor on validation frames: per-component sigma = std / sqrt(3), scaled so that
     # the mean squared standardised error is 1
@@ -191,13 +196,13 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
 
     ood: Dict[str, Any] = {}
     ood_std: Dict[str, np.ndarray] = {"test (rMD17, DFT-labelled)": frame_std_max}
-    for k, sigma_a in enumerate(DISPLACEMENTS_A):
+    for k, sigma_a in enumerate(DISPLACEMENTS_A if with_ood else ()):
         moved = displaced(test, sigma_a, seed=k)
         pred = predict_committee(committee, moved)
         frame_max = frame_reduce(pred["forces_std"], moved.n_atoms, "max")
         ood[f"displaced_{sigma_a:g}A"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
         ood_std[f"test + N(0, {sigma_a:g} Å) displacements"] = frame_max
-    hot = hot_frames(data_root)
+    hot = hot_frames(data_root) if with_ood else None
     if hot is not None and max_other_frames is not None:
         hot = hot.subset(np.arange(min(len(hot), max_other_frames)))
     if hot is not None and len(hot):
@@ -207,14 +212,20 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         ood_std["GFN2-xTB MD, 500-1000 K"] = frame_max
     eval_seconds = time.perf_counter() - start
 
-    members = committee.metadata["committee"]
+    members = committee.metadata.get("committee")
+    kind = "checkpoints" if isinstance(members, list) else "heads"
+    first = members[0] if kind == "checkpoints" else committee.metadata
+    valid_mae = ([m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members] if kind == "checkpoints"
+                 else [first.get("validation", {}).get(f"{MOLECULE}/force_mae_meV_A")])
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
         "molecule": MOLECULE,
+        "committee_kind": kind,
         "members": len(committee),
-        "n_train": int(members[0]["training"]["sources"][0]["frames"]),
-        "steps": int(members[0]["training"]["config"]["optim"]["max_steps"]),
-        "member_valid_force_mae_meV_A": [m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members],
+        "n_train": int(first["training"]["sources"][0]["frames"]),
+        "steps": int(first["training"]["config"]["optim"]["max_steps"]),
+        "trained_steps": int(first["training"].get("step", first["training"]["config"]["optim"]["max_steps"])),
+        "member_valid_force_mae_meV_A": valid_mae,
         "test_frames": len(test),
         "test_force_mae_meV_A": {"committee_mean": 1000 * float(np.mean(np.abs(error_vectors))),
                                  "members": member_mae},
@@ -231,6 +242,8 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         "test_frame_max_std_meV_A_median": 1000 * float(np.median(frame_std_max)),
         "out_of_distribution": ood,
         "evaluation_wall_s": eval_seconds,
+        "evaluation_cpu_s_validation_and_test": in_distribution_cpu,
+        "training_cpu_s": training_cpu_seconds(committee_dir),
         "machine": machine_info(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -279,6 +292,135 @@ def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, obs
     plt.close(fig)
 
 
+def training_cpu_seconds(committee_dir: Path) -> float | None:
+    """CPU seconds the committee's training used (the last ``cpu_hours`` of each run's metrics.csv:
+    the member runs of a checkpoint committee, or the one run of a heads committee)."""
+    import csv
+
+    total, found = 0.0, False
+    for metrics in sorted(committee_dir.glob("member_*/metrics.csv")) or [committee_dir / "metrics.csv"]:
+        if not metrics.is_file():
+            continue
+        rows = [r for r in csv.DictReader(metrics.open()) if r.get("cpu_hours")]
+        if rows:
+            total, found = total + 3600 * float(rows[-1]["cpu_hours"]), True
+    return total if found else None
+
+
+def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet, rounds: int = 3) -> Dict[str, float]:
+    """CPU seconds per frame of one committee call, for the two committees, timed alternately in one
+    process on the same frames (single frames, as MD calls them), median over ``rounds``."""
+    times: Dict[str, List[float]] = {"checkpoints": [], "heads": [], "single": []}
+    single = checkpoints.members[0]
+    models = {"checkpoints": checkpoints, "heads": heads, "single": single}
+    frames = [data.subset(np.array([i])) for i in range(len(data))]
+    for model in models.values():  # warm-up
+        predict_committee(model, frames[0]) if model is not single else single(
+            torch.as_tensor(frames[0].z), torch.as_tensor(frames[0].pos, dtype=torch.float32))
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.process_time()
+            for frame in frames:
+                z, pos = torch.as_tensor(frame.z), torch.as_tensor(frame.pos, dtype=torch.float32)
+                model(z, pos)
+            times[name].append((time.process_time() - start) / len(frames))
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def time_inference(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
+    """``--time-inference``: CPU per frame of the heads committee in ``<out>/heads/runs`` and of the
+    checkpoint committee in ``<out>/runs`` (see :func:`compare_kinds`), written to
+    ``<out>/heads/inference_timing.json``. The cost does not depend on the weights, so it can run
+    while the heads are still training (on their latest ``best.pt``)."""
+    from forcefield_et.model import Committee
+    from forcefield_et.registry import load_model
+
+    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").subset(np.arange(frames))
+    heads_dir = out / "heads" / "runs"
+    heads = load_committee(heads_dir, dtype="float32") if (heads_dir / "committee.json").is_file() else \
+        load_model(heads_dir / "best.pt")
+    try:
+        checkpoints = load_committee(out / "runs", dtype="float32")
+        timed_with = "the member checkpoints"
+    except Exception:  # noqa: BLE001 -- member weights are not kept in the repository
+        k = len(json.loads((out / "runs" / "committee.json").read_text())["members"]) \
+            if (out / "runs" / "committee.json").is_file() else 4
+        checkpoints = Committee([load_model("pretrained") for _ in range(max(k, 2))])
+        timed_with = f"{len(checkpoints)} copies of the bundled pretrained model (the members' architecture)"
+    timing = {"frames": frames, "cpu_s_per_frame": inference_cpu_per_frame(checkpoints, heads, test),
+              "checkpoint_committee_timed_with": timed_with, "machine": machine_info()}
+    write_json_atomic(out / "heads" / "inference_timing.json", timing)
+    return timing
+
+
+def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
+    """``--compare``: the checkpoint committee (``<out>/uncertainty.json``) against the heads committee
+    (``<out>/heads/uncertainty.json``): calibration, training CPU and inference CPU per frame
+    (timed here, alternately, on ``frames`` test frames; the checkpoint committee's cost does not
+    depend on its weights, so when its member checkpoints are absent it is timed with copies of the
+    bundled ``pretrained`` model, the members' architecture). Writes ``committee_kinds.json`` and
+    ``committee_kinds.png``."""
+    results = {kind: json.loads(path.read_text()) for kind, path in
+               (("checkpoints", out / "uncertainty.json"), ("heads", out / "heads" / "uncertainty.json"))}
+    timing_path = out / "heads" / "inference_timing.json"
+    if not timing_path.is_file():
+        time_inference(out, data_root, frames)
+    timing = json.loads(timing_path.read_text())
+    per_frame, timed_with = timing["cpu_s_per_frame"], timing["checkpoint_committee_timed_with"]
+    keys = ("spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse", "spearman_frame_max_std_vs_max_error",
+            "miscalibration_area", "miscalibration_area_scaled", "validation_std_scale",
+            "fraction_inside_95pct_interval", "fraction_inside_95pct_interval_scaled", "median_atom_std_meV_A",
+            "median_atom_error_meV_A", "test_force_mae_meV_A", "training_cpu_s", "test_frames", "members", "steps",
+            "n_train")
+    kinds = {}
+    for kind, r in results.items():
+        entry = {key: r.get(key) for key in keys}
+        if entry["training_cpu_s"] is None:  # a result written before training CPU was recorded
+            entry["training_cpu_s"] = training_cpu_seconds(out / ("runs" if kind == "checkpoints" else "heads/runs"))
+        entry["inference_cpu_s_per_frame"] = per_frame[kind]
+        eval_frames = r["test_frames"] + VALID_FRAMES
+        entry["train_plus_evaluation_cpu_s"] = (entry["training_cpu_s"] or float("nan")) + eval_frames * per_frame[kind]
+        kinds[kind] = entry
+    summary = {
+        "command": "python -m benchmarks.uncertainty --compare",
+        "inference_timing": {"frames": frames, "single_model_cpu_s_per_frame": per_frame["single"],
+                             "checkpoint_committee_timed_with": timed_with,
+                             "note": "one aspirin frame per call, 1 thread, eager float32, median of 3 rounds"},
+        "train_plus_evaluation": "training CPU + (test + validation frames) x inference CPU per frame",
+        "kinds": kinds,
+        "machine": machine_info(),
+    }
+    write_json_atomic(out / "committee_kinds.json", summary)
+    plot_kinds(kinds, out / "committee_kinds.png")
+    return summary
+
+
+def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(kinds)
+    labels = [f"{kinds[n]['members']} {n}" for n in names]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    panels = [("spearman_atom_std_vs_error", "Spearman, per-atom std vs error"),
+              ("miscalibration_area", "miscalibration area (raw std)"),
+              ("training_cpu_s", "training CPU (s)"),
+              ("inference_cpu_s_per_frame", "inference CPU per frame (s)")]
+    for ax, (key, title) in zip(axes, panels):
+        values = [kinds[n][key] or 0.0 for n in names]
+        ax.bar(labels, values, color=["C0", "C1"][: len(names)])
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("committee of checkpoints vs one checkpoint with heads (rMD17 aspirin, 50 training frames)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=4)
@@ -287,21 +429,42 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--test-stride", type=int, default=5, help="every k-th test_01 frame (5: 200 frames)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--kind", choices=["checkpoints", "heads"], default="checkpoints",
+                        help="committee kind: K checkpoints (seeds 0..K-1), or one checkpoint with K heads "
+                        "(forcefield-et finetune --committee-kind heads); heads results go to <out>/heads/")
+    parser.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution frames")
     parser.add_argument("--quick", action="store_true",
                         help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare the finished checkpoint and heads results in --out (no training)")
+    parser.add_argument("--time-inference", action="store_true",
+                        help="time one call of each committee kind (writes <out>/heads/inference_timing.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.time_inference:
+        print(json.dumps(time_inference(args.out, args.data_root), indent=2))
+        return
+    if args.compare:
+        summary = compare_kinds(args.out, args.data_root)
+        print(json.dumps(summary["kinds"], indent=2))
+        return
     if args.quick:
         args.members, args.steps, args.test_stride = 2, 4, 50
     if not (args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz").is_file():
         raise SystemExit(f"benchmarks.uncertainty: rMD17 not found under {args.data_root}")
+    if args.kind == "heads":
+        args.out = args.out / "heads"
     committee_dir = args.out / "runs"
     config = committee_config(committee_dir, args.n_train, args.steps, args.data_root)
     start = time.process_time()
-    train_committee(config, args.members, progress=False)
+    if args.kind == "heads":
+        train_head_committee(config, args.members, progress=False)
+    else:
+        train_committee(config, args.members, progress=False)
     print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
-    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None)
-    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
+    summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None,
+                       with_ood=not args.no_ood)
+    if args.kind == "checkpoints" and args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
         shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
     keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
             "miscalibration_area", "validation_std_scale", "miscalibration_area_scaled", "out_of_distribution")

@@ -213,9 +213,18 @@ def _finetune_committee(args: argparse.Namespace, config) -> int:
     """``finetune --committee K``: K members into ``--out/member_<k>/`` and ``--out/committee.json``
     (rerunning resumes unfinished members and skips finished ones)."""
     from .registry import COMMITTEE_FILE
-    from .training.committee import train_committee
+    from .training.committee import train_committee, train_head_committee
 
     out = Path(args.out)
+    if args.committee_kind == "heads":  # one run of K heads on a shared representation in --out
+        existing = "require" if args.resume else "overwrite" if args.overwrite else "resume"
+        if existing != "overwrite" and any(out.glob("member_*/last.pt")):
+            raise ValueError(f"{out} holds a committee of checkpoints; choose another --out for a heads committee")
+        result = train_head_committee(config, args.committee, progress=not args.no_progress, existing=existing)
+        print(json.dumps(result, indent=2))
+        if args.test:
+            _test_best(config, args.test, out)
+        return 0
     if (out / "last.pt").exists() or (out / "best.pt").exists():
         raise ValueError(f"{out} holds a single training run, not a committee; choose another --out")
     if args.resume and not any(out.glob("member_*/last.pt")):
@@ -724,10 +733,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the batches, noise and initial weights",
     )
     p.add_argument(
-        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (seeds "
-        "SEED..SEED+K-1, the same validation frames) one after another into --out/member_<k>/ and list them in "
-        "--out/committee.json, which ETCalculator and md --model accept; rerunning resumes unfinished members and "
-        "skips finished ones"
+        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (see "
+        "--committee-kind) and list it in --out/committee.json, which ETCalculator, md --model and select accept; "
+        "rerunning resumes an unfinished committee; with --committee-kind checkpoints the members (seeds "
+        "SEED..SEED+K-1, the same validation frames) train one after another into --out/member_<k>/ and finished "
+        "ones are skipped"
+    )
+    p.add_argument(
+        "--committee-kind", choices=["heads", "checkpoints"], default="heads",
+        help="with --committee: 'heads' (the default) trains one model with K energy heads on a shared "
+        "representation into --out (each head on its own bootstrap resample; about the training cost of one "
+        "model, inference 1 forward + K backward passes); 'checkpoints' trains K separate models into "
+        "--out/member_<k>/ (K times the cost of one, to train and to evaluate)",
     )
     p.add_argument("--threads", type=threads_arg, default=optim.threads, help=THREADS_HELP)
     p.add_argument("--device", type=device_arg, default=optim.device, help=DEVICE_HELP)

@@ -70,7 +70,12 @@ def load_model(
     check_model_entries(meta, payload["state_dict"], path)
     hyper = meta["hyperparameters"]
     try:
-        model = Potential(**hyper)
+        if meta.get("committee_heads"):  # K energy heads on one representation (finetune --committee-kind heads)
+            from .model.head_committee import HeadCommittee
+
+            model = HeadCommittee(int(meta["committee_heads"]), **hyper)
+        else:
+            model = Potential(**hyper)
         model.load_state_dict(payload["state_dict"])
     except (TypeError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: weights do not match the stored hyperparameters ({error})") from error
@@ -181,7 +186,9 @@ def load_committee(
     dtype: Union[str, torch.dtype] = "float32",
 ) -> torch.nn.Module:
     """Load a :class:`~forcefield_et.model.committee.Committee` from a committee directory or
-    ``committee.json``, or from a list of checkpoint paths / bundled names."""
+    ``committee.json``, or from a list of checkpoint paths / bundled names. A committee of one
+    heads checkpoint (:class:`~forcefield_et.model.HeadCommittee`, ``finetune --committee-kind
+    heads``) loads as that checkpoint."""
     from .model.committee import Committee
 
     if isinstance(members, (str, os.PathLike)):
@@ -191,7 +198,13 @@ def load_committee(
         source: str | None = str(members)
     else:
         paths, source = list(members), None
-    committee = Committee([load_model(p, device=device, dtype=dtype) for p in paths])
+    models = [load_model(p, device=device, dtype=dtype) for p in paths]
+    if len(models) == 1 and isinstance(models[0], Committee):
+        models[0].source = source
+        return models[0]
+    if any(isinstance(m, Committee) for m in models):
+        raise CheckpointError("a heads committee checkpoint cannot be a member of another committee")
+    committee = Committee(models)
     committee.source = source
     return committee
 

@@ -1,5 +1,6 @@
-"""Training a committee: K runs of one configuration that differ only in their seed.
+"""Training a committee, of one of two kinds.
 
+**checkpoints** (the default): K runs of one configuration that differ only in their seed.
 ``forcefield-et finetune --committee K --out DIR`` trains the members one after another into
 ordinary run directories ``DIR/member_<k>/``. Member ``k`` uses ``seed + k`` for its batch order,
 noise and any newly initialised weights; every member uses ``seed`` for the train/validation carve
@@ -7,6 +8,17 @@ noise and any newly initialised weights; every member uses ``seed`` for the trai
 the same command resumes an interrupted member and skips finished ones. When every member is
 finished, ``DIR/committee.json`` lists their ``best.pt`` files; :class:`~forcefield_et.ETCalculator`
 and ``forcefield-et md --model`` accept ``DIR`` or ``DIR/committee.json``.
+
+**heads** (``--committee-kind heads``, :func:`train_head_committee`): one run in ``DIR`` of a
+:class:`~forcefield_et.model.HeadCommittee`, K energy heads on one shared representation. The K
+heads start from the initial model's energy head with independent noise (``head_noise`` times each
+weight tensor's standard deviation, seeded by ``seed`` and the head index); head k draws its
+frames from its own bootstrap resample of each source (drawn with replacement, seed ``seed + k``)
+in its own order, ``max(1, batch_size // K)`` frames a step, and only its own frames train it,
+while the representation learns from all K heads' frames. One step costs what one model's step on
+``K * max(1, batch_size // K)`` frames costs, so a heads committee trains at the cost of one model;
+validation, ``best.pt`` and the EMA use the heads' mean. ``DIR/committee.json`` (kind ``heads``)
+names ``best.pt``; the checkpoint alone is a committee as well.
 """
 
 from __future__ import annotations
@@ -15,10 +27,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+import numpy as np
+import torch
+
 from ..checkpoint import read_checkpoint
 from ..registry import COMMITTEE_FILE, write_committee_file
+from .batching import MixedBatchSampler, batch_shares, build_batch
 from .config import TrainConfig
-from .trainer import _differences, config_fingerprint, train
+from .objectives import prepare_equilibrium
+from .trainer import Trainer, _differences, config_fingerprint, train
+
+COMMITTEE_KINDS = ("heads", "checkpoints")
+DEFAULT_HEAD_NOISE = 0.1
 
 MEMBER_PREFIX = "member_"
 
@@ -99,4 +119,92 @@ def train_committee(
     return {"path": str(path), "members": members}
 
 
-__all__ = ["COMMITTEE_FILE", "member_config", "member_dir", "member_finished", "train_committee"]
+class HeadCommitteeTrainer(Trainer):
+    """A :class:`~forcefield_et.training.Trainer` of a :class:`~forcefield_et.model.HeadCommittee`
+    with ``n_heads`` heads (see the module docstring for the recipe)."""
+
+    def __init__(self, config: TrainConfig, n_heads: int, head_noise: float = DEFAULT_HEAD_NOISE,
+                 progress: bool = True, existing: str = "resume") -> None:
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 2:
+            raise ValueError(f"a committee needs at least 2 members, got {n_heads!r}")
+        if not head_noise >= 0:
+            raise ValueError(f"head_noise must be >= 0, got {head_noise!r}")
+        self.n_heads, self.head_noise = n_heads, float(head_noise)
+        super().__init__(config, progress=progress, existing=existing)
+        if self.world_size > 1:
+            raise ValueError("a heads committee trains in one process (no --workers)")
+        per_head = max(1, config.optim.batch_size // n_heads)
+        shares = batch_shares([s.ratio for s in self.sources], per_head)
+        sizes = [len(s.data) for s in self.sources]
+        self.head_samplers = [MixedBatchSampler(sizes, shares, config.seed + k) for k in range(n_heads)]
+        self.bootstrap = [
+            [np.random.default_rng([config.seed + k, s, 7919]).integers(0, size, size) for s, size in enumerate(sizes)]
+            for k in range(n_heads)
+        ]
+
+    def _build_model(self) -> None:
+        from ..model.head_committee import HeadCommittee
+
+        super()._build_model()
+        self.model = HeadCommittee.from_potential(self.model, self.n_heads, self.head_noise, seed=self.config.seed)
+        self.model.train()
+
+    def _metadata(self, extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
+        meta = super()._metadata(extra)
+        meta["committee_heads"] = self.n_heads
+        meta["committee"] = {"kind": "heads", "heads": self.n_heads, "head_noise": self.head_noise,
+                             "frames_per_head_and_step": max(1, self.config.optim.batch_size // self.n_heads),
+                             "bootstrap": True}
+        return meta
+
+    def resume(self) -> bool:
+        path = self.run_dir / "last.pt"
+        if path.exists():
+            stored = read_checkpoint(path)["metadata"].get("committee_heads")
+            if stored != self.n_heads:
+                raise ValueError(f"{path} holds a run with committee_heads={stored!r}, not {self.n_heads}; "
+                                 "choose another --out or --overwrite")
+        return super().resume()
+
+    def _local_batch(self, step: int) -> Dict[str, torch.Tensor]:
+        picks: List[List[np.ndarray]] = [[] for _ in self.sources]
+        heads: List[List[int]] = [[] for _ in self.sources]
+        for k, sampler in enumerate(self.head_samplers):
+            for s, frames in enumerate(sampler.frames(step)):
+                picks[s].append(self.bootstrap[k][s][frames])
+                heads[s].extend([k] * len(frames))
+        batch = build_batch(self.tensors, self.sources, [np.concatenate(p) for p in picks])
+        self.model.structure_heads = torch.tensor([k for h in heads for k in h], dtype=torch.long)
+        seed = int(np.random.SeedSequence([self.config.seed, step, self.rank]).generate_state(1, np.uint64)[0] >> 1)
+        prepare_equilibrium(batch, self.config.objectives, torch.Generator().manual_seed(seed))
+        return batch
+
+
+def train_head_committee(
+    config: TrainConfig,
+    size: int,
+    head_noise: float = DEFAULT_HEAD_NOISE,
+    progress: bool = True,
+    existing: str = "resume",
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """Train a heads committee of ``size`` heads into ``config.run_dir`` (see the module docstring)
+    and write ``<run_dir>/committee.json`` (kind ``heads``). Returns the committee file's content
+    with the last validation."""
+    log(f"heads committee: {size} heads on one representation -> {config.run_dir}")
+    if config.optim.compile:  # the heads committee trains eagerly
+        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, compile=False))
+    trainer = HeadCommitteeTrainer(config, size, head_noise, progress=progress, existing=existing)
+    try:
+        trainer.run()
+    finally:
+        trainer.release()
+    validation = read_checkpoint(Path(config.run_dir) / "best.pt")["metadata"].get("validation") or {}
+    path = write_committee_file(config.run_dir, ["best.pt"], extra={"kind": "heads", "heads": size,
+                                                                    "validation": validation})
+    log(f"wrote {path} ({size} heads)")
+    return {"path": str(path), "kind": "heads", "heads": size, "validation": validation}
+
+
+__all__ = ["COMMITTEE_FILE", "COMMITTEE_KINDS", "HeadCommitteeTrainer", "member_config", "member_dir",
+           "member_finished", "train_committee", "train_head_committee"]

@@ -30,7 +30,7 @@ def finetune(out, capsys, *extra, steps=4):
 
 def test_committee_members_differ_by_seed_and_the_committee_loads(tmp_path, capsys):
     out = tmp_path / "committee"
-    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--seed", "3")
+    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", "--seed", "3")
     assert code == 0
     listing = json.loads((out / "committee.json").read_text())
     assert listing["members"] == ["member_0/best.pt", "member_1/best.pt"]
@@ -48,15 +48,16 @@ def test_committee_members_differ_by_seed_and_the_committee_loads(tmp_path, caps
 
 def test_rerunning_resumes_unfinished_members_and_skips_finished_ones(tmp_path, capsys):
     out = tmp_path / "committee"
-    assert finetune(out, capsys, "--committee", "2")[0] == 0
-    code, stdout, _ = finetune(out, capsys, "--committee", "2", steps=6)  # a longer run: both resume
+    assert finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints")[0] == 0
+    # a longer run: both resume
+    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", steps=6)
     assert code == 0 and stdout.count("resumed from") == 2
     steps = [read_checkpoint(out / f"member_{k}" / "last.pt")["training_state"]["step"] for k in range(2)]
     assert steps == [6, 6]
-    code, stdout, _ = finetune(out, capsys, "--committee", "2", steps=6)
+    code, stdout, _ = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", steps=6)
     assert code == 0 and stdout.count("is finished; skipped") == 2 and "resumed from" not in stdout
     # a finished committee is not reused for other settings: the first member's run says what differs
-    code, _, err = finetune(out, capsys, "--committee", "2", "--lr", "1e-3", steps=6)
+    code, _, err = finetune(out, capsys, "--committee", "2", "--committee-kind", "checkpoints", "--lr", "1e-3", steps=6)
     assert code == 2 and "another configuration" in err and "optim.lr" in err
 
 
@@ -65,7 +66,7 @@ def test_committee_arguments_are_checked(tmp_path, capsys):
     assert code == 2 and "at least 2 members" in err
     single = tmp_path / "single"
     assert finetune(single, capsys)[0] == 0
-    code, _, err = finetune(single, capsys, "--committee", "2")
+    code, _, err = finetune(single, capsys, "--committee", "2", "--committee-kind", "checkpoints")
     assert code == 2 and "holds a single training run" in err
 
 
@@ -97,3 +98,21 @@ def test_member_config_names_the_run_directory_and_seed(tmp_path, index):
     member = member_config(config, index)
     assert member.run_dir == str(tmp_path / "c" / f"member_{index}")
     assert member.seed == config.seed + index and member.split_seed == config.seed
+
+
+def test_heads_committee_trains_one_run_with_k_heads(tmp_path, capsys):
+    out = tmp_path / "heads"
+    code, stdout, _ = finetune(out, capsys, "--committee", "3", "--committee-kind", "heads")
+    assert code == 0
+    listing = json.loads((out / "committee.json").read_text())
+    assert listing["kind"] == "heads" and listing["members"] == ["best.pt"]
+    model = load_model(out / "best.pt")
+    assert len(model) == 3 and model.metadata["committee"]["kind"] == "heads"
+    heads = model.all_heads()
+    assert not torch.equal(heads[0].mlp[2].weight, heads[1].mlp[2].weight)
+    atoms = read_ethanol()
+    atoms.calc = ETCalculator(out, device="cpu", dtype="float64")
+    atoms.get_forces()
+    assert atoms.calc.results["forces_std"].shape == (9,) and atoms.calc.results["forces_std"].max() > 0
+    code, _, _ = finetune(out, capsys, "--committee", "3", "--committee-kind", "heads")  # finished: resumes, no error
+    assert code == 0

@@ -1,0 +1,198 @@
+"""Does a committee's force spread warn before an MD run breaks a bond? Lead time on rMD17 aspirin.
+
+    python -m benchmarks.md_stability --molecules aspirin --models et-pretrained-finetuned s50 \\
+        --model-path s50=runs/finetune_converged/aspirin-50-scratch/best.pt --time-ps 10 --save-every 20 \\
+        --out runs/md_warning/out --work runs/md_warning/work
+    python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \\
+        --stable et-pretrained-finetuned --collapsing s50 \\
+        --watcher benchmarks/results/uncertainty/heads/runs
+
+Protocol: the MD-stability runs (:mod:`benchmarks.md_stability`: 500 K Nosé-Hoover chain, 0.5 fs,
+collapse = the first saved frame with a bond more than 0.5 Å from its reference length) are driven
+by one model each; a committee that does not drive them (``--watcher``) is evaluated afterwards on
+every saved frame (the watcher does not change the dynamics, so this equals watching online, e.g.
+with ``forcefield-et md --max-force-std`` or ``ForceStdReporter``). Per frame: the largest per-atom
+force std of the watcher (eV/Å). Threshold: the largest value reached on any frame of the stable
+runs (``--stable``, runs that did not collapse). For each collapsing run (``--collapsing``): the first
+saved frame before the break whose value exceeds the threshold, and the lead time = break time -
+that frame's time (ps). A run still in progress is read from its resumable state (marked partial).
+
+Writes ``md_warning.json`` and ``md_warning.png`` to ``--out`` (default
+``benchmarks/results/md_warning/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.data import ConformationSet
+from forcefield_et.registry import load_committee
+
+from .io import write_json_atomic
+from .machine import machine_info
+from .uncertainty import frame_reduce, predict_committee
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "md_warning"
+MOLECULE = "aspirin"
+
+
+def load_run(runs: Path, work: Path, model: str) -> Dict[str, Any]:
+    """Saved frames [T, N, 3], times (ps), the collapse time (or None), and whether the run is finished."""
+    name = f"{MOLECULE}__{model}"
+    result_path = runs / "runs" / name / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    trajectory, state = work / name / "trajectory.npz", work / name / "state.npz"
+    if result is not None and trajectory.is_file():
+        data = np.load(trajectory)
+        frames, numbers = data["positions"], data["numbers"]
+        times = data["time_ps"]
+    elif state.is_file():  # in progress: the frames of the last state checkpoint
+        return {"frames": np.load(state)["frames"], "numbers": None, "times": None, "result": None,
+                "partial": True, "name": name}
+    else:
+        raise FileNotFoundError(f"no trajectory or state for {name} under {work}")
+    return {"frames": frames, "numbers": numbers, "times": times, "result": result, "partial": False, "name": name}
+
+
+def watch(committee: Any, frames: np.ndarray, numbers: np.ndarray, stride: int) -> np.ndarray:
+    """The largest per-atom force std (eV/Å) of every ``stride``-th frame (finite frames only; NaN otherwise)."""
+    picks = np.arange(0, len(frames), stride)
+    out = np.full(len(picks), np.nan)
+    ok = [i for i, f in enumerate(picks) if np.isfinite(frames[f]).all()]
+    if ok:
+        chosen = frames[picks[ok]].astype(np.float64)
+        n = len(numbers)
+        data = ConformationSet(z=np.tile(numbers, len(chosen)).astype(np.int64), pos=chosen.reshape(-1, 3),
+                               n_atoms=np.full(len(chosen), n, dtype=np.int64))
+        std = predict_committee(committee, data)["forces_std"]
+        out[ok] = frame_reduce(std, data.n_atoms, "max")
+    return out
+
+
+def lead_times(runs: Dict[str, Dict[str, Any]]) -> float:
+    """Threshold = the largest ``max_force_std_eV_A`` of the runs with role 'stable'; adds to every
+    'collapsing' run ``first_crossing_ps`` (the first ``time_ps`` above the threshold, or None),
+    ``lead_time_ps`` (``break_ps`` minus it, or None) and ``frames_above_threshold``. Returns the threshold."""
+    stable_max = [np.nanmax(r["max_force_std_eV_A"]) for r in runs.values() if r["role"] == "stable"]
+    if not stable_max:
+        raise ValueError("lead times need at least one stable run")
+    threshold = float(max(stable_max))
+    for r in runs.values():
+        if r["role"] != "collapsing":
+            continue
+        std, times = np.asarray(r["max_force_std_eV_A"], dtype=float), np.asarray(r["time_ps"], dtype=float)
+        above = np.flatnonzero(std > threshold)
+        r["first_crossing_ps"] = float(times[above[0]]) if len(above) else None
+        r["lead_time_ps"] = (r["break_ps"] - r["first_crossing_ps"]
+                             if r.get("break_ps") is not None and r["first_crossing_ps"] is not None else None)
+        r["frames_above_threshold"] = int(len(above))
+    return threshold
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="md_stability --out folder")
+    parser.add_argument("--work", type=Path, required=True, help="md_stability --work folder")
+    parser.add_argument("--stable", nargs="+", required=True, help="model names of the stable runs")
+    parser.add_argument("--collapsing", nargs="+", required=True, help="model names of the collapsing runs")
+    parser.add_argument("--watcher", required=True, help="committee: directory, committee.json or checkpoints")
+    parser.add_argument("--save-interval-ps", type=float, default=0.01,
+                        help="time between saved frames (md_stability --save-every x --timestep)")
+    parser.add_argument("--stride", type=int, default=1, help="watch every k-th saved frame")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    committee = load_committee(args.watcher.split(",") if "," in args.watcher else args.watcher, dtype="float32")
+    numbers = None
+    start_cpu = time.process_time()
+    runs: Dict[str, Dict[str, Any]] = {}
+    for role, names in (("stable", args.stable), ("collapsing", args.collapsing)):
+        for model in names:
+            run = load_run(args.runs, args.work, model)
+            if run["numbers"] is None:
+                if numbers is None:
+                    from forcefield_et.data import read_rmd17
+
+                    test = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
+                    numbers = read_rmd17(test / f"rmd17_{MOLECULE}_test_01.npz").z[:21]
+                run["numbers"] = numbers
+            numbers = run["numbers"] if numbers is None else numbers
+            frames = run["frames"]
+            times = (np.arange(len(frames)) * args.save_interval_ps if run["times"] is None
+                     else np.asarray(run["times"]))
+            result = run["result"] or {}
+            collapsed = bool(result.get("collapsed")) if result else False
+            break_ps = float(result["stability_ps"]) if collapsed else None
+            if collapsed:  # frames strictly before the break
+                keep = times < break_ps - 1e-9
+                frames, times = frames[keep], times[keep]
+            std = watch(committee, frames, run["numbers"], args.stride)
+            runs[model] = {"role": role, "partial": run["partial"], "collapsed": collapsed, "break_ps": break_ps,
+                           "simulated_ps": float(times[-1]) if len(times) else 0.0,
+                           "collapse_reason": result.get("collapse_reason") or result.get("reason"),
+                           "time_ps": times[:: args.stride].round(4).tolist(),
+                           "max_force_std_eV_A": std.round(5).tolist()}
+    threshold = lead_times(runs)
+    summary = {
+        "protocol": __doc__.split("Writes")[0].strip(),
+        "watcher": str(args.watcher),
+        "threshold_eV_A": threshold,
+        "stable_runs_length_ps": {m: r["simulated_ps"] for m, r in runs.items() if r["role"] == "stable"},
+        "runs": runs,
+        "watch_cpu_s": time.process_time() - start_cpu,
+        "machine": machine_info(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "md_warning.json", summary)
+    plot(summary, args.out / "md_warning.png")
+    for model, r in runs.items():
+        print(f"{model} ({r['role']}): max std {np.nanmax(r['max_force_std_eV_A']):.3f} eV/Å over "
+              f"{r['simulated_ps']:.2f} ps; break {r['break_ps']}; lead {r.get('lead_time_ps')}")
+    print(f"threshold {threshold:.3f} eV/Å")
+
+
+def plot(summary: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for k, (model, r) in enumerate(summary["runs"].items()):
+        colour = f"C{k}"
+        if r["role"] == "stable":
+            label = f"{model} (stable, driver)"
+        elif r.get("break_ps") is not None:
+            label = f"{model} (driver; bond breaks at {r['break_ps']:.2f} ps)"
+        else:
+            label = f"{model} (driver; no bond break within {r['simulated_ps']:.2f} ps)"
+        ax.plot(r["time_ps"], 1000 * np.asarray(r["max_force_std_eV_A"], dtype=float), lw=0.8, color=colour,
+                label=label)
+        if r.get("break_ps") is not None:
+            ax.axvline(r["break_ps"], color=colour, ls=":", lw=1.2)
+            ax.text(r["break_ps"], 0.02, " bond break", color=colour, rotation=90, va="bottom", fontsize=8,
+                    transform=ax.get_xaxis_transform())
+        if r.get("first_crossing_ps") is not None:
+            ax.plot([r["first_crossing_ps"]], [1000 * summary["threshold_eV_A"]], "v", color=colour, ms=8,
+                    label=f"{model}: first frame above the threshold")
+    ax.axhline(1000 * summary["threshold_eV_A"], color="k", ls="--", lw=1,
+               label=f"threshold: max of the stable run(s), {1000 * summary['threshold_eV_A']:.0f} meV/Å")
+    ax.set_yscale("log")
+    ax.set_xlabel("time (ps), 500 K")
+    ax.set_ylabel("largest per-atom force std (meV/Å)")
+    ax.set_title(f"rMD17 aspirin MD at 500 K, watched by {Path(summary['watcher']).name}")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
