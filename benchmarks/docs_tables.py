@@ -407,7 +407,18 @@ def readme_results() -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_snippets() -> str:
+    """The README's examples as a user runs them, idle against busy cores (``benchmarks.readme_snippets``)."""
+    data = _json("readme_snippets.json")
+    lines = ["| README example | idle | other core busy | busy / idle |", "|---|---|---|---|"]
+    for name, row in data["blocks"].items():
+        wall = row["median_wall_s"]
+        lines.append(f"| {name} | {wall['idle']:.1f} s | {wall['busy']:.1f} s | {row['busy_over_idle']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: Dict[str, Callable[[], str]] = {
+    "readme_snippets": readme_snippets,
     "finetune_study": finetune_study,
     "finetune_study_summary": finetune_study_summary,
     "train_speed": train_speed,
