@@ -115,25 +115,8 @@ class HeadCommittee(Committee, Potential):
         self, z: Tensor, pos: Tensor, batch: Tensor, cell: Tensor | None, edge_index: Tensor, shifts: Tensor
     ) -> Dict[str, Tensor]:
         n_structures = int(batch.max()) + 1
-        if not pos.requires_grad:
-            pos = pos.detach().requires_grad_(True)
-        inputs: List[Tensor] = [pos]
-        positions = pos
-        if cell is not None:
-            strain = torch.zeros_like(cell).requires_grad_(True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = pos + torch.bmm(pos.unsqueeze(1), symmetric[batch]).squeeze(1)
-            cell = cell + torch.bmm(cell, symmetric)
-            inputs.append(strain)
-            edge_vectors = positions.index_select(0, edge_index[1]) - positions.index_select(0, edge_index[0])
-            edge_cells = cell.index_select(0, batch.index_select(0, edge_index[0]))
-            edge_vectors = edge_vectors + torch.bmm(shifts.unsqueeze(1), edge_cells).squeeze(1)
-        else:
-            edge_vectors = positions.index_select(0, edge_index[1]) - positions.index_select(0, edge_index[0])
-        if edge_vectors.shape[0] > 0:
-            if bool((edge_vectors.detach().pow(2).sum(-1) < self.min_distance * self.min_distance).any()):
-                raise ValueError("Potential: two atoms are at the same position (closer than 0.01 Å)")
-
+        inputs, edge_vectors, cell = self._differentiable_geometry(pos, batch, cell, edge_index, shifts)
+        pos = inputs[0]
         element = self.element_index[z]
         n_atoms = element.shape[0]
         references = torch.arange(len(self.elements), device=element.device)
