@@ -310,19 +310,20 @@ def training_cpu_seconds(committee_dir: Path) -> float | None:
 def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet, rounds: int = 3) -> Dict[str, float]:
     """CPU seconds per frame of one committee call, for the two committees, timed alternately in one
     process on the same frames (single frames, as MD calls them), median over ``rounds``."""
+    from forcefield_et.inference import Evaluator
+
     times: Dict[str, List[float]] = {"checkpoints": [], "heads": [], "single": []}
     single = checkpoints.members[0]
-    models = {"checkpoints": checkpoints, "heads": heads, "single": single}
+    evaluators = {name: Evaluator.wrap(model.eval()) for name, model in
+                  {"checkpoints": checkpoints, "heads": heads, "single": single}.items()}
     frames = [data.subset(np.array([i])) for i in range(len(data))]
-    for model in models.values():  # warm-up
-        predict_committee(model, frames[0]) if model is not single else single(
-            torch.as_tensor(frames[0].z), torch.as_tensor(frames[0].pos, dtype=torch.float32))
+    for evaluator in evaluators.values():  # warm-up
+        evaluator.evaluate(frames[0].z, frames[0].pos)
     for _ in range(rounds):
-        for name, model in models.items():
+        for name, evaluator in evaluators.items():
             start = time.process_time()
             for frame in frames:
-                z, pos = torch.as_tensor(frame.z), torch.as_tensor(frame.pos, dtype=torch.float32)
-                model(z, pos)
+                evaluator.evaluate(frame.z, frame.pos)
             times[name].append((time.process_time() - start) / len(frames))
     return {name: float(np.median(values)) for name, values in times.items()}
 
