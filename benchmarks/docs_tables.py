@@ -417,7 +417,133 @@ def readme_snippets() -> str:
     return "\n".join(lines) + "\n"
 
 
+def uncertainty_calibration() -> str:
+    """Calibration of the checkpoint committee on rMD17 aspirin (``benchmarks.uncertainty``)."""
+    d = _json("uncertainty/uncertainty.json")
+    members = d["test_force_mae_meV_A"]["members"]
+    atoms = d["test_frames"] * 21
+    rows = [
+        ("force MAE of the committee mean", f"{d['test_force_mae_meV_A']['committee_mean']:.1f} meV/Å "
+                                            f"(members {min(members):.1f}–{max(members):.1f})"),
+        ("median per-atom force error \\|F − F_DFT\\|", f"{d['median_atom_error_meV_A']:.0f} meV/Å"),
+        ("median per-atom predicted `forces_std`", f"{d['median_atom_std_meV_A']:.1f} meV/Å"),
+        ("Spearman correlation, per atom: `forces_std` vs \\|F − F_DFT\\|", f"{d['spearman_atom_std_vs_error']:.2f}"),
+        ("Spearman correlation, per frame: mean `forces_std` vs force RMSE",
+         f"{d['spearman_frame_mean_std_vs_rmse']:.2f}"),
+        ("Spearman correlation, per frame: largest `forces_std` vs largest error",
+         f"{d['spearman_frame_max_std_vs_max_error']:.2f}"),
+        ("miscalibration area, raw std", f"{d['miscalibration_area']:.3f}"),
+        ("fraction of force components inside the 95 % interval, raw std",
+         f"{100 * d['fraction_inside_95pct_interval']:.1f} %"),
+        ("scale factor fitted on the 50 validation frames", f"{d['validation_std_scale']:.1f}"),
+        ("miscalibration area, scaled std", f"{d['miscalibration_area_scaled']:.3f}"),
+        ("fraction inside the 95 % interval, scaled std", f"{100 * d['fraction_inside_95pct_interval_scaled']:.1f} %"),
+    ]
+    lines = [f"| measure ({d['test_frames']} test frames, {atoms:,} atoms) | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def uncertainty_out_of_distribution() -> str:
+    """Largest per-atom force std per frame, in and out of distribution (``benchmarks.uncertainty``)."""
+    d = _json("uncertainty/uncertainty.json")
+    ood = d["out_of_distribution"]
+    names = {"displaced_0.05A": "the same frames, every coordinate displaced by N(0, 0.05 Å)",
+             "displaced_0.1A": "the same frames, displaced by N(0, 0.1 Å)",
+             "xtb_md_500_1000K": f"{ood['xtb_md_500_1000K']['frames']} GFN2-xTB Langevin frames of aspirin "
+                                 "at 500–1000 K"}
+    lines = ["| frames | median (meV/Å) | frames above the test frames' 95th percentile |", "|---|---|---|",
+             f"| {d['test_frames']} rMD17 test frames | {d['test_frame_max_std_meV_A_median']:.1f} "
+             "| 5 % (by definition) |"]
+    for key, label in names.items():
+        row = ood[key]
+        share = 100 * row["fraction_above_test_p95"]
+        share_text = f"{share:.1f}".rstrip("0").rstrip(".")
+        lines.append(f"| {label} | {row['median_frame_max_std_meV_A']:.1f} | {share_text} % |")
+    return "\n".join(lines) + "\n"
+
+
+def uncertainty_committee_kinds() -> str:
+    """Checkpoint committee against one checkpoint with several heads (``benchmarks.uncertainty --compare``)."""
+    d = _json("uncertainty/committee_kinds.json")
+    single_ms = 1000 * d["inference_timing"]["single_model_cpu_s_per_frame"]
+    c, h = d["kinds"]["checkpoints"], d["kinds"]["heads"]
+    trained = {"checkpoints": c["steps"], "heads": _json("uncertainty/heads/uncertainty.json").get("trained_steps",
+                                                                                                h["steps"])}
+    frames = c["test_frames"] + 50
+
+    def both(key: str, fmt: str) -> str:
+        return f"{format(c[key], fmt)} | {format(h[key], fmt)}"
+
+    lines = [f"| {c['test_frames']} test frames ({21 * c['test_frames']:,} atoms) | {c['members']} checkpoints | "
+             f"1 checkpoint, {h['members']} heads |", "|---|---|---|",
+             f"| training steps (of a {c['steps']}-step schedule) | {trained['checkpoints']} | {trained['heads']} |",
+             f"| training CPU (s) | {c['training_cpu_s']:.0f} | {h['training_cpu_s']:.0f} |",
+             f"| inference CPU per aspirin frame (ms) | {1000 * c['inference_cpu_s_per_frame']:.0f} (one model: "
+             f"{single_ms:.0f}) | {1000 * h['inference_cpu_s_per_frame']:.0f} (one model: {single_ms:.0f}) |",
+             f"| training + evaluating {frames} frames, CPU (s) | {c['train_plus_evaluation_cpu_s']:.0f} | "
+             f"{h['train_plus_evaluation_cpu_s']:.0f} |",
+             f"| test force MAE of the mean (meV/Å) | {c['test_force_mae_meV_A']['committee_mean']:.1f} | "
+             f"{h['test_force_mae_meV_A']['committee_mean']:.1f} |",
+             f"| median per-atom `forces_std` (meV/Å) | {both('median_atom_std_meV_A', '.1f')} |",
+             f"| Spearman, per atom: `forces_std` vs \\|F − F_DFT\\| | {both('spearman_atom_std_vs_error', '.2f')} |",
+             f"| Spearman, per frame: mean std vs force RMSE | {both('spearman_frame_mean_std_vs_rmse', '.2f')} |",
+             f"| Spearman, per frame: largest std vs largest error | "
+             f"{both('spearman_frame_max_std_vs_max_error', '.2f')} |",
+             f"| miscalibration area, raw std | {both('miscalibration_area', '.3f')} |",
+             f"| inside the 95 % interval, raw std | {100 * c['fraction_inside_95pct_interval']:.1f} % | "
+             f"{100 * h['fraction_inside_95pct_interval']:.1f} % |",
+             f"| scale factor fitted on the 50 validation frames | {both('validation_std_scale', '.1f')} |",
+             f"| miscalibration area, scaled std | {both('miscalibration_area_scaled', '.3f')} |",
+             f"| inside the 95 % interval, scaled std | {100 * c['fraction_inside_95pct_interval_scaled']:.1f} % | "
+             f"{100 * h['fraction_inside_95pct_interval_scaled']:.1f} % |"]
+    return "\n".join(lines) + "\n"
+
+
+def md_warning() -> str:
+    """Committee force std along MD runs, stable and collapsing (``benchmarks.md_warning``)."""
+    d = _json("md_warning/md_warning.json")
+    threshold = 1000 * d["threshold_eV_A"]
+    labels = {"stable": "`rmd17-aspirin` (stable)", "collapsing": "50-frame scratch ET"}
+    lines = ["| run (500 K) | simulated | bond break | largest per-frame std | frames above the threshold |",
+             "|---|---|---|---|---|"]
+    for run in d["runs"].values():
+        largest = 1000 * max(run["max_force_std_eV_A"])
+        if run["collapsed"]:
+            broke = f"at {run['break_ps']:.2f} ps"
+        else:
+            broke = "none" if run["role"] == "stable" else f"none within {run['simulated_ps']:.1f} ps"
+        if run["role"] == "stable":
+            largest_text, above = f"{largest:.0f} meV/Å (the threshold)", "–"
+        else:
+            times = [t for t, v in zip(run["time_ps"], run["max_force_std_eV_A"]) if 1000 * v > threshold]
+            above = f"{len(times)} of {len(run['time_ps'])}"
+            if times:
+                above += " (at " + " and ".join(f"{t:.2f}" for t in times) + " ps)"
+            largest_text = f"{largest:.0f} meV/Å"
+        lines.append(f"| {labels.get(run['role'], run['role'])} | {run['simulated_ps']:.1f} ps | {broke} | "
+                     f"{largest_text} | {above} |")
+    return "\n".join(lines) + "\n"
+
+
+def selection_demo() -> str:
+    """One round of committee-driven frame selection against random frames (``benchmarks.selection_demo``)."""
+    d = _json("selection_demo/selection_demo.json")
+    rows = [("25 start frames", 25, d["test"]["start_25"]), ("start + 25 random", 50, d["test"]["random_50"]),
+            ("start + 25 selected", 50, d["test"]["selected_50"])]
+    lines = ["| committee | training frames | test force MAE (meV/Å) "
+             "| median largest per-atom std, test frames (meV/Å) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {n} | {row['force_mae_meV_A']:.1f} | {row['median_frame_max_force_std_meV_A']:.0f} |"
+              for name, n, row in rows]
+    return "\n".join(lines) + "\n"
+
+
 TABLES: Dict[str, Callable[[], str]] = {
+    "uncertainty_calibration": uncertainty_calibration,
+    "uncertainty_out_of_distribution": uncertainty_out_of_distribution,
+    "uncertainty_committee_kinds": uncertainty_committee_kinds,
+    "md_warning": md_warning,
+    "selection_demo": selection_demo,
     "readme_snippets": readme_snippets,
     "finetune_study": finetune_study,
     "finetune_study_summary": finetune_study_summary,
