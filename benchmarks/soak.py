@@ -22,11 +22,13 @@ until that much time has passed. After every round it checks:
   killed exited with status 0.
 
 Kill times: one kill in five at ``startup x U(0, 1.2)`` after the launch (imports, data loading);
-the others a random share of the mean time between writes after the launch's n-th write into its
-folder, n uniform in 1 .. writes / (kills + 1) of the reference (a write: files modified within one 0.05 s
-poll; the start-up and the writes are measured on the reference). Counting writes rather than
-seconds spreads the kills over the run's progress however loaded the machine is: into relaxation,
-MD and training steps, validation, checkpoint and state writes, and relaunches of a finished run.
+the others a random share of the mean time between state writes after the launch's n-th write of
+its resumable state (``md_state.npz`` of md, ``last.pt`` of finetune), n uniform in
+1 .. state writes / (kills + 1) of the reference (a write: the file modified within one 0.05 s poll;
+the start-up and the writes are measured on the reference). Counting state writes rather than
+seconds puts every such kill after a saved state, so that the next launch resumes from it, however
+loaded the machine is; the kills land in MD and training steps, validation, checkpoint and state
+writes.
 Results: ``soak.json`` and ``soak.png`` in ``--out``. Run folders go to ``--work`` (``runs/soak``,
 deleted at the start).
 """
@@ -75,6 +77,7 @@ class Target:
     restart: List[str]
     check: Callable[[Path, Path], Dict[str, Any]]
     resume_when: Sequence[str] = ()
+    progress: Sequence[str] = ()  # the resumable state files: kills are aimed by counting their writes
 
 
 @dataclass
@@ -205,11 +208,14 @@ def _failed(target: Target, status: int, log: Path) -> SoakFailure:
     return SoakFailure(f"{target.name}: a launch exited with status {status}; the end of {log}:\n{tail}")
 
 
-def _last_write(folder: Path) -> float:
-    """The latest modification time (time.time()) of a file directly in ``folder``; 0 if none."""
+def _last_write(folder: Path, names: Sequence[str] = ()) -> float:
+    """The latest modification time (time.time()) of a file directly in ``folder`` (only the files
+    ``names`` when given); 0 if none."""
     latest = 0.0
     try:
         for path in folder.iterdir():
+            if names and path.name not in names:
+                continue
             try:
                 latest = max(latest, path.stat().st_mtime)
             except FileNotFoundError:  # a temporary file renamed while we looked
@@ -219,12 +225,14 @@ def _last_write(folder: Path) -> float:
     return latest
 
 
-def _wait_for_writes(process: subprocess.Popen, out: Path, since: float, count: int | None) -> int:
-    """Until ``process`` has written into ``out`` ``count`` times after ``since`` (a time.time();
-    writes closer than the 0.05 s poll count once), or has ended; returns the writes seen."""
+def _wait_for_writes(process: subprocess.Popen, out: Path, since: float, count: int | None,
+                     names: Sequence[str] = ()) -> int:
+    """Until ``process`` has written into ``out`` (only the files ``names`` when given) ``count`` times
+    after ``since`` (a time.time(); writes closer than the 0.05 s poll count once), or has ended;
+    returns the writes seen."""
     seen, mark = 0, since
     while process.poll() is None and (count is None or seen < count):
-        latest = _last_write(out)
+        latest = _last_write(out, names)
         if latest > mark:
             seen, mark = seen + 1, latest
         time.sleep(0.05)
@@ -241,10 +249,26 @@ def run_reference(target: Target, out: Path) -> Dict[str, float]:
     startup = time.perf_counter() - start
     writes = 1 + _wait_for_writes(process, out, _last_write(out), None)
     process.wait()
+    state_writes = _count_state_writes(out, log, target)
     wall = time.perf_counter() - start
     if process.returncode != 0:
         raise _failed(target, process.returncode, log)
-    return {"wall_s": wall, "startup_s": startup, "work_s": max(wall - startup, 1e-3), "writes": writes}
+    return {"wall_s": wall, "startup_s": startup, "work_s": max(wall - startup, 1e-3), "writes": writes,
+            "state_writes": state_writes}
+
+
+def _count_state_writes(out: Path, log: Path, target: Target) -> int:
+    """How many times the finished reference wrote its resumable state: the saved frames of an md
+    run (a state after each), the checkpoints of a training run (rows of metrics.csv at a
+    ``--checkpoint-every`` step are not distinguishable, so: steps / checkpoint interval)."""
+    if "md_state.npz" in target.progress:
+        return max(1, sum(1 for _ in open(out / "md_log.csv")) - 1)
+    if "last.pt" in target.progress:
+        argv = target.first
+        steps = int(argv[argv.index("--steps") + 1])
+        every = int(argv[argv.index("--checkpoint-every") + 1])
+        return max(1, steps // every)
+    return 0
 
 
 def run_interrupted(target: Target, out: Path, kills: int, delay: Callable[[], Tuple[int, float]]) -> Round:
@@ -263,9 +287,10 @@ def run_interrupted(target: Target, out: Path, kills: int, delay: Callable[[], T
         timeout = None
         if result.kills < kills:
             writes, timeout = delay()
-            launch.phase = f"after {writes} writes" if writes else "start-up"
+            noun = "state writes" if target.progress else "writes"
+            launch.phase = f"after {writes} {noun}" if writes else "start-up"
             if writes:
-                _wait_for_writes(process, out, since, writes)
+                _wait_for_writes(process, out, since, writes, target.progress)
         try:
             launch.exit_status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -296,7 +321,11 @@ def soak_target(target: Target, work: Path, kills: int, seed: int, duration_s: f
     def delay() -> Tuple[int, float]:  # one kill in five during start-up, the others into the work
         if rng.random() < STARTUP_KILL_SHARE:
             return 0, reference["startup_s"] * rng.uniform(0, 1.2)
-        # about writes / (kills + 1) writes per launch, so that the kills use up only part of the run
+        # about writes / (kills + 1) writes per launch, so that the kills use up only part of the run; with
+        # state files named, their writes are counted, so that every such kill lands after a resumable state
+        if target.progress:
+            per_launch = max(1, round(reference["state_writes"] / (kills + 1)))
+            return rng.randint(1, per_launch), reference["work_s"] / reference["state_writes"] * rng.uniform(0, 1)
         return rng.randint(1, max(1, round(reference["writes"] / (kills + 1)))), gap * rng.uniform(0, 1)
 
     rounds: List[Dict[str, Any]] = []
@@ -340,7 +369,8 @@ def make_targets(args: argparse.Namespace, work: Path) -> Dict[str, Target]:
               str(args.interval), "--timestep", str(args.timestep), "--thermostat", args.thermostat, "--seed", "1",
               "--relax-fmax", "0.1", "--device", "cpu", "--threads", "1", "--no-progress", "--out", "{out}"]
         targets["md"] = Target("md", md, md,
-                               lambda ref, run: check_md(ref, run, args.md_steps, args.interval, args.timestep))
+                               lambda ref, run: check_md(ref, run, args.md_steps, args.interval, args.timestep),
+                               progress=("md_state.npz",))
     if "finetune" in args.targets:
         train = Path(args.train)
         if not train.is_file():
@@ -353,7 +383,7 @@ def make_targets(args: argparse.Namespace, work: Path) -> Dict[str, Target]:
         # a restart adds --resume once the folder holds a checkpoint (as the refusal without it says); best.pt
         # comes first (validation every 5 steps, last.pt every 10), so kills land in between too
         targets["finetune"] = Target("finetune", finetune, finetune + ["--resume"], check_finetune,
-                                     resume_when=("last.pt", "best.pt"))
+                                     resume_when=("last.pt", "best.pt"), progress=("last.pt",))
     return targets
 
 
