@@ -39,6 +39,7 @@ import argparse
 import csv
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -341,7 +342,8 @@ def soak_target(target: Target, work: Path, kills: int, seed: int, duration_s: f
             "kill_times_s": [round(launch.end_s, 2) for launch in result.launches if launch.killed],
             "kill_phases": [launch.phase for launch in result.launches if launch.killed],
             "launch_spans_s": [[round(launch.start_s, 2), round(launch.end_s, 2)] for launch in result.launches],
-            "resumed_from_saved_state": (work / f"{run_dir.name}.log").read_text().count("resumed from "),
+            "resumed_from_saved_state": len(re.findall(r"resum(?:ed|ing) from ",
+                                                          (work / f"{run_dir.name}.log").read_text())),
             "checks": checks,
             "passed": not checks["problems"],
         })

@@ -359,8 +359,6 @@ def _cmd_md(args: argparse.Namespace) -> int:
         existing="overwrite" if args.overwrite else "resume",
         settings={"model": _model_fingerprint(args.model), "dtype": args.dtype, "compile": bool(args.compile)},
     )
-    if "resumed_from_step" in summary:
-        print(f"resumed from {Path(args.out) / 'md_state.npz'} at step {summary['resumed_from_step']}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
         stopped = summary["stopped"]

@@ -181,6 +181,8 @@ def run_md(
         initial_velocities(atoms, temperature_K, seed)
     else:
         meta = json.loads(str(state["meta"]))
+        # said at the start, with or without a progress bar, so that a killed resume shows it too
+        print(f"resuming from {out / STATE_FILE} at step {int(meta['step'])} of {steps}", file=sys.stderr, flush=True)
         relaxation = meta["relaxation"]
         reference = state["reference_positions"]
         atoms.set_positions(state["positions"])

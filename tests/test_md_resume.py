@@ -101,7 +101,7 @@ def test_md_command_resumes_by_default_and_overwrites_on_request(tiny_model, tmp
     before = (tmp_path / "md" / "md_log.csv").read_bytes()
     assert main(argv[:6] + ["20"] + argv[7:]) == 0  # a longer run extends the finished one
     err = capsys.readouterr().err
-    assert "resumed from" in err and "at step 10" in err
+    assert "resuming from" in err and "at step 10" in err
     assert (tmp_path / "md" / "md_log.csv").read_bytes().startswith(before)
     with Trajectory(str(tmp_path / "md" / "trajectory.traj")) as trajectory:
         assert len(trajectory) == 5
