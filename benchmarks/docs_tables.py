@@ -538,7 +538,24 @@ def selection_demo() -> str:
     return "\n".join(lines) + "\n"
 
 
+def soak() -> str:
+    """Kill-and-restart rounds of md and finetune against an uninterrupted run (``benchmarks.soak``)."""
+    data = _json("soak.json")
+    settings = data["settings"]
+    labels = {"md": f"md (ethanol, {settings['md_steps']} steps, a frame every {settings['interval']})",
+              "finetune": f"finetune (16 frames, {settings['finetune_steps']} steps, `last.pt` every 10)"}
+    lines = ["| | rounds | kills | aimed after a state write | launches that resumed from a saved state |",
+             "|---|---|---|---|---|"]
+    for name, target in data["targets"].items():
+        rounds = target["rounds"]
+        aimed = sum(sum(phase != "start-up" for phase in r["kill_phases"]) for r in rounds)
+        resumed = sum(r["resumed_from_saved_state"] for r in rounds)
+        lines.append(f"| {labels[name]} | {len(rounds)} | {sum(r['kills'] for r in rounds)} | {aimed} | {resumed} |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: Dict[str, Callable[[], str]] = {
+    "soak": soak,
     "uncertainty_calibration": uncertainty_calibration,
     "uncertainty_out_of_distribution": uncertainty_out_of_distribution,
     "uncertainty_committee_kinds": uncertainty_committee_kinds,
