@@ -34,12 +34,11 @@ import torch
 
 from forcefield_et.data import read_rmd17
 from forcefield_et.registry import load_committee
-from forcefield_et.training import config_from_dict
 from forcefield_et.training.committee import train_head_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
-from .uncertainty import DATA_ROOT, frame_reduce, predict_committee, training_cpu_seconds
+from .uncertainty import DATA_ROOT, fine_tuning_config, frame_reduce, predict_committee, training_cpu_seconds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "selection_demo"
 MOLECULE = "aspirin"
@@ -57,15 +56,7 @@ def write_subset(source: Path, indices: np.ndarray, path: Path) -> None:
 def run_config(run_dir: Path, train_file: Path, valid_file: Path, steps: int) -> Any:
     source = {"name": MOLECULE, "format": "rmd17", "path": str(train_file), "objective": "energy_forces",
               "valid_path": str(valid_file), "valid_frames": f"{VALID_START}:1000"}
-    return config_from_dict({
-        "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "init_from": "pretrained",
-        "sources": [source], "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
-        "optim": {
-            "batch_size": 8, "max_steps": steps, "lr": 5e-4, "min_lr": 1e-6, "warmup_steps": max(1, steps // 20),
-            "valid_every": max(1, steps // 5), "checkpoint_every": max(1, steps // 10),
-            "log_every": max(1, steps // 25), "ema_decay": 0.99, "threads": 1, "compile": False,
-        },
-    })
+    return fine_tuning_config(run_dir, source, steps)
 
 
 def select_with_cli(committee_dir: Path, train_file: Path, pool: np.ndarray, n: int, work: Path) -> List[int]:

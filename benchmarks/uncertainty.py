@@ -71,6 +71,11 @@ def committee_config(run_dir: Path, n_train: int, steps: int, data_root: Path) -
         "frames": f"0:{n_train}", "valid_path": train_file,
         "valid_frames": f"{SPLIT_FRAMES - VALID_FRAMES}:{SPLIT_FRAMES}",
     }
+    return fine_tuning_config(run_dir, source, steps)
+
+
+def fine_tuning_config(run_dir: Path, source: Dict[str, Any], steps: int) -> Any:
+    """The short fine-tuning recipe from ``pretrained`` on one rMD17 source, ``steps`` steps of batch 8."""
     return config_from_dict({
         "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "init_from": "pretrained",
         "sources": [source], "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
