@@ -34,7 +34,7 @@ import torch
 
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
-from forcefield_et.training import config_from_dict, train
+from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.curves import read_validation_rows
 
 from .finetune_study import _pretrained_architecture, start_label
@@ -65,21 +65,32 @@ def recipe(n_train: int) -> Dict[str, Any]:
     }
 
 
-def cell_name(molecule: str, n_train: int, start: str) -> str:
-    return f"{molecule}-{n_train}-{start_label(start)}"
+# Replay (``--replay``): the rMD17 train splits of the six molecules that are not fine-tuning targets,
+# a pretraining source at the fine-tuning level of theory (PBE/def2-SVP), as in configs/pretrain_mixed.yaml.
+REPLAY_MOLECULES = ["benzene", "malonaldehyde", "toluene", "uracil", "paracetamol", "azobenzene"]
+REPLAY_RATIO = 0.2
+
+
+def cell_name(molecule: str, n_train: int, start: str, replay: bool = False, zbl: bool = False) -> str:
+    return f"{molecule}-{n_train}-{start_label(start)}" + ("-replay" if replay else "") + ("-zbl" if zbl else "")
 
 
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
-               optim: Dict[str, Any] | None = None, zbl: bool = False, model: Dict[str, Any] | None = None):
+               optim: Dict[str, Any] | None = None, zbl: bool = False, model: Dict[str, Any] | None = None,
+               replay: bool = False):
     train_file = str(data_root / f"rmd17_{molecule}_train_01.npz")
     source = {
         "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
         "frames": f"0:{min(n_train, 950)}", "valid_path": train_file, "valid_frames": VALID,
         "test_path": str(data_root / f"rmd17_{molecule}_test_01.npz"), "test_frames": "0:1000:5",
     }
+    sources = [source]
+    if replay:
+        sources = with_replay(sources, [str(data_root / f"rmd17_{m}_train_01.npz") for m in REPLAY_MOLECULES],
+                              REPLAY_RATIO, format="rmd17")
     values: Dict[str, Any] = {
-        "run_dir": str(runs_dir / cell_name(molecule, n_train, start)),
-        "seed": 0, "dtype": "float32", "sources": [source],
+        "run_dir": str(runs_dir / cell_name(molecule, n_train, start, replay, zbl)),
+        "seed": 0, "dtype": "float32", "sources": sources,
         "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
         "optim": {**recipe(n_train), **(optim or {})},
     }
@@ -95,15 +106,15 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
 def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
              results_dir: Path = RESULTS_DIR, optim: Dict[str, Any] | None = None, test_frames: int = 1000,
              zbl: bool = False, model: Dict[str, Any] | None = None,
-             extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
+             extra: Dict[str, Any] | None = None, replay: bool = False) -> Dict[str, Any]:
     """Train (or resume) one cell to its stop, then test its best weights; returns the result
     (``extra`` entries are stored with it). ``model``: the scratch architecture (default: the
-    bundled pretrained model's)."""
-    name = cell_name(molecule, n_train, start)
+    bundled pretrained model's). ``replay``: mix the replay frames into every batch (``REPLAY_RATIO``)."""
+    name = cell_name(molecule, n_train, start, replay, zbl)
     result_path = results_dir / "runs" / name / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl, model)
+    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl, model, replay)
     trainer, _ = train(config, progress=False)
     run_dir = Path(config.run_dir)
     from forcefield_et import load_model
@@ -117,7 +128,8 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     result = {
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
-        "zbl": zbl, "steps": trainer.step, "best_step": model.metadata["training"]["step"],
+        "zbl": zbl, "replay": REPLAY_RATIO if replay else 0.0,
+        "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
@@ -148,7 +160,38 @@ def value_at(curve: List[Dict[str, Any]], hours: float) -> float | None:
     return min(reached) if reached else None
 
 
+def variant(result: Dict[str, Any]) -> str:
+    """'' for a cell of the study's grid (bundled pretrained or scratch start, no replay, no ZBL), else
+    what sets it apart: the start's label and 'replay' / 'zbl'."""
+    parts = [] if result["start"] in ("pretrained", "scratch") else [result["start"]]
+    parts += [name for name in ("replay", "zbl") if result.get(name)]
+    return " + ".join(parts)
+
+
+def variants_table(results: List[Dict[str, Any]]) -> str:
+    """Each variant cell against the cell with the same molecule, frames and start without replay/ZBL:
+    validation force MAE (what decides whether the variant is kept) and test force MAE."""
+    base = {(r["molecule"], r["n_train"], r["start"]): r for r in results if not (r.get("replay") or r.get("zbl"))}
+    lines = ["| molecule | train frames | start | variant | valid force MAE: base / variant (meV/Å) "
+             "| test force MAE: base / variant (meV/Å) | CPU-hours: base / variant |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        extra = [name for name in ("replay", "zbl") if r.get(name)]
+        if not extra:
+            continue
+        b = base.get((r["molecule"], r["n_train"], r["start"]))
+        pairs = [(f"{b[key]:.2f}" if b and b.get(key) is not None else "–") + f" / {r[key]:.2f}"
+                 for key in ("valid_force_mae_meV_A", "test_force_mae_meV_A", "cpu_hours")]
+        cells = [r["molecule"], str(r["n_train"]), r["start"], " + ".join(extra), *pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def table(results: List[Dict[str, Any]]) -> str:
+    """The study's grid (bundled pretrained and scratch starts) and the pretraining gains; the other
+    cells (snapshot starts, replay, ZBL) in a second table against their base cells."""
+    grid = [r for r in results if not variant(r)]
+    others = variants_table(results)
+    results = grid
     lines = ["| molecule | train frames | start | test force MAE (meV/Å) | test energy MAE (meV) | CPU-hours "
              "| steps | stopped by |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -166,7 +209,7 @@ def table(results: List[Dict[str, Any]]) -> str:
         equal = f"{at_s / at_p:.2f}× at {hours:.2f} CPU-h" if at_s and at_p else "–"
         gains.append(f"| {molecule} | {n_train} | "
                      f"{scratch['test_force_mae_meV_A'] / pretrained['test_force_mae_meV_A']:.2f}× | {equal} |")
-    return "\n".join(lines + (gains if len(gains) > 3 else [])) + "\n"
+    return "\n".join(lines + (gains if len(gains) > 3 else [])) + "\n" + ("\n" + others if others else "")
 
 
 def plot(results: List[Dict[str, Any]], path: Path) -> None:
@@ -178,7 +221,7 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     molecules = sorted({r["molecule"] for r in results})
     fig, axes = plt.subplots(1, len(molecules), figsize=(4.2 * len(molecules), 3.6), squeeze=False)
     for ax, molecule in zip(axes[0], molecules):
-        for r in (r for r in results if r["molecule"] == molecule):
+        for r in (r for r in results if r["molecule"] == molecule and not variant(r)):
             style = "-" if r["start"] == "pretrained" else "--"
             colour = "#1f77b4" if r["n_train"] >= 500 else "#ff7f0e"
             x = [p["cpu_hours"] for p in r["curve"]]
@@ -213,6 +256,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 50])
     parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"])
     parser.add_argument("--zbl", action="store_true", help="switch the ZBL repulsion prior on")
+    parser.add_argument("--replay", action="store_true",
+                        help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
+                        "every batch, forces only); the cells are named <cell>-replay")
     parser.add_argument("--data-root", default=str(DATA_ROOT))
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
@@ -231,7 +277,7 @@ def main(argv: List[str] | None = None) -> None:
             for size in args.sizes:
                 for start in args.starts:
                     result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, args.zbl)
+                                      test_frames, args.zbl, replay=args.replay)
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 

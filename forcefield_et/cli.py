@@ -157,12 +157,17 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
             )
         source["format"] = "ase"
         source["options"] = keys
+    sources = [source]
+    if args.replay:
+        from .training import with_replay
+
+        sources = with_replay(sources, args.replay, args.replay_ratio, args.replay_weight, args.replay_format)
     values = {
         "run_dir": args.out,
         "init_from": None if args.model == "scratch" else args.model,
         "seed": args.seed,
         "dtype": args.dtype,
-        "sources": [source],
+        "sources": sources,
         "objectives": {"energy_weight": args.energy_weight, "force_weight": args.force_weight},
         "optim": {
             "batch_size": args.batch_size,
@@ -699,6 +704,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drop-outliers", type=positive_float, metavar="Z", help="drop frames whose energy per atom or largest force "
         "has a robust z-score (median/MAD) above Z; without it, outliers are only reported"
+    )
+    p.add_argument(
+        "--replay", nargs="+", type=existing_path, metavar="FILE",
+        help="force-labelled frames replayed in every batch while fine-tuning (for example the pretraining frames "
+        "at the level of theory of --train), trained on forces only; validation and early stopping still follow "
+        "--train's frames alone",
+    )
+    p.add_argument(
+        "--replay-format", default=field_default(SourceConfig, "format"), help="reader of the --replay files"
+    )
+    p.add_argument(
+        "--replay-ratio", type=open_fraction_arg, default=0.2, help="with --replay: share of every batch's frames"
+    )
+    p.add_argument(
+        "--replay-weight", type=loss_weight_arg, default=1.0, help="with --replay: force-loss weight of the replayed "
+        "frames (relative to --force-weight)"
     )
     p.add_argument("--valid-every", type=positive_int, default=optim.valid_every, help="steps between validations")
     p.add_argument(

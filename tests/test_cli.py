@@ -121,6 +121,23 @@ def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     assert "valid_loss" in json.loads(out[out.index("{"):])
 
 
+def test_finetune_with_replay_validates_on_the_target_frames_only(tmp_path, capsys):
+    train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
+    replay = shared_path("rmd17", "rmd17_malonaldehyde_train_01.npz")
+    out_dir = tmp_path / "ft"
+    code, out, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
+                             "--train", train, "--format", "rmd17", "--n-train", 20, "--steps", 4, "--batch-size", 5,
+                             "--replay", replay, "--replay-format", "rmd17", "--replay-ratio", 0.4,
+                             "--out", out_dir, "--no-progress", "--threads", 1, "--no-compile"], capsys)
+    assert code == 0
+    sources = {s["name"]: s for s in load_model(out_dir / "best.pt").metadata["training"]["sources"]}
+    assert sources["finetune"]["objective"] == "energy_forces" and sources["replay"]["objective"] == "forces"
+    assert sources["replay"]["ratio"] == pytest.approx(0.4)
+    metrics = json.loads(out[out.index("{"):])
+    assert "finetune/force_mae_meV_A" in metrics and not any(k.startswith("replay/") for k in metrics)
+    assert metrics["valid_loss"] == pytest.approx(metrics["finetune/valid_loss"])
+
+
 def test_export_torchscript_gives_the_same_energy(small_checkpoint, tmp_path, capsys):
     out_file = tmp_path / "sub" / "x.pt"
     code, _, _ = run_main(["export", "--model", small_checkpoint, "--out", out_file], capsys)

@@ -1,6 +1,6 @@
 """Force-centric training: data mixing, objectives, configuration and the trainer."""
 
-from .config import ConfigError, SourceConfig, TrainConfig, config_from_dict, load_config
+from .config import ConfigError, SourceConfig, TrainConfig, config_from_dict, load_config, with_replay
 from .objectives import ObjectiveConfig
 from .trainer import Trainer, train
 
@@ -13,4 +13,5 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "train",
+    "with_replay",
 ]

@@ -154,6 +154,33 @@ def _build(cls, values: Dict[str, Any], where: str):
         raise ConfigError(f"{where}: {error}") from error
 
 
+REPLAY_SOURCE_NAME = "replay"
+
+
+def with_replay(
+    sources: List[Dict[str, Any]],
+    paths: Union[str, List[str]],
+    ratio: float = 0.2,
+    weight: float = 1.0,
+    format: str = "auto",
+) -> List[Dict[str, Any]]:
+    """Fine-tuning sources plus a replay source: force-labelled frames (e.g. pretraining frames at the
+    fine-tuning data's level of theory) mixed into every batch at ``ratio`` of its frames, trained on
+    forces only, with no validation split of their own (validation, the schedule and early stopping
+    follow the fine-tuning data alone). The other sources share the remaining ``1 - ratio``."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ConfigError(f"replay ratio must lie in (0, 1), got {ratio!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+        raise ConfigError(f"replay weight must be a positive number, got {weight!r}")
+    if any(s.get("name") == REPLAY_SOURCE_NAME for s in sources):
+        raise ConfigError(f"a source is already named {REPLAY_SOURCE_NAME!r}")
+    total = sum(float(s.get("ratio", 1.0)) for s in sources)
+    scaled = [{**s, "ratio": float(s.get("ratio", 1.0)) / total * (1.0 - ratio)} for s in sources]
+    replay = {"name": REPLAY_SOURCE_NAME, "path": paths, "format": format, "objective": "forces",
+              "weight": float(weight), "ratio": float(ratio), "valid_fraction": 0.0}
+    return scaled + [replay]
+
+
 def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
     """Validate a configuration mapping (as read from YAML)."""
     values = dict(values)

@@ -162,3 +162,26 @@ def test_shipped_configs_load(path):
     assert config.sources and config.run_dir
     assert config.optim.max_steps > 0
     assert all(s.objective in ("forces", "equilibrium", "energy_forces", "energy") for s in config.sources)
+
+
+def test_with_replay_adds_a_forces_only_source_without_validation():
+    from forcefield_et.training import with_replay
+
+    target = {"name": "aspirin", "path": "a.npz", "objective": "energy_forces", "ratio": 1.0}
+    sources = with_replay([target], ["b.npz", "c.npz"], ratio=0.25, weight=0.5, format="rmd17")
+    assert [s["ratio"] for s in sources] == [0.75, 0.25]
+    replay = config_from_dict({"run_dir": "r", "sources": sources}).sources[1]
+    assert (replay.name, replay.objective, replay.weight, replay.valid_fraction) == ("replay", "forces", 0.5, 0.0)
+    assert replay.path == ["b.npz", "c.npz"] and replay.format == "rmd17"
+    assert target["ratio"] == 1.0  # the caller's sources are not modified
+
+
+@pytest.mark.parametrize("kwargs, match", [({"ratio": 0.0}, "ratio"), ({"ratio": 1.0}, "ratio"),
+                                           ({"weight": 0.0}, "weight")])
+def test_with_replay_rejects_bad_settings(kwargs, match):
+    from forcefield_et.training import with_replay
+
+    with pytest.raises(ConfigError, match=match):
+        with_replay([{"name": "t", "path": "a.npz"}], "b.npz", **kwargs)
+    with pytest.raises(ConfigError, match="already named"):
+        with_replay([{"name": "replay", "path": "a.npz"}], "b.npz")
