@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-ratio", type=open_fraction_arg, default=0.2, help="with --replay: share of every batch's frames"
     )
     p.add_argument(
-        "--replay-weight", type=loss_weight_arg, default=1.0, help="with --replay: force-loss weight of the replayed "
+        "--replay-weight", type=positive_float, default=1.0, help="with --replay: force-loss weight of the replayed "
         "frames (relative to --force-weight)"
     )
     p.add_argument("--valid-every", type=positive_int, default=optim.valid_every, help="steps between validations")
