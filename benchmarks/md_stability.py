@@ -69,6 +69,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+from forcefield_et.runtime import compile_pays_off
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
 
@@ -113,6 +114,7 @@ class Protocol:
     dtype: str = "float32"
     threads: int = 1
     device: str = "cpu"
+    compile: bool = True  # ET models: energy and forces as one compiled graph (ETCalculator(compile=True))
 
     @property
     def n_saves(self) -> int:
@@ -294,14 +296,17 @@ def make_calculator(spec: ModelSpec, protocol: Protocol):
                                                         chemical_species_to_atom_type_map=True)
     from forcefield_et.calculators.ase import ETCalculator
 
-    return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype)
+    return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype, compile=protocol.compile)
 
 
 def trajectory_settings(protocol: Protocol) -> Dict[str, Any]:
-    """The protocol without the simulated time: runs that share these settings are the same
-    trajectory, so a finished shorter run extends to a longer one, and runs of different lengths
-    belong in one summary."""
-    return {k: v for k, v in protocol.to_dict().items() if k not in ("time_ps", "n_steps", "n_saved_frames")}
+    """The protocol without the simulated time and the compile switch: runs that share these settings
+    are the same trajectory, so a finished shorter run extends to a longer one, and runs of different
+    lengths belong in one summary."""
+    # Compiling changes forces only by float32 rounding, as another CPU would: a run may be extended
+    # compiled or not. Each result records whether it ran compiled.
+    left_out = ("time_ps", "n_steps", "n_saved_frames", "compile")
+    return {k: v for k, v in protocol.to_dict().items() if k not in left_out}
 
 
 def protocol_key(protocol: Protocol) -> str:
@@ -580,6 +585,7 @@ def run_one(
         "ns_per_day": steps_per_s * protocol.timestep_fs * 1e-6 * 86400.0,
         "md_wall_s": md_wall_s,
         "md_cpu_s": md_cpu_s,
+        "compiled": bool(protocol.compile and spec.kind == "et"),
         "stopped_by": stopped_by or ("collapse" if collapsed_at is not None else "time"),
         "cpu_budget_s": cpu_budget_s,
         "resume": resume_note,
@@ -792,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="velocity seed")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="ET model precision")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="ET models in eager mode (default: energy and forces compiled into one graph for runs "
+                        "long enough to repay it, forcefield_et.runtime.compile_pays_off)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="saved frames between state checkpoints")
     parser.add_argument("--restart", action="store_true", help="discard earlier results/state of the selected runs")
@@ -811,11 +820,13 @@ def main(argv: List[str] | None = None) -> int:
     out = Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else default_work_dir(out)
+    time_ps = args.time_ps if args.time_ps is not None else (2.0 if args.quick else 300.0)
     protocol = Protocol(
         temperature_K=args.temperature, timestep_fs=args.timestep,
-        time_ps=args.time_ps if args.time_ps is not None else (2.0 if args.quick else 300.0),
+        time_ps=time_ps,
         save_every=args.save_every, tdamp_fs=args.tdamp, start_frame=args.start_frame, seed=args.seed,
         dtype=args.dtype, threads=max(1, args.threads), device=args.device,
+        compile=not args.no_compile and compile_pays_off(int(round(time_ps * 1000.0 / args.timestep))),
     )
     if args.report:
         print(f"MD stability benchmark: summary of the runs in {out}/runs (nothing is run)", flush=True)

@@ -42,6 +42,7 @@ from .cli_validators import (
     workers_arg,
     zbl_scale_arg,
 )
+from .runtime import COMPILE_MIN_STEPS
 from .training.config import (
     FINETUNE_OPTIM,
     FINETUNE_SCRATCH_LAYERS,
@@ -337,13 +338,17 @@ def _cmd_md(args: argparse.Namespace) -> int:
     except Exception as error:  # ase raises many types for unreadable files
         raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
     model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
-    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile, threads=args.threads)
+    from .runtime import compile_pays_off
+
+    compile_energy = args.compile if args.compile is not None else compile_pays_off(args.steps)
+    atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=compile_energy, threads=args.threads)
     threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
         f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, "
         + (f"{threads} torch thread(s)" if threads else f"on {atoms.calc.device}")
+        + (", compiled" if compile_energy else "")
         + (f", after relaxing to fmax {relax_fmax} eV/Å" if relax_fmax is not None else "")
         + f" -> {args.out}/"
     )
@@ -362,7 +367,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
         max_bond_change=args.max_bond_change,
         max_force_std=args.max_force_std,
         existing="overwrite" if args.overwrite else "resume",
-        settings={"model": _model_fingerprint(args.model), "dtype": args.dtype, "compile": bool(args.compile)},
+        # compiling changes results only by float32 rounding, like the thread count: not a setting of the run
+        settings={"model": _model_fingerprint(args.model), "dtype": args.dtype},
     )
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
@@ -883,9 +889,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="compile energy and forces into one graph: the first step compiles (about half a minute), later "
-        "steps are faster (worth it for runs of more than several thousand steps; docs/benchmarks.md)",
+        f"steps are faster (docs/benchmarks.md); default: on for runs of at least {COMPILE_MIN_STEPS} steps",
     )
     p.add_argument("--threads", type=threads_arg, default=0, help=THREADS_HELP + " (docs/performance.md)")
     p.add_argument("--no-progress", action="store_true")

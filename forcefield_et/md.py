@@ -302,8 +302,14 @@ def structure_digest(atoms: Atoms) -> str:
     return h.hexdigest()
 
 
+# settings that earlier versions stored and that no longer define a run (compiling changes results only
+# by float32 rounding): a run that stored one resumes whatever its value
+RETIRED_SETTINGS = ("compile",)
+
+
 def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    return sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+    keys = (set(stored) | set(current)) - set(RETIRED_SETTINGS)
+    return sorted(key for key in keys if stored.get(key) != current.get(key))
 
 
 def _prepare_out_dir(out: Path, fingerprint: Dict[str, Any], existing: str, steps: int) -> Any:

@@ -72,6 +72,17 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+# Compiling the model (``ETCalculator(compile=True)``) costs about half a minute once and saves a
+# quarter or more of every later step on CPU: worth it from this many MD steps on.
+COMPILE_MIN_STEPS = 20_000
+
+
+def compile_pays_off(steps: int) -> bool:
+    """Whether an MD run of ``steps`` steps should compile its model (the default of ``forcefield-et md``
+    and of the MD benchmarks)."""
+    return steps >= COMPILE_MIN_STEPS
+
+
 # Peak memory of one energy+forces call per edge, per layer and per feature channel, in units of
 # the dtype's size. The autograd graph keeps about 21 such values, but the peak resident memory of
 # a first call in a fresh process is higher: 7.2 GiB for 80,016 edges (1,536 water atoms) and
