@@ -5,6 +5,7 @@ interleaved in one run.
     python -m benchmarks.train_speed                     # aspirin, batch 8, pretrained start
     python -m benchmarks.train_speed --data-parallel 2   # also: compiled, 2 gloo workers (wall clock)
     python -m benchmarks.train_speed --quick             # CI-sized: ethanol, tiny model, few steps
+    python -m benchmarks.train_speed --batch-sizes 8 16 32   # compiled step at several batch sizes
 
 Both trainers start from the same weights and see the same batches (the batch of step s is a
 function of the seed and s). After the warm-up (the compiled trainer compiles there) they run
@@ -135,6 +136,27 @@ def measure(molecule: str, batch_size: int, rounds: int, block: int, warmup: int
     )
     result["eager_phases_ms"] = eager_phases(trainers["eager"], max(2, block // 2))
     return result
+
+
+def measure_batch_sizes(molecule: str, batch_sizes: List[int], rounds: int, conformations_per_block: int,
+                        warmup: int, data_root: Path, model: Dict[str, Any] | None, work_dir: Path) -> Dict[str, Any]:
+    """Conformations per CPU-second of the compiled step at each batch size, in alternating blocks
+    of the same number of conformations (``conformations_per_block`` / batch size steps each)."""
+    trainers = {b: make_trainer(molecule, b, True, work_dir / f"batch{b}", data_root, model) for b in batch_sizes}
+    for trainer in trainers.values():
+        for _ in range(warmup):
+            trainer.train_step()
+    cpu = {b: 0.0 for b in batch_sizes}
+    steps = {b: max(1, conformations_per_block // b) for b in batch_sizes}
+    for _ in range(rounds):
+        for b, trainer in trainers.items():
+            cpu[b] += timed_block(trainer, steps[b])["cpu_s"]
+    rows = [{"batch_size": b, "conformations_per_cpu_s": b * steps[b] * rounds / cpu[b],
+             "ms_per_step": 1000 * cpu[b] / (steps[b] * rounds)} for b in batch_sizes]
+    reference = rows[0]["conformations_per_cpu_s"]
+    for row in rows:
+        row["ratio_to_first"] = row["conformations_per_cpu_s"] / reference
+    return {"compiled": True, "rounds": rounds, "conformations_per_block": conformations_per_block, "rows": rows}
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -287,6 +309,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                         help="also time the compiled trainer on N gloo workers by the wall clock (needs N idle cores)")
     parser.add_argument("--data-parallel-rounds", type=int, default=2, metavar="R",
                         help="alternating rounds of the wall-clock comparison")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B",
+                        help="only the batch-size sweep of the compiled step (alternating blocks of equal numbers "
+                        "of conformations), added to an existing train_speed.json as 'batch_size_sweep'")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
@@ -303,6 +328,20 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         args.molecule, args.rounds, args.block, args.warmup, model = "ethanol", 2, 3, 2, TINY_MODEL
     import tempfile
 
+    if args.batch_sizes:
+        path = Path(args.out) / "train_speed.json"
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+        with tempfile.TemporaryDirectory() as work:
+            per_block = max(args.batch_sizes) * args.block
+            sweep = measure_batch_sizes(args.molecule, args.batch_sizes, args.rounds, per_block, args.warmup,
+                                        Path(args.data_root), model, Path(work))
+        sweep["load_average_1min_at_end"] = os.getloadavg()[0]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**existing, "batch_size_sweep": sweep})
+        for row in sweep["rows"]:
+            print(f"batch {row['batch_size']}: {row['conformations_per_cpu_s']:.1f} conformations per CPU-second "
+                  f"({row['ratio_to_first']:.2f}x batch {sweep['rows'][0]['batch_size']})")
+        return sweep
     with tempfile.TemporaryDirectory() as work:
         result = measure(args.molecule, args.batch_size, args.rounds, args.block, args.warmup,
                          Path(args.data_root), model, Path(work))

@@ -27,6 +27,13 @@ def test_quick_train_speed_measures_both_trainers_on_the_same_batches(tmp_path):
     assert set(stored["eager_phases_ms"]) == {"data", "forward + force backward", "parameter backward",
                                               "optimiser", "EMA"}
     assert (tmp_path / "train_speed.png").stat().st_size > 1000
+    # the batch-size sweep is added to the same file, the earlier measurement kept
+    sweep = speed_main(["--quick", "--batch-sizes", "2", "4", "--data-root", str(data_root), "--out", str(tmp_path)])
+    stored = json.loads((tmp_path / "train_speed.json").read_text())
+    assert stored["speedup"] == pytest.approx(result["speedup"])
+    assert [row["batch_size"] for row in stored["batch_size_sweep"]["rows"]] == [2, 4]
+    assert stored["batch_size_sweep"]["rows"][0]["ratio_to_first"] == 1.0
+    assert all(row["conformations_per_cpu_s"] > 0 for row in sweep["rows"])
 
 
 def test_quick_converged_study_stops_on_its_budget_and_reports(tmp_path):
