@@ -166,6 +166,12 @@ def train_speed_data_parallel() -> str:
     return speed.data_parallel_table(_json("train_speed.json"))
 
 
+def train_speed_batch_sizes() -> str:
+    from . import train_speed as speed
+
+    return speed.batch_size_table(_json("train_speed.json"))
+
+
 def train_speed_phases() -> str:
     """Where the eager training step spends its time (``benchmarks.train_speed``)."""
     result = _json("train_speed.json")
@@ -565,6 +571,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "finetune_study": finetune_study,
     "finetune_study_summary": finetune_study_summary,
     "train_speed": train_speed,
+    "train_speed_batch_sizes": train_speed_batch_sizes,
     "train_speed_data_parallel": train_speed_data_parallel,
     "train_speed_phases": train_speed_phases,
     "md_stability": md_stability,

@@ -248,6 +248,18 @@ def steps_table(result: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batch_size_table(result: Dict[str, Any]) -> str:
+    """Markdown table of ``--batch-sizes``: the compiled step's throughput per batch size."""
+    sweep = result["batch_size_sweep"]
+    first = sweep["rows"][0]["batch_size"]
+    lines = ["| batch size | conformations per CPU-second | ms per step | × batch " + str(first) + " |",
+             "|---|---|---|---|"]
+    for row in sweep["rows"]:
+        lines.append(f"| {row['batch_size']} | {row['conformations_per_cpu_s']:.1f} | {row['ms_per_step']:.0f} "
+                     f"| {row['ratio_to_first']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def data_parallel_table(result: Dict[str, Any]) -> str:
     """Markdown table of ``--data-parallel``: wall-clock and CPU throughput per setting."""
     lines = ["| setting | conformations per wall-second | × eager | conformations per CPU-second |",
