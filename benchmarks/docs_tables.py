@@ -154,6 +154,18 @@ def finetune_study_summary() -> str:
     return study.summary_table(study.finished_runs(RESULTS / "finetune_study"))
 
 
+def finetune_converged() -> str:
+    from . import finetune_converged as study
+
+    return study.table(study.finished(RESULTS / "finetune_converged"))
+
+
+def finetune_converged_summary() -> str:
+    from . import finetune_converged as study
+
+    return study.summary_table(study.finished(RESULTS / "finetune_converged"))
+
+
 def train_speed() -> str:
     from . import train_speed as speed
 
@@ -570,6 +582,8 @@ TABLES: Dict[str, Callable[[], str]] = {
     "readme_snippets": readme_snippets,
     "finetune_study": finetune_study,
     "finetune_study_summary": finetune_study_summary,
+    "finetune_converged": finetune_converged,
+    "finetune_converged_summary": finetune_converged_summary,
     "train_speed": train_speed,
     "train_speed_batch_sizes": train_speed_batch_sizes,
     "train_speed_data_parallel": train_speed_data_parallel,
