@@ -5,6 +5,7 @@ run until its validation error stops improving or it has used its CPU budget.
     python -m benchmarks.finetune_converged                    # every cell: 4 molecules x {50, 1000} x 2 starts
     python -m benchmarks.finetune_converged --report           # tables and plots of the finished runs
     python -m benchmarks.finetune_converged --quick            # CI: ethanol, 50 frames, a tiny budget
+    python -m benchmarks.finetune_converged --molecules aspirin --sizes 50 --replay   # a variant of the recipe
 
 Protocol (the same for both starts): train on the first N frames of the rMD17 ``train_01`` split
 (N = 1000 means frames 0-949; frames 950-999 of the same split are the validation set for every N),
@@ -17,6 +18,10 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 ``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
+Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``) run as cells of their own
+(``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``) and are reported against the unchanged cell with
+the same start, validation error first: a variant is kept where it lowers the validation error.
+
 Runs live in ``runs/finetune_converged/<molecule>-<N>-<start>/`` and resume from their last
 checkpoint; a finished run keeps ``best.pt``, ``metrics.csv``, ``learning_curve.csv`` and
 ``config.yaml`` and drops its optimiser state. Results go to ``benchmarks/results/finetune_converged/``.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -74,13 +80,44 @@ REPLAY_MOLECULES = ["benzene", "malonaldehyde", "toluene", "uracil", "paracetamo
 REPLAY_RATIO = 0.2
 
 
-def cell_name(molecule: str, n_train: int, start: str, replay: bool = False, zbl: bool = False) -> str:
-    return f"{molecule}-{n_train}-{start_label(start)}" + ("-replay" if replay else "") + ("-zbl" if zbl else "")
+FORCE_WEIGHT = 10.0  # the recipe's force-loss weight (per-atom energy MSE weight 1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A change to the recipe, tried against the cell without it: replaying pretraining frames, the
+    ZBL prior, or another force-loss weight."""
+
+    replay: bool = False
+    zbl: bool = False
+    force_weight: float = FORCE_WEIGHT
+
+    @property
+    def labels(self) -> List[str]:
+        labels = ["replay"] if self.replay else []
+        labels += ["zbl"] if self.zbl else []
+        labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
+        return labels
+
+    @property
+    def suffix(self) -> str:
+        suffix = "-replay" if self.replay else ""
+        suffix += "-zbl" if self.zbl else ""
+        return suffix + (f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else "")
+
+    @classmethod
+    def of(cls, result: Dict[str, Any]) -> Variant:
+        return cls(bool(result.get("replay")), bool(result.get("zbl")),
+                   float(result.get("force_weight", FORCE_WEIGHT)))
+
+
+def cell_name(molecule: str, n_train: int, start: str, variant: Variant = Variant()) -> str:
+    return f"{molecule}-{n_train}-{start_label(start)}" + variant.suffix
 
 
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
-               optim: Dict[str, Any] | None = None, zbl: bool = False, model: Dict[str, Any] | None = None,
-               replay: bool = False):
+               optim: Dict[str, Any] | None = None, variant: Variant = Variant(),
+               model: Dict[str, Any] | None = None):
     train_file = str(data_root / f"rmd17_{molecule}_train_01.npz")
     source = {
         "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
@@ -88,36 +125,36 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
         "test_path": str(data_root / f"rmd17_{molecule}_test_01.npz"), "test_frames": "0:1000:5",
     }
     sources = [source]
-    if replay:
+    if variant.replay:
         sources = with_replay(sources, [str(data_root / f"rmd17_{m}_train_01.npz") for m in REPLAY_MOLECULES],
                               REPLAY_RATIO, format="rmd17")
     values: Dict[str, Any] = {
-        "run_dir": str(runs_dir / cell_name(molecule, n_train, start, replay, zbl)),
+        "run_dir": str(runs_dir / cell_name(molecule, n_train, start, variant)),
         "seed": 0, "dtype": "float32", "sources": sources,
-        "objectives": {"energy_weight": 1.0, "force_weight": 10.0},
+        "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
         "optim": {**recipe(n_train), **(optim or {})},
     }
     if start == "scratch":
         values["model"] = dict(model) if model else _pretrained_architecture()
     else:
         values["init_from"] = start
-    if zbl:
+    if variant.zbl:
         values.setdefault("model", {})["zbl"] = True
     return config_from_dict(values)
 
 
 def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
              results_dir: Path = RESULTS_DIR, optim: Dict[str, Any] | None = None, test_frames: int = 1000,
-             zbl: bool = False, model: Dict[str, Any] | None = None,
-             extra: Dict[str, Any] | None = None, replay: bool = False) -> Dict[str, Any]:
+             variant: Variant = Variant(), model: Dict[str, Any] | None = None,
+             extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
     """Train (or resume) one cell to its stop, then test its best weights; returns the result
     (``extra`` entries are stored with it). ``model``: the scratch architecture (default: the
-    bundled pretrained model's). ``replay``: mix the replay frames into every batch (``REPLAY_RATIO``)."""
-    name = cell_name(molecule, n_train, start, replay, zbl)
+    bundled pretrained model's). ``variant``: the change to the recipe, if any."""
+    name = cell_name(molecule, n_train, start, variant)
     result_path = results_dir / "runs" / name / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, zbl, model, replay)
+    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, variant, model)
     trainer, _ = train(config, progress=False)
     run_dir = Path(config.run_dir)
     from forcefield_et import load_model
@@ -131,7 +168,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     result = {
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
-        "zbl": zbl, "replay": REPLAY_RATIO if replay else 0.0,
+        "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
@@ -164,21 +201,20 @@ def value_at(curve: List[Dict[str, Any]], hours: float) -> float | None:
 
 
 def variant(result: Dict[str, Any]) -> str:
-    """'' for a cell of the study's grid (bundled pretrained or scratch start, no replay, no ZBL), else
-    what sets it apart: the start's label and 'replay' / 'zbl'."""
+    """'' for a cell of the study's grid (bundled pretrained or scratch start, the recipe unchanged),
+    else what sets it apart: the start's label and the variant's labels."""
     parts = [] if result["start"] in ("pretrained", "scratch") else [result["start"]]
-    parts += [name for name in ("replay", "zbl") if result.get(name)]
-    return " + ".join(parts)
+    return " + ".join(parts + Variant.of(result).labels)
 
 
 def variants_table(results: List[Dict[str, Any]]) -> str:
-    """Each variant cell against the cell with the same molecule, frames and start without replay/ZBL:
-    validation force MAE (what decides whether the variant is kept) and test force MAE."""
-    base = {(r["molecule"], r["n_train"], r["start"]): r for r in results if not (r.get("replay") or r.get("zbl"))}
+    """Each variant cell against the cell with the same molecule, frames and start and the recipe
+    unchanged: validation force MAE (what decides whether the variant is kept) and test force MAE."""
+    base = {(r["molecule"], r["n_train"], r["start"]): r for r in results if not Variant.of(r).labels}
     lines = ["| molecule | train frames | start | variant | valid force MAE: base / variant (meV/Å) "
              "| test force MAE: base / variant (meV/Å) | CPU-hours: base / variant |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        extra = [name for name in ("replay", "zbl") if r.get(name)]
+        extra = Variant.of(r).labels
         if not extra:
             continue
         b = base.get((r["molecule"], r["n_train"], r["start"]))
@@ -280,7 +316,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--molecules", nargs="+", default=MOLECULES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 50])
     parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"])
-    parser.add_argument("--zbl", action="store_true", help="switch the ZBL repulsion prior on")
+    parser.add_argument("--zbl", action="store_true", help="switch the ZBL repulsion prior on (cells <cell>-zbl)")
+    parser.add_argument("--force-weight", type=float, default=FORCE_WEIGHT,
+                        help=f"force-loss weight (default {FORCE_WEIGHT:g}; other values: cells <cell>-fw<W>)")
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
@@ -302,7 +340,7 @@ def main(argv: List[str] | None = None) -> None:
             for size in args.sizes:
                 for start in args.starts:
                     result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, args.zbl, replay=args.replay)
+                                      test_frames, Variant(args.replay, args.zbl, args.force_weight))
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 
