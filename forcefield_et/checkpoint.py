@@ -11,8 +11,8 @@ A checkpoint is a ``torch.save`` archive holding only tensors and plain Python v
 
 It is always read with ``torch.load(..., weights_only=True)``, which refuses pickled code, and
 the checksum is verified before any weight is used. Writes go to a temporary file in the same
-folder that is then renamed over the target, so an interrupted write never corrupts the
-previous checkpoint.
+folder that is fsynced and then renamed over the target (:mod:`forcefield_et.files`), so an
+interrupted write never corrupts the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import torch
+
+from .files import atomic_write
 
 FORMAT_NAME = "forcefield_et"
 FORMAT_VERSION = 1
@@ -66,26 +67,17 @@ def checksum(payload: Dict[str, Any]) -> str:
 
 
 def atomic_torch_save(payload: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``payload`` with torch.save to ``path`` atomically (temp file + fsync + rename).
+    """Write ``payload`` with torch.save to ``path`` atomically and durably
+    (:func:`forcefield_et.files.atomic_write`: temporary file, fsync, rename, fsync of the folder).
 
     On failure (disk full, permissions, interruption) the previous file at ``path`` is left
     untouched and a CheckpointError says why.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path) as handle:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
     except BaseException as error:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
         # torch.save's archive writer turns a failed write() (disk full, I/O error) into a
         # RuntimeError whose __context__ is the OSError: report that OSError.
         reason = error if isinstance(error, OSError) else error.__context__

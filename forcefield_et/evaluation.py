@@ -12,6 +12,7 @@ import torch
 
 from .data import read_dataset
 from .data.conformations import ConformationSet
+from .files import atomic_path, write_text_atomic
 from .inference import Evaluator
 from .model import Potential
 from .registry import load_model
@@ -62,9 +63,7 @@ def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], 
     """extxyz with each frame's predicted energy (``info['predicted_energy']``, eV) and forces
     (``arrays['predicted_forces']``, eV/Å); where the data has labels also ``reference_energy``,
     ``reference_forces`` and the per-atom force error ``force_error`` (|F_pred - F_ref|, eV/Å).
-    Written to a temporary file and renamed."""
-    import os
-
+    Written atomically (:func:`forcefield_et.files.atomic_path`)."""
     from ase import Atoms
     from ase.io import write
 
@@ -83,9 +82,8 @@ def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], 
             atoms.arrays["force_error"] = np.linalg.norm(prediction["forces"][a:b] - data.forces[a:b], axis=1)
         frames.append(atoms)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp, frames, format="extxyz")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp, frames, format="extxyz")
     return path
 
 
@@ -172,7 +170,7 @@ def evaluate_model(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         if labelled:
             parity_plot(data, prediction, out / "parity.png", title=f"{name} on {Path(source).name}")
         if predictions or not labelled:

@@ -9,11 +9,13 @@ committee calculator, the log also holds the largest per-atom force std of each 
 
 A run is resumable (``existing="resume"``, the default of ``forcefield-et md``): after every saved
 frame ``md_state.npz`` holds the step, positions, momenta, the thermostat's random generator or
-Nosé–Hoover chain and the bond reference, written atomically after the frame's trajectory entry and
-log row. A run killed at any moment and started again with the same settings drops any frame or row
-written after the last state, and continues from that state: it reproduces the uninterrupted run's
-trajectory and log exactly (same device, dtype and thread count), and a larger ``steps`` extends a
-finished run.
+Nosé–Hoover chain and the bond reference, written atomically (:mod:`forcefield_et.files`) once the
+frame's trajectory entry and log row are on disk (fsynced). A run killed at any moment, or stopped
+by a power cut, and started again with the same settings drops any frame or row written after the
+last state, and continues from that state: it reproduces the uninterrupted run's trajectory and log
+exactly (same device, dtype and thread count), and a larger ``steps`` extends a finished run. While
+a run writes into its output folder it holds the folder's lock (``.lock``,
+:class:`~forcefield_et.files.DirectoryLock`): a second run on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ from ase.io import Trajectory
 from tqdm.auto import tqdm
 
 from .bonds import BondWatch
+from .files import (
+    DirectoryLock,
+    atomic_path,
+    fsync_file,
+    leftover_temporaries,
+    savez_atomic,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 THERMOSTATS = ("langevin", "nose-hoover", "nve")
 EXISTING_MD_POLICIES = ("overwrite", "resume")
@@ -137,7 +148,11 @@ def run_md(
     settings (these arguments except ``steps`` and ``progress``, the input structure and
     ``settings``, e.g. the model; otherwise ValueError), returns a finished or stopped run's summary
     without running, and extends a finished run to a larger ``steps``. ``atoms`` then holds the
-    resumed state. ``steps_per_s`` counts the MD time of every session."""
+    resumed state. ``steps_per_s`` counts the MD time of every session.
+
+    The run holds ``out_dir``'s :class:`~forcefield_et.files.DirectoryLock` from start to end
+    (released also on an error or KeyboardInterrupt): while another process runs MD into
+    ``out_dir``, RuntimeError names that process and nothing in the folder is changed."""
     import time
 
     if atoms.calc is None:
@@ -156,141 +171,147 @@ def run_md(
         raise ValueError(f"run_md: existing must be one of {EXISTING_MD_POLICIES}, got {existing!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = {
-        "structure_sha256": structure_digest(atoms),
-        "timestep_fs": timestep_fs,
-        "temperature_K": temperature_K,
-        "thermostat": thermostat,
-        "friction_per_fs": friction_per_fs,
-        "interval": interval,
-        "seed": seed,
-        "relax_fmax": relax_fmax,
-        "relax_steps": relax_steps,
-        "max_bond_change": max_bond_change,
-        "max_force_std": max_force_std,
-        "committee": committee,
-        **(settings or {}),
-    }
-    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
-    state = _prepare_out_dir(out, fingerprint, existing, steps)
-    periodic = bool(atoms.pbc.any())
-    relaxation: Dict[str, Any] | None
-    if state is None:
-        relaxation = relax(atoms, relax_fmax, relax_steps, out / RELAX_LOG) if relax_fmax is not None else None
-        reference = atoms.positions.copy()
-        initial_velocities(atoms, temperature_K, seed)
-    else:
-        meta = json.loads(str(state["meta"]))
-        # said at the start, with or without a progress bar, so that a killed resume shows it too
-        print(f"resuming from {out / STATE_FILE} at step {int(meta['step'])} of {steps}", file=sys.stderr, flush=True)
-        relaxation = meta["relaxation"]
-        reference = state["reference_positions"]
-        atoms.set_positions(state["positions"])
-        atoms.set_momenta(state["momenta"])
-    watch = BondWatch(atoms.numbers, reference, atoms.cell.array.copy() if periodic else None,
-                      atoms.pbc.copy() if periodic else None)
-    dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
-    fieldnames = ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K", "max_bond_change_A"]
-    if committee:
-        fieldnames.append("max_force_std_eV_A")
-    rows: List[Dict[str, float]] = []
-    done = 0
-    md_wall_s = 0.0
-    stopped: Dict[str, Any] | None = None
-    if state is not None:
-        done, md_wall_s, stopped = int(meta["step"]), float(meta["md_wall_s"]), meta["stopped"]
-        _restore_dynamics(dynamics, meta)
-        dynamics.nsteps = done
-        rows = _truncate_outputs(out, int(meta["frames"]))
-    log_handle = open(out / LOG_FILE, "a" if state is not None else "w", newline="")
-    log_writer = csv.DictWriter(log_handle, fieldnames)
-    if state is None:
-        log_writer.writeheader()
-    trajectory = Trajectory(str(out / TRAJECTORY_FILE), "a" if state is not None else "w", atoms)
-
-    def current_cell() -> np.ndarray | None:  # a barostat may change the cell; bond lengths follow it
-        return atoms.cell.array if periodic else None
-
-    def save_state() -> None:
-        meta = {"step": done, "frames": len(rows), "md_wall_s": md_wall_s, "stopped": stopped,
-                "relaxation": relaxation, **_dynamics_state(dynamics)}
-        _savez_atomic(out / STATE_FILE, {"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
-                                          "reference_positions": reference, "meta": np.array(json.dumps(meta))})
-
-    def record() -> float:
-        epot = atoms.get_potential_energy()
-        ekin = atoms.get_kinetic_energy()
-        bond_change = watch.change(atoms.positions, current_cell())
-        row = {
-            "time_fs": dynamics.nsteps * timestep_fs,
-            "epot_eV": epot,
-            "ekin_eV": ekin,
-            "etot_eV": epot + ekin,
-            "temperature_K": atoms.get_temperature(),
-            "max_bond_change_A": bond_change,
+    with DirectoryLock(out, "MD output folder"):  # held until the run ends, also on an error or Ctrl-C
+        fingerprint = {
+            "structure_sha256": structure_digest(atoms),
+            "timestep_fs": timestep_fs,
+            "temperature_K": temperature_K,
+            "thermostat": thermostat,
+            "friction_per_fs": friction_per_fs,
+            "interval": interval,
+            "seed": seed,
+            "relax_fmax": relax_fmax,
+            "relax_steps": relax_steps,
+            "max_bond_change": max_bond_change,
+            "max_force_std": max_force_std,
+            "committee": committee,
+            **(settings or {}),
         }
-        if committee:
-            row["max_force_std_eV_A"] = float(np.max(atoms.calc.get_property("forces_std", atoms)))
-        rows.append(row)
-        trajectory.write()  # flushed by ASE before it returns
-        log_writer.writerow(row)
-        log_handle.flush()
-        return bond_change
-
-    bar = tqdm(
-        total=steps,
-        initial=done,
-        disable=not progress,
-        desc=f"MD {thermostat}",
-        unit="step",
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep logs of background runs short
-    )
-    try:
+        fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
+        state = _prepare_out_dir(out, fingerprint, existing, steps)
+        periodic = bool(atoms.pbc.any())
+        relaxation: Dict[str, Any] | None
         if state is None:
-            record()
-            save_state()
-        while done < steps and stopped is None:
-            chunk = min(interval, steps - done)
-            start = time.perf_counter()
-            dynamics.run(chunk)
-            md_wall_s += time.perf_counter() - start
-            done += chunk
-            bar.update(chunk)
-            bond_change = record()
-            if max_bond_change is not None and bond_change > max_bond_change:
-                changes, reason = watch.broken(atoms.positions, max_bond_change, current_cell())
-                stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes,
-                           "criterion": "max_bond_change"}
-            elif max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
-                stopped = {"time_fs": done * timestep_fs, "step": done, "criterion": "max_force_std",
-                           **uncertain_atom(atoms, max_force_std)}
-            save_state()  # after the frame and its row: a restart drops whatever came after the last state
-    finally:
-        bar.close()
-        trajectory.close()
-        log_handle.close()
-    plot_md_log(rows, out / PLOT_FILE, title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
-    etot = np.array([r["etot_eV"] for r in rows])
-    summary = {
-        "steps": done,
-        "steps_per_s": done / md_wall_s if md_wall_s > 0 else float("nan"),
-        "ns_per_day": done * timestep_fs * 1e-6 / md_wall_s * 86400 if md_wall_s > 0 else float("nan"),
-        "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
-        "bonds_checked": int(len(watch.bonds)),
-        "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
-        "out_dir": str(out),
-    }
-    if state is not None:
-        summary["resumed_from_step"] = int(meta["step"])
-    if committee:
-        summary["max_force_std_eV_A"] = float(max(r["max_force_std_eV_A"] for r in rows))
-    if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
-        summary["total_energy_drift_eV"] = float(etot[-1] - etot[0])
-    if stopped is not None:
-        summary["stopped"] = stopped
-    if relaxation is not None:
-        summary["relaxation"] = relaxation
-    return summary
+            relaxation = relax(atoms, relax_fmax, relax_steps, out / RELAX_LOG) if relax_fmax is not None else None
+            reference = atoms.positions.copy()
+            initial_velocities(atoms, temperature_K, seed)
+        else:
+            meta = json.loads(str(state["meta"]))
+            # said at the start, with or without a progress bar, so that a killed resume shows it too
+            print(f"resuming from {out / STATE_FILE} at step {int(meta['step'])} of {steps}", file=sys.stderr,
+                  flush=True)
+            relaxation = meta["relaxation"]
+            reference = state["reference_positions"]
+            atoms.set_positions(state["positions"])
+            atoms.set_momenta(state["momenta"])
+        watch = BondWatch(atoms.numbers, reference, atoms.cell.array.copy() if periodic else None,
+                          atoms.pbc.copy() if periodic else None)
+        dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
+        fieldnames = ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K", "max_bond_change_A"]
+        if committee:
+            fieldnames.append("max_force_std_eV_A")
+        rows: List[Dict[str, float]] = []
+        done = 0
+        md_wall_s = 0.0
+        stopped: Dict[str, Any] | None = None
+        if state is not None:
+            done, md_wall_s, stopped = int(meta["step"]), float(meta["md_wall_s"]), meta["stopped"]
+            _restore_dynamics(dynamics, meta)
+            dynamics.nsteps = done
+            rows = _truncate_outputs(out, int(meta["frames"]))
+        log_handle = open(out / LOG_FILE, "a" if state is not None else "w", newline="")
+        log_writer = csv.DictWriter(log_handle, fieldnames)
+        if state is None:
+            log_writer.writeheader()
+        trajectory = Trajectory(str(out / TRAJECTORY_FILE), "a" if state is not None else "w", atoms)
+
+        def current_cell() -> np.ndarray | None:  # a barostat may change the cell; bond lengths follow it
+            return atoms.cell.array if periodic else None
+
+        def save_state() -> None:
+            # the frames and rows the state counts reach the disk before it: after a power cut too, the
+            # state never refers to more than the trajectory and the log hold
+            os.fsync(log_handle.fileno())
+            fsync_file(out / TRAJECTORY_FILE)
+            meta = {"step": done, "frames": len(rows), "md_wall_s": md_wall_s, "stopped": stopped,
+                    "relaxation": relaxation, **_dynamics_state(dynamics)}
+            savez_atomic(out / STATE_FILE, {"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                                             "reference_positions": reference, "meta": np.array(json.dumps(meta))})
+
+        def record() -> float:
+            epot = atoms.get_potential_energy()
+            ekin = atoms.get_kinetic_energy()
+            bond_change = watch.change(atoms.positions, current_cell())
+            row = {
+                "time_fs": dynamics.nsteps * timestep_fs,
+                "epot_eV": epot,
+                "ekin_eV": ekin,
+                "etot_eV": epot + ekin,
+                "temperature_K": atoms.get_temperature(),
+                "max_bond_change_A": bond_change,
+            }
+            if committee:
+                row["max_force_std_eV_A"] = float(np.max(atoms.calc.get_property("forces_std", atoms)))
+            rows.append(row)
+            trajectory.write()  # flushed by ASE before it returns
+            log_writer.writerow(row)
+            log_handle.flush()
+            return bond_change
+
+        bar = tqdm(
+            total=steps,
+            initial=done,
+            disable=not progress,
+            desc=f"MD {thermostat}",
+            unit="step",
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep logs of background runs short
+        )
+        try:
+            if state is None:
+                record()
+                save_state()
+            while done < steps and stopped is None:
+                chunk = min(interval, steps - done)
+                start = time.perf_counter()
+                dynamics.run(chunk)
+                md_wall_s += time.perf_counter() - start
+                done += chunk
+                bar.update(chunk)
+                bond_change = record()
+                if max_bond_change is not None and bond_change > max_bond_change:
+                    changes, reason = watch.broken(atoms.positions, max_bond_change, current_cell())
+                    stopped = {"time_fs": done * timestep_fs, "step": done, "reason": reason, "bond_changes": changes,
+                               "criterion": "max_bond_change"}
+                elif max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
+                    stopped = {"time_fs": done * timestep_fs, "step": done, "criterion": "max_force_std",
+                               **uncertain_atom(atoms, max_force_std)}
+                save_state()  # after the frame and its row: a restart drops whatever came after the last state
+        finally:
+            bar.close()
+            trajectory.close()
+            log_handle.close()
+        plot_md_log(rows, out / PLOT_FILE, title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
+        etot = np.array([r["etot_eV"] for r in rows])
+        summary = {
+            "steps": done,
+            "steps_per_s": done / md_wall_s if md_wall_s > 0 else float("nan"),
+            "ns_per_day": done * timestep_fs * 1e-6 / md_wall_s * 86400 if md_wall_s > 0 else float("nan"),
+            "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
+            "bonds_checked": int(len(watch.bonds)),
+            "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),
+            "out_dir": str(out),
+        }
+        if state is not None:
+            summary["resumed_from_step"] = int(meta["step"])
+        if committee:
+            summary["max_force_std_eV_A"] = float(max(r["max_force_std_eV_A"] for r in rows))
+        if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
+            summary["total_energy_drift_eV"] = float(etot[-1] - etot[0])
+        if stopped is not None:
+            summary["stopped"] = stopped
+        if relaxation is not None:
+            summary["relaxation"] = relaxation
+        return summary
 
 
 def structure_digest(atoms: Atoms) -> str:
@@ -315,9 +336,8 @@ def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
 def _prepare_out_dir(out: Path, fingerprint: Dict[str, Any], existing: str, steps: int) -> Any:
     """Check ``out`` against ``existing`` and return the saved state to resume from (None: start
     afresh, after removing the outputs of a run that had saved no state yet)."""
-    for stale in out.glob(".*.tmp"):  # temporary files of an interrupted write: never complete
-        if stale.name[1:-4] in OUTPUT_FILES:
-            stale.unlink()
+    for stale in leftover_temporaries(out, OUTPUT_FILES):  # of an interrupted write: never complete
+        stale.unlink()
     settings_path, state_path = out / SETTINGS_FILE, out / STATE_FILE
     state = None
     if existing == "resume":
@@ -345,7 +365,7 @@ def _prepare_out_dir(out: Path, fingerprint: Dict[str, Any], existing: str, step
     if state is None:
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
-        _write_bytes_atomic(settings_path, json.dumps(fingerprint, indent=2).encode())
+        write_text_atomic(settings_path, json.dumps(fingerprint, indent=2))
     return state
 
 
@@ -382,7 +402,7 @@ def _truncate_outputs(out: Path, frames: int) -> List[Dict[str, float]]:
                          f"{out / STATE_FILE}: the run cannot be resumed; pass --overwrite to start afresh")
     text = "".join(lines[: frames + 1])
     if len(lines) > frames + 1 or not text.endswith("\n"):
-        _write_bytes_atomic(out / LOG_FILE, text.encode())
+        write_text_atomic(out / LOG_FILE, text)
     with Trajectory(str(out / TRAJECTORY_FILE)) as trajectory:
         saved = len(trajectory)
         if saved < frames:
@@ -390,29 +410,11 @@ def _truncate_outputs(out: Path, frames: int) -> List[Dict[str, float]]:
                              f"{out / STATE_FILE}: the run cannot be resumed; pass --overwrite to start afresh")
         kept = [trajectory[i] for i in range(frames)] if saved > frames else None
     if kept is not None:
-        tmp = out / f".{TRAJECTORY_FILE}.tmp"
-        with Trajectory(str(tmp), "w") as trajectory:
+        with atomic_path(out / TRAJECTORY_FILE) as tmp, Trajectory(str(tmp), "w") as trajectory:
             for frame in kept:
                 trajectory.write(frame)
-        os.replace(tmp, out / TRAJECTORY_FILE)
     with open(out / LOG_FILE, newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file and a rename, so a killed process leaves the old file or the
-    new one. Not fsynced: the trajectory and log written before it are not either, and an fsync per
-    saved frame would cost small molecules a tenth of their speed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def _savez_atomic(path: Path, arrays: Dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _write_bytes_atomic(path, buffer.getvalue())
 
 
 def uncertain_atom(atoms: Atoms, threshold: float) -> Dict[str, Any]:
@@ -470,5 +472,5 @@ def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    _write_bytes_atomic(Path(path), buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return Path(path)

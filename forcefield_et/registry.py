@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
@@ -23,6 +22,7 @@ from .checkpoint import (
     read_checkpoint,
 )
 from .dtypes import resolve_dtype
+from .files import write_text_atomic
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -137,19 +137,7 @@ def write_committee_file(
         "members": [str(m) for m in members],
     }
     content.update(extra or {})
-    path = directory / COMMITTEE_FILE
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{COMMITTEE_FILE}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(content, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(directory / COMMITTEE_FILE, json.dumps(content, indent=2) + "\n")
 
 
 def committee_members(name_or_path: PathLike) -> List[Path] | None:

@@ -4,6 +4,7 @@ uninterrupted one bit for bit, whatever a kill left behind."""
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ase.io import Trajectory, read
 from forcefield_et import ETCalculator, build_model, save_checkpoint
 from forcefield_et.cli import main
 from forcefield_et.md import run_md
+from tests.test_files import LockHolder
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +112,36 @@ def test_md_command_resumes_by_default_and_overwrites_on_request(tiny_model, tmp
     assert main(argv + ["--temperature", "400", "--overwrite"]) == 0
     with Trajectory(str(tmp_path / "md" / "trajectory.traj")) as trajectory:
         assert len(trajectory) == 3
+
+
+def test_a_run_on_a_folder_another_process_writes_into_is_refused_and_changes_nothing(tiny_model, tmp_path, capsys):
+    run = tmp_path / "md"
+    options = dict(interval=5, progress=False, seed=3)
+    run_md(ethanol(tiny_model), run, steps=10, existing="resume", **options)
+    assert (run / ".lock").exists()  # stays after the run; it does not make the folder foreign output
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    with LockHolder(run) as holder:
+        for existing, steps in (("overwrite", 10), ("resume", 20)):
+            with pytest.raises(RuntimeError) as info:
+                run_md(ethanol(tiny_model), run, steps=steps, existing=existing, **options)
+            assert str(info.value).startswith(f"{run} is in use by process {holder.process.pid}: two runs cannot "
+                                              "write into one MD output folder; wait for it to finish")
+        argv = ["md", str(tmp_path / "ethanol.xyz"), "--model", str(tiny_model), "--no-relax", "--steps", "10",
+                "--interval", "5", "--no-progress", "--out", str(run), "--overwrite"]
+        molecule("CH3CH2OH").write(argv[1])
+        assert main(argv) != 0
+        assert f"is in use by process {holder.process.pid}" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+        holder.release()
+        summary = run_md(ethanol(tiny_model), run, steps=20, existing="resume", **options)
+        holder.stop()
+    assert summary["resumed_from_step"] == 10 and summary["steps"] == 20
+
+
+def test_a_folder_holding_only_a_lock_starts_afresh(tiny_model, tmp_path):
+    run = tmp_path / "md"
+    run.mkdir()
+    (run / ".lock").write_text("process 1\n")  # a run killed before it wrote anything
+    summary = run_md(ethanol(tiny_model), run, steps=5, interval=5, progress=False, existing="resume")
+    assert "resumed_from_step" not in summary and summary["steps"] == 5
+    assert (run / ".lock").read_text() == f"process {os.getpid()}\n"

@@ -11,8 +11,10 @@ The output folder holds shards ``xtb_shard<K>.npz`` in the layout of the GFN2-xT
 molecule (``mol_id`` indexes it) and ``tried`` (how many of the shard's SMILES were processed), so
 the folder is a pretraining source as it is (``format: xtb_corpus``, ``path: DIR``) and
 ``forcefield-et finetune --train DIR/xtb_shard0.npz --format xtb_corpus`` reads a shard. Each shard is
-rewritten atomically every ``save_every`` molecules; a stopped run resumes after the last molecule
-saved, with the same random numbers (each molecule's generator is seeded by the seed and its index).
+rewritten atomically and durably (:mod:`forcefield_et.files`) every ``save_every`` molecules; a
+stopped run resumes after the last molecule saved, with the same random numbers (each molecule's
+generator is seeded by the seed and its index). While a run writes into the folder it holds the
+folder's lock (``.lock``): a second run on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from ..files import DirectoryLock, leftover_temporaries, savez_atomic, write_text_atomic
 
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 SETTINGS_FILE = "corpus_settings.json"
@@ -184,10 +188,9 @@ def _write_shard(path: Path, frames: List[Tuple[int, Frame]], smiles: List[str],
         empty = np.zeros((0,) if width is None else (0, width), dtype)
         return np.concatenate([f[1][field] for f in frames]).astype(dtype) if frames else empty
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez_compressed(
-            handle,
+    savez_atomic(
+        path,
+        dict(
             n_atoms=np.array([len(f[1][1]) for f in frames], np.int32),
             mol_id=np.array([f[0] for f in frames], np.int32),
             kind=np.array([f[1][0] for f in frames], np.int8),
@@ -197,10 +200,9 @@ def _write_shard(path: Path, frames: List[Tuple[int, Frame]], smiles: List[str],
             forces=stacked(4, np.float32, 3),
             smiles=np.array(smiles, dtype=str),
             tried=np.array(tried, np.int64),
-        )
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        ),
+        compressed=True,
+    )
 
 
 def _read_shard(path: Path) -> Tuple[List[Tuple[int, Frame]], List[str], int]:
@@ -223,11 +225,17 @@ def make_corpus(
     """Label ``smiles`` into shards in ``out_dir`` (resuming a run there made with the same
     settings and SMILES count). Returns counts: molecules tried, kept, frames per kind."""
     require_dependencies()
-    from tqdm.auto import tqdm
-
     settings = settings or CorpusSettings()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out, "corpus folder"):
+        for stale in leftover_temporaries(out):  # of writes a killed run left unfinished
+            stale.unlink(missing_ok=True)
+        return _make_corpus(smiles, out, settings, progress)
+
+
+def _make_corpus(smiles: Sequence[str], out: Path, settings: CorpusSettings, progress: bool) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+
     recorded = {"settings": asdict(settings), "n_smiles": len(smiles)}
     recorded = json.loads(json.dumps(recorded))  # tuples as lists, as read back
     settings_path = out / SETTINGS_FILE
@@ -239,7 +247,7 @@ def make_corpus(
                 "use another --out folder"
             )
     else:
-        settings_path.write_text(json.dumps(recorded, indent=2))
+        write_text_atomic(settings_path, json.dumps(recorded, indent=2))
     per_shard = settings.molecules_per_shard
     n_shards = (len(smiles) + per_shard - 1) // per_shard
     done = 0

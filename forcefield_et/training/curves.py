@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
+from ..files import write_bytes_atomic
+
 ERROR_SUFFIXES = ("force_mae_meV_A", "energy_mae_meV")
 
 
@@ -27,7 +29,7 @@ def read_validation_rows(run_dir: str | os.PathLike) -> List[Dict[str, str]]:
 
 def write_learning_curve(run_dir: str | os.PathLike, plot: bool = True) -> Path | None:
     """Write ``learning_curve.csv`` (and ``.png``) from the validation rows; returns the CSV path,
-    or None when there are no validation rows yet. Both files are replaced atomically."""
+    or None when there are no validation rows yet. Both files are replaced atomically and durably."""
     run_dir = Path(run_dir)
     rows = read_validation_rows(run_dir)
     if not rows:
@@ -39,7 +41,7 @@ def write_learning_curve(run_dir: str | os.PathLike, plot: bool = True) -> Path 
     for row in rows:
         writer.writerow([row["step"], row.get("cpu_hours", "")] + [row.get(c, "") for c in columns])
     path = run_dir / "learning_curve.csv"
-    _write_atomic(path, buffer.getvalue().encode())
+    write_bytes_atomic(path, buffer.getvalue().encode())
     if plot:
         _plot(rows, [c for c in columns if c.endswith("force_mae_meV_A")], run_dir / "learning_curve.png")
     return path
@@ -67,13 +69,7 @@ def _plot(rows: List[Dict[str, str]], columns: List[str], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 __all__ = ["read_validation_rows", "write_learning_curve"]

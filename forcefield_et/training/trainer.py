@@ -16,6 +16,7 @@ run killed at any point and resumed from ``last.pt`` reproduces the uninterrupte
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import shutil
@@ -38,6 +39,7 @@ from ..data.sources import read_source
 from ..data.splits import split_by_molecule_id
 from ..domain import merge_domains, training_domain
 from ..dtypes import resolve_dtype
+from ..files import DirectoryLock, write_text_atomic
 from ..inference import Evaluator
 from ..model import DEFAULT_ELEMENTS, build_model
 from ..registry import load_model
@@ -163,7 +165,7 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"run directory {self.run_dir} is a file")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_handle: Any = None
+        self._directory_lock = DirectoryLock(self.run_dir, "run directory")
         self._check_existing_run()
         self._load_sources()
         if self.device.type == "cpu":  # the rule for one worker's batch, on its share of the machine's cores
@@ -205,35 +207,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _lock(self) -> None:
-        """Hold an exclusive lock on ``run_dir/.lock`` while :meth:`run` trains, so that a second
-        process cannot write into the same run directory (released at the end, or when the process
-        dies)."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        handle = open(self.run_dir / ".lock", "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise RuntimeError(
-                f"{self.run_dir} is in use by {owner}: two runs cannot write into one run directory; "
-                "wait for it to finish or choose another run directory"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        self._lock_handle = handle
+        """Hold an exclusive lock on ``run_dir/.lock`` (:class:`~forcefield_et.files.DirectoryLock`)
+        while :meth:`run` trains, so that a second process cannot write into the same run directory
+        (released at the end, or when the process dies)."""
+        self._directory_lock.acquire()
 
     def release(self) -> None:
         """Release the run directory's lock (done automatically when the process ends)."""
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        self._directory_lock.release()
 
     def _remove_existing_run(self) -> None:
         """``existing='overwrite'``: delete the previous run's checkpoints, logs and snapshots."""
@@ -557,10 +538,9 @@ class Trainer:
             return
         # a row cut short by a kill has fewer fields (its step may even parse): it is dropped
         kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= self.step]
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
-        os.replace(tmp, path)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        write_text_atomic(path, buffer.getvalue())
 
     def _log(self, row: Dict[str, Any]) -> None:
         if self.rank != 0:
@@ -576,12 +556,11 @@ class Trainer:
                 with open(path) as handle:
                     old = list(csv.DictReader(handle))
                 header = header + extra
-                tmp = path.with_suffix(".csv.tmp")
-                with open(tmp, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, header)
-                    writer.writeheader()
-                    writer.writerows(old)
-                os.replace(tmp, path)
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, header)
+                writer.writeheader()
+                writer.writerows(old)
+                write_text_atomic(path, buffer.getvalue())
             fieldnames = header
         with open(path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames, extrasaction="ignore")
@@ -755,10 +734,7 @@ class Trainer:
     def _run(self, cfg: Any) -> Dict[str, float]:
         resumed = self.resume()
         if self.rank == 0:
-            tmp = self.run_dir / ".config.yaml.tmp"
-            with open(tmp, "w") as handle:
-                yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
-            os.replace(tmp, self.run_dir / "config.yaml")
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         last_valid: Dict[str, float] = {}
         bar = tqdm(
             total=cfg.max_steps,
