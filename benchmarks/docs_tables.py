@@ -515,6 +515,18 @@ def uncertainty_committee_kinds() -> str:
              f"| miscalibration area, scaled std | {both('miscalibration_area_scaled', '.3f')} |",
              f"| inside the 95 % interval, scaled std | {100 * c['fraction_inside_95pct_interval_scaled']:.1f} % | "
              f"{100 * h['fraction_inside_95pct_interval_scaled']:.1f} % |"]
+    labels = {"displaced_0.05A": "test frames displaced by 0.05 Å", "displaced_0.1A": "test frames displaced by 0.1 Å",
+              "xtb_md_500_1000K": "GFN2-xTB MD frames, 500–1000 K"}
+    if c.get("test_frame_max_std_meV_A_median") and h.get("test_frame_max_std_meV_A_median"):
+        lines.append(f"| median largest per-atom std of a frame (meV/Å): test frames "
+                     f"| {both('test_frame_max_std_meV_A_median', '.0f')} |")
+    for key, label in labels.items():
+        ood_c, ood_h = (c.get("out_of_distribution") or {}).get(key), (h.get("out_of_distribution") or {}).get(key)
+        if ood_c and ood_h:
+            cells = [f"{o['median_frame_max_std_meV_A']:.0f} ({100 * o['fraction_above_test_p95']:.0f} %)"
+                     for o in (ood_c, ood_h)]
+            lines.append(f"| ... {label} (share of frames above the test frames' 95th percentile) "
+                         f"| {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -377,7 +377,7 @@ def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any
             "miscalibration_area", "miscalibration_area_scaled", "validation_std_scale",
             "fraction_inside_95pct_interval", "fraction_inside_95pct_interval_scaled", "median_atom_std_meV_A",
             "median_atom_error_meV_A", "test_force_mae_meV_A", "training_cpu_s", "test_frames", "members", "steps",
-            "n_train")
+            "n_train", "test_frame_max_std_meV_A_median", "out_of_distribution")
     kinds = {}
     for kind, r in results.items():
         entry = {key: r.get(key) for key in keys}
