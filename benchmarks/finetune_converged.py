@@ -89,25 +89,25 @@ class Variant:
     ZBL prior, or another force-loss weight."""
 
     replay: bool = False
-    zbl: bool = False
+    zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
     force_weight: float = FORCE_WEIGHT
 
     @property
     def labels(self) -> List[str]:
         labels = ["replay"] if self.replay else []
-        labels += ["zbl"] if self.zbl else []
+        labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
         return labels
 
     @property
     def suffix(self) -> str:
         suffix = "-replay" if self.replay else ""
-        suffix += "-zbl" if self.zbl else ""
+        suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         return suffix + (f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
-        return cls(bool(result.get("replay")), bool(result.get("zbl")),
+        return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)))
 
 
@@ -139,7 +139,7 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
     else:
         values["init_from"] = start
     if variant.zbl:
-        values.setdefault("model", {})["zbl"] = True
+        values.setdefault("model", {})["zbl"] = True if variant.zbl == 1.0 else variant.zbl
     return config_from_dict(values)
 
 
@@ -316,7 +316,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--molecules", nargs="+", default=MOLECULES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 50])
     parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"])
-    parser.add_argument("--zbl", action="store_true", help="switch the ZBL repulsion prior on (cells <cell>-zbl)")
+    parser.add_argument("--zbl", nargs="?", type=float, const=1.0, default=0.0, metavar="SCALE",
+                        help="switch the ZBL repulsion prior on, off at SCALE (default 1) times the covalent radii "
+                        "sum (cells <cell>-zbl, <cell>-zbl<SCALE>)")
     parser.add_argument("--force-weight", type=float, default=FORCE_WEIGHT,
                         help=f"force-loss weight (default {FORCE_WEIGHT:g}; other values: cells <cell>-fw<W>)")
     parser.add_argument("--replay", action="store_true",
