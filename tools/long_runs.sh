@@ -1,0 +1,34 @@
+#!/bin/bash
+# The long studies, one core each: pretraining on one, a queue of resumable studies on the other.
+# Every step resumes from the files on disk; a finished cell or run is skipped. Start both with
+#   bash tools/long_runs.sh            (from the repository root; logs in runs/*.log)
+# See DEVELOPERS.md, "Long jobs".
+set -u
+cd "$(dirname "$0")/.." || exit 1
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
+mkdir -p runs/pretrain_mixed
+
+if [ "${1:-}" != "--queue" ]; then
+    nohup .venv/bin/forcefield-et pretrain --config configs/pretrain_mixed.yaml >> runs/pretrain_mixed/train.log 2>&1 &
+    echo "pretraining: process $!"
+    setsid nohup bash "$0" --queue >> runs/queue.log 2>&1 &
+    echo "queue: process group $!"
+    exit 0
+fi
+
+SNAPSHOT=runs/pretrain_mixed/snapshots/step_14063.pt
+step() { echo "$(date -u +%FT%T) $*"; }
+study() { .venv/bin/python -m benchmarks.finetune_converged "$@" >> runs/finetune_converged.log 2>&1; }
+
+step "converged fine-tuning, scratch cells"
+study --starts scratch --sizes 1000 50
+step "recipe variants at 50 frames from the 0.45 M-conformation snapshot: base, replay, force weight 100, ZBL 0.75"
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight 100
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
+step "pretraining-scaling curve (the snapshots there are so far)"
+.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
+step "peers: NequIP and MACE at the same CPU budget"
+.venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
+step "queue done"
