@@ -102,6 +102,25 @@ def test_md_with_max_bond_change_stops_and_exits_with_status_3(small_checkpoint,
     assert code == 0 and "stopped" not in json.loads(out[out.index("{"):])
 
 
+@pytest.mark.parametrize("flags, steps, compiled", [([], 19_999, False), ([], 20_000, True),
+                                                      (["--no-compile"], 50_000, False), (["--compile"], 10, True)])
+def test_md_compiles_long_runs_by_default(flags, steps, compiled, small_checkpoint, tmp_path, monkeypatch, capsys):
+    import forcefield_et.md
+
+    seen = {}
+
+    def fake_run_md(atoms, out_dir, **kwargs):
+        seen["compiled"] = atoms.calc.engine.model._compiled_energy is not None
+        seen["settings"] = kwargs["settings"]
+        return {}
+
+    monkeypatch.setattr(forcefield_et.md, "run_md", fake_run_md)
+    code, out, _ = run_main(["md", "aspirin", "--model", small_checkpoint, "--no-relax", "--steps", steps,
+                             "--out", tmp_path / "md", "--no-progress", *flags], capsys)
+    assert code == 0 and seen["compiled"] is compiled and (", compiled" in out) is compiled
+    assert "compile" not in seen["settings"]  # compiling is not part of a run's identity
+
+
 def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
     out_dir = tmp_path / "ft"
