@@ -29,6 +29,8 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
+step "pretraining model size by accuracy per CPU-hour"
+.venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
 step "peers: NequIP and MACE at the same CPU budget"
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
 step "queue done"
