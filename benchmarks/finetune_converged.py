@@ -115,6 +115,27 @@ def cell_name(molecule: str, n_train: int, start: str, variant: Variant = Varian
     return f"{molecule}-{n_train}-{start_label(start)}" + variant.suffix
 
 
+def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, start: str = "pretrained",
+                  optim: Dict[str, Any] | None = None, variant: Variant = Variant(),
+                  model: Dict[str, Any] | None = None):
+    """The protocol's training configuration for ``sources`` (``n_train`` frames requested): the recipe's
+    optimiser settings (``optim`` entries replace them), seed 0, float32, from ``start`` (a checkpoint
+    name or path; ``"scratch"``: the ``model`` architecture, default the bundled pretrained model's),
+    with ``variant``'s force weight and ZBL prior (its replay is a change of ``sources``)."""
+    values: Dict[str, Any] = {
+        "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "sources": sources,
+        "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
+        "optim": {**recipe(n_train), **(optim or {})},
+    }
+    if start == "scratch":
+        values["model"] = dict(model) if model else _pretrained_architecture()
+    else:
+        values["init_from"] = start
+    if variant.zbl:
+        values.setdefault("model", {})["zbl"] = True if variant.zbl == 1.0 else variant.zbl
+    return config_from_dict(values)
+
+
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
                optim: Dict[str, Any] | None = None, variant: Variant = Variant(),
                model: Dict[str, Any] | None = None):
@@ -128,19 +149,8 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
     if variant.replay:
         sources = with_replay(sources, [str(data_root / f"rmd17_{m}_train_01.npz") for m in REPLAY_MOLECULES],
                               REPLAY_RATIO, format="rmd17")
-    values: Dict[str, Any] = {
-        "run_dir": str(runs_dir / cell_name(molecule, n_train, start, variant)),
-        "seed": 0, "dtype": "float32", "sources": sources,
-        "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
-        "optim": {**recipe(n_train), **(optim or {})},
-    }
-    if start == "scratch":
-        values["model"] = dict(model) if model else _pretrained_architecture()
-    else:
-        values["init_from"] = start
-    if variant.zbl:
-        values.setdefault("model", {})["zbl"] = True if variant.zbl == 1.0 else variant.zbl
-    return config_from_dict(values)
+    return recipe_config(runs_dir / cell_name(molecule, n_train, start, variant), sources, n_train, start, optim,
+                         variant, model)
 
 
 def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
