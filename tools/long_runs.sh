@@ -22,6 +22,8 @@ study() { .venv/bin/python -m benchmarks.finetune_converged "$@" >> runs/finetun
 
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
+step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
+.venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 step "recipe variants at 50 frames from the 0.45 M-conformation snapshot: base, replay, force weight 100, ZBL 0.75"
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
