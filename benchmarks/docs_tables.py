@@ -533,26 +533,27 @@ def uncertainty_committee_kinds() -> str:
 def md_warning() -> str:
     """Committee force std along MD runs, stable and collapsing (``benchmarks.md_warning``)."""
     d = _json("md_warning/md_warning.json")
-    threshold = 1000 * d["threshold_eV_A"]
-    labels = {"stable": "`rmd17-aspirin` (stable)", "collapsing": "50-frame scratch ET"}
-    lines = ["| run (500 K) | simulated | bond break | largest per-frame std | frames above the threshold |",
-             "|---|---|---|---|---|"]
-    for run in d["runs"].values():
-        largest = 1000 * max(run["max_force_std_eV_A"])
+    drivers = {"et-pretrained-finetuned": "`rmd17-aspirin`", "s50": "50-frame scratch ET"}
+    lines = ["| driver (500 K) | simulated | bond break | largest per-frame std before the break "
+             "| frames above the threshold | first frame above the threshold | lead time |",
+             "|---|---|---|---|---|---|---|"]
+    for model, run in d["runs"].items():
+        values = [v for v in run["max_force_std_eV_A"] if v == v]  # finite (NaN != NaN)
+        largest = 1000 * max(values)
         if run["collapsed"]:
             broke = f"at {run['break_ps']:.2f} ps"
         else:
             broke = "none" if run["role"] == "stable" else f"none within {run['simulated_ps']:.1f} ps"
         if run["role"] == "stable":
-            largest_text, above = f"{largest:.0f} meV/Å (the threshold)", "–"
+            largest_text, above, first, lead = f"{largest:.0f} meV/Å (the threshold)", "–", "–", "–"
         else:
-            times = [t for t, v in zip(run["time_ps"], run["max_force_std_eV_A"]) if 1000 * v > threshold]
-            above = f"{len(times)} of {len(run['time_ps'])}"
-            if times:
-                above += " (at " + " and ".join(f"{t:.2f}" for t in times) + " ps)"
+            above = f"{run['frames_above_threshold']} of {len(run['time_ps'])}"
             largest_text = f"{largest:.0f} meV/Å"
-        lines.append(f"| {labels.get(run['role'], run['role'])} | {run['simulated_ps']:.1f} ps | {broke} | "
-                     f"{largest_text} | {above} |")
+            first = "none" if run["first_crossing_ps"] is None else f"{run['first_crossing_ps']:.2f} ps"
+            lead = "–" if run["lead_time_ps"] is None else f"{run['lead_time_ps']:.2f} ps"
+        name = drivers.get(model, f"`{model}`") + (" (the stable reference)" if run["role"] == "stable" else "")
+        lines.append(f"| {name} | {run['simulated_ps']:.2f} ps | {broke} | "
+                     f"{largest_text} | {above} | {first} | {lead} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,21 @@
 """Does a committee's force spread warn before an MD run breaks a bond? Lead time on rMD17 aspirin.
 
-    python -m benchmarks.md_stability --molecules aspirin --models et-pretrained-finetuned s50 \\
-        --model-path s50=runs/finetune_converged/aspirin-50-scratch/best.pt --time-ps 10 --save-every 20 \\
+    python -m benchmarks.md_warning --train-watcher      # the watcher committee (resumable, ~6 CPU-min)
+    python -m benchmarks.md_stability --molecules aspirin --models s50 --time-ps 60 --save-every 20 \\
+        --model-path s50=benchmarks/results/md_warning/drivers/aspirin-50-scratch.pt \\
         --out runs/md_warning/out --work runs/md_warning/work
+    python -m benchmarks.md_stability --molecules aspirin --models et-pretrained-finetuned --time-ps T \\
+        --save-every 20 --out runs/md_warning/out --work runs/md_warning/work   # T >= the break time above
     python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \\
-        --stable et-pretrained-finetuned --collapsing s50 \\
-        --watcher benchmarks/results/uncertainty/heads/runs
+        --stable et-pretrained-finetuned --collapsing s50 --stride 5
+
+Watcher (``--train-watcher``, into ``--watcher``, default ``benchmarks/results/md_warning/watcher/``):
+a heads committee (4 heads) fine-tuned from ``pretrained`` with the short recipe of
+:func:`benchmarks.uncertainty.fine_tuning_config` on rMD17 aspirin ``train_01`` frames 0-949,
+validated on frames 950-999 of the same file (train split only; 1000 frames in all), 1200 steps of
+batch 8. Its ``best.pt`` and ``committee.json`` are kept with the results, so the watching step
+reruns without retraining. The collapsing run's driver (the 50-frame scratch ET of
+:mod:`benchmarks.finetune_converged`) is kept there too, in ``drivers/``.
 
 Protocol: the MD-stability runs (:mod:`benchmarks.md_stability`: 500 K Nosé-Hoover chain, 0.5 fs,
 collapse = the first saved frame with a bond more than 0.5 Å from its reference length) are driven
@@ -18,13 +28,14 @@ saved frame before the break whose value exceeds the threshold, and the lead tim
 that frame's time (ps). A run still in progress is read from its resumable state (marked partial).
 
 Writes ``md_warning.json`` and ``md_warning.png`` to ``--out`` (default
-``benchmarks/results/md_warning/``).
+``benchmarks/results/md_warning/``; with the default, the figure is copied to ``docs/img/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -37,10 +48,32 @@ from forcefield_et.registry import load_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
-from .uncertainty import frame_reduce, predict_committee
+from .uncertainty import DATA_ROOT, fine_tuning_config, frame_reduce, predict_committee, training_cpu_seconds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "md_warning"
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+WATCHER_DIR = RESULTS_DIR / "watcher"
 MOLECULE = "aspirin"
+WATCHER_HEADS = 4
+WATCHER_STEPS = 1200
+WATCHER_TRAIN_FRAMES = "0:950"  # rMD17 train_01 only; never test frames
+WATCHER_VALID_FRAMES = "950:1000"
+
+
+def watcher_config(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS) -> Any:
+    """The watcher's training configuration: aspirin ``train_01`` frames 0-949, validated on 950-999."""
+    train_file = str(Path(data_root) / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz")
+    source = {"name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
+              "frames": WATCHER_TRAIN_FRAMES, "valid_path": train_file, "valid_frames": WATCHER_VALID_FRAMES}
+    return fine_tuning_config(run_dir, source, steps)
+
+
+def train_watcher(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS) -> Path:
+    """Train (or resume, or keep a finished) heads committee into ``run_dir``; returns its directory."""
+    from forcefield_et.training.committee import train_head_committee
+
+    train_head_committee(watcher_config(run_dir, data_root, steps), WATCHER_HEADS, progress=False)
+    return run_dir
 
 
 def load_run(runs: Path, work: Path, model: str) -> Dict[str, Any]:
@@ -54,11 +87,14 @@ def load_run(runs: Path, work: Path, model: str) -> Dict[str, Any]:
         frames, numbers = data["positions"], data["numbers"]
         times = data["time_ps"]
     elif state.is_file():  # in progress: the frames of the last state checkpoint
-        return {"frames": np.load(state)["frames"], "numbers": None, "times": None, "result": None,
-                "partial": True, "name": name}
+        saved = np.load(state)
+        md_cpu_s = float(saved["md_cpu_s"]) if "md_cpu_s" in saved.files else None
+        return {"frames": saved["frames"], "numbers": None, "times": None, "result": None,
+                "partial": True, "name": name, "md_cpu_s": md_cpu_s}
     else:
         raise FileNotFoundError(f"no trajectory or state for {name} under {work}")
-    return {"frames": frames, "numbers": numbers, "times": times, "result": result, "partial": False, "name": name}
+    return {"frames": frames, "numbers": numbers, "times": times, "result": result, "partial": False, "name": name,
+            "md_cpu_s": result.get("md_cpu_s")}
 
 
 def watch(committee: Any, frames: np.ndarray, numbers: np.ndarray, stride: int) -> np.ndarray:
@@ -96,19 +132,71 @@ def lead_times(runs: Dict[str, Dict[str, Any]]) -> float:
     return threshold
 
 
+def watcher_info(watcher: str) -> Dict[str, Any] | None:
+    """Kind, size, training frames and steps, validation and training CPU of a committee directory
+    trained by :func:`train_watcher` (None for anything else, e.g. a comma-separated list)."""
+    directory = Path(watcher)
+    if directory.name == "committee.json":
+        directory = directory.parent
+    committee_file = directory / "committee.json"
+    if not committee_file.is_file():
+        return None
+    committee = json.loads(committee_file.read_text())
+    info: Dict[str, Any] = {"kind": committee.get("kind", "checkpoints"),
+                            "members": committee.get("heads", len(committee["members"]))}
+    validation = committee.get("validation") or {}
+    key = f"{MOLECULE}/force_mae_meV_A"
+    if key in validation:
+        info["validation_force_mae_meV_A"] = float(validation[key])
+    config = directory / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        settings = yaml.safe_load(config.read_text())
+        source = settings["sources"][0]
+        info.update(train_file=Path(source["path"]).name, train_frames=source.get("frames"),
+                    valid_frames=source.get("valid_frames"), init_from=settings.get("init_from"),
+                    steps=settings["optim"]["max_steps"])
+    info["training_cpu_s"] = training_cpu_seconds(directory)
+    return info
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (so the JSON names no machine's folders)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="md_stability --out folder")
-    parser.add_argument("--work", type=Path, required=True, help="md_stability --work folder")
-    parser.add_argument("--stable", nargs="+", required=True, help="model names of the stable runs")
-    parser.add_argument("--collapsing", nargs="+", required=True, help="model names of the collapsing runs")
-    parser.add_argument("--watcher", required=True, help="committee: directory, committee.json or checkpoints")
+    parser.add_argument("--train-watcher", action="store_true",
+                        help=f"train the watcher committee into --watcher (resumes; default {WATCHER_STEPS} steps), "
+                        "then watch if --runs is given")
+    parser.add_argument("--watcher-steps", type=int, default=WATCHER_STEPS, help="with --train-watcher")
+    parser.add_argument("--runs", type=Path, help="md_stability --out folder")
+    parser.add_argument("--work", type=Path, help="md_stability --work folder")
+    parser.add_argument("--stable", nargs="+", help="model names of the stable runs")
+    parser.add_argument("--collapsing", nargs="+", help="model names of the collapsing runs")
+    parser.add_argument("--watcher", default=str(WATCHER_DIR),
+                        help="committee: directory, committee.json or checkpoints (default: the trained watcher)")
     parser.add_argument("--save-interval-ps", type=float, default=0.01,
                         help="time between saved frames (md_stability --save-every x --timestep)")
     parser.add_argument("--stride", type=int, default=1, help="watch every k-th saved frame")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.train_watcher:
+        start = time.process_time()
+        train_watcher(Path(args.watcher), steps=args.watcher_steps)
+        print(f"watcher committee in {args.watcher} ({time.process_time() - start:.0f} CPU-s in this invocation)")
+        if args.runs is None:
+            return
+    missing = [name for name in ("runs", "work", "stable", "collapsing") if getattr(args, name) is None]
+    if missing:
+        parser.error("watching needs " + ", ".join("--" + name for name in missing))
     committee = load_committee(args.watcher.split(",") if "," in args.watcher else args.watcher, dtype="float32")
     numbers = None
     start_cpu = time.process_time()
@@ -120,8 +208,7 @@ def main(argv: List[str] | None = None) -> None:
                 if numbers is None:
                     from forcefield_et.data import read_rmd17
 
-                    test = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
-                    numbers = read_rmd17(test / f"rmd17_{MOLECULE}_test_01.npz").z[:21]
+                    numbers = read_rmd17(DATA_ROOT / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").z[:21]
                 run["numbers"] = numbers
             numbers = run["numbers"] if numbers is None else numbers
             frames = run["frames"]
@@ -134,15 +221,18 @@ def main(argv: List[str] | None = None) -> None:
                 keep = times < break_ps - 1e-9
                 frames, times = frames[keep], times[keep]
             std = watch(committee, frames, run["numbers"], args.stride)
-            runs[model] = {"role": role, "partial": run["partial"], "collapsed": collapsed, "break_ps": break_ps,
+            runs[model] = {"role": role, "driver": result.get("model_description"), "partial": run["partial"],
+                           "collapsed": collapsed, "break_ps": break_ps,
                            "simulated_ps": float(times[-1]) if len(times) else 0.0,
                            "collapse_reason": result.get("collapse_reason") or result.get("reason"),
+                           "md_cpu_s": run["md_cpu_s"],
                            "time_ps": times[:: args.stride].round(4).tolist(),
                            "max_force_std_eV_A": std.round(5).tolist()}
     threshold = lead_times(runs)
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
-        "watcher": str(args.watcher),
+        "watcher": _repo_relative(args.watcher),
+        "watcher_info": watcher_info(args.watcher),
         "threshold_eV_A": threshold,
         "stable_runs_length_ps": {m: r["simulated_ps"] for m, r in runs.items() if r["role"] == "stable"},
         "runs": runs,
@@ -152,6 +242,8 @@ def main(argv: List[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "md_warning.json", summary)
     plot(summary, args.out / "md_warning.png")
+    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure docs/uncertainty.md shows
+        shutil.copyfile(args.out / "md_warning.png", DOCS_IMG / "md_warning.png")
     for model, r in runs.items():
         print(f"{model} ({r['role']}): max std {np.nanmax(r['max_force_std_eV_A']):.3f} eV/Å over "
               f"{r['simulated_ps']:.2f} ps; break {r['break_ps']}; lead {r.get('lead_time_ps')}")
