@@ -24,6 +24,13 @@ step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
 .venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
+step "MD warning: the 50-frame driver and the stable reference extended to 100 ps, then watched"
+md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-every 20 --time-ps 100 \
+    --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
+md --models s50 --model-path s50=benchmarks/results/md_warning/drivers/aspirin-50-scratch.pt
+md --models et-pretrained-finetuned
+.venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
+    --stable et-pretrained-finetuned --collapsing s50 --stride 5 >> runs/md_warning.log 2>&1
 step "recipe variants at 50 frames from the 0.45 M-conformation snapshot: base, replay, force weight 100, ZBL 0.75"
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
