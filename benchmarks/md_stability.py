@@ -114,7 +114,9 @@ class Protocol:
     dtype: str = "float32"
     threads: int = 1
     device: str = "cpu"
-    compile: bool = True  # ET models: energy and forces as one compiled graph (ETCalculator(compile=True))
+    # ET models: energy and forces as one compiled graph (ETCalculator(compile=True)); main() and the
+    # other MD drivers switch it on where the run is long enough to repay it (runtime.compile_pays_off)
+    compile: bool = False
 
     @property
     def n_saves(self) -> int:

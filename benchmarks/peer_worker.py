@@ -138,9 +138,12 @@ class Worker:
 
     def md(self, molecule: str, run_dir: str, time_ps: float, cpu_budget_s: float | None = None,
            threads: int = 1, device: str = "cpu", quiet: bool = False, **protocol: Any) -> Dict[str, Any]:
+        from forcefield_et.runtime import compile_pays_off
+
         from .md_stability import ModelSpec, Protocol, load_reference, run_one
 
         settings = Protocol(time_ps=time_ps, threads=threads, device=device, **protocol)
+        settings.compile = compile_pays_off(settings.n_steps)  # the long MD runs compile the ET
         reference = load_reference(molecule, settings)
         spec = ModelSpec(self.name, self.kind, Path(self.path), f"{self.kind} model {self.path}")
         return run_one(spec, reference, settings, Path(run_dir), checkpoint_every=10, quiet=quiet,
