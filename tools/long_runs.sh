@@ -20,6 +20,13 @@ SNAPSHOT=runs/pretrain_mixed/snapshots/step_14063.pt
 step() { echo "$(date -u +%FT%T) $*"; }
 study() { .venv/bin/python -m benchmarks.finetune_converged "$@" >> runs/finetune_converged.log 2>&1; }
 
+step "converged fine-tuning, the scratch cell under way"
+study --starts scratch --sizes 50 --molecules naphthalene
+step "recipe variants at 50 frames from the 0.45 M-conformation snapshot: base, replay, force weight 100, ZBL 0.75"
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight 100
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
@@ -31,11 +38,6 @@ md --models s50 --model-path s50=benchmarks/results/md_warning/drivers/aspirin-5
 md --models et-pretrained-finetuned
 .venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
     --stable et-pretrained-finetuned --collapsing s50 --stride 5 >> runs/md_warning.log 2>&1
-step "recipe variants at 50 frames from the 0.45 M-conformation snapshot: base, replay, force weight 100, ZBL 0.75"
-study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
-study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
-study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight 100
-study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
