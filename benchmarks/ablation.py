@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .io import write_report
-from .machine import machine_info
 from .md_stability import stability_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -213,16 +212,8 @@ def report(out: Path, molecule: str, sizes: Sequence[int], run_root: Path | None
             row["md"] = {k: v for k, v in md.items() if k != "hr"} if md else None
             if row["finetune"] or row["md"] or row.get("pretrain_valid"):
                 rows.append(row)
-    summary = {
-        "benchmark": "ablation",
-        "machine": machine_info(),
-        "molecule": molecule,
-        "md_time_ps": md_time_ps,
-        "protocol": __doc__.split("Protocol.")[1].strip(),
-        "rows": rows,
-    }
-    draw = (lambda: plot(rows, out / "ablation.png")) if rows else None
-    return write_report(out, "ablation.json", summary, "ablation.md", table(rows), draw)
+    return write_report(out, "ablation", __doc__.split("Protocol.")[1].strip(), rows, table(rows), plot,
+                        rows_key="rows", molecule=molecule, md_time_ps=md_time_ps)
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -249,7 +240,7 @@ def main(argv: List[str] | None = None) -> None:
     if args.quick:
         args.sizes, args.steps, args.md_time_ps, args.test_frames = [50], 4, 0.05, 20
     out.mkdir(parents=True, exist_ok=True)
-    from .finetune_study import DATA_ROOT
+    from .paths import DATA_ROOT
 
     if not args.report:
         for variant in args.variants:

@@ -564,9 +564,10 @@ def selection_demo() -> str:
     d = json.loads(path.read_text()) if path.is_file() else None
     tested = f"on {d['test_frames']} test frames " if d else ""
     lines = [f"| committee | training frames | training (CPU-h, stopped by) | test force MAE {tested}(meV/Å) "
-             "| MD at 500 K | largest per-atom force std in MD (meV/Å) |", "|---|---|---|---|---|---|"]
+             "| test energy MAE (meV) | MD at 500 K | largest per-atom force std in MD (meV/Å) |",
+             "|---|---|---|---|---|---|---|"]
     if d is None:
-        return "\n".join(lines + ["| not run yet: `python -m benchmarks.selection_demo` | | | | | |"]) + "\n"
+        return "\n".join(lines + ["| not run yet: `python -m benchmarks.selection_demo` | | | | | | |"]) + "\n"
     for name, label in (("start_25", "25 start frames"), ("random_50", "start + 25 random"),
                         ("selected_50", "start + 25 selected")):
         t, md = d["training"][name], d["md"].get(name)
@@ -574,8 +575,10 @@ def selection_demo() -> str:
         run = "–" if md is None else (f"collapsed at {md['collapse_time_ps']:g} ps" if md["collapsed"]
                                       else f"no collapse in {md['simulated_ps']:g} ps")
         std = "–" if md is None else f"{md['max_force_std_meV_A']:.0f}"
+        test = d["test"][name]
+        energy = f"{test['energy_mae_meV']:.1f}" if "energy_mae_meV" in test else "–"
         lines.append(f"| {label} | {t['train_frames']} | {t['cpu_s'] / 3600:.2f}, {stop} "
-                     f"| {d['test'][name]['force_mae_meV_A']:.1f} | {run} | {std} |")
+                     f"| {test['force_mae_meV_A']:.1f} | {energy} | {run} | {std} |")
     return "\n".join(lines) + "\n"
 
 

@@ -44,11 +44,9 @@ from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.curves import read_validation_rows
 
 from .finetune_study import _pretrained_architecture, start_label
-from .io import write_json_atomic, write_report
-from .machine import machine_info
+from .io import finished_runs, write_json_atomic, write_report
+from .paths import DATA_ROOT, REPO, rmd17_file
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = REPO / ".." / "shared" / "data" / "rmd17"
 RUNS_DIR = REPO / "runs" / "finetune_converged"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "finetune_converged"
 MOLECULES = ["aspirin", "ethanol", "naphthalene", "salicylic"]
@@ -139,15 +137,15 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
                optim: Dict[str, Any] | None = None, variant: Variant = Variant(),
                model: Dict[str, Any] | None = None):
-    train_file = str(data_root / f"rmd17_{molecule}_train_01.npz")
+    train_file = str(rmd17_file(molecule, "train", data_root))
     source = {
         "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
         "frames": f"0:{min(n_train, 950)}", "valid_path": train_file, "valid_frames": VALID,
-        "test_path": str(data_root / f"rmd17_{molecule}_test_01.npz"), "test_frames": "0:1000:5",
+        "test_path": str(rmd17_file(molecule, "test", data_root)), "test_frames": "0:1000:5",
     }
     sources = [source]
     if variant.replay:
-        sources = with_replay(sources, [str(data_root / f"rmd17_{m}_train_01.npz") for m in REPLAY_MOLECULES],
+        sources = with_replay(sources, [str(rmd17_file(m, "train", data_root)) for m in REPLAY_MOLECULES],
                               REPLAY_RATIO, format="rmd17")
     return recipe_config(runs_dir / cell_name(molecule, n_train, start, variant), sources, n_train, start, optim,
                          variant, model)
@@ -170,7 +168,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     from forcefield_et import load_model
 
     model = load_model(run_dir / "best.pt", dtype="float32")
-    test = read_rmd17(data_root / f"rmd17_{molecule}_test_01.npz")
+    test = read_rmd17(rmd17_file(molecule, "test", data_root))
     test = test.subset(np.arange(min(test_frames, len(test))))
     with torch.enable_grad():
         metrics = error_metrics(test, predict(model, test))
@@ -200,8 +198,8 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
 
 
 def finished(results_dir: Path) -> List[Dict[str, Any]]:
-    results = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*/result.json"))]
-    return sorted(results, key=lambda r: (r["molecule"], r["n_train"], r["start"]))
+    """Every finished cell's result, ordered by molecule, size and start."""
+    return finished_runs(results_dir, lambda r: (r["molecule"], r["n_train"], r["start"]))
 
 
 def value_at(curve: List[Dict[str, Any]], hours: float) -> float | None:
@@ -310,12 +308,10 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
 
 def report(results_dir: Path = RESULTS_DIR) -> str:
     results = finished(results_dir)
-    summary = {"benchmark": "finetune_converged", "machine": machine_info(),
-               "protocol": __doc__.split("Protocol")[1].split("Runs live")[0].strip(),
-               "published_1000_frames_force_mae_meV_A": PUBLISHED_1000,
-               "published_50_frames_force_mae_meV_A": PUBLISHED_50, "runs": results}
-    draw = (lambda: plot(results, results_dir / "time_to_accuracy.png")) if results else None
-    return write_report(results_dir, "finetune_converged.json", summary, "finetune_converged.md", table(results), draw)
+    return write_report(results_dir, "finetune_converged", __doc__.split("Protocol")[1].split("Runs live")[0].strip(),
+                        results, table(results), plot, figure_name="time_to_accuracy.png",
+                        published_1000_frames_force_mae_meV_A=PUBLISHED_1000,
+                        published_50_frames_force_mae_meV_A=PUBLISHED_50)
 
 
 QUICK_BUDGET_S = 6  # --quick: CPU seconds of training (a few validations of the tiny pipeline check)
@@ -334,7 +330,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
-    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")

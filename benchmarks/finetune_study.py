@@ -34,10 +34,10 @@ from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.registry import BUNDLED_DIR, bundled_models, export_checkpoint
 from forcefield_et.training import config_from_dict, train
 
+from .io import finished_runs as io_finished_runs
 from .io import write_report, write_text_atomic
-from .machine import machine_info
+from .paths import DATA_ROOT, rmd17_file
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
 STUDY_DIR = Path(__file__).resolve().parent / "results" / "finetune_study"
 VALID_FRAMES = 50
 SPLIT_FRAMES = 1000
@@ -79,7 +79,7 @@ def run_one(
         for stale in ("metrics.csv", "last.pt"):  # the training starts from step 0 with a new log
             (run_dir / stale).unlink(missing_ok=True)
     n_used = min(n_train, SPLIT_FRAMES - VALID_FRAMES)
-    train_file = data_root / f"rmd17_{molecule}_train_01.npz"
+    train_file = rmd17_file(molecule, "train", data_root)
     source = {
         "name": molecule,
         "format": "rmd17",
@@ -99,7 +99,7 @@ def run_one(
     from forcefield_et import load_model
 
     model = load_model(best, dtype="float32")
-    test = read_rmd17(data_root / f"rmd17_{molecule}_test_01.npz")
+    test = read_rmd17(rmd17_file(molecule, "test", data_root))
     if test_frames is not None and test_frames < len(test):
         test = test.subset(np.arange(test_frames))
     with torch.enable_grad():
@@ -233,7 +233,7 @@ def main(argv: List[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per run (batch 8)")
     parser.add_argument("--test-frames", type=int, default=1000)
-    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--out", default=str(STUDY_DIR))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, 10 steps, 50 test frames")
@@ -302,16 +302,16 @@ def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Pat
             "energy_mae_meV": result["test_energy_mae_meV"],
         },
     }
-    if (DATA_ROOT / f"rmd17_{molecule}_train_01.npz").is_file():
+    if rmd17_file(molecule).is_file():
         card["training_domain"] = rmd17_training_domain(molecule, DATA_ROOT, result["n_train"])
     else:
-        print(f"{DATA_ROOT} has no rMD17 {molecule} data: the card gets no training_domain")
+        print(f"{rmd17_file(molecule)} not found: the card gets no training_domain")
     return export_checkpoint(run_dir / "best.pt", destination_dir / f"rmd17-{molecule}.pt", card)
 
 
 def rmd17_training_domain(molecule: str, data_root: Path, n_train: int = SPLIT_FRAMES - VALID_FRAMES) -> Dict[str, Any]:
     """The ``training_domain`` card entry of a model fitted to the first ``n_train`` rMD17 train_01 frames."""
-    data = read_rmd17(data_root / f"rmd17_{molecule}_train_01.npz", max_frames=n_train)
+    data = read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train)
     return training_domain(data.z, data.n_atoms)
 
 
@@ -330,8 +330,7 @@ def add_training_domain(molecule: str, data_root: Path, destination_dir: Path = 
 
 def finished_runs(out: Path) -> List[Dict[str, Any]]:
     """Results of every finished run under ``out/runs``, ordered by molecule, size and start."""
-    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
-    return sorted(results, key=lambda r: (r["molecule"], r["n_train"], r["start"]))
+    return io_finished_runs(out, lambda r: (r["molecule"], r["n_train"], r["start"]))
 
 
 def table(results: List[Dict[str, Any]]) -> str:
@@ -389,14 +388,8 @@ def report(out: Path) -> str:
     """Rebuild the summary JSON, the learning-curve plot and the markdown table from ``out/runs``;
     returns the table."""
     results = finished_runs(out)
-    summary = {
-        "benchmark": "finetune_study",
-        "machine": machine_info(),
-        "protocol": __doc__.split("Protocol")[1].split("Each run")[0].strip(),
-        "runs": results,
-    }
-    draw = (lambda: plot(results, out / "finetune_curves.png")) if results else None
-    return write_report(out, "finetune_study.json", summary, "finetune_table.md", table(results), draw)
+    return write_report(out, "finetune_study", __doc__.split("Protocol")[1].split("Each run")[0].strip(), results,
+                        table(results), plot, table_name="finetune_table.md", figure_name="finetune_curves.png")
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,12 @@
-"""Atomic result files for the benchmarks: write a temporary file beside the target, then rename,
-so that an interrupted benchmark never leaves a half-written JSON or state file."""
+"""Result files of the benchmarks. Writes are atomic (a temporary file beside the target, then a
+rename), so that an interrupted benchmark never leaves a half-written JSON or state file."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 
@@ -47,13 +47,26 @@ def savez_atomic(path: Path, **arrays: Any) -> Path:
     return path
 
 
-def write_report(out: Path, json_name: str, summary: Any, table_name: str, markdown: str,
-                 draw: Callable[[], Any] | None = None) -> str:
-    """A benchmark's result set in ``out``: the summary as JSON, the markdown table, and the plot
-    that ``draw()`` writes (skipped when None, e.g. with no finished runs). Returns the table."""
+def finished_runs(results_dir: Path, sort_key: Callable[[Dict[str, Any]], Any] | None = None) -> List[Dict[str, Any]]:
+    """The ``result.json`` of every finished run under ``results_dir/runs/*/``, ordered by
+    ``sort_key`` (default: by run folder name)."""
+    rows = [json.loads(p.read_text()) for p in sorted((Path(results_dir) / "runs").glob("*/result.json"))]
+    return sorted(rows, key=sort_key) if sort_key else rows
+
+
+def write_report(out: Path, benchmark: str, protocol: str, rows: List[Dict[str, Any]], markdown: str,
+                 plot: Callable[[List[Dict[str, Any]], Path], Any] | None = None, *, table_name: str | None = None,
+                 figure_name: str | None = None, rows_key: str = "runs", **extra: Any) -> str:
+    """A benchmark's result set in ``out``: ``<benchmark>.json`` (the benchmark, the machine, the
+    protocol, the ``extra`` entries and the rows under ``rows_key``), the markdown table
+    (``<benchmark>.md`` unless ``table_name``) and, when there are rows, the figure that
+    ``plot(rows, path)`` draws (``<benchmark>.png`` unless ``figure_name``). Returns the table."""
+    from .machine import machine_info
+
     out = Path(out)
-    write_json_atomic(out / json_name, summary)
-    write_text_atomic(out / table_name, markdown)
-    if draw is not None:
-        draw()
+    summary = {"benchmark": benchmark, "machine": machine_info(), "protocol": protocol, **extra, rows_key: rows}
+    write_json_atomic(out / f"{benchmark}.json", summary)
+    write_text_atomic(out / (table_name or f"{benchmark}.md"), markdown)
+    if plot is not None and rows:
+        plot(rows, out / (figure_name or f"{benchmark}.png"))
     return markdown

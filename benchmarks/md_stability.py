@@ -72,6 +72,7 @@ from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, f
 from forcefield_et.runtime import compile_pays_off
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
+from .paths import DATA_ROOT, rmd17_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -79,7 +80,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORK_ROOT = REPO_ROOT / "runs"  # ignored by git: resumable states and trajectories
 # the fine-tuning study's run folders (benchmarks/finetune_study.py; not imported here: it loads torch)
 STUDY_RUNS_DIR = Path(__file__).resolve().parent / "results" / "finetune_study" / "runs"
-RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
 QUICK_MOLECULES = ("aspirin", "ethanol")
 DEFAULT_MODELS = ("et-pretrained-finetuned", "et-scratch", "nequip")
@@ -187,16 +187,14 @@ class Reference:
     source: str = ""
 
 
-def rmd17_path(molecule: str, split: str) -> Path:
-    return RMD17_DIR / f"rmd17_{molecule}_{split}_01.npz"
-
-
-def load_reference(molecule: str, protocol: Protocol) -> Reference:
+def load_reference(molecule: str, protocol: Protocol, data_root: Path = DATA_ROOT) -> Reference:
+    """The start frames, bonds and reference h(r) of ``molecule`` from its rMD17 split under
+    ``data_root`` (the shared data folder)."""
     from forcefield_et.data import read_rmd17
 
-    path = rmd17_path(molecule, protocol.start_split)
+    path = rmd17_file(molecule, protocol.start_split, data_root)
     if not path.is_file():
-        raise FileNotFoundError(f"rMD17 file {path} not found (../shared/data/rmd17 is needed)")
+        raise FileNotFoundError(f"rMD17 file {path} not found (the shared data folder is needed; see --data-root)")
     data = read_rmd17(path)
     n = int(data.n_atoms[0])
     frames = data.pos.reshape(len(data), n, 3)
@@ -791,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", help="folder for the resumable states and trajectories (default runs/md_stability, "
                                        "runs/md_stability_quick with --quick; <out>/work for an --out outside "
                                        "benchmarks/results)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
+                        help="the shared data folder; its rmd17/ gives the start frames and the reference h(r)")
     parser.add_argument("--time-ps", type=float, help="simulated time per run (default 300, --quick 2)")
     parser.add_argument("--temperature", type=float, default=500.0, help="K")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -842,7 +842,7 @@ def main(argv: List[str] | None = None) -> int:
     started = time.perf_counter()
     for molecule in molecules:
         try:
-            references[molecule] = load_reference(molecule, protocol)
+            references[molecule] = load_reference(molecule, protocol, args.data_root)
         except (FileNotFoundError, ValueError) as error:
             for model in models:
                 skipped.append({"molecule": molecule, "model": model, "reason": str(error)})
@@ -870,7 +870,7 @@ def main(argv: List[str] | None = None) -> int:
     all_models = list(dict.fromkeys(list(models) + [r["model"] for r in runs]))
     for molecule in all_molecules:
         if molecule not in references:
-            references[molecule] = load_reference(molecule, protocol)
+            references[molecule] = load_reference(molecule, protocol, args.data_root)
     for run in runs:
         add_missing_collapse_bonds(run, references[run["molecule"]], protocol, work)
     plot_models = [m for m in all_models if any(r["model"] == m for r in runs)]

@@ -4,18 +4,23 @@
     python -m benchmarks.md_stability --molecules aspirin --models s50 --time-ps 60 --save-every 20 \\
         --model-path s50=benchmarks/results/md_warning/drivers/aspirin-50-scratch.pt \\
         --out runs/md_warning/out --work runs/md_warning/work
+    python -m benchmarks.prepare --molecules aspirin --models et-scratch   # the short-budget scratch ET
+    python -m benchmarks.md_stability --molecules aspirin --models et-scratch --time-ps 100 --save-every 20 \\
+        --out runs/md_warning/out --work runs/md_warning/work
     python -m benchmarks.md_stability --molecules aspirin --models et-pretrained-finetuned --time-ps T \\
-        --save-every 20 --out runs/md_warning/out --work runs/md_warning/work   # T >= the break time above
+        --save-every 20 --out runs/md_warning/out --work runs/md_warning/work   # T >= the break times above
     python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \\
-        --stable et-pretrained-finetuned --collapsing s50 --stride 5
+        --stable et-pretrained-finetuned --collapsing s50 et-scratch --stride 5
 
 Watcher (``--train-watcher``, into ``--watcher``, default ``benchmarks/results/md_warning/watcher/``):
 a heads committee (4 heads) fine-tuned from ``pretrained`` with the short recipe of
 :func:`benchmarks.uncertainty.fine_tuning_config` on rMD17 aspirin ``train_01`` frames 0-949,
 validated on frames 950-999 of the same file (train split only; 1000 frames in all), 1200 steps of
 batch 8. Its ``best.pt`` and ``committee.json`` are kept with the results, so the watching step
-reruns without retraining. The collapsing run's driver (the 50-frame scratch ET of
-:mod:`benchmarks.finetune_converged`) is kept there too, in ``drivers/``.
+reruns without retraining. The collapsing runs' drivers are kept there too, in ``drivers/``: the
+50-frame scratch ET of :mod:`benchmarks.finetune_converged` and the scratch ET of the short-budget
+fine-tuning study (:mod:`benchmarks.finetune_study`: 2,000 steps on 950 frames; ``et-scratch`` of
+:mod:`benchmarks.md_stability`).
 
 Protocol: the MD-stability runs (:mod:`benchmarks.md_stability`: 500 K Nosé-Hoover chain, 0.5 fs,
 collapse = the first saved frame with a bond more than 0.5 Å from its reference length) are driven
@@ -48,7 +53,8 @@ from forcefield_et.registry import load_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
-from .uncertainty import DATA_ROOT, fine_tuning_config, frame_reduce, predict_committee, training_cpu_seconds
+from .paths import DATA_ROOT, rmd17_file
+from .uncertainty import fine_tuning_config, frame_reduce, predict_committee, training_cpu_seconds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "md_warning"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
@@ -62,7 +68,7 @@ WATCHER_VALID_FRAMES = "950:1000"
 
 def watcher_config(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS) -> Any:
     """The watcher's training configuration: aspirin ``train_01`` frames 0-949, validated on 950-999."""
-    train_file = str(Path(data_root) / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz")
+    train_file = str(rmd17_file(MOLECULE, "train", data_root))
     source = {"name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
               "frames": WATCHER_TRAIN_FRAMES, "valid_path": train_file, "valid_frames": WATCHER_VALID_FRAMES}
     return fine_tuning_config(run_dir, source, steps)
@@ -208,7 +214,7 @@ def main(argv: List[str] | None = None) -> None:
                 if numbers is None:
                     from forcefield_et.data import read_rmd17
 
-                    numbers = read_rmd17(DATA_ROOT / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").z[:21]
+                    numbers = read_rmd17(rmd17_file(MOLECULE, "test")).z[:21]
                 run["numbers"] = numbers
             numbers = run["numbers"] if numbers is None else numbers
             frames = run["frames"]

@@ -35,8 +35,7 @@ from forcefield_et.inference import Evaluator
 from forcefield_et.structures import structure_path
 
 from .machine import machine_info, median_ms
-
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from .paths import DATA_ROOT
 
 
 def inference(model: torch.nn.Module, repeats: int, rounds: int) -> Dict[str, float]:

@@ -43,8 +43,10 @@ import torch
 
 from forcefield_et.neighbors import radius_graph
 
+from .paths import water_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WATER_DIR = (REPO_ROOT / ".." / "shared" / "data" / "water" / "data_0").resolve()
+WATER_DIR = water_dir()
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 CUTOFF = 5.0
 RANDOM_DENSITY = 0.1  # atoms / Å^3, used without the water data

@@ -56,9 +56,9 @@ def test_errors(calc, molecule: str, frames: int) -> Dict[str, Any]:
 
     from forcefield_et.data import read_rmd17
 
-    from .md_stability import rmd17_path
+    from .paths import rmd17_file
 
-    data = read_rmd17(rmd17_path(molecule, "test"))
+    data = read_rmd17(rmd17_file(molecule, "test"))
     n = int(data.n_atoms[0])
     count = min(frames, len(data))
     pos = data.pos.reshape(len(data), n, 3)[:count]

@@ -74,7 +74,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .io import write_json_atomic, write_text_atomic
-from .prepare import NEQUIP_MDSIM, NEQUIP_TINY, RMD17_DIR, TRAIN_FRAMES, VALID_FRAMES, log, nequip_config, write_extxyz
+from .paths import DATA_ROOT
+from .prepare import NEQUIP_MDSIM, NEQUIP_TINY, TRAIN_FRAMES, VALID_FRAMES, log, nequip_config, write_extxyz
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs" / "peers"
@@ -273,7 +274,7 @@ def train_et(start: str, budget_s: float | None, quick: bool, runs: Path, out: P
             model = {k: v for k, v in TINY_ARCHITECTURE.items()}
         source = f"finetune_converged recipe, own cell in {runs_dir}"
     log(f"et-{start}: {source} (budget {budget_tag(budget_s)})")
-    result = fc.run_cell(MOLECULE, 1000, start, RMD17_DIR, runs_dir, results_dir, optim,
+    result = fc.run_cell(MOLECULE, 1000, start, DATA_ROOT, runs_dir, results_dir, optim,
                          test_frames=20 if quick else 1000, model=model)
     path = runs_dir / result["cell"] / "best.pt"
     return {
@@ -303,7 +304,7 @@ def et_step_cost(quick: bool, steps: int, runs: Path) -> Dict[str, Any]:
     work = runs / "probe" / "et"
     shutil.rmtree(work, ignore_errors=True)
     model = {k: v for k, v in TINY_ARCHITECTURE.items()} if quick else None
-    trainer = make_trainer(MOLECULE, 8, not quick, work, RMD17_DIR, model)
+    trainer = make_trainer(MOLECULE, 8, not quick, work, DATA_ROOT, model)
     warm = time.process_time()
     for _ in range(3):
         trainer.train_step()

@@ -44,9 +44,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from .paths import DATA_ROOT, rmd17_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
-RMD17_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rmd17").resolve()
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
 NEQUIP_DEVICES = ("cpu", "cuda")
 TRAIN_FRAMES, VALID_FRAMES = (0, 950), (950, 1000)
@@ -63,7 +64,7 @@ NEQUIP_TINY = {**NEQUIP_MDSIM, "num_layers": 2, "l_max": 1, "num_features": 8, "
 
 
 def rmd17_train_path(molecule: str) -> Path:
-    path = RMD17_DIR / f"rmd17_{molecule}_train_01.npz"
+    path = rmd17_file(molecule)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (../shared/data/rmd17 is needed)")
     return path
@@ -145,7 +146,7 @@ def prepare_et_scratch(molecule: str, cache: Path, steps: int, threads: int, qui
             shutil.rmtree(run_dir)
         log(f"et-scratch/{molecule}: the fine-tuning study's 1000-frame scratch run, {steps} steps -> {run_dir}")
         torch.set_num_threads(threads)
-        metrics = run_one(molecule, 1000, "scratch", steps, STUDY_DIR, RMD17_DIR, None, seed=seed, threads=threads,
+        metrics = run_one(molecule, 1000, "scratch", steps, STUDY_DIR, DATA_ROOT, None, seed=seed, threads=threads,
                           need_weights=True)
         wall, best, description = metrics["wall_time_s"], run_dir / "best.pt", "python -m benchmarks.finetune_study"
     check = check_calculator(ETCalculator(str(best), device="cpu", dtype="float32"), molecule)

@@ -23,9 +23,9 @@ import torch
 
 from forcefield_et.checkpoint import read_checkpoint
 
-from .finetune_converged import DATA_ROOT, REPO, run_cell
-from .io import write_report
-from .machine import machine_info
+from .finetune_converged import run_cell
+from .io import finished_runs, write_report
+from .paths import DATA_ROOT, REPO
 
 PRETRAIN_RUN = REPO / "runs" / "pretrain_mixed"
 RUNS_DIR = REPO / "runs" / "pretrain_scaling"
@@ -82,11 +82,9 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
 
 
 def report(results_dir: Path = RESULTS_DIR) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*/result.json"))]
-    summary = {"benchmark": "pretrain_scaling", "machine": machine_info(),
-               "protocol": __doc__.split("Every snapshot")[1].split("Runs live")[0].strip(), "runs": rows}
-    draw = (lambda: plot(rows, results_dir / "pretrain_scaling.png")) if rows else None
-    return write_report(results_dir, "pretrain_scaling.json", summary, "pretrain_scaling.md", table(rows), draw)
+    rows = finished_runs(results_dir)
+    protocol = __doc__.split("Every snapshot")[1].split("Runs live")[0].strip()
+    return write_report(results_dir, "pretrain_scaling", protocol, rows, table(rows), plot)
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -94,7 +92,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--run", default=str(PRETRAIN_RUN), help="pretraining run directory with snapshots/")
     parser.add_argument("--molecules", nargs="+", default=["aspirin", "ethanol"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[50, 1000])
-    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--report", action="store_true")

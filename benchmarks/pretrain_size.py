@@ -33,8 +33,7 @@ import yaml
 from forcefield_et.training import config_from_dict, train
 from forcefield_et.training.curves import read_validation_rows
 
-from .io import write_json_atomic, write_report
-from .machine import machine_info
+from .io import finished_runs, write_json_atomic, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "pretrain_mixed.yaml"
@@ -128,17 +127,10 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def finished(results_dir: Path) -> List[Dict[str, Any]]:
-    rows = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*/result.json"))]
-    return sorted(rows, key=lambda r: (r["hidden_channels"], r["num_layers"]))
-
-
 def report(results_dir: Path = RESULTS_DIR) -> str:
-    rows = finished(results_dir)
-    summary = {"benchmark": "pretrain_size", "machine": machine_info(),
-               "protocol": __doc__.split("Protocol: ")[1].split("Runs live")[0].strip(), "runs": rows}
-    draw = (lambda: plot(rows, results_dir / "pretrain_size.png")) if rows else None
-    return write_report(results_dir, "pretrain_size.json", summary, "pretrain_size.md", table(rows), draw)
+    rows = finished_runs(results_dir, lambda r: (r["hidden_channels"], r["num_layers"]))
+    protocol = __doc__.split("Protocol: ")[1].split("Runs live")[0].strip()
+    return write_report(results_dir, "pretrain_size", protocol, rows, table(rows), plot)
 
 
 def main(argv: List[str] | None = None) -> None:

@@ -41,8 +41,9 @@ from forcefield_et.training import train
 from .finetune_study import study_config
 from .io import write_json_atomic
 from .machine import machine_info
+from .paths import DATA_ROOT
 
-DATA_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "qm9" / "qm9_500_U0_eV.db"
+DATA_FILE = DATA_ROOT / "qm9" / "qm9_500_U0_eV.db"
 N_FOLDS = 5
 N_VALID = 40
 

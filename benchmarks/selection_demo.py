@@ -58,9 +58,9 @@ from .finetune_converged import VALID, recipe_config
 from .io import write_json_atomic
 from .machine import machine_info
 from .md_stability import ModelSpec, Protocol, describe_et, load_reference, run_one
-from .uncertainty import DATA_ROOT, frame_reduce, predict_committee
+from .paths import DATA_ROOT, REPO, rmd17_file
+from .uncertainty import frame_reduce, predict_committee
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "selection_demo"
 RUNS_DIR = REPO / "runs" / "selection_demo"
 MOLECULE = "aspirin"
@@ -155,6 +155,7 @@ def test_errors(committee_dir: Path, test: ConformationSet) -> Dict[str, Any]:
     member_mae = [1000 * float(np.mean(np.abs(f - test.forces))) for f in pred["member_forces"]]
     return {
         "force_mae_meV_A": 1000 * float(np.mean(np.abs(pred["forces"] - test.forces))),
+        "energy_mae_meV": 1000 * float(np.mean(np.abs(pred["energy"] - test.energy))),
         "member_force_mae_meV_A": member_mae,
         "median_frame_max_force_std_meV_A": 1000 * float(np.median(frame_reduce(pred["forces_std"],
                                                                                   test.n_atoms, "max"))),
@@ -162,12 +163,13 @@ def test_errors(committee_dir: Path, test: ConformationSet) -> Dict[str, Any]:
     }
 
 
-def md_stability(committee_dir: Path, name: str, md_dir: Path, md_ps: float, quiet: bool) -> Dict[str, Any]:
+def md_stability(committee_dir: Path, name: str, md_dir: Path, md_ps: float, quiet: bool,
+                 data_root: Path = DATA_ROOT) -> Dict[str, Any]:
     """Run (or resume, or reuse) the MDsim protocol of ``benchmarks.md_stability`` driven by the
     committee's mean for at most ``md_ps`` ps; the run's summary with the committee's largest per-atom
     force std over the saved frames up to the collapse (or the end)."""
     protocol = Protocol(time_ps=md_ps, compile=False)  # a heads committee is evaluated eagerly
-    reference = load_reference(MOLECULE, protocol)
+    reference = load_reference(MOLECULE, protocol, data_root)
     checkpoint = committee_dir / "best.pt"  # the heads checkpoint is the committee (committee.json names it)
     spec = ModelSpec(name, "et", checkpoint, f"{name}: heads committee; " + describe_et(checkpoint))
     result = run_one(spec, reference, protocol, md_dir / name, quiet=quiet)
@@ -228,8 +230,8 @@ def main(argv: List[str] | None = None) -> None:
         args.test_stride, args.md_ps = QUICK["test_stride"], QUICK["md_ps"]
         optim = {"time_budget_s": QUICK["budget_s"], "valid_every": 4, "warmup_steps": 2}
         valid_frames, pool_stop = QUICK["valid_frames"], N_START + QUICK["pool"]
-    train_file = args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
-    test_file = args.data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz"
+    train_file = rmd17_file(MOLECULE, "train", args.data_root)
+    test_file = rmd17_file(MOLECULE, "test", args.data_root)
     if not train_file.is_file():
         raise SystemExit(f"benchmarks.selection_demo: rMD17 not found under {args.data_root}")
     start_idx = list(range(N_START))
@@ -255,7 +257,7 @@ def main(argv: List[str] | None = None) -> None:
     test = read_rmd17(test_file)
     test = test.subset(np.arange(0, len(test), args.test_stride))
     results = {name: test_errors(runs / name, test) for name in training}
-    md = {name: md_stability(runs / name, name, runs / "md", args.md_ps, quiet=args.quick) for name in ARMS}
+    md = {name: md_stability(runs / name, name, runs / "md", args.md_ps, args.quick, args.data_root) for name in ARMS}
 
     # the start committee's spread and actual error on the chosen and the random frames (labels read
     # only for this report)

@@ -53,9 +53,9 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 from .io import write_json_atomic
+from .paths import rmd17_file
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = REPO / ".." / "shared" / "data" / "rmd17"
 TARGETS = ("md", "finetune")
 TIMING_COLUMNS = ("time_s", "conf_per_s", "cpu_hours")
 STARTUP_KILL_SHARE = 0.2  # kills aimed at the start-up (imports, data loading); the rest at the work
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thermostat", default="langevin", choices=["langevin", "nose-hoover", "nve"])
     parser.add_argument("--md-model", default="rmd17-ethanol", help="model of the md runs (ethanol, 9 atoms)")
     parser.add_argument("--finetune-steps", type=int, default=120)
-    parser.add_argument("--train", default=str(DATA_ROOT / "rmd17_ethanol_train_01.npz"),
+    parser.add_argument("--train", default=str(rmd17_file("ethanol")),
                         help="training data of the finetune runs (rMD17 format)")
     parser.add_argument("--work", default=str(REPO / "runs" / "soak"), help="run folders (deleted at the start)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of soak.json, soak.png")

@@ -66,10 +66,11 @@ from ase.md.verlet import VelocityVerlet  # noqa: E402
 
 from .io import write_json_atomic  # noqa: E402
 from .machine import machine_info  # noqa: E402
+from .paths import water_dir  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache" / "speed"
-WATER_DIR = (REPO_ROOT / ".." / "shared" / "data" / "water" / "data_0").resolve()
+WATER_DIR = water_dir()
 ALL_MODELS = ("et", "et-compiled", "et-bundled", "torchmd-net-et", "nequip")
 WEIGHTS_NOTE = (
     "et and torchmd-net-et have random weights and nequip is untrained (one optimiser step); only "

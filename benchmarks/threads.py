@@ -28,9 +28,10 @@ import numpy as np
 import forcefield_et  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP)
 from benchmarks.io import write_json_atomic
 from benchmarks.machine import machine_info
+from benchmarks.paths import water_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WATER_DIR = (REPO_ROOT / ".." / "shared" / "data" / "water" / "data_0").resolve()
+WATER_DIR = water_dir()
 SETTINGS = ("1", "2", "rule")
 
 

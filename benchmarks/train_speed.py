@@ -40,8 +40,8 @@ from forcefield_et.training.objectives import compute_loss, count_terms
 
 from .io import write_json_atomic
 from .machine import machine_info
+from .paths import DATA_ROOT, rmd17_file
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY_MODEL = {"hidden_channels": 32, "num_layers": 2, "num_heads": 4, "num_rbf": 16}
 
@@ -49,7 +49,7 @@ TINY_MODEL = {"hidden_channels": 32, "num_layers": 2, "num_heads": 4, "num_rbf":
 def make_trainer(molecule: str, batch_size: int, compile_step: bool, run_dir: Path, data_root: Path,
                  model: Dict[str, Any] | None) -> Trainer:
     """A fine-tuning trainer on rMD17 ``molecule`` (train_01 frames 0-949, validation 950-999)."""
-    path = str(data_root / f"rmd17_{molecule}_train_01.npz")
+    path = str(rmd17_file(molecule, "train", data_root))
     values: Dict[str, Any] = {
         "run_dir": str(run_dir),
         "sources": [{"name": molecule, "format": "rmd17", "path": path, "objective": "energy_forces",
@@ -314,7 +314,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=6, help="alternating blocks per trainer")
     parser.add_argument("--block", type=int, default=20, help="steps per block")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (the compilation)")
-    parser.add_argument("--data-root", default=str(DATA_ROOT))
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--quick", action="store_true", help="ethanol, a tiny model from scratch, 2 x 3 steps")
     parser.add_argument("--data-parallel", type=int, default=0, metavar="N",

@@ -52,8 +52,8 @@ from forcefield_et.training.committee import train_committee, train_head_committ
 
 from .io import write_json_atomic
 from .machine import machine_info
+from .paths import DATA_ROOT, rmd17_file
 
-DATA_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 MOLECULE = "aspirin"
@@ -65,7 +65,7 @@ CONFIDENCE_LEVELS = np.linspace(0.01, 0.99, 99)
 
 def committee_config(run_dir: Path, n_train: int, steps: int, data_root: Path) -> Any:
     """The members' shared training configuration (seed 0; member k trains with seed k)."""
-    train_file = str(data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz")
+    train_file = str(rmd17_file(MOLECULE, "train", data_root))
     source = {
         "name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
         "frames": f"0:{n_train}", "valid_path": train_file,
@@ -88,9 +88,10 @@ def fine_tuning_config(run_dir: Path, source: Dict[str, Any], steps: int) -> Any
 
 
 def predict_committee(committee: Any, data: ConformationSet, batch_frames: int = 25) -> Dict[str, np.ndarray]:
-    """Committee mean forces [A, 3], per-atom force std [A] (eV/Å), energy std [F] (eV) and the
-    members' forces [M, A, 3] for every frame of ``data`` (non-periodic frames)."""
-    forces, forces_std, energy_std, members = [], [], [], []
+    """Committee mean energy [F] (eV) and forces [A, 3] (eV/Å), per-atom force std [A] (eV/Å),
+    energy std [F] (eV) and the members' forces [M, A, 3] for every frame of ``data``
+    (non-periodic frames)."""
+    energy, forces, forces_std, energy_std, members = [], [], [], [], []
     offsets = np.concatenate([[0], np.cumsum(data.n_atoms)])
     engine = Evaluator.wrap(committee)
     for start in range(0, len(data), batch_frames):
@@ -100,12 +101,14 @@ def predict_committee(committee: Any, data: ConformationSet, batch_frames: int =
         pos = torch.as_tensor(data.pos[atoms], dtype=torch.float32)
         batch = torch.repeat_interleave(torch.arange(stop - start), torch.as_tensor(data.n_atoms[start:stop]))
         output = engine.evaluate_batch(z, pos, batch)
+        energy.append(output["energy"].double().numpy())
         forces.append(output["forces"].double().numpy())
         forces_std.append(output["forces_std"].double().numpy())
         energy_std.append(output["energy_std"].double().numpy())
         members.append(output["member_forces"].double().numpy())
-    return {"forces": np.concatenate(forces), "forces_std": np.concatenate(forces_std),
-            "energy_std": np.concatenate(energy_std), "member_forces": np.concatenate(members, axis=1)}
+    return {"energy": np.concatenate(energy), "forces": np.concatenate(forces),
+            "forces_std": np.concatenate(forces_std), "energy_std": np.concatenate(energy_std),
+            "member_forces": np.concatenate(members, axis=1)}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -175,9 +178,9 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
     validation and high-temperature frames (for a quick check); ``with_ood=False`` skips the
     out-of-distribution frames."""
     committee = load_committee(committee_dir, dtype="float32")
-    train_file = data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz"
+    train_file = rmd17_file(MOLECULE, "train", data_root)
     valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
-    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz")
+    test = read_rmd17(rmd17_file(MOLECULE, "test", data_root))
     test = test.subset(np.arange(0, len(test), test_stride))
     start, start_cpu = time.perf_counter(), time.process_time()
     pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
@@ -341,7 +344,7 @@ def time_inference(out: Path, data_root: Path, frames: int = 20) -> Dict[str, An
     from forcefield_et.model import Committee
     from forcefield_et.registry import load_model
 
-    test = read_rmd17(data_root / "rmd17" / f"rmd17_{MOLECULE}_test_01.npz").subset(np.arange(frames))
+    test = read_rmd17(rmd17_file(MOLECULE, "test", data_root)).subset(np.arange(frames))
     heads_dir = out / "heads" / "runs"
     heads = load_committee(heads_dir, dtype="float32") if (heads_dir / "committee.json").is_file() else \
         load_model(heads_dir / "best.pt")
@@ -456,7 +459,7 @@ def main(argv: List[str] | None = None) -> None:
         return
     if args.quick:
         args.members, args.steps, args.test_stride = 2, 4, 50
-    if not (args.data_root / "rmd17" / f"rmd17_{MOLECULE}_train_01.npz").is_file():
+    if not rmd17_file(MOLECULE, "train", args.data_root).is_file():
         raise SystemExit(f"benchmarks.uncertainty: rMD17 not found under {args.data_root}")
     if args.kind == "heads":
         args.out = args.out / "heads"

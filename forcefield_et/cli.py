@@ -547,7 +547,14 @@ DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default and keeps the examples' line breaks."""
+    """Shows each option's default where it says something (not for flags, unset options, or help
+    that already names its default) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -579,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="override optim.compile (compile the training step; about twice as fast on CPU after a minute; "
+        help="override optim.compile (compile the training step: faster on CPU after a first step of about a minute; "
         f"the config's, else {field_default(OptimConfig, 'compile')})",
     )
     p.add_argument(
@@ -736,8 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=optim.compile,
-        help="compile the training step (the first step takes about a minute; later ones run about twice as "
-        "fast on CPU); --no-compile trains in eager mode",
+        help="compile the training step (the first step takes about a minute, later ones run faster on "
+        "CPU); --no-compile trains in eager mode",
     )
     p.add_argument(
         "--zbl", nargs="?", type=zbl_scale_arg, const=1.0, metavar="SCALE",

@@ -12,7 +12,7 @@ from tests.conftest import shared_path
 
 
 def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
-    data_root = shared_path("rmd17")
+    data_root = shared_path("rmd17").parent
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "finetune_study.json").read_text())
     runs = summary["runs"]
@@ -87,7 +87,7 @@ def test_bundle_exports_the_1000_frame_pretrained_run_with_its_test_errors(tmp_p
     assert meta["name"] == "rmd17-ethanol" and meta["test_errors"]["force_mae_meV_A"] == 12.5
     assert "frames 0-949" in meta["description"] and "optimizer" not in str(read_checkpoint(path).keys())
     load_model(path)  # loads as an inference model
-    from benchmarks.finetune_study import DATA_ROOT
+    from benchmarks.paths import rmd17_file
 
-    if (DATA_ROOT / "rmd17_ethanol_train_01.npz").is_file():  # the card names what the model was fitted to
+    if rmd17_file("ethanol").is_file():  # the card names what the model was fitted to
         assert meta["training_domain"] == {"elements": [1, 6, 8], "compositions": ["C2H6O"]}

@@ -15,7 +15,7 @@ from tests.training.test_trainer import tiny_mixed_config
 
 @pytest.mark.timeout(600)
 def test_quick_scaling_curve_from_snapshots(tmp_path):
-    data_root = shared_path("rmd17")
+    data_root = shared_path("rmd17").parent
     run = tmp_path / "pretrain"
     train(config_from_dict(tiny_mixed_config(run, max_steps=6, valid_every=100, checkpoint_every=100,
                                              snapshot_steps=[3, 6])), progress=False)

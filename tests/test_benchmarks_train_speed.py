@@ -15,7 +15,7 @@ from tests.conftest import shared_path
 
 @pytest.mark.timeout(600)
 def test_quick_train_speed_measures_both_trainers_on_the_same_batches(tmp_path):
-    data_root = shared_path("rmd17")
+    data_root = shared_path("rmd17").parent
     result = speed_main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     stored = json.loads((tmp_path / "train_speed.json").read_text())
     assert stored["speedup"] == pytest.approx(result["speedup"])
@@ -37,7 +37,7 @@ def test_quick_train_speed_measures_both_trainers_on_the_same_batches(tmp_path):
 
 
 def test_quick_converged_study_stops_on_its_budget_and_reports(tmp_path):
-    data_root = shared_path("rmd17")
+    data_root = shared_path("rmd17").parent
     runs, out = tmp_path / "runs", tmp_path / "results"
     converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
     result = json.loads((out / "runs" / "ethanol-50-scratch" / "result.json").read_text())
@@ -67,7 +67,7 @@ def test_value_at_reads_the_best_error_reached_by_a_time():
 def test_data_parallel_workers_report_wall_and_cpu_throughput(tmp_path):
     from benchmarks.train_speed import run_workers
 
-    data_root = shared_path("rmd17")
+    data_root = shared_path("rmd17").parent
     args = argparse.Namespace(molecule="ethanol", batch_size=4, rounds=1, block=2, warmup=1,
                               data_root=str(data_root), quick=True)
     report = run_workers(2, False, args, tmp_path, "eager2")

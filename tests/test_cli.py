@@ -54,6 +54,9 @@ def test_help_exits_zero(argv, capsys):
         assert all(cmd in out for cmd in SUBCOMMANDS)
     else:
         assert "example" in out  # every subcommand shows an example
+        # defaults shown only where they say something, and never twice for one option
+        assert "(default: None)" not in out and "(default: False)" not in out
+        assert "(default 50) (default: 50)" not in out
 
 
 def test_info_prints_elements_and_cutoff(small_checkpoint, capsys):

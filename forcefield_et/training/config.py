@@ -93,7 +93,7 @@ class OptimConfig:
     # stop after this many validations in a row without a new best (0: never)
     early_stop_patience: int = 0
     # compile the training step's energy and force graph (Potential.compile_training): the first
-    # step compiles (about a minute), later steps run about twice as fast on CPU
+    # step compiles (about a minute), later steps run faster on CPU (benchmarks.train_speed measures it)
     compile: bool = False
 
 

@@ -65,6 +65,17 @@ RESUMABLE_SETTINGS = (
 )
 
 LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
+SOURCE_PATH_KEYS = ("path", "valid_path", "test_path")
+
+
+def _same_file_spelling(value: Any) -> Any:
+    """An absolute path with ``..`` and repeated separators folded (``/a/b/../c`` -> ``/a/c``), so
+    that one file named two ways gives one fingerprint; other values unchanged."""
+    if isinstance(value, list):
+        return [_same_file_spelling(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.normpath(value)
+    return value
 
 
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -74,7 +85,8 @@ def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
     fingerprint = {k: v for k, v in config.items() if k not in ("run_dir", "data_root", "optim", "description")}
     # source settings added after runs were stored: at their defaults they match a configuration without them
     fingerprint["sources"] = [
-        {k: v for k, v in source.items() if not (k in LATER_SOURCE_DEFAULTS and v == LATER_SOURCE_DEFAULTS[k])}
+        {k: _same_file_spelling(v) if k in SOURCE_PATH_KEYS else v for k, v in source.items()
+         if not (k in LATER_SOURCE_DEFAULTS and v == LATER_SOURCE_DEFAULTS[k])}
         for source in config.get("sources", [])
     ]
     fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items() if k not in RESUMABLE_SETTINGS}

@@ -749,6 +749,21 @@ def test_device_may_change_when_a_run_is_resumed(tmp_path):
     assert config_fingerprint(stored_before_device_existed) == config_fingerprint(on_gpu)
 
 
+def test_a_data_file_named_another_way_resumes_the_same_run(tmp_path):
+    from forcefield_et.training.trainer import config_fingerprint
+
+    values = tiny_mixed_config(tmp_path / "run")
+    path = Path(values["sources"][0]["path"]).resolve()
+
+    def fingerprint(spelling: str) -> dict:
+        sources = [{**values["sources"][0], "path": spelling}] + values["sources"][1:]
+        return config_fingerprint(config_from_dict({**values, "sources": sources}).to_dict())
+
+    roundabout = str(path.parent / ".." / path.parent.name / path.name)  # the same file, named via ".."
+    assert fingerprint(str(path)) == fingerprint(roundabout)
+    assert fingerprint(str(path)) != fingerprint(str(path.parent / "another.npz"))
+
+
 def test_bad_device_is_a_clear_error(tmp_path):
     from forcefield_et.training.config import ConfigError
 

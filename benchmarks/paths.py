@@ -1,0 +1,26 @@
+"""Where the benchmarks find the repository, the shared reference data and their own outputs.
+
+``DATA_ROOT`` is the shared data folder (``../shared/data`` beside the repository): it holds
+``rmd17/``, ``xtb/``, ``water/``, ``qm9/`` and the others that ``../shared/data/README.md`` lists.
+Every benchmark's ``--data-root`` means this folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = (REPO.parent / "shared" / "data").resolve()
+RESULTS_DIR = REPO / "benchmarks" / "results"
+RUNS_DIR = REPO / "runs"
+
+
+def rmd17_file(molecule: str, split: str = "train", data_root: Path = DATA_ROOT) -> Path:
+    """The revised-MD17 file of ``molecule``'s first ``split`` ("train" or "test") under ``data_root``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"rMD17 split must be 'train' or 'test', not {split!r}")
+    return Path(data_root) / "rmd17" / f"rmd17_{molecule}_{split}_01.npz"
+
+
+def water_dir(data_root: Path = DATA_ROOT) -> Path:
+    """The first DeePMD water system (64 molecules, periodic) under ``data_root``."""
+    return Path(data_root) / "water" / "data_0"

@@ -1,0 +1,14 @@
+"""One home for where the benchmarks find the shared data."""
+
+import pytest
+
+from benchmarks.paths import DATA_ROOT, REPO, rmd17_file, water_dir
+
+
+def test_rmd17_files_are_named_by_molecule_and_split(tmp_path):
+    assert rmd17_file("aspirin") == DATA_ROOT / "rmd17" / "rmd17_aspirin_train_01.npz"
+    assert rmd17_file("ethanol", "test", tmp_path) == tmp_path / "rmd17" / "rmd17_ethanol_test_01.npz"
+    assert water_dir(tmp_path) == tmp_path / "water" / "data_0"
+    assert DATA_ROOT == (REPO.parent / "shared" / "data").resolve()
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        rmd17_file("aspirin", "valid")
