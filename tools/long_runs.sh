@@ -36,8 +36,10 @@ md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-ev
     --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
 md --models s50 --model-path s50=benchmarks/results/md_warning/drivers/aspirin-50-scratch.pt
 md --models et-pretrained-finetuned
+.venv/bin/python -m benchmarks.prepare --molecules aspirin --models et-scratch >> runs/md_warning.log 2>&1
+md --models et-scratch
 .venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
-    --stable et-pretrained-finetuned --collapsing s50 --stride 5 >> runs/md_warning.log 2>&1
+    --stable et-pretrained-finetuned --collapsing s50 et-scratch --stride 5 >> runs/md_warning.log 2>&1
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
