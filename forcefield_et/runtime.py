@@ -33,6 +33,7 @@ import functools
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
@@ -390,9 +391,24 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
     return None
 
 
-def available_cpus() -> int:
+CPU_LIMIT_REREAD_S = 10.0  # available_cpus() reads the affinity and the cgroup files at most this often
+_available_cpus_read: Tuple[float, int] | None = None  # (time.monotonic() of the read, cores)
+
+
+def available_cpus(fresh: bool = False) -> int:
     """CPU cores this process may use: its CPU affinity (``os.sched_getaffinity``), capped by a
-    cgroup CPU quota (containers, ``docker --cpus``) rounded up; at least 1."""
+    cgroup CPU quota (containers, ``docker --cpus``) rounded up; at least 1. Every energy call
+    asks, so the answer is read again only after ``CPU_LIMIT_REREAD_S`` seconds (or when ``fresh``)."""
+    global _available_cpus_read
+    now = time.monotonic()
+    if not fresh and _available_cpus_read is not None and now - _available_cpus_read[0] < CPU_LIMIT_REREAD_S:
+        return _available_cpus_read[1]
+    cpus = _read_available_cpus()
+    _available_cpus_read = (now, cpus)
+    return cpus
+
+
+def _read_available_cpus() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -243,10 +243,14 @@ def test_available_cpus_follows_affinity_and_cgroup_quota(monkeypatch, tmp_path)
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert runtime.cgroup_cpu_limit(str(tmp_path)) == 3.0
+    monkeypatch.setattr(runtime, "_available_cpus_read", None)  # restored after the test, with the real count
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1.5)
-    assert runtime.available_cpus() == 2  # a quota of 1.5 CPUs rounds up
+    assert runtime.available_cpus(fresh=True) == 2  # a quota of 1.5 CPUs rounds up
     monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.available_cpus() == 2  # read again only after CPU_LIMIT_REREAD_S seconds
+    assert runtime.available_cpus(fresh=True) == 6
+    runtime._available_cpus_read = (runtime.time.monotonic() - runtime.CPU_LIMIT_REREAD_S, 2)  # an old read
     assert runtime.available_cpus() == 6
 
 

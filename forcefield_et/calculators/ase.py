@@ -179,6 +179,22 @@ class ETCalculator(Calculator):
                 raise ValueError("ETCalculator: periodic structure without a valid cell (zero or degenerate volume)")
 
     # ------------------------------------------------------------------ ASE API
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> List[str]:
+        """The system changes since the last calculation, as ASE's ``compare_atoms`` names them.
+        ASE runs this on every property read (an MD step reads several); at ASE's default ``tol``
+        this compares exactly, which is as strict and several times cheaper than its ``allclose``."""
+        previous = self.atoms
+        if previous is None or tol > 1e-15 or self.ignored_changes:
+            return super().check_state(atoms, tol)
+        changes = [name for name, a, b in (("cell", previous.cell.array, atoms.cell.array),
+                                           ("pbc", previous.pbc, atoms.pbc)) if not np.array_equal(a, b)]
+        watched = set(all_changes) - {"cell", "pbc"}
+        mine, theirs = previous.arrays, atoms.arrays
+        changes += [name for name in all_changes if name in watched and (name in mine) != (name in theirs)]
+        changes += [name for name in all_changes if name in watched and name in mine and name in theirs
+                    and not np.array_equal(mine[name], theirs[name])]
+        return changes
+
     def calculate(
         self,
         atoms: Atoms | None = None,

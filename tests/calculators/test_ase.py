@@ -64,6 +64,26 @@ def test_results_are_cached_until_atoms_change(calc):
     assert calc.n_calls == calls + 1
 
 
+def test_system_changes_are_those_ase_names(calc):
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = _aspirin_atoms()
+    atoms.calc = calc
+    atoms.get_forces()
+    changed = atoms.copy()
+    assert calc.check_state(changed) == compare_atoms(calc.atoms, changed) == []
+    changed.positions[3, 1] += 1e-9
+    changed.set_initial_charges(np.zeros(len(changed)) + 0.1)  # an array the calculated atoms lack
+    changed.cell = np.eye(3) * 20.0
+    changed.pbc = True
+    assert calc.check_state(changed) == compare_atoms(calc.atoms, changed)
+    assert sorted(calc.check_state(changed)) == ["cell", "initial_charges", "pbc", "positions"]
+    changed = atoms.copy()
+    changed.set_atomic_numbers([7] + list(atoms.numbers[1:]))  # the first atom is a carbon
+    assert calc.check_state(changed) == compare_atoms(calc.atoms, changed) == ["numbers"]
+    assert calc.check_state(changed, tol=0.1) == ["numbers"]  # other tolerances: ASE's own comparison
+
+
 def test_stress_matches_finite_differences_on_water_box(small_model):
     atoms = _water_atoms()
     atoms.calc = ETCalculator(small_model, device="cpu", dtype="float64")
