@@ -18,9 +18,9 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 ``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
-Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``) run as cells of their own
-(``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``) and are reported against the unchanged cell with
-the same start, validation error first: a variant is kept where it lowers the validation error.
+Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``) run as cells of their
+own (``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``) and are reported against the
+unchanged cell with the same start, validation error first: a variant is kept where it lowers the validation error.
 
 Runs live in ``runs/finetune_converged/<molecule>-<N>-<start>/`` and resume from their last
 checkpoint; a finished run keeps ``best.pt``, ``metrics.csv``, ``learning_curve.csv`` and
@@ -61,10 +61,13 @@ PUBLISHED_1000 = {  # force MAE, meV/Å, rMD17 with 1000 training frames (MACE p
 }
 
 
+LEARNING_RATE = 5e-4  # the recipe's peak learning rate
+
+
 def recipe(n_train: int) -> Dict[str, Any]:
     """The optimiser settings of the protocol for ``n_train`` requested frames."""
     return {
-        "batch_size": 8, "max_steps": 10**8, "lr": 5e-4, "min_lr": 1e-6, "warmup_steps": 100,
+        "batch_size": 8, "max_steps": 10**8, "lr": LEARNING_RATE, "min_lr": 1e-6, "warmup_steps": 100,
         "schedule": "plateau", "plateau_factor": 0.5, "plateau_patience": 3, "early_stop_patience": 10,
         "ema_decay": 0.99, "valid_every": 250 if n_train >= 500 else 100, "checkpoint_every": 250,
         "log_every": 50, "threads": 1, "compile": True,
@@ -84,29 +87,32 @@ FORCE_WEIGHT = 10.0  # the recipe's force-loss weight (per-atom energy MSE weigh
 @dataclass(frozen=True)
 class Variant:
     """A change to the recipe, tried against the cell without it: replaying pretraining frames, the
-    ZBL prior, or another force-loss weight."""
+    ZBL prior, another force-loss weight, or another peak learning rate."""
 
     replay: bool = False
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
     force_weight: float = FORCE_WEIGHT
+    lr: float = LEARNING_RATE
 
     @property
     def labels(self) -> List[str]:
         labels = ["replay"] if self.replay else []
         labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
+        labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
         return labels
 
     @property
     def suffix(self) -> str:
         suffix = "-replay" if self.replay else ""
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
-        return suffix + (f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else "")
+        suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
+        return suffix + (f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
         return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
-                   float(result.get("force_weight", FORCE_WEIGHT)))
+                   float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)))
 
 
 def cell_name(molecule: str, n_train: int, start: str, variant: Variant = Variant()) -> str:
@@ -123,7 +129,7 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
     values: Dict[str, Any] = {
         "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "sources": sources,
         "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
-        "optim": {**recipe(n_train), **(optim or {})},
+        "optim": {**recipe(n_train), "lr": variant.lr, **(optim or {})},
     }
     if start == "scratch":
         values["model"] = dict(model) if model else _pretrained_architecture()
@@ -177,7 +183,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
-        "steps": trainer.step, "best_step": model.metadata["training"]["step"],
+        "lr": variant.lr, "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
@@ -327,6 +333,8 @@ def main(argv: List[str] | None = None) -> None:
                         "sum (cells <cell>-zbl, <cell>-zbl<SCALE>)")
     parser.add_argument("--force-weight", type=float, default=FORCE_WEIGHT,
                         help=f"force-loss weight (default {FORCE_WEIGHT:g}; other values: cells <cell>-fw<W>)")
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE,
+                        help=f"peak learning rate (default {LEARNING_RATE:g}; other values: cells <cell>-lr<LR>)")
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
@@ -348,7 +356,7 @@ def main(argv: List[str] | None = None) -> None:
             for size in args.sizes:
                 for start in args.starts:
                     result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, Variant(args.replay, args.zbl, args.force_weight))
+                                      test_frames, Variant(args.replay, args.zbl, args.force_weight, args.lr))
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 

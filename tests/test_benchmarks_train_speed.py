@@ -1,4 +1,4 @@
-"""benchmarks.train_speed and benchmarks.finetune_converged: the --quick pipelines."""
+"""benchmarks.train_speed: the --quick pipeline, the batch-size sweep and data-parallel workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 
 import pytest
 
-from benchmarks.finetune_converged import QUICK_BUDGET_S, value_at
-from benchmarks.finetune_converged import main as converged_main
 from benchmarks.train_speed import main as speed_main
 from tests.conftest import shared_path
 
@@ -34,33 +32,6 @@ def test_quick_train_speed_measures_both_trainers_on_the_same_batches(tmp_path):
     assert [row["batch_size"] for row in stored["batch_size_sweep"]["rows"]] == [2, 4]
     assert stored["batch_size_sweep"]["rows"][0]["ratio_to_first"] == 1.0
     assert all(row["conformations_per_cpu_s"] > 0 for row in sweep["rows"])
-
-
-def test_quick_converged_study_stops_on_its_budget_and_reports(tmp_path):
-    data_root = shared_path("rmd17").parent
-    runs, out = tmp_path / "runs", tmp_path / "results"
-    converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
-    result = json.loads((out / "runs" / "ethanol-50-scratch" / "result.json").read_text())
-    assert result["stop_reason"].startswith("time budget") and result["cpu_hours"] >= QUICK_BUDGET_S / 3600
-    assert result["n_train"] == 50 and result["test_frames"] == 50 and result["test_force_mae_meV_A"] > 0
-    assert result["curve"] and all(p["test_force_mae_meV_A"] > 0 for p in result["curve"])
-    run_dir = runs / "ethanol-50-scratch"
-    assert (run_dir / "best.pt").is_file() and not (run_dir / "last.pt").exists()  # no optimiser state kept
-    assert (run_dir / "learning_curve.csv").is_file()
-    table = (out / "finetune_converged.md").read_text()
-    assert "| ethanol | 50 | scratch |" in table
-    # a finished cell is read back, not trained again
-    converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
-    again = json.loads((out / "runs" / "ethanol-50-scratch" / "result.json").read_text())
-    assert again == result
-
-
-def test_value_at_reads_the_best_error_reached_by_a_time():
-    curve = [{"cpu_hours": 0.1, "test_force_mae_meV_A": 30.0}, {"cpu_hours": 0.2, "test_force_mae_meV_A": 20.0},
-             {"cpu_hours": 0.3, "test_force_mae_meV_A": 25.0}]
-    assert value_at(curve, 0.05) is None
-    assert value_at(curve, 0.15) == 30.0
-    assert value_at(curve, 0.35) == 20.0
 
 
 @pytest.mark.timeout(300)

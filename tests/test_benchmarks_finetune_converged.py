@@ -1,0 +1,53 @@
+"""benchmarks.finetune_converged: the --quick pipeline, the learning curve's reading, and the
+recipe's variants as cells of their own."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.finetune_converged import LEARNING_RATE, QUICK_BUDGET_S, Variant, cell_name, recipe_config, value_at
+from benchmarks.finetune_converged import main as converged_main
+from tests.conftest import shared_path
+
+
+def test_quick_converged_study_stops_on_its_budget_and_reports(tmp_path):
+    data_root = shared_path("rmd17").parent
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
+    result = json.loads((out / "runs" / "ethanol-50-scratch" / "result.json").read_text())
+    assert result["stop_reason"].startswith("time budget") and result["cpu_hours"] >= QUICK_BUDGET_S / 3600
+    assert result["n_train"] == 50 and result["test_frames"] == 50 and result["test_force_mae_meV_A"] > 0
+    assert result["curve"] and all(p["test_force_mae_meV_A"] > 0 for p in result["curve"])
+    run_dir = runs / "ethanol-50-scratch"
+    assert (run_dir / "best.pt").is_file() and not (run_dir / "last.pt").exists()  # no optimiser state kept
+    assert (run_dir / "learning_curve.csv").is_file()
+    table = (out / "finetune_converged.md").read_text()
+    assert "| ethanol | 50 | scratch |" in table
+    # a finished cell is read back, not trained again
+    converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
+    again = json.loads((out / "runs" / "ethanol-50-scratch" / "result.json").read_text())
+    assert again == result
+
+
+def test_value_at_reads_the_best_error_reached_by_a_time():
+    curve = [{"cpu_hours": 0.1, "test_force_mae_meV_A": 30.0}, {"cpu_hours": 0.2, "test_force_mae_meV_A": 20.0},
+             {"cpu_hours": 0.3, "test_force_mae_meV_A": 25.0}]
+    assert value_at(curve, 0.05) is None
+    assert value_at(curve, 0.15) == 30.0
+    assert value_at(curve, 0.35) == 20.0
+
+
+def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
+    source = {"name": "aspirin", "format": "rmd17", "path": "a.npz", "objective": "energy_forces"}
+    base = recipe_config(tmp_path / "base", [source], 50, "pretrained")
+    assert base.optim.lr == LEARNING_RATE and base.objectives.force_weight == 10.0
+    lower = Variant(lr=1e-4)
+    assert cell_name("aspirin", 50, "pretrained", lower) == "aspirin-50-pretrained-lr0.0001"
+    assert lower.labels == ["learning rate 0.0001"]
+    changed = recipe_config(tmp_path / "lr", [source], 50, "pretrained", variant=lower)
+    assert changed.optim.lr == 1e-4 and changed.optim.min_lr == base.optim.min_lr
+    heavy = Variant(force_weight=100.0, zbl=0.75)
+    assert cell_name("aspirin", 50, "scratch", heavy) == "aspirin-50-scratch-zbl0.75-fw100"
+    # a stored result names its variant; results from before a setting existed read as the recipe's
+    assert Variant.of({"replay": 0.2, "zbl": 0.0, "force_weight": 10.0, "lr": 1e-4}) == Variant(True, lr=1e-4)
+    assert Variant.of({"zbl": 0.0, "replay": 0.0, "force_weight": 10.0}) == Variant()
