@@ -27,6 +27,7 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT"
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight 100
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-4
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
