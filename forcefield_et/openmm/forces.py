@@ -47,7 +47,9 @@ VERSION_MATRIX = (
     "import, use PythonForce. PythonForce needs openmm >= 8.5."
 )
 
-ModelLike = Union[torch.nn.Module, str, "os.PathLike[str]"]
+# a Potential or Committee, a bundled name or checkpoint path, a committee directory or its committee.json,
+# or a list of names/paths (a committee)
+ModelLike = Union[torch.nn.Module, str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 
 
 def require_openmm() -> Any:
@@ -119,10 +121,14 @@ class _DropSimtkWarning(logging.Filter):
 
 
 def resolve_model(model: ModelLike, dtype: Union[str, torch.dtype, None] = None) -> torch.nn.Module:
-    """A Potential as is, or a bundled model name / checkpoint path loaded in ``dtype``
-    (:func:`forcefield_et.registry.resolve_model`)."""
+    """A Potential or Committee as is; a committee (a list of names/paths, a committee directory or
+    ``committee.json``) as a :class:`~forcefield_et.model.Committee`; else a bundled model name /
+    checkpoint path loaded in ``dtype`` (:func:`forcefield_et.registry.resolve_model`)."""
+    from ..registry import committee_members, load_committee
     from ..registry import resolve_model as resolve
 
+    if isinstance(model, (list, tuple)) or (isinstance(model, (str, os.PathLike)) and committee_members(model)):
+        return load_committee(model, dtype=dtype if dtype is not None else "float32")
     return resolve(model, dtype=dtype)
 
 
@@ -259,7 +265,8 @@ def python_force(
     threads: int | None = None,
 ) -> Any:
     """An ``openmm.PythonForce`` computing the potential; same arguments and physics as
-    :func:`torch_force`, without openmm-torch (OpenMM >= 8.5).
+    :func:`torch_force`, without openmm-torch (OpenMM >= 8.5). ``model`` may also be a committee
+    (see :func:`resolve_model`): the force is then the members' mean.
 
     With ``atom_indices`` the force is restricted to those particles with
     ``PythonForce.setParticles``, so OpenMM passes only their positions to the callback.

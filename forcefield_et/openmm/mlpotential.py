@@ -16,10 +16,12 @@ registers ``Factory()`` under the entry-point name. Usage::
 Options (``MLPotential(...)`` keywords; ``dtype`` and ``implementation`` may also be given to
 ``createSystem`` / ``createMixedSystem`` to override them for that call):
 
-- ``model``: bundled model name (default ``"pretrained"``), checkpoint path, or a Potential;
+- ``model``: bundled model name (default ``"pretrained"``), checkpoint path, or a Potential; or a
+  committee (a list of names/paths, a committee directory or its ``committee.json``), whose mean
+  energy and forces drive the system (PythonForce; watch its spread with ``ForceStdReporter``);
 - ``dtype``: ``"float32"`` (default) or ``"float64"``;
-- ``implementation``: ``"torchforce"`` (default when openmm-torch imports) or ``"pythonforce"``
-  (the default otherwise).
+- ``implementation``: ``"torchforce"`` (default when openmm-torch imports and the model is a single
+  one) or ``"pythonforce"`` (the default otherwise).
 
 Atomic numbers come from the topology's elements; atoms without an element or with an element
 the model does not support raise ValueError naming them. The force is periodic when the
@@ -103,7 +105,8 @@ class ForceFieldETPotentialImpl(_ImplBase):
 
     Args:
         name: the registered name ("forcefield-et").
-        model: bundled model name, checkpoint path, or a Potential instance.
+        model: bundled model name, checkpoint path, or a Potential instance; or a committee (a list
+            of names/paths, a committee directory or ``committee.json``, or a Committee).
         dtype: "float32" or "float64": precision the model runs in.
         implementation: "torchforce", "pythonforce", or None (TorchForce when openmm-torch
             can be imported, else PythonForce).
@@ -143,6 +146,7 @@ class ForceFieldETPotentialImpl(_ImplBase):
     ) -> None:
         """Add one TorchForce or PythonForce for ``atoms`` (all atoms when None) to ``system``."""
         from ..dtypes import resolve_dtype
+        from ..model import Committee
         from .forces import check_atomic_numbers, python_force, torch_force
 
         atom_list = None if atoms is None else [int(i) for i in atoms]
@@ -155,6 +159,11 @@ class ForceFieldETPotentialImpl(_ImplBase):
         run_dtype = resolve_dtype(dtype) if dtype is not None else self.dtype
         requested = implementation if implementation is not None else self.implementation
         chosen = _resolve_implementation(requested)
+        if chosen == "torchforce" and isinstance(self.model, Committee):
+            if requested is not None:
+                raise ValueError("forcefield-et: a committee runs with implementation='pythonforce' "
+                                 "(a TorchForce holds a single model)")
+            chosen = "pythonforce"
         threads = args.get("threads", self.threads)
         if chosen == "torchforce":
             force = torch_force(self.model, numbers, atom_list, periodic=periodic, dtype=run_dtype, threads=threads)

@@ -202,6 +202,29 @@ def test_mlpotential_create_system_matches_potential(implementation, small_model
     _assert_agree(energy, forces, ref_energy, ref_forces)
 
 
+def test_mlpotential_runs_a_committee_as_its_members_mean(tmp_path, small_model_file, aspirin_pdb):
+    MLPotential = require_openmmml()
+    from openmm import unit
+
+    from forcefield_et import build_model, load_model, save_checkpoint
+
+    torch.manual_seed(1)
+    other = save_checkpoint(tmp_path / "other.pt", build_model(hidden_channels=32, num_layers=2, num_heads=4,
+                                                               num_rbf=16).eval())
+    members = [str(small_model_file), str(other)]
+    system = MLPotential("forcefield-et", model=members, dtype="float64").createSystem(aspirin_pdb.topology)
+    assert [f.getName() for f in system.getForces() if f.getName() in ("PythonForce", "TorchForce")] == [
+        "PythonForce"]  # a committee runs in a PythonForce even where openmm-torch is installed
+    pos = aspirin_pdb.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    z = torch.tensor([a.element.atomic_number for a in aspirin_pdb.topology.atoms()], dtype=torch.long)
+    references = [_reference(load_model(m, dtype="float64"), z, torch.tensor(pos)) for m in members]
+    energy, forces = _evaluate_system(system, pos)
+    _assert_agree(energy, forces, float(np.mean([e for e, _ in references])),
+                  np.mean([f for _, f in references], axis=0))
+    with pytest.raises(ValueError, match="a committee runs with implementation='pythonforce'"):
+        MLPotential("forcefield-et", model=members, implementation="torchforce").createSystem(aspirin_pdb.topology)
+
+
 def test_mlpotential_langevin_1000_steps_finite(small_model_file, aspirin_pdb):
     MLPotential = require_openmmml()
     openmm = require_openmm()
