@@ -934,11 +934,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a model to TorchScript",
-        epilog="example: forcefield-et export --model pretrained --out pretrained.torchscript.pt",
+        help="export a model to TorchScript, or a training checkpoint to an inference checkpoint with its card",
+        epilog="examples:\n  forcefield-et export --model pretrained --out pretrained.torchscript.pt\n"
+        "  forcefield-et export --model runs/aspirin/best.pt --format checkpoint --card card.yaml --out aspirin.pt",
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--model", default="pretrained", type=model_reference)
-    p.add_argument("--out", required=True, type=output_file)
+    p.add_argument("--model", default="pretrained", type=model_reference,
+                   help="bundled model name or checkpoint path (a training run's best.pt)")
+    p.add_argument("--out", required=True, type=output_file, help="file to write (replaced if it exists)")
     p.add_argument(
         "--format",
         default="torchscript",
@@ -949,7 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--card", type=existing_file, help="with --format checkpoint: YAML file of model-card entries to store"
     )
     p.add_argument("--name", help="with --format checkpoint: model name stored in the card")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision of the export")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
