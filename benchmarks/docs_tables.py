@@ -533,7 +533,8 @@ def uncertainty_committee_kinds() -> str:
 def md_warning() -> str:
     """Committee force std along MD runs, stable and collapsing (``benchmarks.md_warning``)."""
     d = _json("md_warning/md_warning.json")
-    drivers = {"et-pretrained-finetuned": "`rmd17-aspirin`", "s50": "50-frame scratch ET"}
+    drivers = {"et-pretrained-finetuned": "`rmd17-aspirin`", "s50": "50-frame scratch ET",
+               "et-scratch": "short-budget scratch ET (2,000 steps)"}
     lines = ["| driver (500 K) | simulated | bond break | largest per-frame std before the break "
              "| frames above the threshold | first frame above the threshold | lead time |",
              "|---|---|---|---|---|---|---|"]
