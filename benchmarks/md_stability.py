@@ -296,7 +296,8 @@ def make_calculator(spec: ModelSpec, protocol: Protocol):
                                                         chemical_species_to_atom_type_map=True)
     from forcefield_et.calculators.ase import ETCalculator
 
-    return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype, compile=protocol.compile)
+    return ETCalculator(str(spec.path), device=protocol.device, dtype=protocol.dtype,
+                        compile="auto" if protocol.compile else False)  # a heads committee runs eagerly
 
 
 def trajectory_settings(protocol: Protocol) -> Dict[str, Any]:
@@ -585,7 +586,7 @@ def run_one(
         "ns_per_day": steps_per_s * protocol.timestep_fs * 1e-6 * 86400.0,
         "md_wall_s": md_wall_s,
         "md_cpu_s": md_cpu_s,
-        "compiled": bool(protocol.compile and spec.kind == "et"),
+        "compiled": bool(getattr(getattr(calculator, "engine", None), "compiled", False)),
         "stopped_by": stopped_by or ("collapse" if collapsed_at is not None else "time"),
         "cpu_budget_s": cpu_budget_s,
         "resume": resume_note,

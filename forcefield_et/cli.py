@@ -340,7 +340,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
     model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
     from .runtime import compile_pays_off
 
-    compile_energy = args.compile if args.compile is not None else compile_pays_off(args.steps)
+    # automatic: compile where the run repays it and the model supports it (a heads committee does not)
+    compile_energy = args.compile if args.compile is not None else ("auto" if compile_pays_off(args.steps) else False)
     atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=compile_energy, threads=args.threads)
     threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax

@@ -72,7 +72,8 @@ class ETCalculator(Calculator):
         dtype: ``"float32"`` (default, fast) or ``"float64"`` (for tight energy conservation
             and finite-difference checks).
         compile: energy and forces as one ``torch.compile``d graph (``Potential.compile_energy``:
-            dynamic shapes; the first call compiles, later calls are faster).
+            dynamic shapes; the first call compiles, later calls are faster); ``"auto"``: where the
+            model supports it (a heads committee runs eagerly).
             Modifies the model instance passed in when it is already in ``dtype`` on ``device``.
         neighbor_list: ``"torch"`` (the model's own TorchScript radius graph), ``"matscipy"``
             (matscipy's C neighbour list, periodic structures on CPU only), or ``"auto"``:
@@ -123,7 +124,7 @@ class ETCalculator(Calculator):
         model: Union[str, os.PathLike, Potential, Committee, Sequence[Union[str, os.PathLike]]] = "pretrained",
         device: Union[str, torch.device] = "auto",
         dtype: Union[str, torch.dtype] = "float32",
-        compile: bool = False,
+        compile: bool | str = False,
         neighbor_list: str = "auto",
         edge_chunking: Union[str, int, None] = "auto",
         threads: int | None = None,

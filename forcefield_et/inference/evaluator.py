@@ -113,7 +113,9 @@ class Evaluator:
             (``EDGE_CHUNK_SIZE`` edges per chunk), else MemoryError; ``None``: never chunk; an int:
             always chunk with this many edges per chunk.
         threads: torch CPU threads of the calls (None or 0: :func:`forcefield_et.runtime.apply_threads`).
-        compile: ``torch.compile`` the energy and its gradient (``Potential.compile_energy``).
+        compile: ``torch.compile`` the energy and its gradient (``Potential.compile_energy``); ``"auto"``:
+            where the model supports it (a heads committee is evaluated eagerly). ``compiled`` says
+            which was done.
         name: the model's name in messages (default: the name or path given, or the class name).
         owner: the interface named in errors and log records (e.g. ``"ETCalculator"``).
         log: the logger of the path records (INFO when the path of a call changes).
@@ -140,7 +142,7 @@ class Evaluator:
         neighbor_list: str = "auto",
         edge_chunking: Union[str, int, None] = "auto",
         threads: int | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         name: str | None = None,
         owner: str = "Evaluator",
         log: logging.Logger | None = None,
@@ -177,6 +179,11 @@ class Evaluator:
         self.is_committee = isinstance(self.model, Committee)
         self.elements: List[int] = list(self.model.elements)
         self.cutoff: float = float(self.model.cutoff)
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"{owner}: compile must be True, False or 'auto', got {compile!r}")
+        if compile == "auto":
+            compile = bool(getattr(self.model, "supports_compiled_inference", True))
+        self.compiled = bool(compile)
         if compile:
             self.model.compile_energy()
         # The model call (one attribute, so that tests and interfaces can intercept it).

@@ -89,6 +89,8 @@ class HeadCommittee(Committee, Potential):
     def set_edge_chunking(self, edge_chunk_size: int | None) -> None:
         Potential.set_edge_chunking(self, edge_chunk_size)
 
+    supports_compiled_inference = False  # Evaluator(compile="auto") evaluates it eagerly
+
     def compile_energy(self, enabled: bool = True, **compile_options: Any) -> None:
         if enabled:
             raise NotImplementedError("HeadCommittee: compiled inference is not available; evaluate it eagerly")

@@ -117,3 +117,14 @@ def test_checkpoint_round_trip_and_committee_consumers(tmp_path):
 def test_needs_two_heads():
     with pytest.raises(ValueError, match="at least 2 heads"):
         HeadCommittee(1)
+
+
+def test_automatic_compilation_leaves_a_heads_committee_eager():
+    committee = HeadCommittee.from_potential(tiny(), 3)
+    calc = ETCalculator(committee, compile="auto")  # what md chooses for long runs
+    assert calc.engine.compiled is False
+    with pytest.raises(NotImplementedError, match="evaluate it eagerly"):
+        ETCalculator(committee, compile=True)  # asked for explicitly: a clear error
+    assert ETCalculator(tiny(), compile="auto").engine.compiled is True
+    with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
+        ETCalculator(tiny(), compile="yes")
