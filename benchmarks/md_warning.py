@@ -33,7 +33,8 @@ saved frame before the break whose value exceeds the threshold, and the lead tim
 that frame's time (ps). A run still in progress is read from its resumable state (marked partial).
 
 Writes ``md_warning.json`` and ``md_warning.png`` to ``--out`` (default
-``benchmarks/results/md_warning/``; with the default, the figure is copied to ``docs/img/``).
+``benchmarks/results/md_warning/``; for a folder in ``benchmarks/results/``, the figure is copied to
+``docs/img/<folder>.png``).
 """
 
 from __future__ import annotations
@@ -151,16 +152,17 @@ def watcher_info(watcher: str) -> Dict[str, Any] | None:
     info: Dict[str, Any] = {"kind": committee.get("kind", "checkpoints"),
                             "members": committee.get("heads", len(committee["members"]))}
     validation = committee.get("validation") or {}
-    key = f"{MOLECULE}/force_mae_meV_A"
-    if key in validation:
-        info["validation_force_mae_meV_A"] = float(validation[key])
+    keys = [k for k in validation if k.endswith("/force_mae_meV_A")]  # one source: the molecule's
+    if keys:
+        info["validation_force_mae_meV_A"] = float(validation[keys[0]])
     config = directory / "config.yaml"
     if config.is_file():
         import yaml
 
         settings = yaml.safe_load(config.read_text())
         source = settings["sources"][0]
-        info.update(train_file=Path(source["path"]).name, train_frames=source.get("frames"),
+        paths = source["path"] if isinstance(source["path"], list) else [source["path"]]
+        info.update(train_file=", ".join(Path(p).name for p in paths), train_frames=source.get("frames"),
                     valid_frames=source.get("valid_frames"), init_from=settings.get("init_from"),
                     steps=settings["optim"]["max_steps"])
     info["training_cpu_s"] = training_cpu_seconds(directory)
@@ -248,8 +250,8 @@ def main(argv: List[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "md_warning.json", summary)
     plot(summary, args.out / "md_warning.png")
-    if args.out.resolve() == RESULTS_DIR.resolve():  # the figure docs/uncertainty.md shows
-        shutil.copyfile(args.out / "md_warning.png", DOCS_IMG / "md_warning.png")
+    if args.out.resolve().parent == RESULTS_DIR.parent.resolve():  # a results folder: the figure the docs show
+        shutil.copyfile(args.out / "md_warning.png", DOCS_IMG / f"{args.out.name}.png")
     for model, r in runs.items():
         print(f"{model} ({r['role']}): max std {np.nanmax(r['max_force_std_eV_A']):.3f} eV/Å over "
               f"{r['simulated_ps']:.2f} ps; break {r['break_ps']}; lead {r.get('lead_time_ps')}")

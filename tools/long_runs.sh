@@ -1,6 +1,7 @@
 #!/bin/bash
-# The long studies, one core each: pretraining on one, a queue of resumable studies on the other.
-# Every step resumes from the files on disk; a finished cell or run is skipped. Start both with
+# The long studies, one core each: pretraining and what follows it (tools/after_pretraining.sh) on
+# one, a queue of resumable studies on the other. Every step resumes from the files on disk; a
+# finished cell or run is skipped. Start both with
 #   bash tools/long_runs.sh            (from the repository root; logs in runs/*.log)
 # See DEVELOPERS.md, "Long jobs".
 set -u
@@ -9,8 +10,12 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 mkdir -p runs/pretrain_mixed
 
 if [ "${1:-}" != "--queue" ]; then
-    nohup .venv/bin/forcefield-et pretrain --config configs/pretrain_mixed.yaml >> runs/pretrain_mixed/train.log 2>&1 &
-    echo "pretraining: process $!"
+    # the last snapshot (step 56,250) marks a finished pretraining run
+    setsid nohup bash -c '[ -f runs/pretrain_mixed/snapshots/step_56250.pt ] ||
+        .venv/bin/forcefield-et pretrain --config configs/pretrain_mixed.yaml >> runs/pretrain_mixed/train.log 2>&1
+        [ -f runs/pretrain_mixed/snapshots/step_56250.pt ] && bash tools/after_pretraining.sh >> runs/after_pretraining.log 2>&1' \
+        > /dev/null 2>&1 &
+    echo "pretraining, then tools/after_pretraining.sh: process group $!"
     setsid nohup bash "$0" --queue >> runs/queue.log 2>&1 &
     echo "queue: process group $!"
     exit 0
@@ -28,10 +33,9 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --replay
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight 100
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-4
+study --molecules aspirin ethanol --sizes 50 --starts scratch --replay   # replay without pretraining
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
-step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
-.venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 step "MD warning: the 50-frame driver and the stable reference extended to 100 ps, then watched"
 md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-every 20 --time-ps 100 \
     --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
@@ -41,10 +45,22 @@ md --models et-pretrained-finetuned
 md --models et-scratch
 .venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
     --stable et-pretrained-finetuned --collapsing s50 et-scratch --stride 5 >> runs/md_warning.log 2>&1
+# a 4-head committee (the short-budget recipe, from scratch) driving MD with its mean, watching itself
+md --models self4 --model-path self4=runs/md_warning/self_driver/best.pt
+.venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
+    --watcher runs/md_warning/self_driver --stable et-pretrained-finetuned --collapsing self4 --stride 5 \
+    --out benchmarks/results/md_warning_self >> runs/md_warning.log 2>&1
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
 .venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
+step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the result is kept aside and compared)"
+if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
+    mkdir -p runs/finetune_converged/rebuild
+    mv benchmarks/results/finetune_converged/runs/ethanol-1000-scratch/result.json \
+        runs/finetune_converged/rebuild/ethanol-1000-scratch.result.json 2>/dev/null
+    study --molecules ethanol --sizes 1000 --starts scratch
+fi
 step "peers: NequIP and MACE at the same CPU budget"
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
 step "queue done"
