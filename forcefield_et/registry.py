@@ -89,15 +89,23 @@ def resolve_model(
     dtype: Union[str, torch.dtype, None] = None,
     device: Union[str, torch.device, None] = None,
 ) -> torch.nn.Module:
-    """A model as given (a ``Potential``, returned as is, never converted) or loaded from a bundled
-    name or checkpoint path (in ``dtype``, default float32, on ``device``, default CPU)."""
+    """A model as given (a ``Potential`` or committee module, returned as is, never converted); a
+    committee (a list of names/paths, a committee directory or its ``committee.json``) loaded as a
+    :class:`~forcefield_et.model.Committee`; or a bundled name or checkpoint path loaded (in
+    ``dtype``, default float32, on ``device``, default CPU)."""
     if isinstance(model, torch.nn.Module):
         return model
+    device = device if device is not None else "cpu"
+    dtype = dtype if dtype is not None else "float32"
+    if isinstance(model, (list, tuple)) or (
+        isinstance(model, (str, os.PathLike)) and committee_members(model) is not None
+    ):
+        return load_committee(model, device=device, dtype=dtype)
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device if device is not None else "cpu",
-                          dtype=dtype if dtype is not None else "float32")
+        return load_model(model, device=device, dtype=dtype)
     raise TypeError(
-        f"model must be a Potential, a bundled model name or a checkpoint path, got {type(model).__name__}"
+        "model must be a Potential, a committee (a list of names/paths or a committee directory), a bundled "
+        f"model name or a checkpoint path, got {type(model).__name__}"
     )
 
 

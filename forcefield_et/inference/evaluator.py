@@ -63,15 +63,12 @@ def converted_model(model: torch.nn.Module, device: torch.device, dtype: torch.d
 def load_for_inference(model: ModelSpec, device: torch.device, dtype: torch.dtype) -> Tuple[torch.nn.Module, str]:
     """(module in eval mode on ``device`` in ``dtype``, display name) for a bundled name, checkpoint
     path, committee directory or list of members, or a module (converted only when needed)."""
-    from ..registry import committee_members, load_committee, load_model
+    from ..registry import resolve_model
 
     if isinstance(model, torch.nn.Module):
         return converted_model(model, device, dtype).eval(), type(model).__name__
-    if isinstance(model, (list, tuple)):
-        return load_committee(model, device=device, dtype=dtype), f"committee of {len(model)}"
-    if committee_members(model) is not None:
-        return load_committee(model, device=device, dtype=dtype), str(model)
-    return load_model(model, device=device, dtype=dtype), str(model)
+    name = f"committee of {len(model)}" if isinstance(model, (list, tuple)) else str(model)
+    return resolve_model(model, dtype=dtype, device=device), name
 
 
 def resolve_device(device: Union[str, torch.device], owner: str = "Evaluator") -> torch.device:

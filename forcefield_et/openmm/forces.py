@@ -124,11 +124,8 @@ def resolve_model(model: ModelLike, dtype: Union[str, torch.dtype, None] = None)
     """A Potential or Committee as is; a committee (a list of names/paths, a committee directory or
     ``committee.json``) as a :class:`~forcefield_et.model.Committee`; else a bundled model name /
     checkpoint path loaded in ``dtype`` (:func:`forcefield_et.registry.resolve_model`)."""
-    from ..registry import committee_members, load_committee
     from ..registry import resolve_model as resolve
 
-    if isinstance(model, (list, tuple)) or (isinstance(model, (str, os.PathLike)) and committee_members(model)):
-        return load_committee(model, dtype=dtype if dtype is not None else "float32")
     return resolve(model, dtype=dtype)
 
 
