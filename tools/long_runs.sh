@@ -34,8 +34,6 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-4
 study --molecules aspirin ethanol --sizes 50 --starts scratch --replay   # replay without pretraining
-step "converged fine-tuning, scratch cells"
-study --starts scratch --sizes 1000 50
 step "MD warning: the 50-frame driver and the stable reference extended to 100 ps, then watched"
 md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-every 20 --time-ps 100 \
     --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
@@ -50,6 +48,8 @@ md --models self4 --model-path self4=runs/md_warning/self_driver/best.pt
 .venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
     --watcher runs/md_warning/self_driver --stable et-pretrained-finetuned --collapsing self4 --stride 5 \
     --out benchmarks/results/md_warning_self >> runs/md_warning.log 2>&1
+step "converged fine-tuning, scratch cells"
+study --starts scratch --sizes 1000 50
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
