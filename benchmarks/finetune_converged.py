@@ -6,6 +6,7 @@ run until its validation error stops improving or it has used its CPU budget.
     python -m benchmarks.finetune_converged --report           # tables and plots of the finished runs
     python -m benchmarks.finetune_converged --quick            # CI: ethanol, 50 frames, a tiny budget
     python -m benchmarks.finetune_converged --molecules aspirin --sizes 50 --replay   # a variant of the recipe
+    python -m benchmarks.finetune_converged --bundle --zbl 0.75   # export the 1000-frame models (rmd17-<mol>)
 
 Protocol (the same for both starts): train on the first N frames of the rMD17 ``train_01`` split
 (N = 1000 means frames 0-949; frames 950-999 of the same split are the validation set for every N),
@@ -312,6 +313,70 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def chosen_cell(results: List[Dict[str, Any]], molecule: str, start: str, n_train: int = 1000) -> Dict[str, Any] | None:
+    """The finished cell of ``molecule`` at ``n_train`` requested frames from ``start`` with the lowest
+    validation force MAE, the recipe and its variants alike (None: no such cell has finished)."""
+    candidates = [r for r in results if r["molecule"] == molecule and r["n_train_requested"] == n_train
+                  and r["start"] == start_label(start) and r.get("valid_force_mae_meV_A") is not None]
+    return min(candidates, key=lambda r: r["valid_force_mae_meV_A"], default=None)
+
+
+def export_model(molecule: str, start: str, destination: Path, results_dir: Path = RESULTS_DIR,
+                 runs_dir: Path = RUNS_DIR, data_root: Path = DATA_ROOT, zbl: float = 0.0) -> Path:
+    """Export the 1000-frame cell of ``molecule`` from ``start`` chosen by :func:`chosen_cell` to
+    ``destination`` (an inference checkpoint named after the file) with its model card: recipe, variant,
+    CPU-hours, validation and test errors, training domain; the ZBL prior at ``zbl`` where it leaves the
+    training frames unchanged (see :mod:`benchmarks.rmd17_models`)."""
+    from .rmd17_models import export_rmd17_model
+
+    result = chosen_cell(finished(results_dir), molecule, start)
+    if result is None:
+        raise FileNotFoundError(
+            f"no finished 1000-frame {start_label(start)} cell of {molecule} in {results_dir}: run python -m "
+            f"benchmarks.finetune_converged --molecules {molecule} --sizes 1000 --starts {start} first"
+        )
+    if not (runs_dir / result["cell"] / "best.pt").is_file():
+        raise FileNotFoundError(
+            f"{runs_dir / result['cell'] / 'best.pt'} not found: the weights of the finished cell {result['cell']} "
+            f"are not on this machine; move {results_dir / 'runs' / result['cell'] / 'result.json'} aside and run "
+            "the cell again"
+        )
+    variant_labels = Variant.of(result).labels
+    origin = ("The bundled pretrained ET fine-tuned" if result["start"] == "pretrained"
+              else f"The ET (the pretrained model's architecture) trained from {result['start']}")
+    card = {
+        "name": destination.stem,
+        "description": (
+            f"{origin} to convergence on rMD17 {molecule} (train_01 frames 0-{result['n_train'] - 1}; "
+            f"best EMA weights by the validation frames 950-999) with benchmarks/finetune_converged.py"
+            + (f" ({', '.join(variant_labels)})" if variant_labels else "")
+            + f": {result['steps']} steps of batch 8 in {result['cpu_hours']:.2f} CPU-hours (stopped: "
+            f"{result['stop_reason']}); energy + force loss (force weight "
+            f"{result.get('force_weight', FORCE_WEIGHT):g})."
+        ),
+        "limits": f"Fitted to one molecule: use it for {molecule} only.",
+        "training_cost": {"cpu_hours": round(result["cpu_hours"], 3), "steps": result["steps"],
+                          "best_step": result["best_step"], "cell": result["cell"]},
+        "test_errors": {
+            "split": "rmd17 test_01", "frames": result["test_frames"],
+            "force_mae_meV_A": result["test_force_mae_meV_A"], "energy_mae_meV": result["test_energy_mae_meV"],
+            "force_rmse_meV_A": result["test_force_rmse_meV_A"],
+        },
+    }
+    return export_rmd17_model(runs_dir / result["cell"], destination, molecule, card, result["n_train"],
+                              data_root, zbl)
+
+
+def export_destination(molecule: str, start: str, runs_dir: Path = RUNS_DIR) -> Path:
+    """Where ``--bundle`` writes a model: the bundled ``rmd17-<molecule>`` for the pretrained start,
+    ``<runs>/exported/rmd17-<molecule>-<start>.pt`` for any other."""
+    from forcefield_et.registry import BUNDLED_DIR
+
+    if start_label(start) == "pretrained":
+        return BUNDLED_DIR / f"rmd17-{molecule}.pt"
+    return runs_dir / "exported" / f"rmd17-{molecule}-{start_label(start)}.pt"
+
+
 def report(results_dir: Path = RESULTS_DIR) -> str:
     results = finished(results_dir)
     return write_report(results_dir, "finetune_converged", __doc__.split("Protocol")[1].split("Runs live")[0].strip(),
@@ -330,7 +395,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"])
     parser.add_argument("--zbl", nargs="?", type=float, const=1.0, default=0.0, metavar="SCALE",
                         help="switch the ZBL repulsion prior on, off at SCALE (default 1) times the covalent radii "
-                        "sum (cells <cell>-zbl, <cell>-zbl<SCALE>)")
+                        "sum (cells <cell>-zbl, <cell>-zbl<SCALE>; with --bundle: in the exported models)")
     parser.add_argument("--force-weight", type=float, default=FORCE_WEIGHT,
                         help=f"force-loss weight (default {FORCE_WEIGHT:g}; other values: cells <cell>-fw<W>)")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE,
@@ -342,12 +407,29 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--report", action="store_true", help="train nothing; summarise the finished runs")
+    parser.add_argument("--bundle", action="store_true",
+                        help="train nothing; export, per molecule and start, the finished 1000-frame cell with the "
+                        "lowest validation force MAE: the pretrained start as the bundled "
+                        "forcefield_et/checkpoints/rmd17-<molecule>.pt, other starts as "
+                        "<runs>/exported/rmd17-<molecule>-<start>.pt (with --zbl SCALE: the ZBL prior switched on)")
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, scratch, a 6 s budget, eager")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     optim, test_frames = None, 1000
+    if args.bundle:
+        missing = []
+        for molecule in args.molecules:
+            for start in args.starts:
+                try:
+                    print(export_model(molecule, start, export_destination(molecule, start, Path(args.runs)), out,
+                                       Path(args.runs), Path(args.data_root), args.zbl))
+                except FileNotFoundError as error:  # export the others, then say what is missing
+                    missing.append(str(error))
+        if missing:
+            raise SystemExit("not exported:\n  " + "\n  ".join(missing))
+        return
     if args.quick:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50

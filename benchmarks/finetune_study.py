@@ -27,16 +27,16 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.checkpoint import atomic_torch_save, checksum, read_checkpoint
+from forcefield_et.checkpoint import read_checkpoint
 from forcefield_et.data import read_rmd17
-from forcefield_et.domain import training_domain
 from forcefield_et.evaluation import error_metrics, predict
-from forcefield_et.registry import BUNDLED_DIR, bundled_models, export_checkpoint
+from forcefield_et.registry import BUNDLED_DIR, bundled_models
 from forcefield_et.training import config_from_dict, train
 
 from .io import finished_runs as io_finished_runs
 from .io import write_report, write_text_atomic
 from .paths import DATA_ROOT, rmd17_file
+from .rmd17_models import add_training_domain, export_rmd17_model
 
 STUDY_DIR = Path(__file__).resolve().parent / "results" / "finetune_study"
 VALID_FRAMES = 50
@@ -261,7 +261,7 @@ def main(argv: List[str] | None = None) -> None:
         return
     if args.add_training_domain:
         for molecule in args.molecules:
-            print(add_training_domain(molecule, Path(args.data_root)))
+            print(add_training_domain(BUNDLED_DIR / f"rmd17-{molecule}.pt", molecule, Path(args.data_root)))
         return
     if not args.report:
         for molecule in args.molecules:
@@ -293,7 +293,6 @@ def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Pat
             f"best EMA checkpoint by the validation frames {SPLIT_FRAMES - VALID_FRAMES}-{SPLIT_FRAMES - 1}) with "
             f"benchmarks/finetune_study.py: {result['steps']} steps of batch 8, energy + force loss."
         ),
-        "level_of_theory": "PBE/def2-SVP (rMD17, Christensen & von Lilienfeld 2020)",
         "limits": f"Fitted to one molecule: use it for {molecule} only.",
         "test_errors": {
             "split": "rmd17 test_01",
@@ -302,30 +301,7 @@ def bundle(out: Path, molecule: str, destination_dir: Path = BUNDLED_DIR) -> Pat
             "energy_mae_meV": result["test_energy_mae_meV"],
         },
     }
-    if rmd17_file(molecule).is_file():
-        card["training_domain"] = rmd17_training_domain(molecule, DATA_ROOT, result["n_train"])
-    else:
-        print(f"{rmd17_file(molecule)} not found: the card gets no training_domain")
-    return export_checkpoint(run_dir / "best.pt", destination_dir / f"rmd17-{molecule}.pt", card)
-
-
-def rmd17_training_domain(molecule: str, data_root: Path, n_train: int = SPLIT_FRAMES - VALID_FRAMES) -> Dict[str, Any]:
-    """The ``training_domain`` card entry of a model fitted to the first ``n_train`` rMD17 train_01 frames."""
-    data = read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train)
-    return training_domain(data.z, data.n_atoms)
-
-
-def add_training_domain(molecule: str, data_root: Path, destination_dir: Path = BUNDLED_DIR) -> Path:
-    """Store the training domain in the bundled ``rmd17-<molecule>`` checkpoint (rewritten atomically,
-    new checksum; weights and the other card entries unchanged)."""
-    path = destination_dir / f"rmd17-{molecule}.pt"
-    payload = read_checkpoint(path)
-    meta = dict(payload["metadata"])
-    meta["training_domain"] = rmd17_training_domain(molecule, data_root)
-    out: Dict[str, Any] = {key: value for key, value in payload.items() if key not in ("metadata", "checksum")}
-    out["metadata"] = json.dumps(meta, sort_keys=True)
-    out["checksum"] = checksum(out)
-    return atomic_torch_save(out, path)
+    return export_rmd17_model(run_dir, destination_dir / f"rmd17-{molecule}.pt", molecule, card, result["n_train"])
 
 
 def finished_runs(out: Path) -> List[Dict[str, Any]]:

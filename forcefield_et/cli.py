@@ -525,7 +525,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if training.get("step") is not None:
         print(f"trained:    {training['step']} steps")
     for key, value in sorted((meta.get("validation") or {}).items()):
-        print(f"valid:      {key} = {value:.4g}")
+        # test-split errors logged beside the validation (learning curves) never select the weights
+        label = "monitored:" if "/test_" in key else "valid:    "
+        print(f"{label} {key} = {value:.4g}")
+    test = meta.get("test_errors") or {}
+    if "force_mae_meV_A" in test:
+        energy = f", energy MAE {test['energy_mae_meV']:.2f} meV" if "energy_mae_meV" in test else ""
+        print(f"test:       {test.get('split', 'test')} ({test.get('frames', '?')} frames): force MAE "
+              f"{test['force_mae_meV_A']:.2f} meV/Å{energy}")
+    cost = meta.get("training_cost") or {}
+    if "cpu_hours" in cost:
+        print(f"cost:       {cost['cpu_hours']:.2f} CPU-hours of training")
+    if hyper.get("zbl"):
+        scale = 1.0 if hyper["zbl"] is True else float(hyper["zbl"])
+        print(f"prior:      ZBL repulsion, zero beyond {scale:g} x the covalent-radii sum")
     for key in ("description", "level_of_theory", "limits"):
         if meta.get(key):
             print(f"{key}: {meta[key]}")

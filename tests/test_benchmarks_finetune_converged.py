@@ -51,3 +51,42 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     # a stored result names its variant; results from before a setting existed read as the recipe's
     assert Variant.of({"replay": 0.2, "zbl": 0.0, "force_weight": 10.0, "lr": 1e-4}) == Variant(True, lr=1e-4)
     assert Variant.of({"zbl": 0.0, "replay": 0.0, "force_weight": 10.0}) == Variant()
+
+
+def test_bundle_exports_the_1000_frame_cell_with_the_lowest_validation_error(tmp_path):
+    import pytest
+
+    from benchmarks.finetune_converged import export_destination, export_model
+    from forcefield_et import build_model, load_model, save_checkpoint
+    from forcefield_et.checkpoint import read_checkpoint
+
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    with pytest.raises(FileNotFoundError, match="--sizes 1000 --starts scratch"):
+        export_model("ethanol", "scratch", tmp_path / "x.pt", out, runs)
+
+    def cell(name: str, n_train: int, valid: float, test: float, replay: float) -> None:
+        (runs / name).mkdir(parents=True)
+        save_checkpoint(runs / name / "best.pt", build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8))
+        result = {"cell": name, "molecule": "ethanol", "n_train": min(n_train, 950), "n_train_requested": n_train,
+                  "start": "scratch", "zbl": 0.0, "replay": replay, "force_weight": 10.0, "lr": LEARNING_RATE,
+                  "steps": 5000, "best_step": 4000, "cpu_hours": 1.25, "stop_reason": "no better valid_loss",
+                  "test_frames": 1000, "test_force_mae_meV_A": test, "test_energy_mae_meV": 2.0,
+                  "test_force_rmse_meV_A": 1.5 * test, "valid_force_mae_meV_A": valid, "valid_energy_mae_meV": 2.0}
+        (out / "runs" / name).mkdir(parents=True)
+        (out / "runs" / name / "result.json").write_text(json.dumps(result))
+
+    cell("ethanol-1000-scratch", 1000, valid=9.0, test=8.0, replay=0.0)
+    cell("ethanol-1000-scratch-replay", 1000, valid=7.0, test=9.5, replay=0.2)
+    cell("ethanol-50-scratch", 50, valid=1.0, test=1.0, replay=0.0)  # another size: never chosen
+    destination = export_destination("ethanol", "scratch", runs)
+    assert destination == runs / "exported" / "rmd17-ethanol-scratch.pt"
+    assert export_destination("ethanol", "pretrained", runs).name == "rmd17-ethanol.pt"
+    path = export_model("ethanol", "scratch", destination, out, runs, tmp_path / "no-data")
+    meta = read_checkpoint(path)["metadata"]
+    # chosen by the validation error (7.0), whatever its test error
+    assert meta["name"] == "rmd17-ethanol-scratch" and meta["training_cost"]["cell"] == "ethanol-1000-scratch-replay"
+    assert meta["test_errors"] == {"split": "rmd17 test_01", "frames": 1000, "force_mae_meV_A": 9.5,
+                                   "energy_mae_meV": 2.0, "force_rmse_meV_A": 14.25}
+    assert "trained from scratch" in meta["description"] and "(replay)" in meta["description"]
+    assert meta["training_cost"]["cpu_hours"] == 1.25 and "optimizer" not in read_checkpoint(path)
+    assert not load_model(path).use_zbl

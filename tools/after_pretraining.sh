@@ -3,7 +3,9 @@
 # ship its best weights as the bundled `pretrained` model (with configs/pretrained_mixed_card.yaml),
 # then fine-tune the converged study's pretrained-start cells (the recipe as it is, and with the
 # replay of pretraining frames, which lowered the 50-frame validation error from the 0.45 M-conformation
-# snapshot) and run the frame-selection demo from it. Every step resumes or skips what has finished.
+# snapshot), export the 1000-frame cells with the lowest validation error as the bundled rmd17-<molecule>
+# models (ZBL prior on: it is zero on every training frame), run the frame-selection demo, and the 300 ps
+# MD-stability runs of both starts' models. Every step resumes or skips what has finished.
 # tools/long_runs.sh starts it after the pretraining on the same core; by hand:
 #   bash tools/after_pretraining.sh    (logs in runs/*.log)
 set -u
@@ -27,6 +29,13 @@ study --starts pretrained --sizes 50 --replay
 step "converged fine-tuning, pretrained-start cells: 1000 frames, with and without replay"
 study --starts pretrained --sizes 1000 --replay
 study --starts pretrained --sizes 1000
+step "the bundled rmd17-<molecule> models from the pretrained-start 1000-frame cells (and the scratch ones beside them)"
+.venv/bin/python -m benchmarks.finetune_converged --bundle --zbl 0.75 >> runs/finetune_converged.log 2>&1
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
 .venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
+step "MD stability, 300 ps at 500 K, the converged 1000-frame models of both starts"
+.venv/bin/python -m benchmarks.md_stability --models et-pretrained-finetuned et-converged-scratch \
+    --model-path "et-converged-scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt" \
+    --out benchmarks/results/md_stability_converged --work runs/md_stability_converged \
+    >> runs/md_stability_converged.log 2>&1
 step "after pretraining: done"
