@@ -50,10 +50,6 @@ md --models self4 --model-path self4=runs/md_warning/self_driver/best.pt
     --out benchmarks/results/md_warning_self >> runs/md_warning.log 2>&1
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
-step "pretraining-scaling curve (the snapshots there are so far)"
-.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
-step "pretraining model size by accuracy per CPU-hour"
-.venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
 step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the result is kept aside and compared)"
 if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
     mkdir -p runs/finetune_converged/rebuild
@@ -61,6 +57,10 @@ if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
         runs/finetune_converged/rebuild/ethanol-1000-scratch.result.json 2>/dev/null
     study --molecules ethanol --sizes 1000 --starts scratch
 fi
+step "pretraining-scaling curve (the snapshots there are so far)"
+.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "peers: NequIP and MACE at the same CPU budget"
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
+step "pretraining model size by accuracy per CPU-hour"
+.venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
 step "queue done"
