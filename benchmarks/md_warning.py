@@ -1,4 +1,4 @@
-"""Does a committee's force spread warn before an MD run breaks a bond? Lead time on rMD17 aspirin.
+"""Does a committee's force spread warn before an MD run breaks a bond? Lead time on rMD17 MD runs.
 
     python -m benchmarks.md_warning --train-watcher      # the watcher committee (resumable, ~6 CPU-min)
     python -m benchmarks.md_stability --molecules aspirin --models s50 --time-ps 60 --save-every 20 \\
@@ -11,10 +11,13 @@
         --save-every 20 --out runs/md_warning/out --work runs/md_warning/work   # T >= the break times above
     python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \\
         --stable et-pretrained-finetuned --collapsing s50 et-scratch --stride 5
+    python -m benchmarks.md_warning --molecule ethanol --train-watcher --runs runs/md_warning/out \\
+        --work runs/md_warning/work --stable et-pretrained-finetuned --collapsing et-scratch --stride 5
 
-Watcher (``--train-watcher``, into ``--watcher``, default ``benchmarks/results/md_warning/watcher/``):
-a heads committee (4 heads) fine-tuned from ``pretrained`` with the short recipe of
-:func:`benchmarks.uncertainty.fine_tuning_config` on rMD17 aspirin ``train_01`` frames 0-949,
+Watcher (``--train-watcher``, into ``--watcher``, default ``<out>/watcher/``): a heads committee
+(4 heads) fine-tuned from ``pretrained`` with the short recipe of
+:func:`benchmarks.uncertainty.fine_tuning_config` on the rMD17 ``train_01`` frames 0-949 of ``--molecule``
+(default aspirin),
 validated on frames 950-999 of the same file (train split only; 1000 frames in all), 1200 steps of
 batch 8. Its ``best.pt`` and ``committee.json`` are kept with the results, so the watching step
 reruns without retraining. The collapsing runs' drivers are kept there too, in ``drivers/``: the
@@ -33,8 +36,8 @@ saved frame before the break whose value exceeds the threshold, and the lead tim
 that frame's time (ps). A run still in progress is read from its resumable state (marked partial).
 
 Writes ``md_warning.json`` and ``md_warning.png`` to ``--out`` (default
-``benchmarks/results/md_warning/``; for a folder in ``benchmarks/results/``, the figure is copied to
-``docs/img/<folder>.png``).
+``benchmarks/results/md_warning/`` for aspirin, ``benchmarks/results/md_warning_<molecule>/`` for the
+others; for a folder in ``benchmarks/results/``, the figure is copied to ``docs/img/<folder>.png``).
 """
 
 from __future__ import annotations
@@ -67,25 +70,32 @@ WATCHER_TRAIN_FRAMES = "0:950"  # rMD17 train_01 only; never test frames
 WATCHER_VALID_FRAMES = "950:1000"
 
 
-def watcher_config(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS) -> Any:
-    """The watcher's training configuration: aspirin ``train_01`` frames 0-949, validated on 950-999."""
-    train_file = str(rmd17_file(MOLECULE, "train", data_root))
-    source = {"name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
+def results_dir(molecule: str = MOLECULE) -> Path:
+    """The default results folder of ``molecule``'s runs (``md_warning`` for aspirin, ``md_warning_<molecule>``)."""
+    return RESULTS_DIR if molecule == MOLECULE else RESULTS_DIR.parent / f"md_warning_{molecule}"
+
+
+def watcher_config(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS,
+                   molecule: str = MOLECULE) -> Any:
+    """The watcher's training configuration: ``molecule``'s ``train_01`` frames 0-949, validated on 950-999."""
+    train_file = str(rmd17_file(molecule, "train", data_root))
+    source = {"name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
               "frames": WATCHER_TRAIN_FRAMES, "valid_path": train_file, "valid_frames": WATCHER_VALID_FRAMES}
     return fine_tuning_config(run_dir, source, steps)
 
 
-def train_watcher(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS) -> Path:
+def train_watcher(run_dir: Path = WATCHER_DIR, data_root: Path = DATA_ROOT, steps: int = WATCHER_STEPS,
+                  molecule: str = MOLECULE) -> Path:
     """Train (or resume, or keep a finished) heads committee into ``run_dir``; returns its directory."""
     from forcefield_et.training.committee import train_head_committee
 
-    train_head_committee(watcher_config(run_dir, data_root, steps), WATCHER_HEADS, progress=False)
+    train_head_committee(watcher_config(run_dir, data_root, steps, molecule), WATCHER_HEADS, progress=False)
     return run_dir
 
 
-def load_run(runs: Path, work: Path, model: str) -> Dict[str, Any]:
+def load_run(runs: Path, work: Path, model: str, molecule: str = MOLECULE) -> Dict[str, Any]:
     """Saved frames [T, N, 3], times (ps), the collapse time (or None), and whether the run is finished."""
-    name = f"{MOLECULE}__{model}"
+    name = f"{molecule}__{model}"
     result_path = runs / "runs" / name / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
     trajectory, state = work / name / "trajectory.npz", work / name / "state.npz"
@@ -184,21 +194,26 @@ def main(argv: List[str] | None = None) -> None:
                         help=f"train the watcher committee into --watcher (resumes; default {WATCHER_STEPS} steps), "
                         "then watch if --runs is given")
     parser.add_argument("--watcher-steps", type=int, default=WATCHER_STEPS, help="with --train-watcher")
+    parser.add_argument("--molecule", default=MOLECULE, help="the rMD17 molecule of the runs and the watcher")
     parser.add_argument("--runs", type=Path, help="md_stability --out folder")
     parser.add_argument("--work", type=Path, help="md_stability --work folder")
     parser.add_argument("--stable", nargs="+", help="model names of the stable runs")
     parser.add_argument("--collapsing", nargs="+", help="model names of the collapsing runs")
-    parser.add_argument("--watcher", default=str(WATCHER_DIR),
-                        help="committee: directory, committee.json or checkpoints (default: the trained watcher)")
+    parser.add_argument("--watcher",
+                        help="committee: directory, committee.json or checkpoints (default: <out>/watcher, where "
+                        "--train-watcher trains it)")
     parser.add_argument("--save-interval-ps", type=float, default=0.01,
                         help="time between saved frames (md_stability --save-every x --timestep)")
     parser.add_argument("--stride", type=int, default=1, help="watch every k-th saved frame")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/md_warning for "
+                        "aspirin, benchmarks/results/md_warning_<molecule> for the others)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    args.out = args.out or results_dir(args.molecule)
+    args.watcher = args.watcher or str(args.out / "watcher")
     if args.train_watcher:
         start = time.process_time()
-        train_watcher(Path(args.watcher), steps=args.watcher_steps)
+        train_watcher(Path(args.watcher), steps=args.watcher_steps, molecule=args.molecule)
         print(f"watcher committee in {args.watcher} ({time.process_time() - start:.0f} CPU-s in this invocation)")
         if args.runs is None:
             return
@@ -211,12 +226,13 @@ def main(argv: List[str] | None = None) -> None:
     runs: Dict[str, Dict[str, Any]] = {}
     for role, names in (("stable", args.stable), ("collapsing", args.collapsing)):
         for model in names:
-            run = load_run(args.runs, args.work, model)
+            run = load_run(args.runs, args.work, model, args.molecule)
             if run["numbers"] is None:
                 if numbers is None:
                     from forcefield_et.data import read_rmd17
 
-                    numbers = read_rmd17(rmd17_file(MOLECULE, "test")).z[:21]
+                    test = read_rmd17(rmd17_file(args.molecule, "test"), max_frames=1)
+                    numbers = test.z[: int(test.n_atoms[0])]
                 run["numbers"] = numbers
             numbers = run["numbers"] if numbers is None else numbers
             frames = run["frames"]
@@ -238,6 +254,7 @@ def main(argv: List[str] | None = None) -> None:
                            "max_force_std_eV_A": std.round(5).tolist()}
     threshold = lead_times(runs)
     summary = {
+        "molecule": args.molecule,
         "protocol": __doc__.split("Writes")[0].strip(),
         "watcher": _repo_relative(args.watcher),
         "watcher_info": watcher_info(args.watcher),
@@ -287,7 +304,7 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("time (ps), 500 K")
     ax.set_ylabel("largest per-atom force std (meV/Å)")
-    ax.set_title(f"rMD17 aspirin MD at 500 K, watched by {Path(summary['watcher']).name}")
+    ax.set_title(f"rMD17 {summary.get('molecule', MOLECULE)} MD at 500 K, watched by {Path(summary['watcher']).name}")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
