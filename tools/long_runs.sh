@@ -48,6 +48,13 @@ md --models self4 --model-path self4=runs/md_warning/self_driver/best.pt
 .venv/bin/python -m benchmarks.md_warning --runs runs/md_warning/out --work runs/md_warning/work \
     --watcher runs/md_warning/self_driver --stable et-pretrained-finetuned --collapsing self4 --stride 5 \
     --out benchmarks/results/md_warning_self >> runs/md_warning.log 2>&1
+step "MD warning on ethanol: the short-budget scratch ET (it collapsed at 61 ps) and rmd17-ethanol (stable), watched"
+.venv/bin/python -m benchmarks.prepare --molecules ethanol --models et-scratch >> runs/md_warning.log 2>&1
+md --molecules ethanol --models et-scratch
+md --molecules ethanol --models et-pretrained-finetuned
+.venv/bin/python -m benchmarks.md_warning --molecule ethanol --train-watcher --runs runs/md_warning/out \
+    --work runs/md_warning/work --stable et-pretrained-finetuned --collapsing et-scratch --stride 5 \
+    >> runs/md_warning.log 2>&1
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the result is kept aside and compared)"
