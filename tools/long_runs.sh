@@ -34,6 +34,7 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --force-weight
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --zbl 0.75
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-4
 study --molecules aspirin ethanol --sizes 50 --starts scratch --replay   # replay without pretraining
+study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-3
 step "MD warning: the 50-frame driver and the stable reference extended to 100 ps, then watched"
 md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-every 20 --time-ps 100 \
     --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
