@@ -563,6 +563,13 @@ def md_warning(relative: str = "md_warning/md_warning.json") -> str:
     return "\n".join(lines) + "\n"
 
 
+def fresh_molecules() -> str:
+    """Pretrained models on drug-like molecules in no shared file (``benchmarks.fresh_molecules``)."""
+    from .fresh_molecules import table
+
+    return table(_json("fresh_molecules/fresh_molecules.json"))
+
+
 def selection_demo() -> str:
     """One round of committee-driven frame selection against random frames (``benchmarks.selection_demo``):
     test force MAE and MD stability of each committee; a one-row table while the benchmark has no result."""
@@ -613,6 +620,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "md_warning_self": lambda: md_warning("md_warning_self/md_warning.json"),
     "md_warning_ethanol": lambda: md_warning("md_warning_ethanol/md_warning.json"),
     "selection_demo": selection_demo,
+    "fresh_molecules": fresh_molecules,
     "readme_snippets": readme_snippets,
     "finetune_study": finetune_study,
     "finetune_study_summary": finetune_study_summary,

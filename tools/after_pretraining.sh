@@ -18,11 +18,18 @@ shipped=$(.venv/bin/python -c "from forcefield_et.checkpoint import read_checkpo
 print('pretrain_mixed' in read_checkpoint('forcefield_et/checkpoints/pretrained.pt')['metadata']['description'])")
 if [ "$shipped" != "True" ]; then
     step "shipping runs/pretrain_mixed/best.pt as the bundled pretrained model"
+    # the model it replaces (configs/pretrain_cpu_small.yaml), kept for the comparisons below
+    [ -f runs/pretrained_cpu_small.pt ] || cp forcefield_et/checkpoints/pretrained.pt runs/pretrained_cpu_small.pt
     .venv/bin/forcefield-et export --model runs/pretrain_mixed/best.pt --format checkpoint \
         --card configs/pretrained_mixed_card.yaml --out forcefield_et/checkpoints/pretrained.pt || exit 1
     # the model card page and its results file follow the bundled checkpoint (the docs test checks both)
     .venv/bin/python -m benchmarks.model_card --metrics runs/pretrain_mixed/metrics.csv >> runs/after_pretraining.log 2>&1
 fi
+step "the shipped model and the run's snapshots on drug-like molecules in no shared file"
+.venv/bin/python -m benchmarks.fresh_molecules --models pretrained runs/pretrained_cpu_small.pt \
+    runs/pretrain_mixed/snapshots/step_3125.pt \
+    runs/pretrain_mixed/snapshots/step_14063.pt runs/pretrain_mixed/snapshots/step_31250.pt \
+    runs/pretrain_mixed/snapshots/step_56250.pt >> runs/fresh_molecules.log 2>&1
 step "converged fine-tuning, pretrained-start cells: 50 frames, without and with replay"
 study --starts pretrained --sizes 50
 study --starts pretrained --sizes 50 --replay
