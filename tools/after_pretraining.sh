@@ -1,22 +1,21 @@
 #!/bin/bash
 # What follows the mixed-corpus pretraining (configs/pretrain_mixed.yaml) once it has finished:
 # ship its best weights as the bundled `pretrained` model (with configs/pretrained_mixed_card.yaml),
-# then fine-tune the converged study's pretrained-start cells (the recipe as it is, and with the
-# replay of pretraining frames, which lowered the 50-frame validation error from the 0.45 M-conformation
-# snapshot), export the 1000-frame cells with the lowest validation error as the bundled rmd17-<molecule>
-# models (ZBL prior on: it is zero on every training frame), run the frame-selection demo, and the 300 ps
-# MD-stability runs of both starts' models. Every step resumes or skips what has finished.
+# measure it on drug-like molecules in no shared file, fine-tune the converged study's pretrained-start
+# cells at 50 frames (the recipe as it is, and with the replay of pretraining frames, which lowered the
+# 50-frame validation error from the 0.45 M-conformation snapshot), run the frame-selection demo, then
+# the 1000-frame cells of aspirin and ethanol, their export (the cell with the lowest validation error
+# becomes the bundled rmd17-<molecule>, ZBL prior on: it is zero on every training frame) and the 300 ps
+# MD-stability runs of both starts' models. tools/long_runs.sh does the same for naphthalene and
+# salicylic acid on the other core. Every step resumes or skips what has finished.
 # tools/long_runs.sh starts it after the pretraining on the same core; by hand:
 #   bash tools/after_pretraining.sh    (logs in runs/*.log)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
-step() { echo "$(date -u +%FT%T) $*"; }
-study() { .venv/bin/python -m benchmarks.finetune_converged "$@" >> runs/finetune_converged.log 2>&1; }
+. tools/long_runs_lib.sh
 
-shipped=$(.venv/bin/python -c "from forcefield_et.checkpoint import read_checkpoint
-print('pretrain_mixed' in read_checkpoint('forcefield_et/checkpoints/pretrained.pt')['metadata']['description'])")
-if [ "$shipped" != "True" ]; then
+if ! shipped; then
     step "shipping runs/pretrain_mixed/best.pt as the bundled pretrained model"
     # the model it replaces (configs/pretrain_cpu_small.yaml), kept for the comparisons below
     [ -f runs/pretrained_cpu_small.pt ] || cp forcefield_et/checkpoints/pretrained.pt runs/pretrained_cpu_small.pt
@@ -33,16 +32,8 @@ step "the shipped model and the run's snapshots on drug-like molecules in no sha
 step "converged fine-tuning, pretrained-start cells: 50 frames, without and with replay"
 study --starts pretrained --sizes 50
 study --starts pretrained --sizes 50 --replay
-step "converged fine-tuning, pretrained-start cells: 1000 frames, with and without replay"
-study --starts pretrained --sizes 1000 --replay
-study --starts pretrained --sizes 1000
-step "the bundled rmd17-<molecule> models from the pretrained-start 1000-frame cells (and the scratch ones beside them)"
-.venv/bin/python -m benchmarks.finetune_converged --bundle --zbl 0.75 >> runs/finetune_converged.log 2>&1
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
 .venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
-step "MD stability, 300 ps at 500 K, the converged 1000-frame models of both starts"
-.venv/bin/python -m benchmarks.md_stability --models et-pretrained-finetuned et-converged-scratch \
-    --model-path "et-converged-scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt" \
-    --out benchmarks/results/md_stability_converged --work runs/md_stability_converged \
-    >> runs/md_stability_converged.log 2>&1
+step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"
+converged_models aspirin ethanol
 step "after pretraining: done"

@@ -65,6 +65,9 @@ if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
         runs/finetune_converged/rebuild/ethanol-1000-scratch.result.json 2>/dev/null
     study --molecules ethanol --sizes 1000 --starts scratch
 fi
+. tools/long_runs_lib.sh
+step "converged 1000-frame models of naphthalene and salicylic acid (once the pretrained model is shipped)"
+if wait_for_shipped; then converged_models naphthalene salicylic; fi
 step "pretraining-scaling curve (the snapshots there are so far)"
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "peers: NequIP and MACE at the same CPU budget"
