@@ -74,20 +74,33 @@ class _AtomEnergies(nn.Module):
 class CompiledEnergyGradient:
     """``(element [N], edge_index [2, E], edge_vectors [E, 3] Å) -> (atom energies [N] eV,
     dE/d(edge_vectors) [E, 3] eV/Å)``, compiled, differentiable once with respect to the model's
-    weights and the edge vectors. Built lazily on the first call; rebuilt if the model's
-    parameters are replaced (e.g. after ``.to(dtype)``)."""
+    weights and the edge vectors. Built lazily on the first call; rebuilt when a parameter, buffer or
+    submodule of the model is replaced, or its ZBL prior switched (the trace depends on both)."""
 
     def __init__(self, potential: nn.Module, **compile_options: Any) -> None:
         self.module = _AtomEnergies(potential)
         self.compile_options = {"dynamic": True, **compile_options}
         self._compiled: Callable[..., Any] | None = None
         self._tensors: List[Tensor] = []
+        self._modules: List[nn.Module] = []
+        self._key: Tuple[Any, ...] = ()
 
     def _state(self) -> Tuple[List[str], List[str], List[Tensor]]:
         names = [n for n, _ in self.module.named_parameters()]
         buffer_names = [n for n, _ in self.module.named_buffers()]
         tensors = [p for _, p in self.module.named_parameters()] + [b for _, b in self.module.named_buffers()]
         return names, buffer_names, tensors
+
+    def _current_key(self) -> Tuple[Any, ...]:
+        """Identity of every parameter, buffer and child module of the modules found at the last build,
+        and the ZBL switch: flat dictionary reads, cheap enough for every call (a full ``named_parameters``
+        walk costs a sizeable share of a small molecule's MD step)."""
+        key: List[Any] = [getattr(self.module.potential, "use_zbl", None)]
+        for module in self._modules:
+            key.extend(map(id, module._parameters.values()))
+            key.extend(map(id, module._buffers.values()))
+            key.extend(map(id, module._modules.values()))
+        return tuple(key)
 
     def _build(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> None:
         from torch._decomp import get_decompositions
@@ -128,17 +141,16 @@ class CompiledEnergyGradient:
         graph.recompile()
         self._compiled = torch.compile(graph, **self.compile_options)
         self._tensors = tensors
+        self._modules = list(module.modules())
+        self._key = self._current_key()
 
     def __call__(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tuple[Tensor, Tensor]:
-        _, _, tensors = self._state()
-        if self._compiled is None or len(tensors) != len(self._tensors) or any(
-            a is not b for a, b in zip(tensors, self._tensors)
-        ):
+        if self._compiled is None or self._current_key() != self._key:
             self._build(element, edge_index, edge_vectors)
         assert self._compiled is not None
         # numbers of atoms and edges change from batch to batch: one graph for all of them
         torch._dynamo.maybe_mark_dynamic(element, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
         torch._dynamo.maybe_mark_dynamic(edge_vectors, 0)
-        return self._compiled(tensors, element, edge_index, edge_vectors)
+        return self._compiled(self._tensors, element, edge_index, edge_vectors)
 

@@ -74,3 +74,31 @@ def test_compiled_training_matches_the_eager_double_backward():
     compiled.eval()
     assert torch.equal(compiled(z, pos, None, cell)["energy"], eager.eval()(z, pos, None, cell)["energy"])
 
+
+
+def test_compiled_energy_is_rebuilt_when_the_prior_or_a_weight_is_replaced():
+    torch.manual_seed(0)
+    model = build_model(**TINY).eval()
+    z = torch.tensor([6, 1])
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.4]])  # a fused pair: the ZBL prior acts
+    batch = torch.zeros(2, dtype=torch.long)
+
+    def energy() -> float:
+        return float(model(z, pos, batch)["energy"].detach())
+
+    eager = energy()
+    model.compile_energy(backend="aot_eager")  # the rebuild logic, not inductor, is under test: fast
+    assert energy() == pytest.approx(eager, abs=1e-5)
+    model.set_zbl(True)
+    with_prior = energy()
+    model.compile_energy(False)
+    assert with_prior == pytest.approx(energy(), abs=1e-4) and with_prior > eager + 1.0
+    model.compile_energy(backend="aot_eager")
+    assert energy() == pytest.approx(with_prior, abs=1e-4)
+    model.set_zbl(False)  # the traced graph held the prior: switching it off rebuilds
+    assert energy() == pytest.approx(eager, abs=1e-5)
+    head = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head.bias = torch.nn.Parameter(head.bias.detach() + 1.0)  # a replaced weight is read, not the old one
+    compiled = energy()
+    model.compile_energy(False)
+    assert compiled == pytest.approx(energy(), abs=1e-4) and abs(compiled - eager) > 1e-3
