@@ -13,7 +13,6 @@ standard deviation of the total energy around that fit. Writes nve_drift.json an
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from forcefield_et import ETCalculator
 from forcefield_et.md import initial_velocities
 from forcefield_et.structures import structure_path
 
+from .io import write_json_atomic
 from .machine import machine_info
 
 
@@ -110,7 +110,7 @@ def main() -> None:
         "machine": machine_info(),
         "runs": results,
     }
-    (out / "nve_drift.json").write_text(json.dumps(payload, indent=2))
+    write_json_atomic(out / "nve_drift.json", payload)
 
     import matplotlib
 
