@@ -372,7 +372,7 @@ def export_model(molecule: str, start: str, destination: Path, results_dir: Path
         },
     }
     return export_rmd17_model(runs_dir / result["cell"], destination, molecule, card, result["n_train"],
-                              data_root, zbl)
+                              data_root, zbl, also_trained_on=REPLAY_MOLECULES if result.get("replay") else ())
 
 
 def export_destination(molecule: str, start: str, runs_dir: Path = RUNS_DIR) -> Path:

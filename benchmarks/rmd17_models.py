@@ -14,7 +14,7 @@ checks that condition on the training frames and refuses otherwise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -51,11 +51,13 @@ def closest_pair_ratio(molecule: str, data_root: Path = DATA_ROOT, n_train: int 
 
 def export_rmd17_model(
     run_dir: Path, destination: Path, molecule: str, card: Dict[str, Any], n_train: int = TRAIN_FRAMES,
-    data_root: Path = DATA_ROOT, zbl: float = 0.0,
+    data_root: Path = DATA_ROOT, zbl: float = 0.0, also_trained_on: Sequence[str] = (),
 ) -> Path:
     """Export ``run_dir/best.pt`` to ``destination`` with the ``card`` entries, plus the level of theory,
     the training domain (when the rMD17 files are there) and, for ``zbl`` > 0, the ZBL prior switched
-    off at ``zbl`` times the covalent-radii sum (ValueError where it would act on a training frame)."""
+    off at ``zbl`` times the covalent-radii sum (ValueError where it would act on a training frame: the
+    first ``n_train`` frames of ``molecule`` and every train frame of the ``also_trained_on`` molecules,
+    e.g. replayed ones)."""
     card = {"level_of_theory": LEVEL_OF_THEORY, **card}
     have_data = rmd17_file(molecule, "train", data_root).is_file()
     if have_data:
@@ -68,11 +70,13 @@ def export_rmd17_model(
                 f"{rmd17_file(molecule, 'train', data_root)} not found: the ZBL prior is only added where the "
                 "training frames show that it leaves them unchanged"
             )
-        ratio = closest_pair_ratio(molecule, data_root, n_train)
+        ratio = min([closest_pair_ratio(molecule, data_root, n_train)]
+                    + [closest_pair_ratio(other, data_root, n_train=10**9) for other in also_trained_on])
+        trained_on = ", ".join([molecule, *also_trained_on])
         if ratio <= zbl:
             raise ValueError(
-                f"the ZBL prior at {zbl:g} x the covalent-radii sum acts on the training frames of {molecule} "
-                f"(closest pair at {ratio:.3f} x the sum): train with it instead of adding it at export"
+                f"the ZBL prior at {zbl:g} x the covalent-radii sum acts on the training frames ({trained_on}; "
+                f"closest pair at {ratio:.3f} x the sum): train with it instead of adding it at export"
             )
         hyperparameters = dict(read_checkpoint(run_dir / "best.pt")["metadata"]["hyperparameters"])
         hyperparameters["zbl"] = float(zbl)
@@ -82,8 +86,8 @@ def export_rmd17_model(
             "closest_training_pair": round(ratio, 4),
             "note": (
                 f"ZBL repulsion, zero beyond {zbl:g} x the covalent-radii sum; the closest pair of the "
-                f"training frames is at {ratio:.3f} x that sum, so the prior leaves every training frame "
-                "unchanged and only acts on compressed pairs (added at export)"
+                f"training frames ({trained_on}) is at {ratio:.3f} x that sum, so the prior leaves every "
+                "training frame unchanged and only acts on compressed pairs (added at export)"
             ),
         }
     return export_checkpoint(run_dir / "best.pt", destination, card)

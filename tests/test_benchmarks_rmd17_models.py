@@ -35,7 +35,7 @@ def test_zbl_added_at_export_leaves_training_frames_unchanged_and_repels_fused_p
     run_dir.mkdir()
     save_checkpoint(run_dir / "best.pt", build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8))
     ratio = closest_pair_ratio("ethanol", data_root, n_train=50)
-    with pytest.raises(ValueError, match="acts on the training frames of ethanol"):
+    with pytest.raises(ValueError, match=r"acts on the training frames \(ethanol;"):
         export_rmd17_model(run_dir, tmp_path / "no.pt", "ethanol", {"name": "no"}, 50, data_root, zbl=ratio + 0.01)
     assert not (tmp_path / "no.pt").exists()
 
@@ -44,6 +44,11 @@ def test_zbl_added_at_export_leaves_training_frames_unchanged_and_repels_fused_p
     meta = read_checkpoint(path)["metadata"]
     assert meta["priors"]["zbl_radius_scale"] == 0.75 and meta["priors"]["closest_training_pair"] == round(ratio, 4)
     assert meta["training_domain"]["compositions"] == ["C2H6O"] and "PBE/def2-SVP" in meta["level_of_theory"]
+    # frames trained on beside the target's (replay) count too
+    replayed = closest_pair_ratio("malonaldehyde", data_root, n_train=10**9)
+    with pytest.raises(ValueError, match="ethanol, malonaldehyde"):
+        export_rmd17_model(run_dir, tmp_path / "no.pt", "ethanol", {"name": "no"}, 50, data_root,
+                           zbl=replayed + 0.001, also_trained_on=["malonaldehyde"])
     source, exported = load_model(run_dir / "best.pt", dtype="float64"), load_model(path, dtype="float64")
     assert exported.use_zbl and not source.use_zbl
     frames = read_rmd17(rmd17_file("ethanol", "train", data_root), max_frames=50)
