@@ -39,6 +39,7 @@ step "the shipped model and the run's snapshots on drug-like molecules in no sha
 step "converged fine-tuning, pretrained-start cells: 50 frames, without and with replay"
 study --starts pretrained --sizes 50
 study --starts pretrained --sizes 50 --replay
+study --starts pretrained --sizes 50 --replay --lr 1e-3   # both lowered the snapshot's validation error
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
 .venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"

@@ -59,6 +59,7 @@ md --molecules ethanol --models et-pretrained-finetuned
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 study --molecules naphthalene salicylic --sizes 50 --starts scratch --replay   # as aspirin and ethanol
+study --sizes 50 --starts scratch --replay --lr 1e-3   # the variant the pretrained start gets too
 step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the result is kept aside and compared)"
 if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
     mkdir -p runs/finetune_converged/rebuild
