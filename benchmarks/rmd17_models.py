@@ -40,7 +40,11 @@ def closest_pair_ratio(molecule: str, data_root: Path = DATA_ROOT, n_train: int 
     """The smallest r_ij / (r_cov,i + r_cov,j) over every atom pair of the first ``n_train`` rMD17
     train_01 frames (distances in Å, covalent radii as in :func:`~forcefield_et.model.priors.covalent_radii`).
     A ZBL prior with ``radius_scale`` below this value is zero on all of those frames."""
-    data = read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train)
+    return _closest_pair_ratio(read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train))
+
+
+def _closest_pair_ratio(data: Any) -> float:
+    """:func:`closest_pair_ratio` of frames already read (one molecule, a ConformationSet)."""
     n_atoms = int(data.n_atoms[0])
     positions = data.pos.reshape(len(data), n_atoms, 3)
     radii = np.asarray(covalent_radii(data.z[:n_atoms].tolist()))
@@ -60,8 +64,9 @@ def export_rmd17_model(
     e.g. replayed ones)."""
     card = {"level_of_theory": LEVEL_OF_THEORY, **card}
     have_data = rmd17_file(molecule, "train", data_root).is_file()
-    if have_data:
-        card["training_domain"] = rmd17_training_domain(molecule, data_root, n_train)
+    frames = read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train) if have_data else None
+    if frames is not None:
+        card["training_domain"] = training_domain(frames.z, frames.n_atoms)
     else:
         print(f"{rmd17_file(molecule, 'train', data_root)} not found: the card gets no training_domain")
     if zbl:
@@ -70,7 +75,7 @@ def export_rmd17_model(
                 f"{rmd17_file(molecule, 'train', data_root)} not found: the ZBL prior is only added where the "
                 "training frames show that it leaves them unchanged"
             )
-        ratio = min([closest_pair_ratio(molecule, data_root, n_train)]
+        ratio = min([_closest_pair_ratio(frames)]
                     + [closest_pair_ratio(other, data_root, n_train=10**9) for other in also_trained_on])
         trained_on = ", ".join([molecule, *also_trained_on])
         if ratio <= zbl:
