@@ -22,8 +22,8 @@ if [ "${1:-}" != "--queue" ]; then
 fi
 
 SNAPSHOT=runs/pretrain_mixed/snapshots/step_14063.pt
-step() { echo "$(date -u +%FT%T) $*"; }
-study() { .venv/bin/python -m benchmarks.finetune_converged "$@" >> runs/finetune_converged.log 2>&1; }
+# shellcheck source=tools/long_runs_lib.sh  # step, study, wait_for_shipped, converged_models
+source tools/long_runs_lib.sh
 
 step "converged fine-tuning, the scratch cell under way"
 study --starts scratch --sizes 50 --molecules naphthalene
@@ -67,7 +67,6 @@ if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
         runs/finetune_converged/rebuild/ethanol-1000-scratch.result.json 2>/dev/null
     study --molecules ethanol --sizes 1000 --starts scratch
 fi
-. tools/long_runs_lib.sh
 step "converged 1000-frame models of naphthalene and salicylic acid (once the pretrained model is shipped)"
 if wait_for_shipped; then converged_models naphthalene salicylic; fi
 step "pretraining-scaling curve (the snapshots there are so far)"
