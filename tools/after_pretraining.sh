@@ -1,13 +1,13 @@
 #!/bin/bash
 # What follows the mixed-corpus pretraining (configs/pretrain_mixed.yaml) once it has finished:
 # ship its best weights as the bundled `pretrained` model (with configs/pretrained_mixed_card.yaml),
-# measure it on drug-like molecules in no shared file, fine-tune the converged study's pretrained-start
-# cells at 50 frames (the recipe as it is, and with the replay of pretraining frames, which lowered the
-# 50-frame validation error from the 0.45 M-conformation snapshot), run the frame-selection demo, then
-# the 1000-frame cells of aspirin and ethanol, their export (the cell with the lowest validation error
-# becomes the bundled rmd17-<molecule>, ZBL prior on: it is zero on every training frame) and the 300 ps
-# MD-stability runs of both starts' models. tools/long_runs.sh does the same for naphthalene and
-# salicylic acid on the other core. Every step resumes or skips what has finished.
+# run the frame-selection demo from it, measure it on drug-like molecules in no shared file, fine-tune
+# the converged study's pretrained-start cells at 50 frames (the recipe as it is, and with the replay
+# of pretraining frames, which lowered the 50-frame validation error from the 0.45 M-conformation
+# snapshot), then the 1000-frame cells of aspirin and ethanol, their export (the cell with the lowest
+# validation error becomes the bundled rmd17-<molecule>, ZBL prior on: it is zero on every training
+# frame) and the 300 ps MD-stability runs of both starts' models. tools/long_runs.sh does the same for
+# naphthalene and salicylic acid on the other core. Every step resumes or skips what has finished.
 # tools/long_runs.sh starts it after the pretraining on the same core; by hand:
 #   bash tools/after_pretraining.sh    (logs in runs/*.log)
 set -u
@@ -24,6 +24,8 @@ if ! shipped; then
     # the model card page and its results file follow the bundled checkpoint (the docs test checks both)
     .venv/bin/python -m benchmarks.model_card --metrics runs/pretrain_mixed/metrics.csv >> runs/after_pretraining.log 2>&1
 fi
+step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
+.venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 # the NVE energy drift of the shipped model, float32 and float64, unless benchmarks/results/nve_drift.json holds it
 if ! .venv/bin/python -c "import hashlib, json, sys
 ran = json.load(open('benchmarks/results/nve_drift.json'))['model_checkpoint']['sha256']
@@ -40,8 +42,6 @@ step "converged fine-tuning, pretrained-start cells: 50 frames, without and with
 study --starts pretrained --sizes 50
 study --starts pretrained --sizes 50 --replay
 study --starts pretrained --sizes 50 --replay --lr 1e-3   # both lowered the snapshot's validation error
-step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
-.venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"
 converged_models aspirin ethanol
 step "after pretraining: done"
