@@ -343,6 +343,14 @@ def _cmd_md(args: argparse.Namespace) -> int:
     # automatic: compile where the run repays it and the model supports it (a heads committee does not)
     compile_energy = args.compile if args.compile is not None else ("auto" if compile_pays_off(args.steps) else False)
     atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=compile_energy, threads=args.threads)
+    watcher = None
+    if args.watcher is not None:  # a committee evaluated at the saved frames only
+        watcher_model = args.watcher.split(",") if "," in args.watcher else args.watcher
+        watcher = ETCalculator(watcher_model, device=args.device, dtype=args.dtype, threads=args.threads)
+        if not watcher.is_committee:
+            raise ValueError(f"--watcher {args.watcher!r} is a single model; a watcher must be a committee (a "
+                             "committee directory or committee.json from finetune --committee, or checkpoints "
+                             "separated by commas)")
     threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax
     print(
@@ -350,6 +358,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, "
         + (f"{threads} torch thread(s)" if threads else f"on {atoms.calc.device}")
         + (", compiled" if compile_energy else "")
+        + (f", watched by {args.watcher!r}" if watcher is not None else "")
         + (f", after relaxing to fmax {relax_fmax} eV/Å" if relax_fmax is not None else "")
         + f" -> {args.out}/"
     )
@@ -369,7 +378,9 @@ def _cmd_md(args: argparse.Namespace) -> int:
         max_force_std=args.max_force_std,
         existing="overwrite" if args.overwrite else "resume",
         # compiling changes results only by float32 rounding, like the thread count: not a setting of the run
-        settings={"model": _model_fingerprint(args.model), "dtype": args.dtype},
+        settings={"model": _model_fingerprint(args.model), "dtype": args.dtype,
+                  **({"watcher_model": _model_fingerprint(args.watcher)} if watcher is not None else {})},
+        watcher=watcher,
     )
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
@@ -856,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run MD with ASE from a structure file (or a bundled structure)",
         epilog="examples:\n  forcefield-et md                      # bundled aspirin, pretrained model\n"
         "  forcefield-et md my.xyz --model rmd17-aspirin --thermostat nose-hoover --temperature 500\n"
-        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.1   # stop where the committee disagrees",
+        "  forcefield-et md my.xyz --model my_committee --max-force-std 0.1   # stop where the committee disagrees\n"
+        "  forcefield-et md my.xyz --model rmd17-aspirin --watcher my_committee --max-force-std 0.1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -904,9 +916,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=force_threshold_arg,
         metavar="EV_PER_A",
         help="with a committee --model (a committee directory or committee.json from finetune --committee, or "
-        "several checkpoints separated by commas): stop when an atom's force std across the members exceeds "
-        f"this (eV/Å) and exit with status {UNCERTAIN_EXIT_STATUS}; a committee's largest per-atom force std is "
-        "logged per saved frame (md_log.csv) either way",
+        "several checkpoints separated by commas) or a --watcher: stop when an atom's force std across the members "
+        f"exceeds this (eV/Å) and exit with status {UNCERTAIN_EXIT_STATUS}; a committee's largest per-atom force std "
+        "is logged per saved frame (md_log.csv) either way",
+    )
+    p.add_argument(
+        "--watcher",
+        type=model_reference,
+        metavar="COMMITTEE",
+        help="a committee that does not drive the MD, evaluated at every saved frame: its force std is logged and "
+        "checked by --max-force-std instead of the driver's (an independent committee warns of a collapse earlier "
+        "than one that drives the run; docs/uncertainty.md)",
     )
     p.add_argument(
         "--compile",

@@ -4,8 +4,9 @@ Writes an ASE trajectory, a CSV log (time in fs, energies in eV, temperature in 
 change in Å) and a PNG of energy and temperature against time. Every saved frame is checked
 against the covalent bonds of the starting structure (:mod:`forcefield_et.bonds`), so that a
 molecule that falls apart is reported, and with ``max_bond_change`` the run stops there. With a
-committee calculator, the log also holds the largest per-atom force std of each saved frame
-(eV/Å), and with ``max_force_std`` the run stops at the first frame the committee is unsure of.
+committee calculator, or a committee ``watcher`` beside any driving model, the log also holds the
+largest per-atom force std of each saved frame (eV/Å), and with ``max_force_std`` the run stops at
+the first frame the committee is unsure of.
 
 A run is resumable (``existing="resume"``, the default of ``forcefield-et md``): after every saved
 frame ``md_state.npz`` holds the step, positions, momenta, the thermostat's random generator or
@@ -124,6 +125,7 @@ def run_md(
     max_force_std: float | None = None,
     existing: str = "overwrite",
     settings: Dict[str, Any] | None = None,
+    watcher: Any = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
     and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
@@ -142,6 +144,11 @@ def run_md(
     every saved frame's largest per-atom force std is logged (``max_force_std_eV_A``) and
     summarised; with ``max_force_std`` (eV/Å) the run stops at the first saved frame beyond it
     (``stopped`` names the atom), typically a frame to label and add to the training data.
+    ``watcher``: a committee calculator that does not drive the MD and is evaluated only at the
+    saved frames; its force std is logged and checked instead of the driver's. A committee that
+    drives MD shares its errors on the geometries it visits, so its own spread tends to rise only
+    just before a collapse; an independent watcher (e.g. fine-tuned on more frames) sees the run
+    leave the training distribution earlier (docs/uncertainty.md).
 
     ``existing`` says what to do with a run already in ``out_dir``: ``"overwrite"`` (the default)
     starts afresh; ``"resume"`` continues it from ``md_state.npz`` when it was started with the same
@@ -159,13 +166,20 @@ def run_md(
         raise ValueError("run_md: atoms has no calculator (set atoms.calc = ETCalculator(...))")
     if max_bond_change is not None and not max_bond_change > 0:
         raise ValueError(f"run_md: max_bond_change must be a positive length in Å, got {max_bond_change}")
-    committee = "forces_std" in getattr(atoms.calc, "implemented_properties", ())
+    if watcher is not None and "forces_std" not in getattr(watcher, "implemented_properties", ()):
+        raise ValueError("run_md: watcher must be a committee calculator (ETCalculator of a committee: several "
+                         "checkpoints, or forcefield-et finetune --committee); a single model has no force std")
+    # the atoms whose calculator gives the force std: the driver's own, or a copy carrying the watcher
+    watched = atoms if watcher is None else atoms.copy()
+    if watcher is not None:
+        watched.calc = watcher
+    committee = "forces_std" in getattr(watched.calc, "implemented_properties", ())
     if max_force_std is not None and not max_force_std > 0:
         raise ValueError(f"run_md: max_force_std must be a positive force in eV/Å, got {max_force_std}")
     if max_force_std is not None and not committee:
         raise ValueError(
             "run_md: max_force_std needs a committee model (several checkpoints, e.g. from forcefield-et finetune "
-            "--committee); a single model has no force std"
+            "--committee) or a committee watcher; a single model has no force std"
         )
     if existing not in EXISTING_MD_POLICIES:
         raise ValueError(f"run_md: existing must be one of {EXISTING_MD_POLICIES}, got {existing!r}")
@@ -185,6 +199,7 @@ def run_md(
             "max_bond_change": max_bond_change,
             "max_force_std": max_force_std,
             "committee": committee,
+            **({"watcher": True} if watcher is not None else {}),
             **(settings or {}),
         }
         fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
@@ -251,7 +266,10 @@ def run_md(
                 "max_bond_change_A": bond_change,
             }
             if committee:
-                row["max_force_std_eV_A"] = float(np.max(atoms.calc.get_property("forces_std", atoms)))
+                if watched is not atoms:
+                    watched.set_cell(atoms.cell)
+                    watched.set_positions(atoms.positions)
+                row["max_force_std_eV_A"] = float(np.max(watched.calc.get_property("forces_std", watched)))
             rows.append(row)
             trajectory.write()  # flushed by ASE before it returns
             log_writer.writerow(row)
@@ -284,7 +302,7 @@ def run_md(
                                "criterion": "max_bond_change"}
                 elif max_force_std is not None and rows[-1]["max_force_std_eV_A"] > max_force_std:
                     stopped = {"time_fs": done * timestep_fs, "step": done, "criterion": "max_force_std",
-                               **uncertain_atom(atoms, max_force_std)}
+                               **uncertain_atom(watched, max_force_std)}
                 save_state()  # after the frame and its row: a restart drops whatever came after the last state
         finally:
             bar.close()

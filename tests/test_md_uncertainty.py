@@ -64,3 +64,44 @@ def test_cli_md_with_a_committee_exits_with_its_own_status(tmp_path, capsys):
     code = main(["md", "aspirin", "--no-relax", "--steps", "5", "--max-force-std", "0.5",
                  "--out", str(tmp_path / "md2"), "--no-progress"])
     assert code == 2 and "needs a committee" in capsys.readouterr().err
+
+
+def test_a_watcher_committee_is_logged_and_checked_without_changing_the_driven_trajectory(tmp_path):
+    """A single model drives; a committee beside it gives the force std of every saved frame."""
+    plain = read(structure_path("aspirin"))
+    plain.calc = ETCalculator("rmd17-aspirin", device="cpu")
+    run_md(plain, tmp_path / "plain", steps=10, interval=5, progress=False, relax_fmax=None)
+    driven = read(structure_path("aspirin"))
+    driven.calc = ETCalculator("rmd17-aspirin", device="cpu")
+    watcher = ETCalculator(COMMITTEE, device="cpu")
+    summary = run_md(driven, tmp_path / "watched", steps=10, interval=5, progress=False, relax_fmax=None,
+                     watcher=watcher)
+    frames = read(tmp_path / "watched" / "trajectory.traj", index=":")
+    assert np.array_equal(frames[-1].positions, read(tmp_path / "plain" / "trajectory.traj").positions)
+    with open(tmp_path / "watched" / "md_log.csv") as handle:
+        logged = [float(r["max_force_std_eV_A"]) for r in csv.DictReader(handle)]
+    for frame, value in zip(frames, logged):  # the watcher's own std on each saved frame
+        frame.calc = ETCalculator(COMMITTEE, device="cpu")
+        assert value == pytest.approx(float(frame.calc.get_property("forces_std", frame).max()), rel=1e-5)
+    assert summary["max_force_std_eV_A"] == pytest.approx(max(logged))
+    # the limit applies to the watcher's spread, and the stop names its most uncertain atom
+    stopped = run_md(driven, tmp_path / "stop", steps=20, interval=5, progress=False, relax_fmax=None,
+                     watcher=watcher, max_force_std=min(logged) / 10)["stopped"]
+    assert stopped["criterion"] == "max_force_std" and stopped["step"] == 5
+    assert stopped["force_std_eV_A"] == pytest.approx(float(watcher.results["forces_std"][stopped["atom"]]))
+
+
+def test_a_watcher_must_be_a_committee(tmp_path, capsys):
+    atoms = read(structure_path("aspirin"))
+    atoms.calc = ETCalculator("rmd17-aspirin", device="cpu")
+    with pytest.raises(ValueError, match="watcher must be a committee"):
+        run_md(atoms, tmp_path / "md", steps=5, progress=False, relax_fmax=None,
+               watcher=ETCalculator("pretrained", device="cpu"))
+    code = main(["md", "aspirin", "--no-relax", "--steps", "5", "--watcher", "pretrained",
+                 "--out", str(tmp_path / "md2"), "--no-progress"])
+    assert code == 2 and "a watcher must be a committee" in capsys.readouterr().err
+    argv = ["md", "aspirin", "--model", "rmd17-aspirin", "--watcher", ",".join(COMMITTEE), "--no-relax",
+            "--steps", "10", "--interval", "5", "--max-force-std", "1e-4", "--out", str(tmp_path / "md3"),
+            "--no-progress"]
+    assert main(argv) == UNCERTAIN_EXIT_STATUS
+    assert "above --max-force-std" in capsys.readouterr().err
