@@ -11,7 +11,7 @@ Protocol. Each variant pretrains the same model (``configs/ablation_<variant>.ya
 
 - ``force_only``: forces on xtb MD/displaced, QM7-X and combustion; no equilibrium data;
 - ``zero_force``: + zero-force regularisation on the xtb relaxed and QM9 equilibrium geometries;
-- ``denoise``: + force denoising on half of those (the full objective of the bundled model).
+- ``denoise``: + force denoising on half of those (the full objective of ``configs/pretrain_cpu_small.yaml``).
 
 Pretraining resumes from ``runs/ablation_<variant>/last.pt``. Each variant's best EMA checkpoint
 (selected by the validation loss without the denoising term, so the three are selected alike) is
@@ -20,7 +20,8 @@ then fine-tuned exactly like the fine-tuning study (``benchmarks.finetune_study.
 Nose-Hoover MD with the MDsim protocol of ``benchmarks.md_stability`` (default 5 ps, not 300 ps).
 
 The fine-tuning study's own runs with the same protocol are shown beside them as references:
-``scratch`` (no pretraining) and ``pretrained`` (the bundled model: full objective, 14,000 steps).
+``scratch`` (no pretraining) and ``pretrained`` (the fine-tuning study's start,
+``configs/pretrain_cpu_small.yaml``: full objective, 14,000 steps).
 Their fine-tuning results come from ``benchmarks/results/finetune_study``; their MD is run here
 when the study's weights are on this machine. Every stage writes its own result file, so the
 ablation resumes where it stopped. Outputs ``ablation.json``, ``ablation.md`` and ``ablation.png``;
@@ -130,7 +131,7 @@ START_LABELS = {
     "ablation_force_only": "force only",
     "ablation_zero_force": "+ zero-force",
     "ablation_denoise": "+ denoising",
-    "pretrained": "bundled pretrained (full objective)",
+    "pretrained": "small-corpus pretrained (full objective)",
 }
 
 
