@@ -89,6 +89,11 @@ def holdout_note(config: Dict[str, Any]) -> str:
     return note + "."
 
 
+def _last_cpu_hours(rows: List[Dict[str, str]]) -> float | None:
+    hours = [float(r["cpu_hours"]) for r in rows if r.get("cpu_hours")]
+    return hours[-1] if hours else None
+
+
 def collect(model: str, metrics: Path, card_file: Path) -> Dict[str, Any]:
     """Everything the card shows, from the checkpoint's metadata, the run's metrics log and the
     card file the checkpoint was exported with (``card_file``: its path is quoted, not read)."""
@@ -123,6 +128,10 @@ def collect(model: str, metrics: Path, card_file: Path) -> Dict[str, Any]:
         "level_of_theory": meta.get("level_of_theory", ""),
         "limits": meta.get("limits", ""),
         "step": step,
+        "run_last_step": max((int(r["step"]) for r in rows), default=step),
+        # CPU time the trainer measured (validation included), where the log has it
+        "cpu_hours_at_step": _last_cpu_hours([r for r in rows if int(r["step"]) <= step]),
+        "run_cpu_hours": _last_cpu_hours(rows),
         "optim": optim,
         "objectives": config.get("objectives", {}),
         "sources": training.get("sources", []),
@@ -164,13 +173,22 @@ def summary(card: Dict[str, Any]) -> str:
             f"`{optim.get('select_by', 'valid_loss')}` from that step on."
         )
     if card.get("training_hours_at_median_rate"):
-        remaining = max_steps - step
-        lines.append(
-            f"- **Training time.** About {card['training_hours_at_median_rate']:.1f} h to reach step {step:,} on "
-            f"one core of a 2-core AMD EPYC, at the median throughput of the logged training windows "
-            f"({card['median_conformations_per_s']:.0f} conformations/s; validation excluded)"
-            + (f"; {remaining:,} steps of the budget remain." if remaining > 0 else ".")
-        )
+        last = int(card.get("run_last_step", step))
+        if last > step:
+            after = (f"; the run went on to step {last:,}"
+                     + (f" of {max_steps:,}" if last < max_steps else "") + " without a lower selection loss.")
+        else:
+            after = f"; {max_steps - step:,} steps of the budget remain." if max_steps > step else "."
+        if card.get("cpu_hours_at_step"):
+            spent = (f"{card['cpu_hours_at_step']:.1f} CPU-hours to reach step {step:,} (measured by the trainer, "
+                     f"validation included; {card['run_cpu_hours']:.1f} for the whole run) on one core of a 2-core "
+                     f"AMD EPYC, {card['median_conformations_per_s']:.0f} conformations/s in the median logged "
+                     "training window")
+        else:
+            spent = (f"About {card['training_hours_at_median_rate']:.1f} h to reach step {step:,} on one core of a "
+                     f"2-core AMD EPYC, at the median throughput of the logged training windows "
+                     f"({card['median_conformations_per_s']:.0f} conformations/s; validation excluded)")
+        lines.append(f"- **Training time.** {spent}" + after)
     lines += [
         f"- **Checkpoint selection.** The EMA weights with the lowest `{optim.get('select_by', 'valid_loss')}` "
         f"over the validations every {optim.get('valid_every')} steps.",
