@@ -34,7 +34,7 @@ sys.exit(ran != hashlib.sha256(open('forcefield_et/checkpoints/pretrained.pt', '
     .venv/bin/python -m benchmarks.nve_drift >> runs/after_pretraining.log 2>&1
 fi
 step "the shipped model and the run's snapshots on drug-like molecules in no shared file"
-.venv/bin/python -m benchmarks.fresh_molecules --models pretrained runs/pretrained_cpu_small.pt \
+.venv/bin/python -m benchmarks.fresh_molecules --models pretrained runs/pretrain_cpu_small/best.pt \
     runs/pretrain_mixed/snapshots/step_3125.pt \
     runs/pretrain_mixed/snapshots/step_14063.pt runs/pretrain_mixed/snapshots/step_31250.pt \
     runs/pretrain_mixed/snapshots/step_56250.pt >> runs/fresh_molecules.log 2>&1
