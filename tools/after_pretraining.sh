@@ -44,4 +44,6 @@ study --starts pretrained --sizes 50 --replay
 study --starts pretrained --sizes 50 --replay --lr 1e-3   # both lowered the snapshot's validation error
 step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"
 converged_models aspirin ethanol
+step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
+.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "after pretraining: done"

@@ -69,8 +69,6 @@ if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
 fi
 step "converged 1000-frame models of naphthalene and salicylic acid (once the pretrained model is shipped)"
 if wait_for_shipped; then converged_models naphthalene salicylic; fi
-step "pretraining-scaling curve (the snapshots there are so far)"
-.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "peers: NequIP and MACE at the same CPU budget"
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
