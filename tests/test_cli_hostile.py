@@ -108,6 +108,7 @@ OPTIONS = {
     ("evaluate", "--max-frames"): "positive_int",
     ("evaluate", "--batch-size"): "batch_size",
     ("md", "--model"): "model",
+    ("md", "--watcher"): "model",
     ("md", "--steps"): "nonnegative_int",
     ("md", "--timestep"): "timestep",
     ("md", "--temperature"): "temperature",
