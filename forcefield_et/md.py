@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Union
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator
 from ase.io import Trajectory
 from tqdm.auto import tqdm
 
@@ -125,7 +126,7 @@ def run_md(
     max_force_std: float | None = None,
     existing: str = "overwrite",
     settings: Dict[str, Any] | None = None,
-    watcher: Any = None,
+    watcher: Calculator | None = None,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
     and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
