@@ -948,8 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, type=model_reference, help="a committee: its directory, "
                    "committee.json, or comma-separated checkpoints")
-    p.add_argument("--data", required=True, type=existing_file,
-                   help="frames readable by ASE (e.g. an md trajectory.traj, extxyz)")
+    p.add_argument("--data", "--pool", dest="data", required=True, type=existing_file,
+                   help="the pool of candidate frames, readable by ASE (e.g. an md trajectory.traj, extxyz)")
     p.add_argument("--format", default="auto", help="ASE format of --data (auto: from the file name)")
     p.add_argument("--n", type=positive_int, default=10, help="at most this many frames")
     p.add_argument(

@@ -69,3 +69,7 @@ def test_cli_select_writes_the_chosen_frames_without_labels(tmp_path, capsys):
     assert main(argv) == 2 and "exists" in capsys.readouterr().err  # never silently replaced
     assert main(["select", "--model", "pretrained", "--data", str(data), "--out", str(tmp_path / "x.xyz")]) == 2
     assert "needs a committee" in capsys.readouterr().err
+    # --pool names the same option (the pool of candidate frames)
+    pool_argv = [a if a != "--data" else "--pool" for a in argv] + ["--overwrite"]
+    assert main(pool_argv) == 0
+    assert [p["index"] for p in json.loads(capsys.readouterr().out)["selected"]] == indices
