@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .io import write_json_atomic, write_text_atomic
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
 RESULT = REPO_ROOT / "benchmarks" / "results" / "model_card.json"
@@ -276,9 +278,9 @@ def main(argv: List[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     card = collect(args.model, Path(args.metrics), Path(args.card))
-    Path(args.result).write_text(json.dumps(card, indent=2) + "\n")
+    write_json_atomic(Path(args.result), card)
     plot_curves(read_metrics(Path(args.metrics)), DOCS / "img" / "pretrain_curve.png")
-    Path(args.out).write_text(page(card))
+    write_text_atomic(Path(args.out), page(card))
     print(f"wrote {args.result} and {args.out}")
 
 
