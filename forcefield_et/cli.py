@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Union
 
 from .cli_validators import (
     batch_size_arg,
@@ -337,7 +337,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         atoms = read(str(path))
     except Exception as error:  # ase raises many types for unreadable files
         raise ValueError(f"{path}: cannot read as a structure file ({type(error).__name__}: {error})") from None
-    model = args.model.split(",") if "," in args.model else args.model  # several checkpoints: a committee
+    model = _model_or_committee(args.model)
     from .runtime import compile_pays_off
 
     # automatic: compile where the run repays it and the model supports it (a heads committee does not)
@@ -345,8 +345,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
     atoms.calc = ETCalculator(model, device=args.device, dtype=args.dtype, compile=compile_energy, threads=args.threads)
     watcher = None
     if args.watcher is not None:  # a committee evaluated at the saved frames only
-        watcher_model = args.watcher.split(",") if "," in args.watcher else args.watcher
-        watcher = ETCalculator(watcher_model, device=args.device, dtype=args.dtype, threads=args.threads)
+        watcher = ETCalculator(_model_or_committee(args.watcher), device=args.device, dtype=args.dtype,
+                               threads=args.threads)
         if not watcher.is_committee:
             raise ValueError(f"--watcher {args.watcher!r} is a single model; a watcher must be a committee (a "
                              "committee directory or committee.json from finetune --committee, or checkpoints "
@@ -391,6 +391,11 @@ def _cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_or_committee(reference: str) -> Union[str, List[str]]:
+    """A --model value as ETCalculator takes it: checkpoints separated by commas form a committee."""
+    return reference.split(",") if "," in reference else reference
+
+
 def _model_fingerprint(reference: str) -> List[str]:
     """The model of an MD run, as ``md`` compares it on resuming: each name, and each file's SHA-256."""
     import hashlib
@@ -421,7 +426,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
-    model = args.model.split(",") if "," in args.model else args.model
+    model = _model_or_committee(args.model)
     calc = ETCalculator(model, device=args.device, dtype=args.dtype)
     if not calc.is_committee:
         raise ValueError("select needs a committee --model (its directory, committee.json, or comma-separated "
