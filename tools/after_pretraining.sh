@@ -6,8 +6,9 @@
 # of pretraining frames, which lowered the 50-frame validation error from the 0.45 M-conformation
 # snapshot), then the 1000-frame cells of aspirin and ethanol, their export (the cell with the lowest
 # validation error becomes the bundled rmd17-<molecule>, ZBL prior on: it is zero on every training
-# frame) and the 300 ps MD-stability runs of both starts' models. tools/long_runs.sh does the same for
-# naphthalene and salicylic acid on the other core. Every step resumes or skips what has finished.
+# frame) and the 300 ps MD-stability runs of both starts' models, then the pretraining-scaling curve.
+# tools/long_runs.sh does the same for naphthalene and salicylic acid on the other core. Every step
+# resumes or skips what has finished.
 # tools/long_runs.sh starts it after the pretraining on the same core; by hand:
 #   bash tools/after_pretraining.sh    (logs in runs/*.log)
 set -u
