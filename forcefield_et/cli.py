@@ -15,6 +15,7 @@ from typing import List, Union
 from .cli_validators import (
     batch_size_arg,
     bond_change_arg,
+    charge_arg,
     check_paths,
     committee_size_arg,
     device_arg,
@@ -27,6 +28,7 @@ from .cli_validators import (
     learning_rate_arg,
     loss_weight_arg,
     model_reference,
+    multiplicity_arg,
     nonnegative_float,
     nonnegative_int,
     num_layers_arg,
@@ -454,6 +456,25 @@ def _cmd_select(args: argparse.Namespace) -> int:
     print(json.dumps({"frames": len(frames), "selected": picked, "out": str(out),
                       "max_force_std_eV_A": {"min": min(scores), "median": float(np.median(scores)),
                                              "max": max(scores)}}, indent=2))
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    """``label``: energy and forces of unlabelled frames from GFN2-xTB (tblite), as extxyz."""
+    from ase.io import read
+
+    from .data.labelling import file_sha256, label_frames
+
+    data = Path(args.data)
+    frames = read(str(data), index=":", **({"format": args.format} if args.format != "auto" else {}))
+    if not frames:
+        raise ValueError(f"{data} holds no frames")
+    summary = label_frames(frames, args.out, file_sha256(data), method=args.method, charge=args.charge,
+                           multiplicity=args.multiplicity, overwrite=args.overwrite, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    if summary["failed"]:
+        print(f"forcefield-et label: warning: {len(summary['failed'])} frame(s) failed to converge and were left "
+              f"out: {summary['failed']}", file=sys.stderr)
     return 0
 
 
@@ -970,6 +991,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser(
+        "label",
+        help="energy and forces of unlabelled frames (e.g. from select) from GFN2-xTB, as extxyz for finetune",
+        epilog="example: forcefield-et label to_label.extxyz --method gfn2-xtb --out labelled.extxyz\n"
+        "then: forcefield-et finetune --model pretrained --train labelled.extxyz ...; a stopped run resumes "
+        "(rerun the same command); needs pip install 'forcefield-et[corpus]'",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("data", type=existing_file, help="frames readable by ASE (e.g. the extxyz written by select)")
+    p.add_argument("--format", default="auto", help="ASE format of DATA (auto: from the file name)")
+    p.add_argument("--method", default="gfn2-xtb", choices=["gfn2-xtb", "gfn1-xtb"], help="tblite method")
+    p.add_argument("--charge", type=charge_arg, default=0, help="total charge of every frame (e)")
+    p.add_argument("--multiplicity", type=multiplicity_arg, default=None,
+                   help="spin multiplicity 2S+1 of every frame (default: the lowest for the electron count)")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="extxyz file of the labelled frames (energy in eV, forces in eV/Å); resumed when it holds "
+                   "an earlier run of the same command")
+    p.add_argument("--overwrite", action="store_true", help="start again, replacing an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser(
         "export",

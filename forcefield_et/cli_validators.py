@@ -21,6 +21,7 @@ __all__ = [
     "batch_size_arg",
     "bond_change_arg",
     "bounded_int",
+    "charge_arg",
     "check_paths",
     "existing_file",
     "existing_path",
@@ -33,6 +34,7 @@ __all__ = [
     "learning_rate_arg",
     "loss_weight_arg",
     "model_reference",
+    "multiplicity_arg",
     "nonnegative_float",
     "nonnegative_int",
     "num_layers_arg",
@@ -261,6 +263,8 @@ hidden_channels_arg = bounded_int(1, 4096)
 num_layers_arg = bounded_int(1, 64)
 threads_arg = bounded_int(0, 4096)
 workers_arg = bounded_int(1, 1024)
+charge_arg = bounded_int(-50, 50)  # total charge of a structure (e)
+multiplicity_arg = bounded_int(1, 100)  # spin multiplicity 2S+1
 
 
 def device_arg(text: str) -> str:

@@ -19,7 +19,7 @@ from forcefield_et.data import read_rmd17
 from tests.conftest import shared_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["pretrain", "finetune", "corpus", "evaluate", "md", "select", "export", "info"]
+SUBCOMMANDS = ["pretrain", "finetune", "corpus", "evaluate", "md", "select", "label", "export", "info"]
 
 
 @pytest.fixture(scope="module")

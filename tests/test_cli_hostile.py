@@ -47,6 +47,8 @@ NUMERIC_KINDS = {
     "bond_change": (["0", "1e300"] + COMMON_BAD, {"0.5": 0.5}),
     "zbl_scale": (["0", "1e300"] + COMMON_BAD, {"1.2": 1.2}),
     "duration": (["0", "-2h", "soon", "inf", "nan", ""], {"90m": 5400.0}),
+    "charge": (["1.5", "51", "-51", HUGE_INT, "nan", "inf", "1e400", "abc", "", "0x10"], {"-1": -1, "0": 0, "2": 2}),
+    "multiplicity": (["0", "1.5", "101", HUGE_INT] + COMMON_BAD, {"1": 1, "3": 3}),
 }
 PATH_KINDS = ("existing_file", "data_path", "output_directory", "output_file", "model")
 
@@ -128,6 +130,10 @@ OPTIONS = {
     ("select", "--min-force-std"): "nonnegative_float",
     ("select", "--out"): "output_file",
     ("select", "--batch-size"): "batch_size",
+    ("label", "data"): "existing_file",
+    ("label", "--charge"): "charge",
+    ("label", "--multiplicity"): "multiplicity",
+    ("label", "--out"): "output_file",
     ("export", "--model"): "model",
     ("export", "--out"): "output_file",
     ("export", "--card"): "existing_file",
@@ -160,6 +166,7 @@ BASE_ARGV = {
     "md": [],
     "export": ["--out", "model.pt"],
     "select": ["--model", "pretrained", "--data", "data.xyz", "--out", "selected.xyz"],
+    "label": ["data.xyz", "--out", "labelled.xyz"],
     "info": [],
 }
 
@@ -170,7 +177,9 @@ def argv_with(command: str, option: str, value: str) -> list:
     if option in base:
         index = base.index(option)
         del base[index : index + 2]
-    if not option.startswith("-"):  # positional
+    if not option.startswith("-"):  # positional: replaces the base's own (its first word), if it has one
+        if base and not base[0].startswith("-"):
+            base = base[1:]
         return [command, *base, value]
     if value.startswith("-"):  # --option=-1, which argparse does not take for an option name
         return [command, *base, f"{option}={value}"]
