@@ -6,12 +6,13 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks.finetune_study import main, table
 from tests.conftest import shared_path
 
 
-def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
+def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path, monkeypatch):
     data_root = shared_path("rmd17").parent
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "finetune_study.json").read_text())
@@ -53,6 +54,25 @@ def test_quick_study_trains_both_starts_and_tests_on_the_test_split(tmp_path):
     rebuild = json.loads((run_dir / "rebuild.json").read_text())
     assert rebuild["rebuilt"]["test_force_mae_meV_A"] == rebuilt["test_force_mae_meV_A"]
     assert set(rebuild["relative_difference"].values()) == {0.0}
+
+    # a rebuild stopped part-way keeps the original log and config on disk, and the next call finishes it
+    import benchmarks.finetune_study as study
+
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "best.pt").unlink()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(study, "train", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50, need_weights=True)
+    assert (run_dir / "original_metrics.csv").read_text() == log
+    assert (run_dir / "original_config.yaml").read_text() == config
+    assert run_one("ethanol", 50, "scratch", 10, tmp_path, data_root, 50, need_weights=True) == json.loads(stored)
+    assert (run_dir / "metrics.csv").read_text() == log and (run_dir / "config.yaml").read_text() == config
+    assert not (run_dir / "original_metrics.csv").exists() and (run_dir / "best.pt").is_file()
 
 
 def test_table_gives_the_scratch_over_pretrained_ratio_and_marks_missing_runs():
