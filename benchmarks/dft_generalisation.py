@@ -160,11 +160,15 @@ def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_
         "xtb_md_cpu_s": float(labels["xtb_cpu_s"]), "test_frames": len(test), "models": {},
     }
     for name, path in models.items():
-        model = load_model(path.replace("{molecule}", molecule), dtype="float32")
+        path = path.replace("{molecule}", molecule)
+        if ("/" in path or path.endswith(".pt")) and not Path(path).is_file():
+            print(f"{molecule} {name}: {path} not found; skipped", flush=True)
+            continue
+        model = load_model(path, dtype="float32")
         with torch.enable_grad():
             new = force_mae_meV_A(model, labels["z"], labels["positions"], labels["forces"])
             on_test = float(error_metrics(test, predict(model, test))["force_mae_meV_A"])
-        result["models"][name] = {"path": path.replace("{molecule}", molecule), "new_frames_force_mae_meV_A": new,
+        result["models"][name] = {"path": path, "new_frames_force_mae_meV_A": new,
                                   "test_01_force_mae_meV_A": on_test, "ratio_new_over_test": new / on_test}
         print(f"{molecule} {name}: new frames {new:.1f}, test_01 {on_test:.1f} meV/Å ({new / on_test:.2f}×)",
               flush=True)
@@ -206,7 +210,8 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--check-frames", type=int, default=2, help="rMD17 test frames relabelled with PySCF")
     parser.add_argument("--grid-level", type=int, default=3, help="PySCF DFT grid level")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                        help="another model to evaluate ({molecule} in PATH is replaced); repeatable")
+                        help="another model to evaluate ({molecule} in PATH is replaced; a missing file is "
+                        "skipped); repeatable")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--work", type=Path, default=WORK_DIR, help="where the frames and labels are kept")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
