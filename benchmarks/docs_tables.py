@@ -435,98 +435,154 @@ def readme_snippets() -> str:
     return "\n".join(lines) + "\n"
 
 
+UNCERTAINTY_MOLECULES = ("aspirin", "ethanol")
+
+
+def _uncertainty_results(relative: str = "uncertainty.json") -> Dict[str, Dict[str, Any]]:
+    """``benchmarks/results/uncertainty/<molecule>/<relative>`` of each molecule that has it."""
+    return {m: _json(f"uncertainty/{m}/{relative}") for m in UNCERTAINTY_MOLECULES
+            if (RESULTS / "uncertainty" / m / relative).is_file()}
+
+
+DOCS_COMMITTEE = "heads8/uncertainty.json"  # the committee of the calibration tables (benchmarks.uncertainty)
+
+
 def uncertainty_calibration() -> str:
-    """Calibration of the checkpoint committee on rMD17 aspirin (``benchmarks.uncertainty``)."""
-    d = _json("uncertainty/uncertainty.json")
-    members = d["test_force_mae_meV_A"]["members"]
-    atoms = d["test_frames"] * 21
-    rows = [
-        ("force MAE of the committee mean", f"{d['test_force_mae_meV_A']['committee_mean']:.1f} meV/Å "
-                                            f"(members {min(members):.1f}–{max(members):.1f})"),
-        ("median per-atom force error \\|F − F_DFT\\|", f"{d['median_atom_error_meV_A']:.0f} meV/Å"),
-        ("median per-atom predicted `forces_std`", f"{d['median_atom_std_meV_A']:.1f} meV/Å"),
-        ("Spearman correlation, per atom: `forces_std` vs \\|F − F_DFT\\|", f"{d['spearman_atom_std_vs_error']:.2f}"),
-        ("Spearman correlation, per frame: mean `forces_std` vs force RMSE",
-         f"{d['spearman_frame_mean_std_vs_rmse']:.2f}"),
-        ("Spearman correlation, per frame: largest `forces_std` vs largest error",
-         f"{d['spearman_frame_max_std_vs_max_error']:.2f}"),
-        ("miscalibration area, raw std", f"{d['miscalibration_area']:.3f}"),
-        ("fraction of force components inside the 95 % interval, raw std",
-         f"{100 * d['fraction_inside_95pct_interval']:.1f} %"),
-        ("scale factor fitted on the 50 validation frames", f"{d['validation_std_scale']:.1f}"),
-        ("miscalibration area, scaled std", f"{d['miscalibration_area_scaled']:.3f}"),
-        ("fraction inside the 95 % interval, scaled std", f"{100 * d['fraction_inside_95pct_interval_scaled']:.1f} %"),
-    ]
-    lines = [f"| measure ({d['test_frames']} test frames, {atoms:,} atoms) | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
+    """Calibration of the 8-heads committees on rMD17 aspirin and ethanol (``benchmarks.uncertainty``)."""
+    results = _uncertainty_results(DOCS_COMMITTEE)
+
+    def row(name: str, cell: Any) -> str:
+        return f"| {name} | " + " | ".join(cell(d) for d in results.values()) + " |"
+
+    def mae(d: Dict[str, Any]) -> str:
+        members = d["test_force_mae_meV_A"]["members"]
+        mean = d["test_force_mae_meV_A"]["committee_mean"]
+        return f"{mean:.1f} meV/Å (members {min(members):.1f}–{max(members):.1f})"
+
+    header = " | ".join(f"{m} ({d['test_frames']} test frames, {d['test_frames'] * d['atoms_per_frame']:,} atoms)"
+                        for m, d in results.items())
+    lines = [f"| measure | {header} |", "|---|" + "---|" * len(results),
+             row("force MAE of the committee mean", mae),
+             row("median per-atom force error \\|F − F_DFT\\|", lambda d: f"{d['median_atom_error_meV_A']:.0f} meV/Å"),
+             row("median per-atom predicted `forces_std`", lambda d: f"{d['median_atom_std_meV_A']:.1f} meV/Å"),
+             row("Spearman correlation, per atom: `forces_std` vs \\|F − F_DFT\\|",
+                 lambda d: f"{d['spearman_atom_std_vs_error']:.2f}"),
+             row("Spearman correlation, per frame: mean `forces_std` vs force RMSE",
+                 lambda d: f"{d['spearman_frame_mean_std_vs_rmse']:.2f}"),
+             row("Spearman correlation, per frame: largest `forces_std` vs largest error",
+                 lambda d: f"{d['spearman_frame_max_std_vs_max_error']:.2f}"),
+             row("miscalibration area, raw std", lambda d: f"{d['miscalibration_area']:.3f}"),
+             row("fraction of force components inside the 95 % interval, raw std",
+                 lambda d: f"{100 * d['fraction_inside_95pct_interval']:.1f} %"),
+             row("scale factor fitted on the 50 validation frames", lambda d: f"{d['validation_std_scale']:.1f}"),
+             row("miscalibration area, scaled std", lambda d: f"{d['miscalibration_area_scaled']:.3f}"),
+             row("fraction inside the 95 % interval, scaled std",
+                 lambda d: f"{100 * d['fraction_inside_95pct_interval_scaled']:.1f} %")]
     return "\n".join(lines) + "\n"
+
+
+def _share(fraction: float) -> str:
+    return f"{100 * fraction:.1f}".rstrip("0").rstrip(".") + " %"
 
 
 def uncertainty_out_of_distribution() -> str:
     """Largest per-atom force std per frame, in and out of distribution (``benchmarks.uncertainty``)."""
-    d = _json("uncertainty/uncertainty.json")
-    ood = d["out_of_distribution"]
-    names = {"displaced_0.05A": "the same frames, every coordinate displaced by N(0, 0.05 Å)",
-             "displaced_0.1A": "the same frames, displaced by N(0, 0.1 Å)",
-             "xtb_md_500_1000K": f"{ood['xtb_md_500_1000K']['frames']} GFN2-xTB Langevin frames of aspirin "
-                                 "at 500–1000 K"}
-    lines = ["| frames | median (meV/Å) | frames above the test frames' 95th percentile |", "|---|---|---|",
-             f"| {d['test_frames']} rMD17 test frames | {d['test_frame_max_std_meV_A_median']:.1f} "
-             "| 5 % (by definition) |"]
+    results = _uncertainty_results(DOCS_COMMITTEE)
+    names = {"displaced_0.05A": "test frames, every coordinate displaced by N(0, 0.05 Å)",
+             "displaced_0.1A": "test frames, displaced by N(0, 0.1 Å)",
+             "xtb_md_500_1000K": "GFN2-xTB Langevin frames at 500–1000 K"}
+    header = " | ".join(f"{m}: median (meV/Å) | {m}: above the test frames' 95th percentile" for m in results)
+    lines = [f"| frames | {header} |", "|---|" + "---|" * (2 * len(results)),
+             "| rMD17 test frames (" + ", ".join(f"{d['test_frames']} of {m}" for m, d in results.items()) + ") | "
+             + " | ".join(f"{d['test_frame_max_std_meV_A_median']:.1f} | 5 % (by definition)" for d in results.values())
+             + " |"]
     for key, label in names.items():
-        row = ood[key]
-        share = 100 * row["fraction_above_test_p95"]
-        share_text = f"{share:.1f}".rstrip("0").rstrip(".")
-        lines.append(f"| {label} | {row['median_frame_max_std_meV_A']:.1f} | {share_text} % |")
+        cells = []
+        for d in results.values():
+            row = d["out_of_distribution"].get(key)
+            cells.append(f"{row['median_frame_max_std_meV_A']:.1f} | {_share(row['fraction_above_test_p95'])}"
+                         if row else "– | –")
+        if key == "xtb_md_500_1000K":
+            label += " (" + ", ".join(f"{d['out_of_distribution'][key]['frames']} of {m}" for m, d in results.items()
+                                      if key in d["out_of_distribution"]) + ")"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def uncertainty_committee_kinds() -> str:
-    """Checkpoint committee against one checkpoint with several heads (``benchmarks.uncertainty --compare``)."""
-    d = _json("uncertainty/committee_kinds.json")
-    single_ms = 1000 * d["inference_timing"]["single_model_cpu_s_per_frame"]
-    c, h = d["kinds"]["checkpoints"], d["kinds"]["heads"]
-    trained = {"checkpoints": c["steps"], "heads": _json("uncertainty/heads/uncertainty.json").get("trained_steps",
-                                                                                                h["steps"])}
-    frames = c["test_frames"] + 50
+    """Checkpoint committee against one checkpoint with several heads, per molecule
+    (``benchmarks.uncertainty --compare``)."""
+    results = _uncertainty_results("committee_kinds.json")
+    columns = []  # (molecule, kind, entry, single-model ms, steps trained)
+    for m, d in results.items():
+        for kind, entry in d["kinds"].items():
+            trained = entry.get("trained_steps") or entry["steps"]
+            columns.append((m, kind, entry, 1000 * d["inference_timing"]["single_model_cpu_s_per_frame"], trained))
 
-    def both(key: str, fmt: str) -> str:
-        return f"{format(c[key], fmt)} | {format(h[key], fmt)}"
+    def row(name: str, cell: Any) -> str:
+        return f"| {name} | " + " | ".join(cell(c) for c in columns) + " |"
 
-    lines = [f"| {c['test_frames']} test frames ({21 * c['test_frames']:,} atoms) | {c['members']} checkpoints | "
-             f"1 checkpoint, {h['members']} heads |", "|---|---|---|",
-             f"| training steps (of a {c['steps']}-step schedule) | {trained['checkpoints']} | {trained['heads']} |",
-             f"| training CPU (s) | {c['training_cpu_s']:.0f} | {h['training_cpu_s']:.0f} |",
-             f"| inference CPU per aspirin frame (ms) | {1000 * c['inference_cpu_s_per_frame']:.0f} (one model: "
-             f"{single_ms:.0f}) | {1000 * h['inference_cpu_s_per_frame']:.0f} (one model: {single_ms:.0f}) |",
-             f"| training + evaluating {frames} frames, CPU (s) | {c['train_plus_evaluation_cpu_s']:.0f} | "
-             f"{h['train_plus_evaluation_cpu_s']:.0f} |",
-             f"| test force MAE of the mean (meV/Å) | {c['test_force_mae_meV_A']['committee_mean']:.1f} | "
-             f"{h['test_force_mae_meV_A']['committee_mean']:.1f} |",
-             f"| median per-atom `forces_std` (meV/Å) | {both('median_atom_std_meV_A', '.1f')} |",
-             f"| Spearman, per atom: `forces_std` vs \\|F − F_DFT\\| | {both('spearman_atom_std_vs_error', '.2f')} |",
-             f"| Spearman, per frame: mean std vs force RMSE | {both('spearman_frame_mean_std_vs_rmse', '.2f')} |",
-             f"| Spearman, per frame: largest std vs largest error | "
-             f"{both('spearman_frame_max_std_vs_max_error', '.2f')} |",
-             f"| miscalibration area, raw std | {both('miscalibration_area', '.3f')} |",
-             f"| inside the 95 % interval, raw std | {100 * c['fraction_inside_95pct_interval']:.1f} % | "
-             f"{100 * h['fraction_inside_95pct_interval']:.1f} % |",
-             f"| scale factor fitted on the 50 validation frames | {both('validation_std_scale', '.1f')} |",
-             f"| miscalibration area, scaled std | {both('miscalibration_area_scaled', '.3f')} |",
-             f"| inside the 95 % interval, scaled std | {100 * c['fraction_inside_95pct_interval_scaled']:.1f} % | "
-             f"{100 * h['fraction_inside_95pct_interval_scaled']:.1f} % |"]
+    def title(c: Any) -> str:
+        m, kind, e = c[0], c[1], c[2]
+        return f"{m}: {e['members']} checkpoints" if kind == "checkpoints" else \
+            f"{m}: 1 checkpoint, {e['members']} heads"
+
+    def value(key: str, spec: str, factor: float = 1.0) -> Any:
+        return lambda c: format(factor * c[2][key], spec)
+
+    def ood(key: str) -> Any:
+        def cell(c: Any) -> str:
+            o = (c[2].get("out_of_distribution") or {}).get(key)
+            return f"{o['median_frame_max_std_meV_A']:.0f} ({100 * o['fraction_above_test_p95']:.0f} %)" if o else "–"
+        return cell
+
+    lines = ["| | " + " | ".join(title(c) for c in columns) + " |", "|---|" + "---|" * len(columns),
+             row("test frames", lambda c: f"{c[2]['test_frames']}"),
+             row("training steps (of the schedule)", lambda c: f"{c[4]} of {c[2]['steps']}"),
+             row("training CPU (s)", lambda c: f"{c[2]['training_cpu_s']:.0f}"),
+             row("inference CPU per frame, ms (one model)",
+                 lambda c: f"{1000 * c[2]['inference_cpu_s_per_frame']:.0f} ({c[3]:.0f})"),
+             row("training + evaluating test and validation frames, CPU (s)",
+                 lambda c: f"{c[2]['train_plus_evaluation_cpu_s']:.0f}"),
+             row("test force MAE of the mean (meV/Å)",
+                 lambda c: f"{c[2]['test_force_mae_meV_A']['committee_mean']:.1f}"),
+             row("median per-atom `forces_std` (meV/Å)", value("median_atom_std_meV_A", ".1f")),
+             row("Spearman, per atom: `forces_std` vs \\|F − F_DFT\\|", value("spearman_atom_std_vs_error", ".2f")),
+             row("Spearman, per frame: mean std vs force RMSE", value("spearman_frame_mean_std_vs_rmse", ".2f")),
+             row("Spearman, per frame: largest std vs largest error",
+                 value("spearman_frame_max_std_vs_max_error", ".2f")),
+             row("miscalibration area, raw std", value("miscalibration_area", ".3f")),
+             row("inside the 95 % interval, raw std (%)", value("fraction_inside_95pct_interval", ".1f", 100)),
+             row("scale factor fitted on the 50 validation frames", value("validation_std_scale", ".1f")),
+             row("miscalibration area, scaled std", value("miscalibration_area_scaled", ".3f")),
+             row("inside the 95 % interval, scaled std (%)",
+                 value("fraction_inside_95pct_interval_scaled", ".1f", 100)),
+             row("median largest per-atom std of a frame (meV/Å): test frames",
+                 value("test_frame_max_std_meV_A_median", ".0f"))]
     labels = {"displaced_0.05A": "test frames displaced by 0.05 Å", "displaced_0.1A": "test frames displaced by 0.1 Å",
               "xtb_md_500_1000K": "GFN2-xTB MD frames, 500–1000 K"}
-    if c.get("test_frame_max_std_meV_A_median") and h.get("test_frame_max_std_meV_A_median"):
-        lines.append(f"| median largest per-atom std of a frame (meV/Å): test frames "
-                     f"| {both('test_frame_max_std_meV_A_median', '.0f')} |")
     for key, label in labels.items():
-        ood_c, ood_h = (c.get("out_of_distribution") or {}).get(key), (h.get("out_of_distribution") or {}).get(key)
-        if ood_c and ood_h:
-            cells = [f"{o['median_frame_max_std_meV_A']:.0f} ({100 * o['fraction_above_test_p95']:.0f} %)"
-                     for o in (ood_c, ood_h)]
-            lines.append(f"| ... {label} (share of frames above the test frames' 95th percentile) "
-                         f"| {cells[0]} | {cells[1]} |")
+        lines.append(row(f"... {label} (share above the test frames' 95th percentile)", ood(key)))
+    return "\n".join(lines) + "\n"
+
+
+def dft_generalisation() -> str:
+    """Force MAE on new PBE/def2-SVP frames against test_01 (``benchmarks.dft_generalisation``); a
+    one-row table while the results file does not exist yet."""
+    lines = ["| molecule | model | test_01 force MAE (meV/Å) | new 500 K frames: force MAE (meV/Å) | new / test_01 "
+             "| PySCF against rMD17 labels (meV/Å) | mean \\|F\\|: new / test_01 (meV/Å) |",
+             "|---|---|---|---|---|---|---|"]
+    relative = "dft_generalisation/dft_generalisation.json"
+    if not (RESULTS / relative).is_file():
+        return "\n".join(lines + [f"| not run yet: `benchmarks/results/{relative}` | | | | | | |"]) + "\n"
+    for molecule, r in _json(relative)["molecules"].items():
+        forces = r["mean_abs_force_meV_A"]
+        for name, m in r["models"].items():
+            label = f"`{m['path']}`" if name == "bundled" else f"{name} (`{m['path']}`)"
+            lines.append(f"| {molecule} ({r['frames']} new frames) | {label} | {m['test_01_force_mae_meV_A']:.1f} "
+                         f"| {m['new_frames_force_mae_meV_A']:.1f} | {m['ratio_new_over_test']:.2f}× "
+                         f"| {r['reference_check_force_mae_meV_A']:.1f} | {forces['new_frames']:.0f} / "
+                         f"{forces['test_01']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -616,6 +672,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "uncertainty_calibration": uncertainty_calibration,
     "uncertainty_out_of_distribution": uncertainty_out_of_distribution,
     "uncertainty_committee_kinds": uncertainty_committee_kinds,
+    "dft_generalisation": dft_generalisation,
     "md_warning": md_warning,
     "md_warning_self": lambda: md_warning("md_warning_self/md_warning.json"),
     "md_warning_ethanol": lambda: md_warning("md_warning_ethanol/md_warning.json"),

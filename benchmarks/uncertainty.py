@@ -1,22 +1,23 @@
-"""Committee uncertainty on rMD17 aspirin: does the members' force spread predict the force error?
+"""Committee uncertainty on rMD17: does the members' force spread predict the force error?
 
-    python -m benchmarks.uncertainty                 # train the committee (resumes), then evaluate
-    python -m benchmarks.uncertainty --quick         # CI: 2 members, a few steps, 20 test frames
-    python -m benchmarks.uncertainty --kind heads    # one checkpoint with 4 heads -> results/uncertainty/heads/
-    python -m benchmarks.uncertainty --compare       # the two kinds: calibration against CPU cost
+    python -m benchmarks.uncertainty                       # aspirin: train the committee (resumes), evaluate
+    python -m benchmarks.uncertainty --molecule ethanol    # the same on ethanol -> results/uncertainty/ethanol/
+    python -m benchmarks.uncertainty --quick               # CI: 2 members, a few steps, 20 test frames
+    python -m benchmarks.uncertainty --kind heads          # one checkpoint with 4 heads -> <out>/heads/
+    python -m benchmarks.uncertainty --compare             # the two kinds: calibration against CPU cost
 
 Protocol (sized for a small shared CPU): a committee of 4 members fine-tuned from the bundled
-``pretrained`` checkpoint on the first 50 frames of the rMD17 aspirin ``train_01`` split, with
-frames 950-999 of the same split as validation (the same frames for every member), seeds 0-3,
-600 steps each (batch 8, energy + force loss, AdamW 5e-4 with warm-up and cosine decay, EMA 0.99,
-eager training, 1 thread). The members are ordinary run directories under
-``benchmarks/results/uncertainty/runs/`` (with ``committee.json``), so an interrupted benchmark
-resumes; a finished committee is only evaluated again.
+``pretrained`` checkpoint on the first 50 frames of the rMD17 ``train_01`` split of ``--molecule``
+(default aspirin), with frames 950-999 of the same split as validation (the same frames for every
+member), seeds 0-3, 600 steps each (batch 8, energy + force loss, AdamW 5e-4 with warm-up and cosine
+decay, EMA 0.99, eager training, 1 thread). The members are ordinary run directories under
+``benchmarks/results/uncertainty/<molecule>/runs/`` (with ``committee.json``), so an interrupted
+benchmark resumes; a finished committee is only evaluated again.
 
 Evaluation, with the committee mean as the prediction and ``forces_std`` (per atom,
 sqrt(mean over members |F_m - F_mean|^2), eV/Å) as the predicted uncertainty:
 
-- in distribution: 200 frames of the rMD17 aspirin ``test_01`` split (every fifth), with DFT labels:
+- in distribution: the 1000 frames of the rMD17 ``test_01`` split (``--test-stride k``: every k-th), with DFT labels:
   Spearman rank correlation of predicted std and actual error |F_mean - F_ref| per atom, and of the
   frame's mean std and its force RMSE per frame; calibration under a Gaussian assumption (each force
   component's error ~ N(0, (std/sqrt(3))^2)): observed against expected fraction of components inside
@@ -24,12 +25,13 @@ sqrt(mean over members |F_m - F_mean|^2), eV/Å) as the predicted uncertainty:
   expected| over 99 levels; 0 is perfectly calibrated). The same after scaling std by one factor
   fitted on the 50 validation frames (never on test frames).
 - out of distribution, without labels: the same 200 test frames with Gaussian displacements of every
-  coordinate (sigma 0.05 Å and 0.1 Å), and the 96 GFN2-xTB Langevin frames (500-1000 K) of aspirin in
-  the shared xtb corpus (``xtb/xtb_shard0.npz``, kind 1; the pretraining corpus contains them):
-  predicted std only, against the test frames.
+  coordinate (sigma 0.05 Å and 0.1 Å), and the 96 GFN2-xTB Langevin frames (500-1000 K) of the
+  molecule in the shared xtb corpus (``xtb/xtb_shard0.npz``, kind 1; the pretraining corpus contains
+  them): predicted std only, against the test frames.
 
-Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/`` (the figure
-also to ``docs/img/uncertainty.png``).
+Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/<molecule>/``
+(a heads committee: to ``heads/`` for 4 heads, ``heads<K>/`` otherwise; the figure of the 8-heads
+committee also to ``docs/img/uncertainty_<molecule>.png``).
 """
 
 from __future__ import annotations
@@ -56,18 +58,20 @@ from .paths import DATA_ROOT, rmd17_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
-MOLECULE = "aspirin"
+DEFAULT_MOLECULE = "aspirin"
+DOCS_COMMITTEE = ("heads", 8)  # the committee whose calibration docs/uncertainty.md shows (kind, members)
 SPLIT_FRAMES = 1000
 VALID_FRAMES = 50
 DISPLACEMENTS_A = (0.05, 0.1)
 CONFIDENCE_LEVELS = np.linspace(0.01, 0.99, 99)
 
 
-def committee_config(run_dir: Path, n_train: int, steps: int, data_root: Path) -> Any:
+def committee_config(run_dir: Path, n_train: int, steps: int, data_root: Path,
+                     molecule: str = DEFAULT_MOLECULE) -> Any:
     """The members' shared training configuration (seed 0; member k trains with seed k)."""
-    train_file = str(rmd17_file(MOLECULE, "train", data_root))
+    train_file = str(rmd17_file(molecule, "train", data_root))
     source = {
-        "name": MOLECULE, "format": "rmd17", "path": train_file, "objective": "energy_forces",
+        "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
         "frames": f"0:{n_train}", "valid_path": train_file,
         "valid_frames": f"{SPLIT_FRAMES - VALID_FRAMES}:{SPLIT_FRAMES}",
     }
@@ -111,6 +115,15 @@ def predict_committee(committee: Any, data: ConformationSet, batch_frames: int =
             "member_forces": np.concatenate(members, axis=1)}
 
 
+def pretrained_sha256() -> str:
+    """SHA-256 of the bundled ``pretrained`` checkpoint the committees start from."""
+    import hashlib
+
+    from forcefield_et.registry import resolve_model_path
+
+    return hashlib.sha256(resolve_model_path("pretrained").read_bytes()).hexdigest()
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     from scipy.stats import spearmanr
@@ -145,14 +158,14 @@ def displaced(data: ConformationSet, sigma: float, seed: int) -> ConformationSet
     return ConformationSet(z=data.z.copy(), pos=positions, n_atoms=data.n_atoms.copy())
 
 
-def hot_frames(data_root: Path) -> ConformationSet | None:
-    """The aspirin frames of the GFN2-xTB Langevin trajectories (500-1000 K) in the xtb corpus, as
-    an unlabelled ConformationSet; None when the corpus is absent."""
+def hot_frames(data_root: Path, molecule: str = DEFAULT_MOLECULE) -> ConformationSet | None:
+    """The frames of ``molecule`` (an rMD17 name) from the GFN2-xTB Langevin trajectories
+    (500-1000 K) in the xtb corpus, as an unlabelled ConformationSet; None when the corpus is absent."""
     starts_path, shard_path = data_root / "xtb" / "starts.npz", data_root / "xtb" / "xtb_shard0.npz"
     if not (starts_path.is_file() and shard_path.is_file()):
         return None
     sources = [str(s) for s in np.load(starts_path)["source"]]
-    ids = [i for i, s in enumerate(sources) if s == f"rmd17-{MOLECULE}"]
+    ids = [i for i, s in enumerate(sources) if s == f"rmd17-{molecule}"]
     shard = np.load(shard_path)
     n_atoms = shard["n_atoms"]
     keep = np.isin(shard["mol_id"], ids) & (shard["kind"] == 1)
@@ -173,14 +186,15 @@ def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: 
 
 
 def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
-             max_other_frames: int | None = None, with_ood: bool = True) -> Dict[str, Any]:
+             max_other_frames: int | None = None, with_ood: bool = True,
+             molecule: str = DEFAULT_MOLECULE) -> Dict[str, Any]:
     """Evaluate the committee (see the module docstring); ``max_other_frames`` limits the
     validation and high-temperature frames (for a quick check); ``with_ood=False`` skips the
     out-of-distribution frames."""
     committee = load_committee(committee_dir, dtype="float32")
-    train_file = rmd17_file(MOLECULE, "train", data_root)
+    train_file = rmd17_file(molecule, "train", data_root)
     valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
-    test = read_rmd17(rmd17_file(MOLECULE, "test", data_root))
+    test = read_rmd17(rmd17_file(molecule, "test", data_root))
     test = test.subset(np.arange(0, len(test), test_stride))
     start, start_cpu = time.perf_counter(), time.process_time()
     pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
@@ -210,7 +224,7 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         frame_max = frame_reduce(pred["forces_std"], moved.n_atoms, "max")
         ood[f"displaced_{sigma_a:g}A"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
         ood_std[f"test + N(0, {sigma_a:g} Å) displacements"] = frame_max
-    hot = hot_frames(data_root) if with_ood else None
+    hot = hot_frames(data_root, molecule) if with_ood else None
     if hot is not None and max_other_frames is not None:
         hot = hot.subset(np.arange(min(len(hot), max_other_frames)))
     if hot is not None and len(hot):
@@ -223,16 +237,19 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
     members = committee.metadata.get("committee")
     kind = "checkpoints" if isinstance(members, list) else "heads"
     first = members[0] if kind == "checkpoints" else committee.metadata
-    valid_mae = ([m["validation"].get(f"{MOLECULE}/force_mae_meV_A") for m in members] if kind == "checkpoints"
-                 else [first.get("validation", {}).get(f"{MOLECULE}/force_mae_meV_A")])
+    valid_mae = ([m["validation"].get(f"{molecule}/force_mae_meV_A") for m in members] if kind == "checkpoints"
+                 else [first.get("validation", {}).get(f"{molecule}/force_mae_meV_A")])
     summary = {
         "protocol": __doc__.split("Writes")[0].strip(),
-        "molecule": MOLECULE,
+        "molecule": molecule,
+        "atoms_per_frame": int(test.n_atoms[0]),
+        "pretrained_sha256": pretrained_sha256(),
         "committee_kind": kind,
         "members": len(committee),
         "n_train": int(first["training"]["sources"][0]["frames"]),
         "steps": int(first["training"]["config"]["optim"]["max_steps"]),
-        "trained_steps": int(first["training"].get("step", first["training"]["config"]["optim"]["max_steps"])),
+        "trained_steps": training_steps(committee_dir),
+        "best_step": int(first["training"].get("step", first["training"]["config"]["optim"]["max_steps"])),
         "member_valid_force_mae_meV_A": valid_mae,
         "test_frames": len(test),
         "test_force_mae_meV_A": {"committee_mean": 1000 * float(np.mean(np.abs(error_vectors))),
@@ -256,12 +273,12 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "uncertainty.json", summary)
-    plot(atom_std, atom_error, observed, observed_scaled, scale, ood_std, out / "uncertainty.png")
+    plot(atom_std, atom_error, observed, observed_scaled, scale, ood_std, out / "uncertainty.png", molecule)
     return summary
 
 
 def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, observed_scaled: np.ndarray,
-         scale: float, ood_std: Dict[str, np.ndarray], path: Path) -> None:
+         scale: float, ood_std: Dict[str, np.ndarray], path: Path, molecule: str = DEFAULT_MOLECULE) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +293,7 @@ def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, obs
     ax_s.set_yscale("log")
     ax_s.set_xlabel("predicted force std per atom (meV/Å)")
     ax_s.set_ylabel("force error |F - F_DFT| per atom (meV/Å)")
-    ax_s.set_title("rMD17 aspirin test frames")
+    ax_s.set_title(f"rMD17 {molecule} test frames")
     ax_s.legend(loc="upper left", fontsize=8)
     ax_c.plot(CONFIDENCE_LEVELS, observed, label=f"committee std (area {miscalibration_area(observed):.3f})")
     ax_c.plot(CONFIDENCE_LEVELS, observed_scaled,
@@ -315,15 +332,27 @@ def training_cpu_seconds(committee_dir: Path) -> float | None:
     return total if found else None
 
 
-def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet, rounds: int = 3) -> Dict[str, float]:
-    """CPU seconds per frame of one committee call, for the two committees, timed alternately in one
-    process on the same frames (single frames, as MD calls them), median over ``rounds``."""
+def training_steps(committee_dir: Path) -> int | None:
+    """Steps the committee trained (the last step in each run's metrics.csv; the fewest over the
+    member runs of a checkpoint committee)."""
+    import csv
+
+    steps = []
+    for metrics in sorted(committee_dir.glob("member_*/metrics.csv")) or [committee_dir / "metrics.csv"]:
+        if metrics.is_file():
+            rows = [r for r in csv.DictReader(metrics.open()) if r.get("step")]
+            if rows:
+                steps.append(int(rows[-1]["step"]))
+    return min(steps) if steps else None
+
+
+def inference_cpu_per_frame(models: Dict[str, Any], data: ConformationSet, rounds: int = 3) -> Dict[str, float]:
+    """CPU seconds per frame of one call of each model or committee in ``models``, timed alternately
+    in one process on the same frames (single frames, as MD calls them), median over ``rounds``."""
     from forcefield_et.inference import Evaluator
 
-    times: Dict[str, List[float]] = {"checkpoints": [], "heads": [], "single": []}
-    single = checkpoints.members[0]
-    evaluators = {name: Evaluator.wrap(model.eval()) for name, model in
-                  {"checkpoints": checkpoints, "heads": heads, "single": single}.items()}
+    times: Dict[str, List[float]] = {name: [] for name in models}
+    evaluators = {name: Evaluator.wrap(model.eval()) for name, model in models.items()}
     frames = [data.subset(np.array([i])) for i in range(len(data))]
     for evaluator in evaluators.values():  # warm-up
         evaluator.evaluate(frames[0].z, frames[0].pos)
@@ -336,18 +365,26 @@ def inference_cpu_per_frame(checkpoints: Any, heads: Any, data: ConformationSet,
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def time_inference(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
-    """``--time-inference``: CPU per frame of the heads committee in ``<out>/heads/runs`` and of the
-    checkpoint committee in ``<out>/runs`` (see :func:`compare_kinds`), written to
-    ``<out>/heads/inference_timing.json``. The cost does not depend on the weights, so it can run
-    while the heads are still training (on their latest ``best.pt``)."""
+def heads_dir_name(members: int) -> str:
+    """Results folder of a heads committee of ``members`` heads, inside the molecule's folder."""
+    return "heads" if members == 4 else f"heads{members}"
+
+
+def heads_kinds(out: Path) -> List[str]:
+    """The heads committees with results in ``out`` (``heads``, ``heads8``, ...), fewest heads first."""
+    found = [p.parent.name for p in out.glob("heads*/uncertainty.json")]
+    return sorted(found, key=lambda name: int(name[5:] or 4))
+
+
+def time_inference(out: Path, data_root: Path, frames: int = 20, molecule: str = DEFAULT_MOLECULE) -> Dict[str, Any]:
+    """``--time-inference``: CPU per frame of the checkpoint committee in ``<out>/runs``, of each heads
+    committee in ``<out>/heads*/runs`` and of one model (see :func:`compare_kinds`), written to
+    ``<out>/inference_timing.json``. The cost does not depend on the weights, so it can run while the
+    heads are still training (on their latest ``best.pt``)."""
     from forcefield_et.model import Committee
     from forcefield_et.registry import load_model
 
-    test = read_rmd17(rmd17_file(MOLECULE, "test", data_root)).subset(np.arange(frames))
-    heads_dir = out / "heads" / "runs"
-    heads = load_committee(heads_dir, dtype="float32") if (heads_dir / "committee.json").is_file() else \
-        load_model(heads_dir / "best.pt")
+    test = read_rmd17(rmd17_file(molecule, "test", data_root)).subset(np.arange(frames))
     try:
         checkpoints = load_committee(out / "runs", dtype="float32")
         timed_with = "the member checkpoints"
@@ -356,62 +393,69 @@ def time_inference(out: Path, data_root: Path, frames: int = 20) -> Dict[str, An
             if (out / "runs" / "committee.json").is_file() else 4
         checkpoints = Committee([load_model("pretrained") for _ in range(max(k, 2))])
         timed_with = f"{len(checkpoints)} copies of the bundled pretrained model (the members' architecture)"
-    timing = {"frames": frames, "cpu_s_per_frame": inference_cpu_per_frame(checkpoints, heads, test),
+    models: Dict[str, Any] = {"single": checkpoints.members[0], "checkpoints": checkpoints}
+    for name in sorted({p.parent.parent.name for p in out.glob("heads*/runs/best.pt")}):
+        runs = out / name / "runs"
+        models[name] = load_committee(runs, dtype="float32") if (runs / "committee.json").is_file() else \
+            load_model(runs / "best.pt")
+    timing = {"frames": frames, "cpu_s_per_frame": inference_cpu_per_frame(models, test),
               "checkpoint_committee_timed_with": timed_with, "machine": machine_info()}
-    write_json_atomic(out / "heads" / "inference_timing.json", timing)
+    write_json_atomic(out / "inference_timing.json", timing)
     return timing
 
 
-def compare_kinds(out: Path, data_root: Path, frames: int = 20) -> Dict[str, Any]:
-    """``--compare``: the checkpoint committee (``<out>/uncertainty.json``) against the heads committee
-    (``<out>/heads/uncertainty.json``): calibration, training CPU and inference CPU per frame
-    (timed here, alternately, on ``frames`` test frames; the checkpoint committee's cost does not
-    depend on its weights, so when its member checkpoints are absent it is timed with copies of the
-    bundled ``pretrained`` model, the members' architecture). Writes ``committee_kinds.json`` and
-    ``committee_kinds.png``."""
-    results = {kind: json.loads(path.read_text()) for kind, path in
-               (("checkpoints", out / "uncertainty.json"), ("heads", out / "heads" / "uncertainty.json"))}
-    timing_path = out / "heads" / "inference_timing.json"
-    if not timing_path.is_file():
-        time_inference(out, data_root, frames)
-    timing = json.loads(timing_path.read_text())
+def compare_kinds(out: Path, data_root: Path, frames: int = 20, molecule: str = DEFAULT_MOLECULE) -> Dict[str, Any]:
+    """``--compare``: the checkpoint committee (``<out>/uncertainty.json``) against each heads committee
+    (``<out>/heads*/uncertainty.json``): calibration, training CPU and inference CPU per frame
+    (timed alternately on ``frames`` test frames, kept in ``<out>/inference_timing.json``; the
+    checkpoint committee's cost does not depend on its weights, so when its member checkpoints are
+    absent it is timed with copies of the bundled ``pretrained`` model, the members' architecture).
+    Writes ``committee_kinds.json`` and ``committee_kinds.png``."""
+    results = {"checkpoints": json.loads((out / "uncertainty.json").read_text())}
+    results.update({name: json.loads((out / name / "uncertainty.json").read_text()) for name in heads_kinds(out)})
+    timing_path = out / "inference_timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    if timing is None or set(results) - set(timing["cpu_s_per_frame"]):
+        timing = time_inference(out, data_root, frames, molecule)
     per_frame, timed_with = timing["cpu_s_per_frame"], timing["checkpoint_committee_timed_with"]
     keys = ("spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse", "spearman_frame_max_std_vs_max_error",
             "miscalibration_area", "miscalibration_area_scaled", "validation_std_scale",
             "fraction_inside_95pct_interval", "fraction_inside_95pct_interval_scaled", "median_atom_std_meV_A",
             "median_atom_error_meV_A", "test_force_mae_meV_A", "training_cpu_s", "test_frames", "members", "steps",
-            "n_train", "test_frame_max_std_meV_A_median", "out_of_distribution")
+            "n_train", "trained_steps", "test_frame_max_std_meV_A_median", "out_of_distribution", "committee_kind")
     kinds = {}
     for kind, r in results.items():
         entry = {key: r.get(key) for key in keys}
+        entry["committee_kind"] = entry["committee_kind"] or ("checkpoints" if kind == "checkpoints" else "heads")
         if entry["training_cpu_s"] is None:  # a result written before training CPU was recorded
-            entry["training_cpu_s"] = training_cpu_seconds(out / ("runs" if kind == "checkpoints" else "heads/runs"))
+            entry["training_cpu_s"] = training_cpu_seconds(out / ("runs" if kind == "checkpoints" else f"{kind}/runs"))
         entry["inference_cpu_s_per_frame"] = per_frame[kind]
         eval_frames = r["test_frames"] + VALID_FRAMES
         entry["train_plus_evaluation_cpu_s"] = (entry["training_cpu_s"] or float("nan")) + eval_frames * per_frame[kind]
         kinds[kind] = entry
     summary = {
-        "command": "python -m benchmarks.uncertainty --compare",
+        "command": f"python -m benchmarks.uncertainty --molecule {molecule} --compare",
+        "molecule": molecule,
         "inference_timing": {"frames": frames, "single_model_cpu_s_per_frame": per_frame["single"],
                              "checkpoint_committee_timed_with": timed_with,
-                             "note": "one aspirin frame per call, 1 thread, eager float32, median of 3 rounds"},
+                             "note": f"one {molecule} frame per call, 1 thread, eager float32, median of 3 rounds"},
         "train_plus_evaluation": "training CPU + (test + validation frames) x inference CPU per frame",
         "kinds": kinds,
         "machine": machine_info(),
     }
     write_json_atomic(out / "committee_kinds.json", summary)
-    plot_kinds(kinds, out / "committee_kinds.png")
+    plot_kinds(kinds, out / "committee_kinds.png", molecule)
     return summary
 
 
-def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path) -> None:
+def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path, molecule: str = DEFAULT_MOLECULE) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(kinds)
-    labels = [f"{kinds[n]['members']} {n}" for n in names]
+    labels = [f"{kinds[n]['members']} {kinds[n].get('committee_kind') or n}" for n in names]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     panels = [("spearman_atom_std_vs_error", "Spearman, per-atom std vs error"),
               ("miscalibration_area", "miscalibration area (raw std)"),
@@ -419,12 +463,12 @@ def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path) -> None:
               ("inference_cpu_s_per_frame", "inference CPU per frame (s)")]
     for ax, (key, title) in zip(axes, panels):
         values = [kinds[n][key] or 0.0 for n in names]
-        ax.bar(labels, values, color=["C0", "C1"][: len(names)])
+        ax.bar(labels, values, color=[f"C{k}" for k in range(len(names))])
         for x, v in enumerate(values):
             ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=9)
-    fig.suptitle("committee of checkpoints vs one checkpoint with heads (rMD17 aspirin, 50 training frames)",
-                 fontsize=10)
+    fig.suptitle(f"committee of checkpoints vs one checkpoint with heads (rMD17 {molecule}, "
+                 f"{kinds[names[0]]['n_train']} training frames)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -432,39 +476,47 @@ def plot_kinds(kinds: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecule", default=DEFAULT_MOLECULE, help="rMD17 molecule (default aspirin)")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--n-train", type=int, default=50)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--test-stride", type=int, default=5, help="every k-th test_01 frame (5: 200 frames)")
+    parser.add_argument("--test-stride", type=int, default=1, help="every k-th test_01 frame (1: all 1000)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default benchmarks/results/uncertainty/<molecule>)")
     parser.add_argument("--kind", choices=["checkpoints", "heads"], default="checkpoints",
                         help="committee kind: K checkpoints (seeds 0..K-1), or one checkpoint with K heads "
-                        "(forcefield-et finetune --committee-kind heads); heads results go to <out>/heads/")
+                        "(forcefield-et finetune --committee-kind heads); heads results go to <out>/heads/ "
+                        "(4 heads) or <out>/heads<K>/")
     parser.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution frames")
     parser.add_argument("--quick", action="store_true",
                         help="2 members, 4 steps, 20 test frames, 10 validation and 10 hot frames (CI)")
     parser.add_argument("--compare", action="store_true",
                         help="compare the finished checkpoint and heads results in --out (no training)")
     parser.add_argument("--time-inference", action="store_true",
-                        help="time one call of each committee kind (writes <out>/heads/inference_timing.json)")
+                        help="time one call of each committee kind (writes <out>/inference_timing.json)")
     args = parser.parse_args(argv)
+    default_out = RESULTS_DIR / args.molecule
+    args.out = args.out or default_out
     torch.set_num_threads(1)
     if args.time_inference:
-        print(json.dumps(time_inference(args.out, args.data_root), indent=2))
+        print(json.dumps(time_inference(args.out, args.data_root, molecule=args.molecule), indent=2))
         return
     if args.compare:
-        summary = compare_kinds(args.out, args.data_root)
+        summary = compare_kinds(args.out, args.data_root, molecule=args.molecule)
+        if args.out.resolve() == default_out.resolve():  # the figure of docs/uncertainty.md
+            shutil.copyfile(args.out / "committee_kinds.png", DOCS_IMG / f"committee_kinds_{args.molecule}.png")
         print(json.dumps(summary["kinds"], indent=2))
         return
     if args.quick:
         args.members, args.steps, args.test_stride = 2, 4, 50
-    if not rmd17_file(MOLECULE, "train", args.data_root).is_file():
-        raise SystemExit(f"benchmarks.uncertainty: rMD17 not found under {args.data_root}")
+    if not rmd17_file(args.molecule, "train", args.data_root).is_file():
+        raise SystemExit(f"benchmarks.uncertainty: rMD17 {args.molecule} not found under {args.data_root}")
+    molecule_out = args.out
     if args.kind == "heads":
-        args.out = args.out / "heads"
+        args.out = args.out / heads_dir_name(args.members)
     committee_dir = args.out / "runs"
-    config = committee_config(committee_dir, args.n_train, args.steps, args.data_root)
+    config = committee_config(committee_dir, args.n_train, args.steps, args.data_root, args.molecule)
     start = time.process_time()
     if args.kind == "heads":
         train_head_committee(config, args.members, progress=False)
@@ -472,9 +524,9 @@ def main(argv: List[str] | None = None) -> None:
         train_committee(config, args.members, progress=False)
     print(f"committee trained ({time.process_time() - start:.0f} CPU-s in this invocation); evaluating", flush=True)
     summary = evaluate(committee_dir, args.data_root, args.test_stride, args.out, 10 if args.quick else None,
-                       with_ood=not args.no_ood)
-    if args.kind == "checkpoints" and args.out.resolve() == RESULTS_DIR.resolve():  # the figure of docs/uncertainty.md
-        shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / "uncertainty.png")
+                       with_ood=not args.no_ood, molecule=args.molecule)
+    if (args.kind, args.members) == DOCS_COMMITTEE and molecule_out.resolve() == default_out.resolve():
+        shutil.copyfile(args.out / "uncertainty.png", DOCS_IMG / f"uncertainty_{args.molecule}.png")
     keys = ("test_force_mae_meV_A", "spearman_atom_std_vs_error", "spearman_frame_mean_std_vs_rmse",
             "miscalibration_area", "validation_std_scale", "miscalibration_area_scaled", "out_of_distribution")
     for key in keys:

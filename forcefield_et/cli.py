@@ -46,6 +46,7 @@ from .cli_validators import (
 )
 from .runtime import COMPILE_MIN_STEPS
 from .training.config import (
+    DEFAULT_COMMITTEE_SIZE,
     FINETUNE_OPTIM,
     FINETUNE_SCRATCH_LAYERS,
     OptimConfig,
@@ -816,7 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the batches, noise and initial weights",
     )
     p.add_argument(
-        "--committee", type=committee_size_arg, metavar="K", help="train a committee of K members (see "
+        "--committee", type=committee_size_arg, nargs="?", const=DEFAULT_COMMITTEE_SIZE, metavar="K",
+        help=f"train a committee of K members (K omitted: {DEFAULT_COMMITTEE_SIZE}; see "
         "--committee-kind) and list it in --out/committee.json, which ETCalculator, md --model and select accept; "
         "rerunning resumes an unfinished committee; with --committee-kind checkpoints the members (seeds "
         "SEED..SEED+K-1, the same validation frames) train one after another into --out/member_<k>/ and finished "

@@ -28,6 +28,7 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys, monkeypatc
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "uncertainty.json").read_text())
     assert summary["members"] == 2 and summary["test_frames"] == 20
+    assert summary["trained_steps"] == 4 and summary["molecule"] == "aspirin" and summary["atoms_per_frame"] == 21
     assert -1 <= summary["spearman_atom_std_vs_error"] <= 1
     assert 0 <= summary["miscalibration_area"] <= 0.5 and summary["validation_std_scale"] > 0
     assert {"displaced_0.05A", "displaced_0.1A"} <= set(summary["out_of_distribution"])
@@ -41,3 +42,23 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(bench, "evaluate", lambda *args, **kwargs: summary)
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     assert capsys.readouterr().out.count("is finished; skipped") == 2
+
+
+@pytest.mark.parametrize(("molecule", "atoms"), [("aspirin", 21), ("ethanol", 9)])
+def test_hot_frames_are_the_molecules_own_langevin_frames(molecule, atoms):
+    from benchmarks.uncertainty import hot_frames
+
+    data_root = shared_path("xtb").parent
+    frames = hot_frames(data_root, molecule)
+    assert frames is not None and len(frames) == 96
+    assert set(frames.n_atoms.tolist()) == {atoms}
+    reference = read_rmd17_first_frame(data_root, molecule)
+    for k in range(len(frames)):  # the same molecule: the same elements in the same order
+        np.testing.assert_array_equal(frames.z[k * atoms:(k + 1) * atoms], reference)
+
+
+def read_rmd17_first_frame(data_root, molecule):
+    from benchmarks.paths import rmd17_file
+    from forcefield_et.data import read_rmd17
+
+    return read_rmd17(rmd17_file(molecule, "test", data_root)).subset(np.array([0])).z

@@ -80,3 +80,14 @@ def test_the_config_of_a_bare_finetune_command_has_the_finetune_defaults(tmp_pat
 def test_pretrain_options_only_override_the_config():
     args = build_parser().parse_args(["pretrain", "--config", "c.yaml"])
     assert (args.max_steps, args.run_dir, args.compile, args.device, args.threads) == (None,) * 5
+
+
+def test_committee_without_a_number_is_the_default_size():
+    from forcefield_et.cli import build_parser
+    from forcefield_et.training.config import DEFAULT_COMMITTEE_SIZE
+
+    parser = build_parser()
+    bare = parser.parse_args(["finetune", "--train", "a.xyz", "--out", "run", "--committee"])
+    assert bare.committee == DEFAULT_COMMITTEE_SIZE == 8 and bare.committee_kind == "heads"
+    assert parser.parse_args(["finetune", "--train", "a.xyz", "--out", "run", "--committee", "3"]).committee == 3
+    assert parser.parse_args(["finetune", "--train", "a.xyz", "--out", "run"]).committee is None
