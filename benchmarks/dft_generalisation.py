@@ -42,6 +42,7 @@ from forcefield_et.registry import load_model
 from .io import savez_atomic, write_json_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT, RUNS_DIR, rmd17_file
+from .xtb_md import xtb_frames
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "dft_generalisation"
 WORK_DIR = RUNS_DIR / "dft_generalisation"
@@ -50,29 +51,6 @@ HARTREE_EV = 27.211386245988
 BOHR_A = 0.529177210903
 KCAL_MOL_EV = 0.0433641153087705
 SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O"}
-
-
-def xtb_frames(z: np.ndarray, start: np.ndarray, n_frames: int, temperature_K: float = 500.0,
-               timestep_fs: float = 0.5, equilibration_ps: float = 1.0, interval_ps: float = 0.25,
-               seed: int = 0) -> np.ndarray:
-    """Positions [n_frames, N, 3] (Å) of a GFN2-xTB Langevin trajectory from ``start``."""
-    from ase import Atoms, units
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from tblite.ase import TBLite
-
-    rng = np.random.default_rng(seed)
-    atoms = Atoms(numbers=z, positions=start)
-    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
-                        rng=rng)
-    dynamics.run(int(round(1000 * equilibration_ps / timestep_fs)))
-    frames = []
-    for _ in range(n_frames):
-        dynamics.run(int(round(1000 * interval_ps / timestep_fs)))
-        frames.append(atoms.positions.copy())
-    return np.array(frames)
 
 
 def dft_forces(z: np.ndarray, positions: np.ndarray, grid_level: int = 3, density_fit: bool = True,

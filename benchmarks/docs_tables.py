@@ -490,7 +490,8 @@ def uncertainty_out_of_distribution() -> str:
     results = _uncertainty_results(DOCS_COMMITTEE)
     names = {"displaced_0.05A": "test frames, every coordinate displaced by N(0, 0.05 Å)",
              "displaced_0.1A": "test frames, displaced by N(0, 0.1 Å)",
-             "xtb_md_500_1000K": "GFN2-xTB Langevin frames at 500–1000 K"}
+             "xtb_md_500_1000K": "GFN2-xTB Langevin frames at 500–1000 K, in the pretraining corpus",
+             "xtb_md_1000K_fresh": "a new GFN2-xTB Langevin trajectory at 1000 K, in no corpus"}
     header = " | ".join(f"{m}: median (meV/Å) | {m}: above the test frames' 95th percentile" for m in results)
     lines = [f"| frames | {header} |", "|---|" + "---|" * (2 * len(results)),
              "| rMD17 test frames (" + ", ".join(f"{d['test_frames']} of {m}" for m, d in results.items()) + ") | "
@@ -502,9 +503,9 @@ def uncertainty_out_of_distribution() -> str:
             row = d["out_of_distribution"].get(key)
             cells.append(f"{row['median_frame_max_std_meV_A']:.1f} | {_share(row['fraction_above_test_p95'])}"
                          if row else "– | –")
-        if key == "xtb_md_500_1000K":
-            label += " (" + ", ".join(f"{d['out_of_distribution'][key]['frames']} of {m}" for m, d in results.items()
-                                      if key in d["out_of_distribution"]) + ")"
+        if key.startswith("xtb_md"):
+            label += " (" + ", ".join(f"{d['out_of_distribution'][key]['frames']} frames of {m}"
+                                      for m, d in results.items() if key in d["out_of_distribution"]) + ")"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -560,7 +561,8 @@ def uncertainty_committee_kinds() -> str:
              row("median largest per-atom std of a frame (meV/Å): test frames",
                  value("test_frame_max_std_meV_A_median", ".0f"))]
     labels = {"displaced_0.05A": "test frames displaced by 0.05 Å", "displaced_0.1A": "test frames displaced by 0.1 Å",
-              "xtb_md_500_1000K": "GFN2-xTB MD frames, 500–1000 K"}
+              "xtb_md_500_1000K": "GFN2-xTB MD frames, 500–1000 K (pretraining corpus)",
+              "xtb_md_1000K_fresh": "new GFN2-xTB MD frames, 1000 K"}
     for key, label in labels.items():
         lines.append(row(f"... {label} (share above the test frames' 95th percentile)", ood(key)))
     return "\n".join(lines) + "\n"

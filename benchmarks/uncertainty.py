@@ -27,7 +27,9 @@ sqrt(mean over members |F_m - F_mean|^2), eV/Å) as the predicted uncertainty:
 - out of distribution, without labels: the same 200 test frames with Gaussian displacements of every
   coordinate (sigma 0.05 Å and 0.1 Å), and the 96 GFN2-xTB Langevin frames (500-1000 K) of the
   molecule in the shared xtb corpus (``xtb/xtb_shard0.npz``, kind 1; the pretraining corpus contains
-  them): predicted std only, against the test frames.
+  them), and 40 frames of a new GFN2-xTB Langevin trajectory at 1000 K started from ``test_01`` frame
+  0 (seed 1, one frame every 0.1 ps after 0.5 ps; in no training or pretraining corpus; needs
+  tblite): predicted std only, against the test frames.
 
 Writes ``uncertainty.json`` and ``uncertainty.png`` to ``benchmarks/results/uncertainty/<molecule>/``
 (a heads committee: to ``heads/`` for 4 heads, ``heads<K>/`` otherwise; the figure of the 8-heads
@@ -176,6 +178,25 @@ def hot_frames(data_root: Path, molecule: str = DEFAULT_MOLECULE) -> Conformatio
     )
 
 
+def fresh_hot_frames(data_root: Path, molecule: str, quick: bool = False) -> ConformationSet | None:
+    """40 frames of a new GFN2-xTB Langevin trajectory at 1000 K from ``test_01`` frame 0 (seed 1;
+    0.5 ps of equilibration, then one frame every 0.1 ps), in no training or pretraining corpus; 4
+    frames after 0.05 ps with ``quick``. None without tblite."""
+    try:
+        import tblite.ase  # noqa: F401
+    except ImportError:
+        return None
+    from .xtb_md import cached_xtb_frames
+
+    test = np.load(rmd17_file(molecule, "test", data_root))
+    z = test["nuclear_charges"].astype(np.int64)
+    n_frames, equilibration = (4, 0.05) if quick else (40, 0.5)
+    positions = cached_xtb_frames(f"{molecule}_1000K_seed1_{n_frames}", z, test["coords"][0], n_frames,
+                                  temperature_K=1000.0, equilibration_ps=equilibration, interval_ps=0.1, seed=1)
+    return ConformationSet(z=np.tile(z, n_frames), pos=positions.reshape(-1, 3).astype(np.float64),
+                           n_atoms=np.full(n_frames, len(z)), energy=np.full(n_frames, np.nan))
+
+
 def std_summary(frame_max_std: np.ndarray, atom_std: np.ndarray, reference_max: np.ndarray) -> Dict[str, float]:
     return {
         "frames": int(len(frame_max_std)),
@@ -231,7 +252,13 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
         pred = predict_committee(committee, hot)
         frame_max = frame_reduce(pred["forces_std"], hot.n_atoms, "max")
         ood["xtb_md_500_1000K"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
-        ood_std["GFN2-xTB MD, 500-1000 K"] = frame_max
+        ood_std["GFN2-xTB MD, 500-1000 K (pretraining corpus)"] = frame_max
+    fresh = fresh_hot_frames(data_root, molecule, quick=max_other_frames is not None) if with_ood else None
+    if fresh is not None:
+        pred = predict_committee(committee, fresh)
+        frame_max = frame_reduce(pred["forces_std"], fresh.n_atoms, "max")
+        ood["xtb_md_1000K_fresh"] = std_summary(frame_max, pred["forces_std"], frame_std_max)
+        ood_std["new GFN2-xTB MD, 1000 K"] = frame_max
     eval_seconds = time.perf_counter() - start
 
     members = committee.metadata.get("committee")
@@ -273,18 +300,31 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "uncertainty.json", summary)
-    plot(atom_std, atom_error, observed, observed_scaled, scale, ood_std, out / "uncertainty.png", molecule)
+    plot(atom_std, atom_error, observed, observed_scaled, scale, ood_std, out / "uncertainty.png", molecule,
+         frame_std_mean, frame_rmse)
     return summary
 
 
 def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, observed_scaled: np.ndarray,
-         scale: float, ood_std: Dict[str, np.ndarray], path: Path, molecule: str = DEFAULT_MOLECULE) -> None:
+         scale: float, ood_std: Dict[str, np.ndarray], path: Path, molecule: str = DEFAULT_MOLECULE,
+         frame_std: np.ndarray | None = None, frame_rmse: np.ndarray | None = None) -> None:
+    """The figure of :func:`evaluate`: per-atom std against error, per-frame mean std against force
+    RMSE, calibration curves, and each frame's largest std in and out of distribution."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_s, ax_c, ax_o) = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, (ax_s, ax_f, ax_c, ax_o) = plt.subplots(1, 4, figsize=(20, 4.6))
+    if frame_std is not None and frame_rmse is not None:
+        ax_f.scatter(1000 * frame_std, 1000 * frame_rmse, s=6, alpha=0.5, color="C2", rasterized=True)
+        ax_f.set_xscale("log")
+        ax_f.set_yscale("log")
+        ax_f.set_xlabel("mean predicted force std of a frame (meV/Å)")
+        ax_f.set_ylabel("force RMSE of the frame (meV/Å)")
+        ax_f.set_title(f"per frame (Spearman {spearman(frame_std, frame_rmse):.2f})")
+    else:
+        ax_f.set_axis_off()
     ax_s.scatter(1000 * atom_std, 1000 * atom_error, s=3, alpha=0.3, color="C0", rasterized=True)
     low = min(atom_std.min(), atom_error[atom_error > 0].min())
     limits = [1000 * low, 1000 * max(atom_std.max(), atom_error.max())]
@@ -293,7 +333,7 @@ def plot(atom_std: np.ndarray, atom_error: np.ndarray, observed: np.ndarray, obs
     ax_s.set_yscale("log")
     ax_s.set_xlabel("predicted force std per atom (meV/Å)")
     ax_s.set_ylabel("force error |F - F_DFT| per atom (meV/Å)")
-    ax_s.set_title(f"rMD17 {molecule} test frames")
+    ax_s.set_title(f"rMD17 {molecule} test frames, per atom (Spearman {spearman(atom_std, atom_error):.2f})")
     ax_s.legend(loc="upper left", fontsize=8)
     ax_c.plot(CONFIDENCE_LEVELS, observed, label=f"committee std (area {miscalibration_area(observed):.3f})")
     ax_c.plot(CONFIDENCE_LEVELS, observed_scaled,

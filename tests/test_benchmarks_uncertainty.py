@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -24,6 +25,9 @@ def test_calibration_of_gaussian_errors_with_the_right_and_wrong_sigma():
 
 
 def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys, monkeypatch):
+    import benchmarks.xtb_md
+
+    monkeypatch.setattr(benchmarks.xtb_md, "CACHE_DIR", tmp_path / "xtb_md")
     data_root = shared_path("rmd17").parent
     main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "uncertainty.json").read_text())
@@ -32,6 +36,9 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys, monkeypatc
     assert -1 <= summary["spearman_atom_std_vs_error"] <= 1
     assert 0 <= summary["miscalibration_area"] <= 0.5 and summary["validation_std_scale"] > 0
     assert {"displaced_0.05A", "displaced_0.1A"} <= set(summary["out_of_distribution"])
+    if importlib.util.find_spec("tblite") is not None:  # the new 1000 K GFN2-xTB frames, kept for the next call
+        assert summary["out_of_distribution"]["xtb_md_1000K_fresh"]["frames"] == 4
+        assert (tmp_path / "xtb_md" / "aspirin_1000K_seed1_4.npz").is_file()
     assert (tmp_path / "uncertainty.png").stat().st_size > 1000
     assert json.loads((tmp_path / "runs" / "committee.json").read_text())["members"][1] == "member_1/best.pt"
     capsys.readouterr()
