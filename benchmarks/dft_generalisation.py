@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from forcefield_et.data import ConformationSet, read_rmd17
+from forcefield_et.data.labelling import dft_single_point
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.registry import load_model
 
@@ -47,29 +48,13 @@ from .xtb_md import xtb_frames
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "dft_generalisation"
 WORK_DIR = RUNS_DIR / "dft_generalisation"
 MOLECULES = ("aspirin", "ethanol", "naphthalene", "salicylic")
-HARTREE_EV = 27.211386245988
-BOHR_A = 0.529177210903
 KCAL_MOL_EV = 0.0433641153087705
-SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O"}
 
 
-def dft_forces(z: np.ndarray, positions: np.ndarray, grid_level: int = 3, density_fit: bool = True,
-               basis: str = "def2-svp") -> np.ndarray:
-    """PBE/``basis`` forces [N, 3] (eV/Å) with PySCF (closed-shell, neutral molecule)."""
-    from pyscf import dft, gto
-
-    molecule = gto.M(atom=[(SYMBOLS[int(a)], tuple(map(float, r))) for a, r in zip(z, positions)],
-                     basis=basis, unit="Angstrom", verbose=0)
-    kohn_sham = dft.RKS(molecule)
-    if density_fit:
-        kohn_sham = kohn_sham.density_fit()
-    kohn_sham.xc = "pbe"
-    kohn_sham.grids.level = grid_level
-    kohn_sham.conv_tol = 1e-10
-    kohn_sham.kernel()
-    if not kohn_sham.converged:
-        raise RuntimeError("PySCF SCF did not converge")
-    return -np.asarray(kohn_sham.nuc_grad_method().kernel()) * HARTREE_EV / BOHR_A
+def dft_forces(z: np.ndarray, positions: np.ndarray, grid_level: int = 3) -> np.ndarray:
+    """PBE/def2-SVP forces [N, 3] (eV/Å) of a neutral closed-shell molecule (the package's PySCF
+    single point, density fitting)."""
+    return dft_single_point(z, positions, "pbe", "def2-svp", grid_level=grid_level)[1]
 
 
 def labelled_frames(molecule: str, data_root: Path, n_frames: int, n_check: int, grid_level: int,

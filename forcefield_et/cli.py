@@ -25,6 +25,7 @@ from .cli_validators import (
     fraction,
     friction_arg,
     hidden_channels_arg,
+    label_method_arg,
     learning_rate_arg,
     loss_weight_arg,
     model_reference,
@@ -996,18 +997,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "label",
-        help="energy and forces of unlabelled frames (e.g. from select) from GFN2-xTB, as extxyz for finetune",
+        help="energy and forces of unlabelled frames (e.g. from select) from GFN2-xTB or DFT, as extxyz for finetune",
         epilog="example: forcefield-et label to_label.extxyz --method gfn2-xtb --out labelled.extxyz\n"
         "then: forcefield-et finetune --model pretrained --train labelled.extxyz ...; a stopped run resumes "
-        "(rerun the same command); needs pip install 'forcefield-et[corpus]'",
+        "(rerun the same command); needs pip install 'forcefield-et[corpus]' (xTB) or 'forcefield-et[dft]' (DFT)",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("data", type=existing_file, help="frames readable by ASE (e.g. the extxyz written by select)")
     p.add_argument("--format", default="auto", help="ASE format of DATA (auto: from the file name)")
-    p.add_argument("--method", default="gfn2-xtb", choices=["gfn2-xtb", "gfn1-xtb"], help="tblite method")
+    p.add_argument("--method", default="gfn2-xtb", type=label_method_arg,
+                   help="gfn2-xtb or gfn1-xtb (tblite), or dft:<functional>/<basis> (PySCF, molecules only; "
+                   "dft:pbe/def2-svp is rMD17's level of theory)")
     p.add_argument("--charge", type=charge_arg, default=0, help="total charge of every frame (e)")
     p.add_argument("--multiplicity", type=multiplicity_arg, default=None,
-                   help="spin multiplicity 2S+1 of every frame (default: the lowest for the electron count)")
+                   help="spin multiplicity 2S+1 of every frame (default: the lowest for the electron count "
+                   "with xTB, a singlet with DFT)")
     p.add_argument("--out", required=True, type=output_file,
                    help="extxyz file of the labelled frames (energy in eV, forces in eV/Å); resumed when it holds "
                    "an earlier run of the same command")

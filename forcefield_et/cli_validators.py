@@ -29,6 +29,7 @@ __all__ = [
     "float_in_range",
     "force_threshold_arg",
     "fraction",
+    "label_method_arg",
     "friction_arg",
     "hidden_channels_arg",
     "learning_rate_arg",
@@ -265,6 +266,18 @@ threads_arg = bounded_int(0, 4096)
 workers_arg = bounded_int(1, 1024)
 charge_arg = bounded_int(-50, 50)  # total charge of a structure (e)
 multiplicity_arg = bounded_int(1, 100)  # spin multiplicity 2S+1
+
+
+def label_method_arg(text: str) -> str:
+    """argparse type of ``label --method``: gfn2-xtb, gfn1-xtb or dft:<functional>/<basis>."""
+    from .data.labelling import method_name
+
+    value = str(text).strip().lower()
+    try:
+        method_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def device_arg(text: str) -> str:

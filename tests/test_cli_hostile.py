@@ -49,6 +49,8 @@ NUMERIC_KINDS = {
     "duration": (["0", "-2h", "soon", "inf", "nan", ""], {"90m": 5400.0}),
     "charge": (["1.5", "51", "-51", HUGE_INT, "nan", "inf", "1e400", "abc", "", "0x10"], {"-1": -1, "0": 0, "2": 2}),
     "multiplicity": (["0", "1.5", "101", HUGE_INT] + COMMON_BAD, {"1": 1, "3": 3}),
+    "label_method": (["xtb", "dft:", "dft:pbe", "dft:/def2-svp", "", "nan"],
+                     {"gfn2-xtb": "gfn2-xtb", "GFN1-xTB": "gfn1-xtb", "dft:pbe/def2-svp": "dft:pbe/def2-svp"}),
 }
 PATH_KINDS = ("existing_file", "data_path", "output_directory", "output_file", "model")
 
@@ -132,6 +134,7 @@ OPTIONS = {
     ("select", "--batch-size"): "batch_size",
     ("label", "data"): "existing_file",
     ("label", "--charge"): "charge",
+    ("label", "--method"): "label_method",
     ("label", "--multiplicity"): "multiplicity",
     ("label", "--out"): "output_file",
     ("export", "--model"): "model",

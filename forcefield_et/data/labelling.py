@@ -1,11 +1,10 @@
-"""Reference labels for frames without them: energy and forces from a semi-empirical method
-(GFN2-xTB or GFN1-xTB through tblite), written as extended XYZ that ``forcefield-et finetune
---train`` reads.
+"""Reference labels for frames without them: energy and forces from GFN2-xTB or GFN1-xTB (tblite)
+or from Kohn-Sham DFT (PySCF, e.g. ``dft:pbe/def2-svp``, rMD17's level of theory), written as
+extended XYZ that ``forcefield-et finetune --train`` reads.
 
 This is the labelling step of the active-learning loop (``forcefield-et select`` picks the frames,
-this labels them, ``finetune`` trains on them) for users whose reference method is xTB; with
-DFT labels, write the energies and forces into the selected frames' extxyz the same way
-(``energy`` in eV, ``forces`` in eV/Å).
+this labels them, ``finetune`` trains on them). With labels from another code, write the energies
+and forces into the selected frames' extxyz the same way (``energy`` in eV, ``forces`` in eV/Å).
 
 The output is rewritten atomically every ``save_every`` frames. Each labelled frame records
 ``label_method``, ``label_source_sha256`` (of the input file) and ``label_index`` (its index in the
@@ -24,9 +23,58 @@ import numpy as np
 
 from ..files import write_text_atomic
 
-METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
+METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}  # tblite's names; DFT methods are "dft:<xc>/<basis>"
+HARTREE_EV = 27.211386245988
+BOHR_A = 0.529177210903
 
-__all__ = ["METHODS", "file_sha256", "label_frames"]
+__all__ = ["METHODS", "dft_single_point", "file_sha256", "label_frames", "method_name", "xtb_single_point"]
+
+
+def method_name(method: str) -> str:
+    """The display name of a labelling method; ValueError for an unknown one. ``gfn2-xtb`` and
+    ``gfn1-xtb`` run tblite; ``dft:<functional>/<basis>`` (e.g. ``dft:pbe/def2-svp``) runs PySCF."""
+    if method in METHODS:
+        return METHODS[method]
+    if method.startswith("dft:"):
+        functional, _, basis = method[4:].partition("/")
+        if functional and basis:
+            return f"{functional.upper()}/{basis} (PySCF)"
+    raise ValueError(f"method must be one of {sorted(METHODS)} or dft:<functional>/<basis> "
+                     f"(e.g. dft:pbe/def2-svp), got {method!r}")
+
+
+def xtb_single_point(atoms: Any, method: str = "gfn2-xtb", charge: int = 0,
+                     multiplicity: int | None = None) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces [N, 3] (eV/Å) of ``atoms`` from tblite (a fresh calculator, so no SCF
+    guess carries over from another frame); ``CalculationFailed`` when the SCF fails."""
+    from tblite.ase import TBLite
+
+    atoms = atoms.copy()
+    atoms.calc = TBLite(method=METHODS[method], charge=charge, multiplicity=multiplicity, verbosity=0)
+    return float(atoms.get_potential_energy()), np.array(atoms.get_forces())
+
+
+def dft_single_point(z: np.ndarray, positions: np.ndarray, functional: str = "pbe", basis: str = "def2-svp",
+                     charge: int = 0, multiplicity: int = 1, grid_level: int = 3,
+                     density_fit: bool = True) -> tuple[float, np.ndarray]:
+    """Kohn-Sham energy (eV) and analytic forces [N, 3] (eV/Å) of a molecule (``z`` [N], ``positions``
+    [N, 3] in Å) with PySCF: restricted for a singlet, unrestricted otherwise, density fitting,
+    SCF tolerance 1e-10 Eh. RuntimeError when the SCF does not converge."""
+    from pyscf import dft, gto
+
+    molecule = gto.M(atom=[(int(a), tuple(map(float, r))) for a, r in zip(z, positions)], basis=basis,
+                     unit="Angstrom", charge=int(charge), spin=int(multiplicity) - 1, verbose=0)
+    kohn_sham = dft.RKS(molecule) if multiplicity == 1 else dft.UKS(molecule)
+    if density_fit:
+        kohn_sham = kohn_sham.density_fit()
+    kohn_sham.xc = functional
+    kohn_sham.grids.level = grid_level
+    kohn_sham.conv_tol = 1e-10
+    energy = kohn_sham.kernel()
+    if not kohn_sham.converged:
+        raise RuntimeError("the PySCF SCF did not converge")
+    gradient = np.asarray(kohn_sham.nuc_grad_method().kernel())
+    return float(energy) * HARTREE_EV, -gradient * HARTREE_EV / BOHR_A
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -38,12 +86,29 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _require_tblite() -> None:
+def _check_dft_method(atoms: Any, functional: str, basis: str) -> None:
+    """ValueError for a functional or basis set that PySCF does not know (before any frame is labelled,
+    so that a typo does not make every frame fail)."""
+    from pyscf import dft, gto
+
     try:
-        import tblite.ase  # noqa: F401
+        dft.libxc.parse_xc(functional)
+    except (KeyError, ValueError, NotImplementedError) as error:
+        raise ValueError(f"PySCF does not know the functional {functional!r}: {error}") from None
+    try:
+        gto.M(atom=[(int(a), tuple(map(float, r))) for a, r in zip(atoms.numbers, atoms.positions)],
+              basis=basis, unit="Angstrom", spin=None, verbose=0)
+    except (KeyError, ValueError, RuntimeError, OSError) as error:
+        raise ValueError(f"PySCF cannot build basis {basis!r} for these elements: {error}") from None
+
+
+def _require_backend(method: str) -> None:
+    module, extra = ("pyscf", "dft") if method.startswith("dft:") else ("tblite.ase", "corpus")
+    try:
+        __import__(module)
     except ImportError as error:
         raise ImportError(
-            "labelling with xTB needs tblite: pip install 'forcefield-et[corpus]' (or pip install tblite)"
+            f"labelling with {method} needs {module.split('.')[0]}: pip install 'forcefield-et[{extra}]'"
         ) from error
 
 
@@ -90,19 +155,29 @@ def label_frames(
     """Label ``frames`` (ASE Atoms) with ``method``: energy (eV) and forces (eV/Å) of each frame,
     written to the extxyz file ``out`` (resumed when it holds an earlier run of the same labelling).
 
-    ``charge`` (e) and ``multiplicity`` (2S+1; None: the lowest for the electron count) apply to
-    every frame. A frame whose SCF fails is left out and listed in the returned ``failed``. Returns
-    a summary: frames in and labelled, ``failed`` indices, ``resumed_from`` and the output path.
+    ``method``: ``gfn2-xtb``, ``gfn1-xtb`` (tblite) or ``dft:<functional>/<basis>`` (PySCF, molecules
+    only; see :func:`dft_single_point`). ``charge`` (e) and ``multiplicity`` (2S+1; None: the lowest
+    for the electron count with xTB, a singlet with DFT) apply to every frame. A frame whose SCF
+    fails is left out and listed in the returned ``failed``. Returns a summary: frames in and
+    labelled, ``failed`` indices, ``resumed_from`` and the output path.
     """
     from ase.calculators.calculator import CalculationFailed
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    name = method_name(method)
     if save_every < 1:
         raise ValueError(f"save_every must be >= 1, got {save_every}")
-    _require_tblite()
-    from tblite.ase import TBLite
+    if method.startswith("dft:") and any(atoms.pbc.any() for atoms in frames):
+        raise ValueError(f"{method} labels molecules only; the frames include periodic ones (use gfn2-xtb)")
+    _require_backend(method)
+    functional, _, basis = method[4:].partition("/")
+    if method.startswith("dft:") and frames:
+        _check_dft_method(frames[0], functional, basis)
+
+    def single_point(atoms: Any) -> tuple[float, np.ndarray]:
+        if method.startswith("dft:"):
+            return dft_single_point(atoms.numbers, atoms.positions, functional, basis, charge, multiplicity or 1)
+        return xtb_single_point(atoms, method, charge, multiplicity)
 
     out = Path(out)
     done: List[Any] = []
@@ -114,16 +189,13 @@ def label_frames(
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc=f"labelling with {METHODS[method]}", unit="frame", initial=start,
-                       total=len(frames))
+        indices = tqdm(indices, desc=f"labelling with {name}", unit="frame", initial=start, total=len(frames))
     pending = 0
     for index in indices:
-        atoms = frames[index].copy()
-        # a fresh calculator per frame: no SCF guess carried over, so a resumed run labels as an uninterrupted one
-        atoms.calc = TBLite(method=METHODS[method], charge=charge, multiplicity=multiplicity, verbosity=0)
+        # a fresh calculation per frame: no SCF guess carried over, so a resumed run labels as an uninterrupted one
         try:
-            energy, forces = float(atoms.get_potential_energy()), np.array(atoms.get_forces())
-        except CalculationFailed:
+            energy, forces = single_point(frames[index])
+        except (CalculationFailed, RuntimeError):
             failed.append(index)
             continue
         if not (np.isfinite(energy) and np.isfinite(forces).all()):
@@ -140,4 +212,4 @@ def label_frames(
     if pending or not out.exists() or overwrite:
         _write_frames(out, done)
     return {"frames": len(frames), "labelled": len(done), "failed": failed, "resumed_from": start,
-            "method": METHODS[method], "out": str(out)}
+            "method": name, "out": str(out)}

@@ -92,3 +92,35 @@ def test_label_command(tmp_path, capsys):
     assert summary["labelled"] == 2 and summary["method"] == "GFN2-xTB"
     assert main(["label", str(tmp_path / "missing.extxyz"), "--out", str(out)]) == 2
     assert "missing.extxyz" in capsys.readouterr().err
+
+
+def test_dft_labels_are_the_gradient_of_the_dft_energy_and_bad_settings_fail_first(tmp_path):
+    pytest.importorskip("pyscf", reason="DFT labels need PySCF: pip install 'forcefield-et[dft]'")
+    from forcefield_et.data.labelling import dft_single_point
+
+    water = molecule("H2O")
+    water.positions += np.random.default_rng(1).normal(0.0, 0.03, water.positions.shape)
+    energy, forces = dft_single_point(water.numbers, water.positions, "pbe", "def2-svp")
+    assert -2100 < energy < -2000  # eV: PBE water is about -76.3 Hartree
+    # F = -dE/dx in eV/Å: a central difference of the energy along one coordinate
+    step = 1e-3
+    for atom, axis in ((0, 2), (1, 1)):
+        moved = [water.positions.copy(), water.positions.copy()]
+        moved[0][atom, axis] += step
+        moved[1][atom, axis] -= step
+        e_plus, _ = dft_single_point(water.numbers, moved[0], "pbe", "def2-svp")
+        e_minus, _ = dft_single_point(water.numbers, moved[1], "pbe", "def2-svp")
+        assert forces[atom, axis] == pytest.approx(-(e_plus - e_minus) / (2 * step), abs=2e-3)
+    source = tmp_path / "water.extxyz"
+    write(str(source), [water], format="extxyz")
+    out = tmp_path / "labelled.extxyz"
+    summary = label_frames(read(str(source), index=":"), out, file_sha256(source), method="dft:pbe/def2-svp",
+                           progress=False)
+    assert summary["labelled"] == 1 and summary["method"] == "PBE/def2-svp (PySCF)"
+    labelled = read_ase(out)
+    np.testing.assert_allclose(labelled.forces, forces, atol=1e-5)
+    assert labelled.energy[0] == pytest.approx(energy, abs=1e-5)
+    for bad in ("dft:pbe/no-such-basis", "dft:no-such-functional/def2-svp"):
+        with pytest.raises(ValueError, match="PySCF"):
+            label_frames(read(str(source), index=":"), tmp_path / "bad.extxyz", "x", method=bad, progress=False)
+        assert not (tmp_path / "bad.extxyz").exists()
