@@ -20,7 +20,9 @@ Protocol, per molecule:
 4. models: the bundled ``rmd17-<molecule>`` and any ``--model NAME=PATH`` (``{molecule}`` in PATH is
    replaced): force MAE (meV/Å) on the new frames and on all 1000 ``test_01`` frames, and their ratio.
 
-The xTB frames and DFT labels are data made here: they go to ``runs/dft_generalisation/<molecule>.npz``
+A run evaluates the molecules it is given and keeps the others' entries from an earlier run with the
+same settings (each model entry records the SHA-256 of the file evaluated). The xTB frames and DFT
+labels are data made here: they go to ``runs/dft_generalisation/<molecule>.npz``
 (saved after every frame, so a stopped run resumes), never to the repository. Writes
 ``dft_generalisation.json`` and ``dft_generalisation.png`` to ``benchmarks/results/dft_generalisation/``.
 """
@@ -28,6 +30,7 @@ The xTB frames and DFT labels are data made here: they go to ``runs/dft_generali
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -36,9 +39,9 @@ import numpy as np
 import torch
 
 from forcefield_et.data import ConformationSet, read_rmd17
-from forcefield_et.data.labelling import dft_single_point
+from forcefield_et.data.labelling import dft_single_point, file_sha256
 from forcefield_et.evaluation import error_metrics, predict
-from forcefield_et.registry import load_model
+from forcefield_et.registry import load_model, resolve_model_path
 
 from .io import savez_atomic, write_json_atomic
 from .machine import machine_info
@@ -131,7 +134,8 @@ def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_
         with torch.enable_grad():
             new = force_mae_meV_A(model, labels["z"], labels["positions"], labels["forces"])
             on_test = float(error_metrics(test, predict(model, test))["force_mae_meV_A"])
-        result["models"][name] = {"path": path, "new_frames_force_mae_meV_A": new,
+        result["models"][name] = {"path": path, "sha256": file_sha256(resolve_model_path(path)),
+                                  "new_frames_force_mae_meV_A": new,
                                   "test_01_force_mae_meV_A": on_test, "ratio_new_over_test": new / on_test}
         print(f"{molecule} {name}: new frames {new:.1f}, test_01 {on_test:.1f} meV/Å ({new / on_test:.2f}×)",
               flush=True)
@@ -199,16 +203,22 @@ def main(argv: List[str] | None = None) -> None:
         models[name] = path
     if not rmd17_file(args.molecules[0], "test", args.data_root).is_file():
         raise SystemExit(f"benchmarks.dft_generalisation: rMD17 not found under {args.data_root}")
-    results = {}
+    # molecules not evaluated now keep their entries from an earlier run with the same settings
+    previous_path = args.out / "dft_generalisation.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    same = (previous.get("quick") == args.quick and previous.get("grid_level") == args.grid_level
+            and all(r.get("frames") == args.frames for r in previous.get("molecules", {}).values()))
+    results = {m: r for m, r in previous.get("molecules", {}).items() if same and m not in args.molecules}
     for molecule in args.molecules:
         results[molecule] = evaluate_molecule(molecule, models, args.data_root, args.frames, args.check_frames,
                                               args.grid_level, args.work / "quick" if args.quick else args.work,
                                               test_frames)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"protocol": __doc__.split("The xTB frames")[0].strip(), "quick": args.quick,
-               "grid_level": args.grid_level, "molecules": results, "machine": machine_info()}
+    summary = {"protocol": __doc__.split("A run evaluates")[0].strip(), "quick": args.quick,
+               "grid_level": args.grid_level,
+               "molecules": {m: results[m] for m in MOLECULES if m in results}, "machine": machine_info()}
     write_json_atomic(args.out / "dft_generalisation.json", summary)
-    plot(results, args.out / "dft_generalisation.png")
+    plot(summary["molecules"], args.out / "dft_generalisation.png")
 
 
 if __name__ == "__main__":

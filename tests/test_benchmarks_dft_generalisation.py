@@ -44,3 +44,14 @@ def test_quick_run_reproduces_rmd17_labels_and_resumes(tmp_path, capsys):
     np.testing.assert_allclose(resumed["forces"][1], again["forces"][1], atol=1e-6)
     with pytest.raises(ValueError, match="other settings"):
         labelled_frames("ethanol", data_root, 3, 1, 1, work / "quick")
+    # a later run for other molecules keeps this molecule's entry (same settings); a model file that is
+    # missing for a molecule is skipped
+    summary = json.loads((out / "dft_generalisation.json").read_text())
+    assert len(bundled["sha256"]) == 64
+    summary["molecules"]["aspirin"] = {"frames": 2, "models": {}, "reference_check_force_mae_meV_A": 1.0}
+    (out / "dft_generalisation.json").write_text(json.dumps(summary))
+    main(["--quick", "--data-root", str(data_root), "--out", str(out), "--work", str(work),
+          "--model", f"missing={tmp_path}/{{molecule}}.pt"])
+    assert "missing.pt not found; skipped" in capsys.readouterr().out.replace(f"{tmp_path}/ethanol", "missing")
+    kept = json.loads((out / "dft_generalisation.json").read_text())["molecules"]
+    assert set(kept) == {"aspirin", "ethanol"} and set(kept["ethanol"]["models"]) == {"bundled"}

@@ -27,7 +27,7 @@ print(' '.join(m for m in sys.argv[1:] if 'finetune_converged' in
 }
 
 # the converged 1000-frame models of MOLECULES: pretrained-start cells (with and without replay), the export
-# of both starts (tools' --bundle), then 300 ps of MD at 500 K for each model
+# of both starts (tools' --bundle), then 300 ps of MD at 500 K for each model and their errors on new DFT frames
 converged_models() {
     study --molecules "$@" --starts pretrained --sizes 1000 --replay
     study --molecules "$@" --starts pretrained --sizes 1000
@@ -40,4 +40,9 @@ converged_models() {
         --model-path "et-converged-scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt" \
         --out benchmarks/results/md_stability_converged --work runs/md_stability_converged \
         >> runs/md_stability_converged.log 2>&1
+    # both starts' models on new PBE/def2-SVP frames (labels kept in runs/dft_generalisation/)
+    # shellcheck disable=SC2086
+    .venv/bin/python -m benchmarks.dft_generalisation --molecules $ready \
+        --model "converged scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt" \
+        >> runs/dft_generalisation.log 2>&1
 }
