@@ -69,6 +69,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
+from forcefield_et.files import file_sha256
 from forcefield_et.runtime import compile_pays_off
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
@@ -371,11 +372,7 @@ def extension_reached_ps(work_dir: Path, result: Dict[str, Any], timestep_fs: fl
 def file_digest(path: Path | None) -> str | None:
     if path is None or not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 # ---------------------------------------------------------------------------------------- one run

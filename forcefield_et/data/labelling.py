@@ -14,14 +14,13 @@ input or settings is never overwritten silently.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from ..files import write_text_atomic
+from ..files import file_sha256, write_text_atomic
 
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}  # tblite's names; DFT methods are "dft:<xc>/<basis>"
 HARTREE_EV = 27.211386245988
@@ -75,15 +74,6 @@ def dft_single_point(z: np.ndarray, positions: np.ndarray, functional: str = "pb
         raise RuntimeError("the PySCF SCF did not converge")
     gradient = np.asarray(kohn_sham.nuc_grad_method().kernel())
     return float(energy) * HARTREE_EV, -gradient * HARTREE_EV / BOHR_A
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_dft_method(atoms: Any, functional: str, basis: str) -> None:
