@@ -26,7 +26,9 @@ if ! shipped; then
     .venv/bin/python -m benchmarks.model_card --metrics runs/pretrain_mixed/metrics.csv >> runs/after_pretraining.log 2>&1
 fi
 step "committee-driven frame selection against random frames (aspirin, 25 + 25)"
-.venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
+# once: its result file is committed (the committees and MD runs are not)
+[ -f benchmarks/results/selection_demo/selection_demo.json ] ||
+    .venv/bin/python -m benchmarks.selection_demo >> runs/selection_demo.log 2>&1
 # the NVE energy drift of the shipped model, float32 and float64, unless benchmarks/results/nve_drift.json holds it
 if ! .venv/bin/python -c "import hashlib, json, sys
 ran = json.load(open('benchmarks/results/nve_drift.json'))['model_checkpoint']['sha256']
@@ -35,7 +37,8 @@ sys.exit(ran != hashlib.sha256(open('forcefield_et/checkpoints/pretrained.pt', '
     .venv/bin/python -m benchmarks.nve_drift >> runs/after_pretraining.log 2>&1
 fi
 step "the shipped model and the run's snapshots on drug-like molecules in no shared file"
-.venv/bin/python -m benchmarks.fresh_molecules --models pretrained runs/pretrain_cpu_small/best.pt \
+[ -f benchmarks/results/fresh_molecules/fresh_molecules.json ] ||
+    .venv/bin/python -m benchmarks.fresh_molecules --models pretrained runs/pretrain_cpu_small/best.pt \
     runs/pretrain_mixed/snapshots/step_3125.pt \
     runs/pretrain_mixed/snapshots/step_14063.pt runs/pretrain_mixed/snapshots/step_31250.pt \
     runs/pretrain_mixed/snapshots/step_56250.pt >> runs/fresh_molecules.log 2>&1

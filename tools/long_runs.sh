@@ -36,6 +36,9 @@ study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-4
 study --molecules aspirin ethanol --sizes 50 --starts scratch --replay   # replay without pretraining
 study --molecules aspirin ethanol --sizes 50 --starts "$SNAPSHOT" --lr 1e-3
 step "MD warning: the 50-frame driver and the stable reference extended to 100 ps, then watched"
+# the MD-warning studies below run once: their result files are committed (the MD runs are not)
+if [ ! -f benchmarks/results/md_warning/md_warning.json ] || [ ! -f benchmarks/results/md_warning_self/md_warning.json ] \
+    || [ ! -f benchmarks/results/md_warning_ethanol/md_warning.json ]; then
 md() { .venv/bin/python -m benchmarks.md_stability --molecules aspirin --save-every 20 --time-ps 100 \
     --out runs/md_warning/out --work runs/md_warning/work "$@" >> runs/md_warning.log 2>&1; }
 md --models s50 --model-path s50=benchmarks/results/md_warning/drivers/aspirin-50-scratch.pt
@@ -56,6 +59,7 @@ md --molecules ethanol --models et-pretrained-finetuned
 .venv/bin/python -m benchmarks.md_warning --molecule ethanol --train-watcher --runs runs/md_warning/out \
     --work runs/md_warning/work --stable et-pretrained-finetuned --collapsing et-scratch --stride 5 \
     >> runs/md_warning.log 2>&1
+fi
 step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 study --molecules naphthalene salicylic --sizes 50 --starts scratch --replay   # as aspirin and ethanol
