@@ -45,15 +45,16 @@ def test_time_budget_stops_the_run_and_a_larger_budget_resumes_it(tmp_path):
 
 def test_early_stopping_after_patience_validations_without_a_new_best(tmp_path):
     run_dir = tmp_path / "run"
-    # a vanishing learning rate: the validation loss soon stops improving
-    values = tiny_mixed_config(run_dir, max_steps=1000, valid_every=5, checkpoint_every=5, lr=1e-9,
-                               min_lr=1e-9, warmup_steps=1, early_stop_patience=3)
+    # a learning rate below float32 resolution: the weights, and so the validation loss, never change
+    values = tiny_mixed_config(run_dir, max_steps=1000, valid_every=5, checkpoint_every=5, lr=1e-30,
+                               min_lr=1e-30, warmup_steps=1, early_stop_patience=3)
     trainer, _ = train(config_from_dict(values), progress=False)
     assert trainer.stop_reason == "no better valid_loss in 3 validations"
     rows = valid_rows(run_dir)
     losses = [float(r["valid_loss"]) for r in rows]
     best_step = int(rows[losses.index(min(losses))]["step"])
-    assert trainer.step == best_step + 3 * 5 < 1000  # three validations after the last new best
+    assert best_step == 5 and len(set(losses)) == 1
+    assert trainer.step == best_step + 3 * 5  # three validations after the last new best
     assert read_checkpoint(run_dir / "best.pt")["metadata"]["training"]["step"] == best_step
 
 
