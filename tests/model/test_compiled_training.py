@@ -59,17 +59,20 @@ def test_compiled_training_matches_the_eager_double_backward():
         assert max(gradients_agree(grads_c, grads_e).values()) < 1e-4
     # one graph served both batches (other atom and edge counts), no recompilation
     assert counters["stats"]["unique_graphs"] == 1
-    # periodic: a water-like box; forces and stress chain through the strain as in eager
-    z = torch.tensor([8, 1, 1, 8, 1, 1])
-    pos = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
+    # periodic: a water-like box of 6 molecules (18 atoms: inductor specialises the graph on fewer
+    # atoms, which would compile a second one); forces and stress chain through the strain as in eager
+    box = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
                         [2.5, 2.5, 2.5], [3.4, 2.6, 2.5], [2.3, 3.4, 2.6]])
-    cell = 4.5 * torch.eye(3).unsqueeze(0)
-    batch = {"z": z, "pos": pos, "batch": torch.zeros(6, dtype=torch.long), "forces": torch.zeros(6, 3)}
+    pos = torch.cat([box + torch.tensor([4.5 * k, 0.0, 0.0]) for k in range(3)])
+    z = torch.tensor([8, 1, 1] * 6)
+    cell = torch.diag(torch.tensor([13.5, 4.5, 4.5])).unsqueeze(0)
+    batch = {"z": z, "pos": pos, "batch": torch.zeros(18, dtype=torch.long), "forces": torch.zeros(18, 3)}
     out_e, _, grads_e = loss_and_gradients(eager, batch, cell)
     out_c, _, grads_c = loss_and_gradients(compiled, batch, cell)
     assert relative_error(out_c["forces"], out_e["forces"]) < 1e-4
     assert relative_error(out_c["stress"], out_e["stress"]) < 1e-4
     assert max(gradients_agree(grads_c, grads_e).values()) < 1e-4
+    assert counters["stats"]["unique_graphs"] == 1  # the cell, too, is served by the same graph
     # eval mode (inference) never uses the compiled training graph
     compiled.eval()
     assert torch.equal(compiled(z, pos, None, cell)["energy"], eager.eval()(z, pos, None, cell)["energy"])
