@@ -121,9 +121,7 @@ class HeadCommittee(Committee, Potential):
         pos = inputs[0]
         element = self.element_index[z]
         n_atoms = element.shape[0]
-        references = torch.arange(len(self.elements), device=element.device)
-        x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors, False)
-        x, x_isolated = x_all[:n_atoms], x_all[n_atoms:]
+        x, x_isolated = self._atom_features(element, edge_index, edge_vectors)
         atom_energies = torch.stack([head.atom_energies(x, element, x_isolated) for head in self.all_heads()])
         if self.use_zbl:
             atom_energies = atom_energies + self.zbl(element, edge_index, edge_vectors, n_atoms)

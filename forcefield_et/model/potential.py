@@ -226,16 +226,22 @@ class Potential(nn.Module):
                 raise ValueError("Potential: two atoms are at the same position (closer than 0.01 Å)")
         return inputs, edge_vectors, cell
 
-    def _atom_energies(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
-        """Per-atom energies [N] (eV) from element indices [N], edges [2, E] and edge vectors [E, 3] (Å)."""
-        # One isolated (edge-free) atom per supported element rides along in the same pass: its
-        # features define the energy zero of each element (see EnergyHead).
+    def _atom_features(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scalar features of the atoms [N, F] and of one isolated atom per supported element
+        [n_elements, F], from element indices [N], edges [2, E] and edge vectors [E, 3] (Å)."""
+        # The isolated (edge-free) atoms ride along in the same pass: their features define the
+        # energy zero of each element (see EnergyHead).
         n_atoms = element.shape[0]
         references = torch.arange(len(self.elements), device=element.device)
         x_all, _ = self.representation(torch.cat([element, references]), edge_index, edge_vectors, False)
-        energies = self.head.atom_energies(x_all[:n_atoms], element, x_all[n_atoms:])
+        return x_all[:n_atoms], x_all[n_atoms:]
+
+    def _atom_energies(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
+        """Per-atom energies [N] (eV) from element indices [N], edges [2, E] and edge vectors [E, 3] (Å)."""
+        x, x_isolated = self._atom_features(element, edge_index, edge_vectors)
+        energies = self.head.atom_energies(x, element, x_isolated)
         if self.use_zbl:
-            energies = energies + self.zbl(element, edge_index, edge_vectors, n_atoms)
+            energies = energies + self.zbl(element, edge_index, edge_vectors, element.shape[0])
         return energies
 
     @torch.jit.unused
