@@ -84,9 +84,9 @@ if wait_for_shipped; then converged_models naphthalene salicylic; fi
 step "peers: NequIP and MACE at the same CPU budget"
 # their own environments (docs/benchmarks.md, "Environments"), made here on a machine without them
 [ -x /work/peer-venvs/nequip/bin/python ] || { python3 -m venv /work/peer-venvs/nequip &&
-    /work/peer-venvs/nequip/bin/pip install -q "nequip==0.19.*" >> runs/peers.log 2>&1; }
+    /work/peer-venvs/nequip/bin/pip install -q torch==2.13.0 "nequip==0.19.*" >> runs/peers.log 2>&1; }
 [ -x /work/peer-venvs/mace/bin/python ] || { python3 -m venv /work/peer-venvs/mace &&
-    /work/peer-venvs/mace/bin/pip install -q mace-torch >> runs/peers.log 2>&1; }
+    /work/peer-venvs/mace/bin/pip install -q torch==2.13.0 mace-torch >> runs/peers.log 2>&1; }
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
 step "pretraining model size by accuracy per CPU-hour"
 .venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
