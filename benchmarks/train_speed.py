@@ -1,6 +1,8 @@
 """Training throughput: conformations per CPU-second of one fine-tuning step, eager against the
 compiled training step (``optim.compile``, ``forcefield-et finetune --compile``), measured
-interleaved in one run.
+interleaved in one run, with the eager step as it was before the radial basis dropped its
+subnormal float32 tails (``eager, subnormal basis``: ``ExpNormalSmearing.exponent_limit`` set to
+infinity, the formula without the cut; see :mod:`forcefield_et.model.radial`) as the baseline.
 
     python -m benchmarks.train_speed                     # aspirin, batch 8, pretrained start
     python -m benchmarks.train_speed --data-parallel 2   # also: compiled, 2 gloo workers (wall clock)
@@ -99,12 +101,18 @@ def eager_phases(trainer: Trainer, steps: int) -> Dict[str, float]:
     return {name: 1000 * value / steps for name, value in totals.items()}
 
 
+BASELINE = "eager, subnormal basis"
+
+
 def measure(molecule: str, batch_size: int, rounds: int, block: int, warmup: int, data_root: Path,
             model: Dict[str, Any] | None, work_dir: Path) -> Dict[str, Any]:
     trainers = {
+        BASELINE: make_trainer(molecule, batch_size, False, work_dir / "baseline", data_root, model),
         "eager": make_trainer(molecule, batch_size, False, work_dir / "eager", data_root, model),
         "compiled": make_trainer(molecule, batch_size, True, work_dir / "compiled", data_root, model),
     }
+    # the radial basis without its cut at exp(-60): the trainer's function before the cut
+    trainers[BASELINE].model.representation.rbf.exponent_limit = float("inf")
     first_losses = {}
     compile_s = 0.0
     for name, trainer in trainers.items():
@@ -128,11 +136,13 @@ def measure(molecule: str, batch_size: int, rounds: int, block: int, warmup: int
             "ms_per_step": float(1000 * cpu.sum() / (block * len(rows))),
         }
     result["speedup"] = result["compiled"]["conformations_per_cpu_s"] / result["eager"]["conformations_per_cpu_s"]
+    result["speedup_over_baseline"] = (result["compiled"]["conformations_per_cpu_s"]
+                                       / result[BASELINE]["conformations_per_cpu_s"])
     # the first steps run from the same weights on the same batches: their losses must agree
     first = np.array(first_losses["eager"])
-    result["first_step_loss"] = {"eager": first_losses["eager"][0], "compiled": first_losses["compiled"][0]}
+    result["first_step_loss"] = {name: losses[0] for name, losses in first_losses.items()}
     result["first_step_loss_relative_difference"] = float(
-        abs(first_losses["compiled"][0] - first[0]) / abs(first[0])
+        max(abs(losses[0] - first[0]) for losses in first_losses.values()) / abs(first[0])
     )
     result["eager_phases_ms"] = eager_phases(trainers["eager"], max(2, block // 2))
     return result
@@ -239,12 +249,16 @@ def measure_data_parallel(args: argparse.Namespace, work: Path) -> Dict[str, Any
 
 
 def steps_table(result: Dict[str, Any]) -> str:
-    """Markdown table: conformations per CPU-second and ms per step, eager and compiled."""
-    labels = {"eager": "eager (double backward)", "compiled": "compiled (`--compile`, the default of `finetune`)"}
-    lines = ["| training step | conformations per CPU-second | ms per step |", "|---|---|---|"]
+    """Markdown table: conformations per CPU-second, ms per step and the ratio to the baseline, for
+    the baseline (eager, subnormal basis), eager and compiled."""
+    labels = {BASELINE: "eager, radial basis with subnormal tails (before)", "eager": "eager (double backward)",
+              "compiled": "compiled (`--compile`, the default of `finetune`)"}
+    base = result[BASELINE]["conformations_per_cpu_s"]
+    lines = ["| training step | conformations per CPU-second | ms per step | × before |", "|---|---|---|---|"]
     for name, label in labels.items():
         row = result[name]
-        lines.append(f"| {label} | {row['conformations_per_cpu_s']:.1f} | {row['ms_per_step']:.0f} |")
+        lines.append(f"| {label} | {row['conformations_per_cpu_s']:.1f} | {row['ms_per_step']:.0f} "
+                     f"| {row['conformations_per_cpu_s'] / base:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,13 +296,14 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     parallel = result.get("data_parallel")
     fig, axes = plt.subplots(1, 3 if parallel else 2, figsize=(13.5 if parallel else 9, 3.6))
     left, right = axes[0], axes[1]
-    names = ["eager", "compiled"]
+    names = [BASELINE, "eager", "compiled"]
     values = [result[n]["conformations_per_cpu_s"] for n in names]
-    left.bar(names, values, color=["#999999", "#1f77b4"])
+    left.bar(["before", "eager", "compiled"], values, color=["#cccccc", "#999999", "#1f77b4"])
     for x, v in enumerate(values):
         left.text(x, v, f"{v:.1f}", ha="center", va="bottom")
     left.set_ylabel("conformations per CPU-second")
-    left.set_title(f"{result['molecule']}, batch {result['batch_size']}: {result['speedup']:.2f}×")
+    left.set_title(f"{result['molecule']}, batch {result['batch_size']}: "
+                   f"{result['speedup_over_baseline']:.2f}× before")
     phases = result["eager_phases_ms"]
     right.barh(list(phases), list(phases.values()), color="#999999")
     right.set_xlabel("ms per eager step (CPU)")
@@ -349,7 +364,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                                         Path(args.data_root), model, Path(work))
         sweep["load_average_1min_at_end"] = os.getloadavg()[0]
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {**existing, "batch_size_sweep": sweep})
+        write_json_atomic(path, {**existing, "batch_size_sweep": sweep, "batch_size_sweep_machine": machine_info()})
         for row in sweep["rows"]:
             print(f"batch {row['batch_size']}: {row['conformations_per_cpu_s']:.1f} conformations per CPU-second "
                   f"({row['ratio_to_first']:.2f}x batch {sweep['rows'][0]['batch_size']})")
@@ -365,12 +380,22 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     result["machine"] = machine_info()
     result["threads"] = 1
     out = Path(args.out)
+    # measurements this run did not repeat are kept, each with the machine it ran on
+    previous_path = out / "train_speed.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    for key in ("data_parallel", "batch_size_sweep"):
+        if key in previous and key not in result:
+            result[key] = previous[key]
+            result[key + "_machine"] = previous.get(key + "_machine", previous.get("machine"))
+            if key == "data_parallel":
+                result["data_parallel_rounds"] = previous.get("data_parallel_rounds")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "train_speed.json", result)
     plot(result, out / "train_speed.png")
-    print(f"{args.molecule}, batch {args.batch_size}: eager {result['eager']['conformations_per_cpu_s']:.1f}, "
+    print(f"{args.molecule}, batch {args.batch_size}: before {result[BASELINE]['conformations_per_cpu_s']:.1f}, "
+          f"eager {result['eager']['conformations_per_cpu_s']:.1f}, "
           f"compiled {result['compiled']['conformations_per_cpu_s']:.1f} conformations per CPU-second "
-          f"({result['speedup']:.2f}x; first-step losses differ by "
+          f"({result['speedup_over_baseline']:.2f}x before; first-step losses differ by "
           f"{result['first_step_loss_relative_difference']:.1e})")
     for name, row in result.get("data_parallel", {}).items():
         print(f"  {name}: {row['conformations_per_wall_s']:.1f} conformations per wall-second "

@@ -17,9 +17,11 @@ def test_quick_train_speed_measures_both_trainers_on_the_same_batches(tmp_path):
     result = speed_main(["--quick", "--data-root", str(data_root), "--out", str(tmp_path)])
     stored = json.loads((tmp_path / "train_speed.json").read_text())
     assert stored["speedup"] == pytest.approx(result["speedup"])
-    for name in ("eager", "compiled"):
+    for name in ("eager, subnormal basis", "eager", "compiled"):
         assert stored[name]["conformations_per_cpu_s"] > 0
         assert len(stored[name]["conformations_per_cpu_s_per_block"]) == 2
+    assert stored["speedup_over_baseline"] > 0 and set(stored["first_step_loss"]) == {
+        "eager, subnormal basis", "eager", "compiled"}
     # the first step of both trainers: same weights, same batch, the same loss to float32 rounding
     assert stored["first_step_loss_relative_difference"] < 1e-4
     assert set(stored["eager_phases_ms"]) == {"data", "forward + force backward", "parameter backward",
