@@ -24,7 +24,9 @@ if [ "${1:-}" != "--queue" ]; then
     first=$!
     setsid nohup bash "$0" --queue >> runs/queue.log 2>&1 &
     echo "queue: process group $!"
-    # each job is its own scheduling group (autogroup): ahead of interactive work (root only)
+    # each job is its own scheduling group (autogroup): ahead of interactive work (root only), once
+    # setsid has made the group
+    sleep 1
     for pid in "$first" "$!"; do echo -5 > "/proc/$pid/autogroup" 2>/dev/null || true; done
     exit 0
 fi
