@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -72,6 +71,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+
+from forcefield_et.files import file_sha256
 
 from .io import write_json_atomic, write_text_atomic
 from .paths import DATA_ROOT
@@ -240,14 +241,6 @@ def _bin(python: str, name: str) -> str:
 def _peer_env(threads: int = 1) -> Dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
             "PYTHONPATH": str(REPO)}
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ ET
@@ -624,7 +617,7 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
             try:
                 loaded = worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"],
                                      device=args.device)
-                digest = _digest(Path(entry["model_path"]))
+                digest = file_sha256(entry["model_path"])
                 cache = eval_dir / f"{name}.test.json"
                 stored = json.loads(cache.read_text()) if cache.is_file() else {}
                 if stored.get("sha256") != digest or stored.get("frames") != args.test_frames:
@@ -663,7 +656,7 @@ def interleaved_speed(workers: Dict[str, WorkerProcess], trained: Dict[str, Dict
                       args: argparse.Namespace, eval_dir: Path) -> Dict[str, Any]:
     """Rounds over the models (each in its own worker, one at a time): ms per energy+forces call on
     aspirin and MD steps/s at 1 thread; cached for the same set of model files."""
-    key = {name: _digest(Path(entry["model_path"])) for name, entry in trained.items()}
+    key = {name: file_sha256(entry["model_path"]) for name, entry in trained.items()}
     rounds, n_calls, min_calls, call_budget_s, warmup, md_steps, md_budget_s = (
         (1, 5, 3, 0.5, 2, 5, 2.0) if args.quick else (3, 30, 10, 1.5, 10, 34, 20.0))
     settings = {"rounds": rounds, "calls": n_calls, "min_calls": min_calls, "call_budget_s": call_budget_s,
