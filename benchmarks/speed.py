@@ -19,6 +19,11 @@ forces in one call) unless CUDA is available, in which case a CUDA section is ad
    - ``torchmd-net-et``: TorchMD-Net's ``equivariant-transformer`` at the same hyperparameters
      (128 / 6 layers / 8 heads / 32 expnorm RBF / 5 A / neighbour embedding / SiLU), RANDOM weights,
      written as a checkpoint and loaded by TorchMD-Net's own ASE calculator ``TMDNETCalculator``;
+   - ``torchmd-net-et-ftz``: the same TorchMD-Net network with ``torch.set_flush_denormal(True)``
+     around each of its calls (and only those). Its expnorm radial basis holds subnormal float32
+     values, which some CPUs multiply far more slowly than normal ones; forcefield_et's basis sets
+     them to zero (``forcefield_et.model.radial``). This row shows how much of the gap to
+     ``torchmd-net-et`` is that penalty and how much the network itself;
    - ``nequip``: NequIP at MDsim's MD17 size (benchmarks/prepare.py ``NEQUIP_MDSIM``: r_max 4 A,
      5 layers, l_max 3, 32 features, float32), UNTRAINED: ``nequip-train`` runs a single optimiser
      step on 5 rMD17 aspirin frames only to produce a checkpoint, ``nequip-compile --mode
@@ -71,7 +76,7 @@ from .paths import water_dir  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache" / "speed"
 WATER_DIR = water_dir()
-ALL_MODELS = ("et", "et-compiled", "et-bundled", "torchmd-net-et", "nequip")
+ALL_MODELS = ("et", "et-compiled", "et-bundled", "torchmd-net-et", "torchmd-net-et-ftz", "nequip")
 WEIGHTS_NOTE = (
     "et and torchmd-net-et have random weights and nequip is untrained (one optimiser step); only "
     "et-bundled is a trained model. Speed does not depend on the weight values."
@@ -238,6 +243,32 @@ def build_torchmd_net_et(device: str = "cpu", max_num_neighbors: int = 64) -> Mo
     return Model("torchmd-net-et", calc, info, atoms_info={"charge": 0})
 
 
+def flush_denormals_during_calls(calc: Any) -> Any:
+    """Make an ASE calculator's ``calculate`` run with ``torch.set_flush_denormal(True)``, restoring
+    the flag afterwards (also on error), so that no other model in the process is affected."""
+    calculate = calc.calculate
+
+    def calculate_flushing_denormals(*args: Any, **kwargs: Any) -> Any:
+        torch.set_flush_denormal(True)
+        try:
+            return calculate(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    calc.calculate = calculate_flushing_denormals
+    return calc
+
+
+def build_torchmd_net_et_ftz(device: str = "cpu") -> Model:
+    """``torchmd-net-et`` with subnormal floats flushed to zero during its calls only (the flag is
+    process-wide, so it is switched on before and restored after each call of this model)."""
+    model = build_torchmd_net_et(device)
+    flush_denormals_during_calls(model.calc)
+    model.info["description"] += ", subnormal floats flushed to zero during its calls"
+    model.info["flush_denormal"] = True
+    return Model("torchmd-net-et-ftz", model.calc, model.info, atoms_info=model.atoms_info)
+
+
 def nequip_model_path(cache: Path = CACHE_DIR, threads: int = 1) -> Path:
     """Build (or reuse) an untrained MDsim-size NequIP model compiled to TorchScript, with
     benchmarks/prepare.py's config generator and nequip's own nequip-train / nequip-compile."""
@@ -301,7 +332,8 @@ def build_nequip(device: str = "cpu") -> Model:
 
 BUILDERS: Dict[str, Callable[..., Model]] = {
     "et": build_et, "et-compiled": build_et_compiled, "et-bundled": build_et_bundled,
-    "torchmd-net-et": build_torchmd_net_et, "nequip": build_nequip,
+    "torchmd-net-et": build_torchmd_net_et, "torchmd-net-et-ftz": build_torchmd_net_et_ftz,
+    "nequip": build_nequip,
 }
 
 
@@ -715,7 +747,7 @@ def main(argv: List[str] | None = None) -> int:
         "omp_wait_policy_set_before_torch_loaded": OMP_WAIT_POLICY_SET_BEFORE_TORCH,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "trained_weights": {"et": False, "et-compiled": False, "et-bundled": True, "torchmd-net-et": False,
-                            "nequip": False},
+                            "torchmd-net-et-ftz": False, "nequip": False},
     }
     names = list(dict.fromkeys(args.models))
     models, infos = build_models(names, "cpu")
