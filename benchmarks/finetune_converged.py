@@ -46,6 +46,7 @@ from forcefield_et.training.curves import read_validation_rows
 
 from .finetune_study import _pretrained_architecture, start_label
 from .io import finished_runs, write_json_atomic, write_report
+from .machine import machine_info
 from .paths import DATA_ROOT, REPO, rmd17_file
 
 RUNS_DIR = REPO / "runs" / "finetune_converged"
@@ -189,6 +190,9 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "test_frames": len(test),
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
+        # the machine that finished the cell; a resumed run's earlier stretches may have run on another,
+        # and a CPU-hour buys a different number of steps on each ("curve" records both)
+        "machine": machine_info(),
         "valid_force_mae_meV_A": validation.get(f"{molecule}/force_mae_meV_A"),
         "valid_energy_mae_meV": validation.get(f"{molecule}/energy_mae_meV"),
         "curve": [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from benchmarks.finetune_converged import LEARNING_RATE, QUICK_BUDGET_S, Variant, cell_name, recipe_config, value_at
 from benchmarks.finetune_converged import main as converged_main
 from tests.conftest import shared_path
@@ -18,6 +20,7 @@ def test_quick_converged_study_stops_on_its_budget_and_reports(tmp_path):
     assert result["stop_reason"].startswith("time budget") and result["cpu_hours"] >= QUICK_BUDGET_S / 3600
     assert result["n_train"] == 50 and result["test_frames"] == 50 and result["test_force_mae_meV_A"] > 0
     assert result["curve"] and all(p["test_force_mae_meV_A"] > 0 for p in result["curve"])
+    assert result["machine"]["cpu"] and result["machine"]["torch"] == torch.__version__  # what a CPU-hour bought
     run_dir = runs / "ethanol-50-scratch"
     assert (run_dir / "best.pt").is_file() and not (run_dir / "last.pt").exists()  # no optimiser state kept
     assert (run_dir / "learning_curve.csv").is_file()
