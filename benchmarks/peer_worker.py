@@ -36,15 +36,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MARKER = "@@peer@@ "
 
 
-def make_calculator(kind: str, path: str, device: str = "cpu"):
-    """An ASE calculator for a trained model file, through md_stability's loader."""
+def make_calculator(kind: str, path: str, device: str = "cpu", compile: bool = False):
+    """An ASE calculator for a trained model file, through md_stability's loader (``compile``: the ET's
+    compiled energy and forces, as its long MD runs use them; other kinds ignore it)."""
     import torch
 
     from .md_stability import ModelSpec, Protocol
     from .md_stability import make_calculator as _make
 
     default_dtype = torch.get_default_dtype()
-    calc = _make(ModelSpec(Path(path).stem, kind, Path(path), ""), Protocol(device=device))
+    calc = _make(ModelSpec(Path(path).stem, kind, Path(path), ""), Protocol(device=device, compile=compile))
     torch.set_default_dtype(default_dtype)  # nequip sets float64 globally when it loads a model
     return calc
 
@@ -87,12 +88,13 @@ class Worker:
         self.name = ""
         self.speed_state: Dict[str, Any] | None = None
 
-    def load(self, name: str, kind: str, path: str, threads: int = 1, device: str = "cpu") -> Dict[str, Any]:
+    def load(self, name: str, kind: str, path: str, threads: int = 1, device: str = "cpu",
+             compile: bool = False) -> Dict[str, Any]:
         import torch
 
         torch.set_num_threads(threads)
         start = time.perf_counter()
-        self.calc, self.name, self.kind, self.path = make_calculator(kind, path, device), name, kind, path
+        self.calc, self.name, self.kind, self.path = make_calculator(kind, path, device, compile), name, kind, path
         versions = {"torch": torch.__version__}
         for package in ("nequip", "mace-torch", "ase", "e3nn"):
             try:

@@ -41,7 +41,9 @@ the machine slows a run without shortening it.
 Evaluation (each model in its own Python, benchmarks/peer_worker.py, with the same code):
 test energy and force MAE on the 1000 ``test_01`` frames (one ASE call per frame); ms per energy +
 forces call and velocity-Verlet MD steps/s on aspirin at 1 thread, measured interleaved (rounds over
-the models, one worker process per model, only one running at a time); and MD stability under the
+the models, one worker process per model, only one running at a time; the ET through its compiled
+energy and forces, as ``forcefield-et md`` and the MD runs below use it, except with --quick); and
+MD stability under the
 MDsim protocol (benchmarks/md_stability.py: 500 K Nose-Hoover from test frame 0, 0.5 fs, collapse
 at a bond deviation > 0.5 Å, h(r) MAE against the test frames) for ``--md-time-ps`` (300) or
 ``--md-budget`` (1 CPU-hour) per model, whichever comes first.
@@ -616,7 +618,7 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
             worker = WorkerProcess(name, pythons[entry["kind"]], eval_dir / f"{name}.log")
             try:
                 loaded = worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"],
-                                     device=args.device)
+                                     device=args.device, compile=compiled_et(entry, args))
                 digest = file_sha256(entry["model_path"])
                 cache = eval_dir / f"{name}.test.json"
                 stored = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -631,7 +633,7 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
                 continue
             workers[name] = worker
             out["models"][name] = {"model_sha256": digest, "versions": loaded["versions"], "python": loaded["python"],
-                                   "test": stored["test"]}
+                                   "compiled": compiled_et(entry, args), "test": stored["test"]}
             log(f"{name}: test force MAE {stored['test']['force_mae_meV_A']:.2f} meV/Å, energy MAE "
                 f"{stored['test']['energy_mae_meV']:.2f} meV ({stored['test']['frames']} frames)")
         out["speed"] = interleaved_speed(workers, {n: trained[n] for n in workers}, args, eval_dir)
@@ -652,6 +654,12 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
     return out
 
 
+def compiled_et(entry: Dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether the ET is evaluated through its compiled energy and forces: as its long MD runs (and
+    ``forcefield-et md``) run it; not for --quick, where the compilation would outlast the work."""
+    return entry["kind"] == "et" and not args.quick
+
+
 def interleaved_speed(workers: Dict[str, WorkerProcess], trained: Dict[str, Dict[str, Any]],
                       args: argparse.Namespace, eval_dir: Path) -> Dict[str, Any]:
     """Rounds over the models (each in its own worker, one at a time): ms per energy+forces call on
@@ -660,7 +668,8 @@ def interleaved_speed(workers: Dict[str, WorkerProcess], trained: Dict[str, Dict
     rounds, n_calls, min_calls, call_budget_s, warmup, md_steps, md_budget_s = (
         (1, 5, 3, 0.5, 2, 5, 2.0) if args.quick else (3, 30, 10, 1.5, 10, 34, 20.0))
     settings = {"rounds": rounds, "calls": n_calls, "min_calls": min_calls, "call_budget_s": call_budget_s,
-                "warmup_calls": warmup, "md_steps_per_round": md_steps, "md_budget_s_per_round": md_budget_s}
+                "warmup_calls": warmup, "md_steps_per_round": md_steps, "md_budget_s_per_round": md_budget_s,
+                "compiled": sorted(name for name, entry in trained.items() if compiled_et(entry, args))}
     cache = eval_dir / "speed.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())

@@ -204,3 +204,18 @@ def test_quick_mdsim_full_protocol_at_a_tiny_size(tmp_path):
     assert summary["trained"]["et-scratch"]["steps"] == 30
     if "nequip-mdsim" in models:
         assert summary["trained"]["nequip-mdsim"]["stop_reason"].startswith("trainer finished")
+
+
+def test_the_et_is_evaluated_compiled_as_its_md_runs_it():
+    import argparse
+
+    from benchmarks.peer_worker import make_calculator
+    from forcefield_et.registry import BUNDLED_DIR
+
+    full, quick = argparse.Namespace(quick=False), argparse.Namespace(quick=True)
+    assert peers.compiled_et({"kind": "et"}, full)
+    assert not peers.compiled_et({"kind": "et"}, quick)  # the tiny --quick models stay eager
+    assert not peers.compiled_et({"kind": "nequip"}, full) and not peers.compiled_et({"kind": "mace"}, full)
+    path = str(BUNDLED_DIR / "pretrained.pt")
+    assert make_calculator("et", path, compile=True).engine.compiled
+    assert not make_calculator("et", path).engine.compiled
