@@ -110,4 +110,7 @@ def test_summary_and_gains_show_the_cells_chosen_on_validation():
     # scratch: the recipe validates better (its test error is higher: test errors never choose)
     assert "| 70.0 | 52.0 (replay) | 43.9 |" in row
     gains = next(line for line in table(results).splitlines() if line.startswith("| aspirin | 50 | 1.25×"))
-    assert gains.endswith("| recipe / replay | 1.35× |")
+    assert gains.endswith("| recipe / replay | 1.35× at 0.50 CPU-h | 1.35× |")
+    # without the recipe's pretrained cell, the chosen cells still get their row
+    gains = next(line for line in table(results[:2] + results[3:]).splitlines() if "| recipe / replay |" in line)
+    assert gains == "| aspirin | 50 | – | – | recipe / replay | 1.35× at 0.50 CPU-h | 1.35× |"
