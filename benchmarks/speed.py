@@ -244,8 +244,9 @@ def build_torchmd_net_et(device: str = "cpu", max_num_neighbors: int = 64) -> Mo
 
 
 def flush_denormals_during_calls(calc: Any) -> Any:
-    """Make an ASE calculator's ``calculate`` run with ``torch.set_flush_denormal(True)``, restoring
-    the flag afterwards (also on error), so that no other model in the process is affected."""
+    """Make an ASE calculator's ``calculate`` run with ``torch.set_flush_denormal(True)`` and switch
+    it off again afterwards (also on error), so that no other model in the process is affected (torch
+    offers no getter: the process is assumed to run with the flag off, its default)."""
     calculate = calc.calculate
 
     def calculate_flushing_denormals(*args: Any, **kwargs: Any) -> Any:
