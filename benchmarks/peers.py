@@ -43,10 +43,9 @@ test energy and force MAE on the 1000 ``test_01`` frames (one ASE call per frame
 forces call and velocity-Verlet MD steps/s on aspirin at 1 thread, measured interleaved (rounds over
 the models, one worker process per model, only one running at a time; the ET through its compiled
 energy and forces, as ``forcefield-et md`` and the MD runs below use it, except with --quick); and
-MD stability under the
-MDsim protocol (benchmarks/md_stability.py: 500 K Nose-Hoover from test frame 0, 0.5 fs, collapse
-at a bond deviation > 0.5 Å, h(r) MAE against the test frames) for ``--md-time-ps`` (300) or
-``--md-budget`` (1 CPU-hour) per model, whichever comes first.
+MD stability under the MDsim protocol (benchmarks/md_stability.py: 500 K Nose-Hoover from test
+frame 0, 0.5 fs, collapse at a bond deviation > 0.5 Å, h(r) MAE against the test frames) for
+``--md-time-ps`` (300) or ``--md-budget`` (1 CPU-hour) per model, whichever comes first.
 
 Everything resumable lives under ``runs/peers/`` (ignored); results go to
 ``benchmarks/results/peers/``: ``peers.json``, ``peers.md``, ``training_curves.png`` and
