@@ -87,12 +87,19 @@ for cell in naphthalene-50-pretrained-replay-lr0.001 salicylic-50-pretrained-rep
     fi
 done
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
-step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the result is kept aside and compared)"
+step "converged fine-tuning: ethanol-1000-scratch again, for its weights"
+# the first run's weights are not kept; the rerun trains in runs/rerun/ and, once finished, replaces the
+# committed result and brings its weights, so that result and weights always belong together
 if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
-    mkdir -p runs/finetune_converged/rebuild
-    mv benchmarks/results/finetune_converged/runs/ethanol-1000-scratch/result.json \
-        runs/finetune_converged/rebuild/ethanol-1000-scratch.result.json 2>/dev/null
-    study --molecules ethanol --sizes 1000 --starts scratch
+    rerun --molecules ethanol --sizes 1000 --starts scratch
+    cell=ethanol-1000-scratch
+    if [ -f "runs/rerun/results/runs/$cell/result.json" ]; then
+        mkdir -p "runs/rerun/first/$cell" "runs/finetune_converged/$cell"
+        cp "benchmarks/results/finetune_converged/runs/$cell/result.json" "runs/rerun/first/$cell/"
+        cp "runs/rerun/results/runs/$cell/result.json" "benchmarks/results/finetune_converged/runs/$cell/"
+        cp runs/rerun/$cell/{best.pt,config.yaml,metrics.csv,learning_curve.csv} "runs/finetune_converged/$cell/"
+        .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
+    fi
 fi
 step "converged 1000-frame models of naphthalene and salicylic acid (once the pretrained model is shipped)"
 if wait_for_shipped; then converged_models naphthalene salicylic; fi
