@@ -78,13 +78,16 @@ step "converged fine-tuning: the 50-frame cells that ran before the radial-basis
 # their first runs bought about a third of the steps from the same CPU budget. The reruns live in
 # runs/rerun/ until they finish; then their results replace the first ones (kept in runs/rerun/first/).
 rerun() { study --runs runs/rerun --out runs/rerun/results "$@"; }
+# CELL's finished rerun replaces its committed result (the first one is kept); fails if there is nothing new
+adopt_rerun() {
+    local new=runs/rerun/results/runs/$1/result.json committed=benchmarks/results/finetune_converged/runs/$1/result.json
+    [ -f "$new" ] && ! cmp -s "$new" "$committed" || return 1
+    mkdir -p "runs/rerun/first/$1" && cp "$committed" "runs/rerun/first/$1/" && cp "$new" "$committed"
+}
 rerun --molecules naphthalene salicylic --sizes 50 --starts pretrained --replay --lr 1e-3
 rerun --molecules salicylic --sizes 50 --starts scratch
 for cell in naphthalene-50-pretrained-replay-lr0.001 salicylic-50-pretrained-replay-lr0.001 salicylic-50-scratch; do
-    new=runs/rerun/results/runs/$cell/result.json committed=benchmarks/results/finetune_converged/runs/$cell/result.json
-    if [ -f "$new" ] && ! cmp -s "$new" "$committed"; then
-        mkdir -p "runs/rerun/first/$cell" && cp "$committed" "runs/rerun/first/$cell/" && cp "$new" "$committed"
-    fi
+    adopt_rerun "$cell"
 done
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
 step "converged fine-tuning: ethanol-1000-scratch again, for its weights"
@@ -93,10 +96,8 @@ step "converged fine-tuning: ethanol-1000-scratch again, for its weights"
 if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
     rerun --molecules ethanol --sizes 1000 --starts scratch
     cell=ethanol-1000-scratch
-    if [ -f "runs/rerun/results/runs/$cell/result.json" ]; then
-        mkdir -p "runs/rerun/first/$cell" "runs/finetune_converged/$cell"
-        cp "benchmarks/results/finetune_converged/runs/$cell/result.json" "runs/rerun/first/$cell/"
-        cp "runs/rerun/results/runs/$cell/result.json" "benchmarks/results/finetune_converged/runs/$cell/"
+    if adopt_rerun "$cell"; then
+        mkdir -p "runs/finetune_converged/$cell"
         cp runs/rerun/$cell/{best.pt,config.yaml,metrics.csv,learning_curve.csv} "runs/finetune_converged/$cell/"
         .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
     fi
