@@ -6,8 +6,8 @@
 # of pretraining frames, which lowered the 50-frame validation error from the 0.45 M-conformation
 # snapshot), then the 1000-frame cells of aspirin and ethanol, their export (the cell with the lowest
 # validation error becomes the bundled rmd17-<molecule>, ZBL prior on: it is zero on every training
-# frame) and the 300 ps MD-stability runs of both starts' models, then the pretraining-scaling curve.
-# tools/long_runs.sh does the same for naphthalene and salicylic acid on the other core. Every step
+# frame) and the 300 ps MD-stability runs of both starts' models, then the same for naphthalene and
+# salicylic acid (with the replay variant that validation chose on aspirin and ethanol). Every step
 # resumes or skips what has finished.
 # tools/long_runs.sh starts it after the pretraining on the same core; by hand:
 #   bash tools/after_pretraining.sh    (logs in runs/*.log)
@@ -48,6 +48,6 @@ study --starts pretrained --sizes 50 --replay
 study --starts pretrained --sizes 50 --replay --lr 1e-3   # both lowered the snapshot's validation error
 step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"
 converged_models aspirin ethanol
-step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
-.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
+step "converged 1000-frame models of naphthalene and salicylic acid: the variant aspirin and ethanol chose"
+converged_models naphthalene salicylic
 step "after pretraining: done"

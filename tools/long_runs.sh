@@ -74,9 +74,8 @@ step "converged fine-tuning, scratch cells"
 study --starts scratch --sizes 1000 50
 study --molecules naphthalene salicylic --sizes 50 --starts scratch --replay   # as aspirin and ethanol
 study --sizes 50 --starts scratch --replay --lr 1e-3   # the variant the pretrained start gets too
-step "converged fine-tuning: the 50-frame cells that ran before the radial-basis cut, again at full speed"
-# their first runs bought about a third of the steps from the same CPU budget. The reruns live in
-# runs/rerun/ until they finish; then their results replace the first ones (kept in runs/rerun/first/).
+# the reruns live in runs/rerun/ until they finish; then their results replace the first ones (kept in
+# runs/rerun/first/), so that the docs never cite a half-trained cell
 rerun() { study --runs runs/rerun --out runs/rerun/results "$@"; }
 # CELL's finished rerun replaces its committed result (the first one is kept); fails if there is nothing new
 adopt_rerun() {
@@ -84,13 +83,7 @@ adopt_rerun() {
     [ -f "$new" ] && ! cmp -s "$new" "$committed" || return 1
     mkdir -p "runs/rerun/first/$1" && cp "$committed" "runs/rerun/first/$1/" && cp "$new" "$committed"
 }
-rerun --molecules naphthalene salicylic --sizes 50 --starts pretrained --replay --lr 1e-3
-rerun --molecules salicylic --sizes 50 --starts scratch
-for cell in naphthalene-50-pretrained-replay-lr0.001 salicylic-50-pretrained-replay-lr0.001 salicylic-50-scratch; do
-    adopt_rerun "$cell"
-done
-.venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
-step "converged fine-tuning: ethanol-1000-scratch again, for its weights"
+step "converged fine-tuning: ethanol-1000-scratch again, for its weights (the 300 ps MD of the scratch start needs them)"
 # the first run's weights are not kept; the rerun trains in runs/rerun/ and, once finished, replaces the
 # committed result and brings its weights, so that result and weights always belong together
 if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
@@ -102,8 +95,19 @@ if [ ! -f runs/finetune_converged/ethanol-1000-scratch/best.pt ]; then
         .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
     fi
 fi
-step "converged 1000-frame models of naphthalene and salicylic acid (once the pretrained model is shipped)"
-if wait_for_shipped; then converged_models naphthalene salicylic; fi
+step "converged fine-tuning: the 50-frame cells that ran before the radial-basis cut, again at full speed"
+# their first runs bought about a third of the steps from the same CPU budget
+rerun --molecules naphthalene salicylic --sizes 50 --starts pretrained --replay --lr 1e-3
+rerun --molecules salicylic --sizes 50 --starts scratch
+for cell in naphthalene-50-pretrained-replay-lr0.001 salicylic-50-pretrained-replay-lr0.001 salicylic-50-scratch; do
+    adopt_rerun "$cell"
+done
+.venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
+step "pretraining model size by accuracy per CPU-hour"
+.venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
+step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
+.venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
+.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "peers: NequIP and MACE at the same CPU budget"
 # their own environments (docs/benchmarks.md, "Environments"), made here on a machine without them
 [ -x /work/peer-venvs/nequip/bin/python ] || { python3 -m venv /work/peer-venvs/nequip &&
@@ -111,6 +115,4 @@ step "peers: NequIP and MACE at the same CPU budget"
 [ -x /work/peer-venvs/mace/bin/python ] || { python3 -m venv /work/peer-venvs/mace &&
     /work/peer-venvs/mace/bin/pip install -q torch==2.13.0 mace-torch >> runs/peers.log 2>&1; }
 .venv/bin/python -m benchmarks.peers --models nequip-mdsim mace nequip-matched >> runs/peers.log 2>&1
-step "pretraining model size by accuracy per CPU-hour"
-.venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1
 step "queue done"

@@ -26,14 +26,37 @@ print(' '.join(m for m in sys.argv[1:] if 'finetune_converged' in
       (read_checkpoint(BUNDLED_DIR / f'rmd17-{m}.pt')['metadata'].get('description') or '')))" "$@"
 }
 
-# the converged 1000-frame models of MOLECULES: pretrained-start cells (with and without replay), the export
-# of both starts (tools' --bundle), then 300 ps of MD at 500 K for each model and their errors on new DFT frames
+# the pretrained-start 1000-frame variants ("replay", "plain") to train for MOLECULES: both for aspirin and
+# ethanol, which decide; for any other molecule the one validation chose on both of them, once both have
+# finished both cells and agree (both otherwise)
+pretrained_variants() {
+    .venv/bin/python -c "import sys
+from benchmarks.finetune_converged import RESULTS_DIR, chosen_cell, finished
+results, chosen = finished(RESULTS_DIR), set()
+for reference in ('aspirin', 'ethanol'):
+    cells = {r['cell'] for r in results}
+    if reference in sys.argv[1:] or not {f'{reference}-1000-pretrained', f'{reference}-1000-pretrained-replay'} <= cells:
+        sys.exit(print('replay plain'))
+    chosen.add('replay' if chosen_cell(results, reference, 'pretrained').get('replay') else 'plain')
+print(chosen.pop() if len(chosen) == 1 else 'replay plain')" "$@"
+}
+
+# the converged 1000-frame models of MOLECULES: pretrained-start cells (pretrained_variants), the export of
+# both starts (tools' --bundle), then, for each molecule with both models exported, 300 ps of MD at 500 K for
+# each model and their errors on new DFT frames
 converged_models() {
-    study --molecules "$@" --starts pretrained --sizes 1000 --replay
-    study --molecules "$@" --starts pretrained --sizes 1000
+    local variant molecule ready=""
+    for variant in $(pretrained_variants "$@"); do
+        if [ "$variant" = replay ]; then
+            study --molecules "$@" --starts pretrained --sizes 1000 --replay
+        else
+            study --molecules "$@" --starts pretrained --sizes 1000
+        fi
+    done
     .venv/bin/python -m benchmarks.finetune_converged --bundle --zbl 0.75 --molecules "$@" >> runs/finetune_converged.log 2>&1
-    local ready
-    ready=$(converged_molecules "$@")
+    for molecule in $(converged_molecules "$@"); do
+        [ -f "runs/finetune_converged/exported/rmd17-$molecule-scratch.pt" ] && ready="$ready $molecule"
+    done
     [ -n "$ready" ] || return 0
     # shellcheck disable=SC2086  # one word per molecule
     .venv/bin/python -m benchmarks.md_stability --molecules $ready --models et-pretrained-finetuned et-converged-scratch \
