@@ -19,9 +19,10 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 ``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
-Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``) run as cells of their
-own (``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``) and are reported against the
-unchanged cell with the same start, validation error first: a variant is kept where it lowers the validation error.
+Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``) run as
+cells of their own (``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``)
+and are reported against the unchanged cell with the same start, validation error first: a variant is kept
+where it lowers the validation error.
 
 Runs live in ``runs/finetune_converged/<molecule>-<N>-<start>/`` and resume from their last
 checkpoint; a finished run keeps ``best.pt``, ``metrics.csv``, ``learning_curve.csv`` and
@@ -66,13 +67,16 @@ PUBLISHED_1000 = {  # force MAE, meV/Å, rMD17 with 1000 training frames (MACE p
 
 
 LEARNING_RATE = 5e-4  # the recipe's peak learning rate
+PLATEAU_PATIENCE = 3  # validations without improvement before the recipe halves the learning rate
+EARLY_STOP_AFTER_PLATEAU = 7  # early stopping waits this many validations longer than the halving
 
 
 def recipe(n_train: int) -> Dict[str, Any]:
     """The optimiser settings of the protocol for ``n_train`` requested frames."""
     return {
         "batch_size": 8, "max_steps": 10**8, "lr": LEARNING_RATE, "min_lr": 1e-6, "warmup_steps": 100,
-        "schedule": "plateau", "plateau_factor": 0.5, "plateau_patience": 3, "early_stop_patience": 10,
+        "schedule": "plateau", "plateau_factor": 0.5, "plateau_patience": PLATEAU_PATIENCE,
+        "early_stop_patience": PLATEAU_PATIENCE + EARLY_STOP_AFTER_PLATEAU,
         "ema_decay": 0.99, "valid_every": 250 if n_train >= 500 else 100, "checkpoint_every": 250,
         "log_every": 50, "threads": 1, "compile": True,
         "time_budget_s": 3600 * BUDGET_HOURS.get(n_train, 2.0),
@@ -91,12 +95,15 @@ FORCE_WEIGHT = 10.0  # the recipe's force-loss weight (per-atom energy MSE weigh
 @dataclass(frozen=True)
 class Variant:
     """A change to the recipe, tried against the cell without it: replaying pretraining frames, the
-    ZBL prior, another force-loss weight, or another peak learning rate."""
+    ZBL prior, another force-loss weight, another peak learning rate, or a more patient schedule
+    (``patience`` validations without improvement before the learning rate is halved; early stopping
+    waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer)."""
 
     replay: bool = False
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
     force_weight: float = FORCE_WEIGHT
     lr: float = LEARNING_RATE
+    patience: int = PLATEAU_PATIENCE
 
     @property
     def labels(self) -> List[str]:
@@ -104,6 +111,7 @@ class Variant:
         labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
         labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
+        labels += [f"plateau patience {self.patience}"] if self.patience != PLATEAU_PATIENCE else []
         return labels
 
     @property
@@ -111,12 +119,14 @@ class Variant:
         suffix = "-replay" if self.replay else ""
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
-        return suffix + (f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else "")
+        suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
+        return suffix + (f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
         return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
-                   float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)))
+                   float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
+                   int(result.get("plateau_patience", PLATEAU_PATIENCE)))
 
 
 def cell_name(molecule: str, n_train: int, start: str, variant: Variant = Variant()) -> str:
@@ -133,7 +143,8 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
     values: Dict[str, Any] = {
         "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "sources": sources,
         "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
-        "optim": {**recipe(n_train), "lr": variant.lr, **(optim or {})},
+        "optim": {**recipe(n_train), "lr": variant.lr, "plateau_patience": variant.patience,
+                  "early_stop_patience": variant.patience + EARLY_STOP_AFTER_PLATEAU, **(optim or {})},
     }
     if start == "scratch":
         values["model"] = dict(model) if model else _pretrained_architecture()
@@ -187,7 +198,8 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
-        "lr": variant.lr, "steps": trainer.step, "best_step": model.metadata["training"]["step"],
+        "lr": variant.lr, "plateau_patience": variant.patience,
+        "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
@@ -431,6 +443,10 @@ def main(argv: List[str] | None = None) -> None:
                         help=f"force-loss weight (default {FORCE_WEIGHT:g}; other values: cells <cell>-fw<W>)")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE,
                         help=f"peak learning rate (default {LEARNING_RATE:g}; other values: cells <cell>-lr<LR>)")
+    parser.add_argument("--patience", type=int, default=PLATEAU_PATIENCE,
+                        help=f"validations without improvement before the learning rate is halved (default "
+                        f"{PLATEAU_PATIENCE}; early stopping waits {EARLY_STOP_AFTER_PLATEAU} more; other values: "
+                        "cells <cell>-pat<P>)")
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
@@ -469,7 +485,8 @@ def main(argv: List[str] | None = None) -> None:
             for size in args.sizes:
                 for start in args.starts:
                     result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, Variant(args.replay, args.zbl, args.force_weight, args.lr))
+                                      test_frames, Variant(args.replay, args.zbl, args.force_weight, args.lr,
+                                                                      args.patience))
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 

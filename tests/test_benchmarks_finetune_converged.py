@@ -54,6 +54,15 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     # a stored result names its variant; results from before a setting existed read as the recipe's
     assert Variant.of({"replay": 0.2, "zbl": 0.0, "force_weight": 10.0, "lr": 1e-4}) == Variant(True, lr=1e-4)
     assert Variant.of({"zbl": 0.0, "replay": 0.0, "force_weight": 10.0}) == Variant()
+    # a patient schedule: the halving and the early stop wait longer, by the same margin as the recipe's
+    patient = Variant(patience=10)
+    assert cell_name("ethanol", 1000, "pretrained", patient) == "ethanol-1000-pretrained-pat10"
+    assert patient.labels == ["plateau patience 10"]
+    slow = recipe_config(tmp_path / "pat", [source], 1000, "pretrained", variant=patient)
+    recipe_cell = recipe_config(tmp_path / "recipe", [source], 1000, "pretrained")
+    assert (slow.optim.plateau_patience, slow.optim.early_stop_patience) == (10, 17)
+    assert (recipe_cell.optim.plateau_patience, recipe_cell.optim.early_stop_patience) == (3, 10)
+    assert Variant.of({"replay": 0.0, "plateau_patience": 10}) == patient
 
 
 def test_bundle_exports_the_1000_frame_cell_with_the_lowest_validation_error(tmp_path):
