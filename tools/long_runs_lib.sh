@@ -41,7 +41,27 @@ for reference in ('aspirin', 'ethanol'):
 print(chosen.pop() if len(chosen) == 1 else 'replay plain')" "$@"
 }
 
-# the converged 1000-frame models of MOLECULES: pretrained-start cells (pretrained_variants), the export of
+# the chosen pretrained-start 1000-frame cell of each of MOLECULES again with a more patient schedule
+# (--patience 10) where it stopped early (no better validation loss) with over a quarter of its budget unused:
+# the recipe halves the learning rate after 3 validations without improvement, which a noisy validation
+# error triggers long before the error has levelled off
+patient_cells() {
+    local molecule flags
+    .venv/bin/python -c "import sys
+from benchmarks.finetune_converged import BUDGET_HOURS, PLATEAU_PATIENCE, RESULTS_DIR, Variant, chosen_cell, finished
+results = finished(RESULTS_DIR)
+for molecule in sys.argv[1:]:
+    cell = chosen_cell(results, molecule, 'pretrained')
+    if (cell and Variant.of(cell).patience == PLATEAU_PATIENCE and cell['stop_reason'].startswith('no better')
+            and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[1000]):
+        print(molecule, '--replay' if cell.get('replay') else '')" "$@" |
+    while read -r molecule flags; do
+        # shellcheck disable=SC2086  # no flag or one
+        study --molecules "$molecule" --starts pretrained --sizes 1000 --patience 10 $flags
+    done
+}
+
+# the converged 1000-frame models of MOLECULES: pretrained-start cells (pretrained_variants, patient_cells), the export of
 # both starts (tools' --bundle), then, for each molecule with both models exported, 300 ps of MD at 500 K for
 # each model and their errors on new DFT frames
 converged_models() {
@@ -53,6 +73,7 @@ converged_models() {
             study --molecules "$@" --starts pretrained --sizes 1000
         fi
     done
+    patient_cells "$@"
     .venv/bin/python -m benchmarks.finetune_converged --bundle --zbl 0.75 --molecules "$@" >> runs/finetune_converged.log 2>&1
     for molecule in $(converged_molecules "$@"); do
         [ -f "runs/finetune_converged/exported/rmd17-$molecule-scratch.pt" ] && ready="$ready $molecule"
