@@ -107,6 +107,8 @@ rerun --molecules salicylic --sizes 50 --starts scratch
 for cell in naphthalene-50-pretrained-replay-lr0.001 salicylic-50-pretrained-replay-lr0.001 salicylic-50-scratch; do
     adopt_rerun "$cell"
 done
+step "converged fine-tuning: the chosen 50-frame cells that stopped early, again with a more patient schedule"
+patient_cells 50 aspirin ethanol naphthalene salicylic
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
 step "pretraining model size by accuracy per CPU-hour"
 .venv/bin/python -m benchmarks.pretrain_size >> runs/pretrain_size.log 2>&1

@@ -41,27 +41,35 @@ for reference in ('aspirin', 'ethanol'):
 print(chosen.pop() if len(chosen) == 1 else 'replay plain')" "$@"
 }
 
-# the chosen pretrained-start 1000-frame cell of each of MOLECULES again with a more patient schedule
+# the chosen cell of each start at SIZE frames for each of MOLECULES again with a more patient schedule
 # (--patience 10) where it stopped early (no better validation loss) with over a quarter of its budget unused:
 # the recipe halves the learning rate after 3 validations without improvement, which a noisy validation
-# error triggers long before the error has levelled off
+# error triggers long before the error has levelled off. Usage: patient_cells SIZE MOLECULE...
 patient_cells() {
-    local molecule flags
+    local size=$1 molecule start flags
+    shift
     .venv/bin/python -c "import sys
-from benchmarks.finetune_converged import BUDGET_HOURS, PLATEAU_PATIENCE, RESULTS_DIR, Variant, chosen_cell, finished
-results = finished(RESULTS_DIR)
-for molecule in sys.argv[1:]:
-    cell = chosen_cell(results, molecule, 'pretrained')
-    if (cell and Variant.of(cell).patience == PLATEAU_PATIENCE and cell['stop_reason'].startswith('no better')
-            and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[1000]):
-        print(molecule, '--replay' if cell.get('replay') else '')" "$@" |
-    while read -r molecule flags; do
-        # shellcheck disable=SC2086  # no flag or one
-        study --molecules "$molecule" --starts pretrained --sizes 1000 --patience 10 $flags
+from benchmarks.finetune_converged import (BUDGET_HOURS, FORCE_WEIGHT, LEARNING_RATE, PLATEAU_PATIENCE, RESULTS_DIR,
+                                           Variant, chosen_cell, finished)
+results, size = finished(RESULTS_DIR), int(sys.argv[1])
+for molecule in sys.argv[2:]:
+    for start in ('pretrained', 'scratch'):
+        cell = chosen_cell(results, molecule, start, size)
+        if (cell and Variant.of(cell).patience == PLATEAU_PATIENCE and cell['stop_reason'].startswith('no better')
+                and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[size]):
+            variant = Variant.of(cell)
+            flags = ['--replay'] if variant.replay else []
+            flags += ['--zbl', f'{variant.zbl:g}'] if variant.zbl else []
+            flags += ['--force-weight', f'{variant.force_weight:g}'] if variant.force_weight != FORCE_WEIGHT else []
+            flags += ['--lr', f'{variant.lr:g}'] if variant.lr != LEARNING_RATE else []
+            print(molecule, start, *flags)" "$size" "$@" |
+    while read -r molecule start flags; do
+        # shellcheck disable=SC2086  # the variant's flags, one word each
+        study --molecules "$molecule" --starts "$start" --sizes "$size" --patience 10 $flags
     done
 }
 
-# the converged 1000-frame models of MOLECULES: pretrained-start cells (pretrained_variants, patient_cells), the export of
+# the converged 1000-frame models of MOLECULES: pretrained-start cells (pretrained_variants), patient_cells, the export of
 # both starts (tools' --bundle), then, for each molecule with both models exported, 300 ps of MD at 500 K for
 # each model and their errors on new DFT frames
 converged_models() {
@@ -73,7 +81,7 @@ converged_models() {
             study --molecules "$@" --starts pretrained --sizes 1000
         fi
     done
-    patient_cells "$@"
+    patient_cells 1000 "$@"
     .venv/bin/python -m benchmarks.finetune_converged --bundle --zbl 0.75 --molecules "$@" >> runs/finetune_converged.log 2>&1
     for molecule in $(converged_molecules "$@"); do
         [ -f "runs/finetune_converged/exported/rmd17-$molecule-scratch.pt" ] && ready="$ready $molecule"
