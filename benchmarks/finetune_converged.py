@@ -481,12 +481,12 @@ def main(argv: List[str] | None = None) -> None:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
     if not args.report:
+        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:
                     result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, Variant(args.replay, args.zbl, args.force_weight, args.lr,
-                                                                      args.patience))
+                                      test_frames, variant)
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 
