@@ -33,8 +33,8 @@ pretrained_variants() {
     .venv/bin/python -c "import sys
 from benchmarks.finetune_converged import RESULTS_DIR, chosen_cell, finished
 results, chosen = finished(RESULTS_DIR), set()
+cells = {r['cell'] for r in results}
 for reference in ('aspirin', 'ethanol'):
-    cells = {r['cell'] for r in results}
     if reference in sys.argv[1:] or not {f'{reference}-1000-pretrained', f'{reference}-1000-pretrained-replay'} <= cells:
         sys.exit(print('replay plain'))
     chosen.add('replay' if chosen_cell(results, reference, 'pretrained').get('replay') else 'plain')
