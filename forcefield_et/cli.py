@@ -129,8 +129,18 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
     """The training configuration of ``forcefield-et finetune`` with the parsed ``args``."""
     from .training import config_from_dict
 
+    open_ended = args.steps is None and bool(args.time_budget or args.early_stop_patience)
     if args.steps is None:
-        args.steps = UNLIMITED_STEPS if (args.time_budget or args.early_stop_patience) else DEFAULT_FINETUNE_STEPS
+        args.steps = UNLIMITED_STEPS if open_ended else DEFAULT_FINETUNE_STEPS
+    if args.schedule is None:
+        # a run that the time budget or early stopping ends has no step count for a cosine to decay over
+        args.schedule = "plateau" if open_ended else FINETUNE_OPTIM.schedule
+    elif args.schedule == "cosine" and open_ended:
+        raise ValueError(
+            "--schedule cosine decays the learning rate over --steps, and this run has none: give --steps, "
+            "or leave --schedule out (a run that --time-budget or --early-stop-patience ends halves the "
+            "learning rate on plateaus of the validation loss)"
+        )
 
     source = {
         "name": args.name,
@@ -663,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model (or train from scratch) on energies and forces",
         epilog="examples:\n  forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
         "--n-train 950 --out runs/aspirin\n"
-        "  forcefield-et finetune --train data.xyz --schedule plateau --time-budget 2h --test test.xyz --out run",
+        "  forcefield-et finetune --train data.xyz --time-budget 2h --early-stop-patience 10 --test test.xyz --out run",
         formatter_class=_HelpFormatter,
     )
     p.add_argument(
@@ -733,10 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=learning_rate_arg, default=optim.min_lr, help="floor of the learning rate")
     p.add_argument(
         "--schedule",
-        default=optim.schedule,
         choices=["cosine", "plateau"],
         help="cosine: decay to --min-lr over --steps; plateau: halve the learning rate when the validation "
-        "loss stops improving (pair it with --time-budget or --early-stop-patience and a large --steps)",
+        "loss stops improving (default: plateau when --time-budget or --early-stop-patience ends the run and "
+        "--steps is not given, cosine otherwise)",
     )
     p.add_argument(
         "--plateau-factor", type=open_fraction_arg, default=optim.plateau_factor,

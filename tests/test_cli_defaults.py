@@ -24,7 +24,6 @@ FINETUNE_OPTIONS = {
     "min_lr": (FINETUNE_OPTIM, "min_lr"),
     "warmup_steps": (FINETUNE_OPTIM, "warmup_steps"),
     "ema_decay": (FINETUNE_OPTIM, "ema_decay"),
-    "schedule": (FINETUNE_OPTIM, "schedule"),
     "plateau_factor": (FINETUNE_OPTIM, "plateau_factor"),
     "plateau_patience": (FINETUNE_OPTIM, "plateau_patience"),
     "early_stop_patience": (FINETUNE_OPTIM, "early_stop_patience"),
@@ -91,3 +90,33 @@ def test_committee_without_a_number_is_the_default_size():
     assert bare.committee == DEFAULT_COMMITTEE_SIZE == 8 and bare.committee_kind == "heads"
     assert parser.parse_args(["finetune", "--train", "a.xyz", "--out", "run", "--committee", "3"]).committee == 3
     assert parser.parse_args(["finetune", "--train", "a.xyz", "--out", "run"]).committee is None
+
+
+def test_a_run_without_steps_that_a_budget_or_early_stopping_ends_halves_on_plateaus():
+    for extra in (["--time-budget", "2h"], ["--early-stop-patience", "5"]):
+        optim = finetune_config(_finetune_args(*extra)).optim
+        assert optim.schedule == "plateau", extra
+        assert optim.max_steps > 10**6, extra
+    optim = finetune_config(_finetune_args("--time-budget", "2h", "--steps", "5000")).optim
+    assert (optim.schedule, optim.max_steps) == ("cosine", 5000)
+    assert finetune_config(_finetune_args()).optim.schedule == FINETUNE_OPTIM.schedule == "cosine"
+    optim = finetune_config(_finetune_args("--time-budget", "2h", "--schedule", "plateau")).optim
+    assert optim.schedule == "plateau"
+
+
+def test_a_cosine_without_steps_to_decay_over_is_a_clear_error(tmp_path, capsys):
+    from forcefield_et.cli import main
+
+    from ase.build import molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frame = molecule("H2O")
+    frame.calc = SinglePointCalculator(frame, energy=-14.2, forces=[[0.0, 0.0, 0.1]] * 3)
+    train = tmp_path / "train.xyz"
+    write(train, [frame] * 4)
+    status = main(["finetune", "--train", str(train), "--out", str(tmp_path / "run"), "--schedule", "cosine",
+                   "--time-budget", "2h"])
+    assert status != 0
+    assert "--schedule cosine decays the learning rate over --steps" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
