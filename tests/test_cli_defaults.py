@@ -105,11 +105,11 @@ def test_a_run_without_steps_that_a_budget_or_early_stopping_ends_halves_on_plat
 
 
 def test_a_cosine_without_steps_to_decay_over_is_a_clear_error(tmp_path, capsys):
-    from forcefield_et.cli import main
-
     from ase.build import molecule
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
+
+    from forcefield_et.cli import main
 
     frame = molecule("H2O")
     frame.calc = SinglePointCalculator(frame, energy=-14.2, forces=[[0.0, 0.0, 0.1]] * 3)
