@@ -50,6 +50,7 @@ from .training.config import (
     DEFAULT_COMMITTEE_SIZE,
     FINETUNE_OPTIM,
     FINETUNE_SCRATCH_LAYERS,
+    UNLIMITED_STEPS,
     OptimConfig,
     SourceConfig,
     TrainConfig,
@@ -69,7 +70,6 @@ EPILOG = """examples:
 """
 
 DEFAULT_FINETUNE_STEPS = FINETUNE_OPTIM.max_steps
-UNLIMITED_STEPS = 10**9  # finetune with a time budget or early stopping and no --steps
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 

@@ -143,6 +143,8 @@ FINETUNE_OPTIM = OptimConfig(
     compile=True,
 )
 FINETUNE_SCRATCH_LAYERS = 4  # num_layers of a model trained from scratch with --hidden-channels
+# max_steps of a run that only its time budget or early stopping ends (finetune without --steps)
+UNLIMITED_STEPS = 10**9
 
 
 def _build(cls, values: Dict[str, Any], where: str):

@@ -51,7 +51,7 @@ from .batching import (
     batch_shares,
     build_batch,
 )
-from .config import TrainConfig
+from .config import UNLIMITED_STEPS, OptimConfig, TrainConfig
 from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
 
@@ -749,11 +749,9 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         last_valid: Dict[str, float] = {}
         bar = tqdm(
-            total=cfg.max_steps,
-            initial=self.step,
+            **progress_bar_settings(cfg, self.step, self.cpu_seconds),
             disable=not self.progress,
             desc="train",
-            unit="step",
             mininterval=0.5 if sys.stderr.isatty() else 60.0,  # keep background logs short
         )
         if resumed and self.rank == 0:
@@ -778,7 +776,7 @@ class Trainer:
             info = self.train_step()
             count_cpu()
             window_frames += info["frames"] * self.world_size
-            bar.update(1)
+            bar.update(progress_bar_settings(cfg, self.step, self.cpu_seconds)["initial"] - bar.n)
             if not math.isfinite(info["loss"]):
                 raise FloatingPointError(f"non-finite training loss at step {self.step}: {info}")
             if self.step % cfg.log_every == 0:
@@ -795,7 +793,8 @@ class Trainer:
                 }
                 row.update({f"train/{k}": info[k] for k in TERM_NAMES if k in info})
                 self._log(row)
-                bar.set_postfix(loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.2e}", cps=f"{row['conf_per_s']:.0f}")
+                bar.set_postfix(step=self.step, loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.2e}",
+                                cps=f"{row['conf_per_s']:.0f}")
                 window_start, window_frames = time.perf_counter(), 0.0
             if cfg.time_budget_s is not None and self._agree(self.cpu_seconds >= cfg.time_budget_s):
                 self.stop_reason = f"time budget of {cfg.time_budget_s / 3600:.3g} CPU-hours used"
@@ -870,6 +869,18 @@ class Trainer:
                 )
         if self.plateau is not None and self.step >= optim.warmup_steps:
             self.plateau.step(value)
+
+
+def progress_bar_settings(optim: OptimConfig, step: int, cpu_seconds: float) -> Dict[str, Any]:
+    """What the training progress bar counts (tqdm's ``total``, ``initial``, ``unit``): with a time
+    budget the CPU-seconds used out of the budget (the budget usually ends such a run), else the
+    steps out of ``max_steps``, or the steps alone when only early stopping ends the run."""
+    if optim.time_budget_s is not None:
+        budget = int(optim.time_budget_s)
+        return {"total": budget, "initial": min(int(cpu_seconds), budget), "unit": "CPU-s",
+                "bar_format": "{l_bar}{bar}| {n_fmt}/{total_fmt} CPU-s [{elapsed}<{remaining}{postfix}]"}
+    return {"total": None if optim.max_steps >= UNLIMITED_STEPS else optim.max_steps, "initial": step,
+            "unit": "step"}
 
 
 def train(config: TrainConfig, progress: bool = True, existing: str = "resume") -> Tuple[Trainer, Dict[str, float]]:

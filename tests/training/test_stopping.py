@@ -11,7 +11,8 @@ import torch
 from forcefield_et.checkpoint import checksum, read_checkpoint
 from forcefield_et.data.sources import expand_paths
 from forcefield_et.training import Trainer, config_from_dict, train
-from forcefield_et.training.config import ConfigError
+from forcefield_et.training.config import UNLIMITED_STEPS, ConfigError, OptimConfig
+from forcefield_et.training.trainer import progress_bar_settings
 from tests.conftest import shared_path
 from tests.training.test_trainer import tiny_mixed_config
 
@@ -41,6 +42,22 @@ def test_time_budget_stops_the_run_and_a_larger_budget_resumes_it(tmp_path):
     values["optim"]["time_budget_s"] = trainer.cpu_seconds + 2.0
     more, _ = train(config_from_dict(values), progress=False)
     assert more.step > stopped_at and more.cpu_seconds >= values["optim"]["time_budget_s"]
+
+
+def test_the_progress_bar_settings_cpu_seconds_of_a_budget_and_steps_otherwise(tmp_path, capsys):
+    budget = OptimConfig(max_steps=UNLIMITED_STEPS, time_budget_s=7200.0)
+    assert {k: v for k, v in progress_bar_settings(budget, 500, 61.7).items() if k != "bar_format"} == {
+        "total": 7200, "initial": 61, "unit": "CPU-s"}
+    assert progress_bar_settings(budget, 9000, 7250.0)["initial"] == 7200
+    assert progress_bar_settings(OptimConfig(max_steps=3000), 12, 5.0) == {"total": 3000, "initial": 12, "unit": "step"}
+    open_ended = OptimConfig(max_steps=UNLIMITED_STEPS, early_stop_patience=5)
+    assert progress_bar_settings(open_ended, 12, 5.0)["total"] is None
+    # a budgeted run shows the CPU time used out of its budget, not an ETA over a step count it never reaches
+    values = tiny_mixed_config(tmp_path / "run", max_steps=UNLIMITED_STEPS, valid_every=25, checkpoint_every=25,
+                               time_budget_s=2.0)
+    train(config_from_dict(values), progress=True)
+    shown = capsys.readouterr().err
+    assert "2/2 CPU-s" in shown and str(UNLIMITED_STEPS) not in shown
 
 
 def test_early_stopping_after_patience_validations_without_a_new_best(tmp_path):
