@@ -44,7 +44,9 @@ print(chosen.pop() if len(chosen) == 1 else 'replay plain')" "$@"
 # the chosen cell of each start at SIZE frames for each of MOLECULES again with a more patient schedule
 # (--patience 10) where it stopped early (no better validation loss) with over a quarter of its budget unused:
 # the recipe halves the learning rate after 3 validations without improvement, which a noisy validation
-# error triggers long before the error has levelled off. Usage: patient_cells SIZE MOLECULE...
+# error triggers long before the error has levelled off. Where validation has chosen a patient cell for one
+# start, the other start's chosen cell gets one too, so that both starts are compared under the same
+# schedule. Usage: patient_cells SIZE MOLECULE...
 patient_cells() {
     local size=$1 molecule start flags
     shift
@@ -53,10 +55,15 @@ from benchmarks.finetune_converged import (BUDGET_HOURS, FORCE_WEIGHT, LEARNING_
                                            Variant, chosen_cell, finished)
 results, size = finished(RESULTS_DIR), int(sys.argv[1])
 for molecule in sys.argv[2:]:
-    for start in ('pretrained', 'scratch'):
-        cell = chosen_cell(results, molecule, start, size)
-        if (cell and Variant.of(cell).patience == PLATEAU_PATIENCE and cell['stop_reason'].startswith('no better')
-                and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[size]):
+    chosen = {start: chosen_cell(results, molecule, start, size) for start in ('pretrained', 'scratch')}
+    other_patient = {start: any(c and Variant.of(c).patience != PLATEAU_PATIENCE
+                                for other, c in chosen.items() if other != start) for start in chosen}
+    for start, cell in chosen.items():
+        if not cell or Variant.of(cell).patience != PLATEAU_PATIENCE:
+            continue
+        stopped_early = (cell['stop_reason'].startswith('no better')
+                         and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[size])
+        if stopped_early or other_patient[start]:
             variant = Variant.of(cell)
             flags = ['--replay'] if variant.replay else []
             flags += ['--zbl', f'{variant.zbl:g}'] if variant.zbl else []
