@@ -46,8 +46,14 @@ print(chosen.pop() if len(chosen) == 1 else 'replay plain')" "$@"
 # the recipe halves the learning rate after 3 validations without improvement, which a noisy validation
 # error triggers long before the error has levelled off. Where validation has chosen a patient cell for one
 # start, the other start's chosen cell gets one too, so that both starts are compared under the same
-# schedule. Usage: patient_cells SIZE MOLECULE...
+# schedule; a second pass adds those partners of the patient cells the first pass trained (a finished cell is
+# skipped). Usage: patient_cells SIZE MOLECULE...
 patient_cells() {
+    patient_pass "$@"
+    patient_pass "$@"
+}
+
+patient_pass() {
     local size=$1 molecule start flags
     shift
     .venv/bin/python -c "import sys
