@@ -673,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model (or train from scratch) on energies and forces",
         epilog="examples:\n  forcefield-et finetune --model pretrained --train rmd17_aspirin_train_01.npz "
         "--n-train 950 --out runs/aspirin\n"
-        "  forcefield-et finetune --train data.xyz --time-budget 2h --early-stop-patience 10 --test test.xyz --out run",
+        "  forcefield-et finetune --train data.xyz --time-budget 2h --early-stop-patience 20 --test test.xyz --out run",
         formatter_class=_HelpFormatter,
     )
     p.add_argument(

@@ -138,8 +138,11 @@ DEFAULT_COMMITTEE_SIZE = 8
 # Defaults of a fine-tuning run (``forcefield-et finetune``: a few hundred labelled frames, usually
 # from a pretrained start). The CLI reads its defaults from here and from the dataclass defaults
 # above for every field that fine-tuning leaves as it is, so that the two never disagree.
+# Plateau patience 10: validation sets of a few dozen frames are noisy enough that 3 validations
+# without a new best come from noise alone, and the learning rate then decays long before the error
+# has levelled off (docs/finetune.md, "Train until converged").
 FINETUNE_OPTIM = OptimConfig(
-    batch_size=8, max_steps=3000, warmup_steps=100, ema_decay=0.99, plateau_patience=3, valid_every=250,
+    batch_size=8, max_steps=3000, warmup_steps=100, ema_decay=0.99, plateau_patience=10, valid_every=250,
     compile=True,
 )
 FINETUNE_SCRATCH_LAYERS = 4  # num_layers of a model trained from scratch with --hidden-channels
