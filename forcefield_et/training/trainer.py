@@ -776,7 +776,7 @@ class Trainer:
             info = self.train_step()
             count_cpu()
             window_frames += info["frames"] * self.world_size
-            bar.update(progress_bar_settings(cfg, self.step, self.cpu_seconds)["initial"] - bar.n)
+            bar.update(progress_bar_position(cfg, self.step, self.cpu_seconds) - bar.n)
             if not math.isfinite(info["loss"]):
                 raise FloatingPointError(f"non-finite training loss at step {self.step}: {info}")
             if self.step % cfg.log_every == 0:
@@ -871,15 +871,23 @@ class Trainer:
             self.plateau.step(value)
 
 
+def progress_bar_position(optim: OptimConfig, step: int, cpu_seconds: float) -> int:
+    """Where the training progress bar stands: whole CPU-seconds used (at most the budget) for a run
+    with a time budget, else the step."""
+    if optim.time_budget_s is not None:
+        return min(int(cpu_seconds), int(optim.time_budget_s))
+    return step
+
+
 def progress_bar_settings(optim: OptimConfig, step: int, cpu_seconds: float) -> Dict[str, Any]:
     """What the training progress bar counts (tqdm's ``total``, ``initial``, ``unit``): with a time
     budget the CPU-seconds used out of the budget (the budget usually ends such a run), else the
     steps out of ``max_steps``, or the steps alone when only early stopping ends the run."""
+    initial = progress_bar_position(optim, step, cpu_seconds)
     if optim.time_budget_s is not None:
-        budget = int(optim.time_budget_s)
-        return {"total": budget, "initial": min(int(cpu_seconds), budget), "unit": "CPU-s",
+        return {"total": int(optim.time_budget_s), "initial": initial, "unit": "CPU-s",
                 "bar_format": "{l_bar}{bar}| {n_fmt}/{total_fmt} CPU-s [{elapsed}<{remaining}{postfix}]"}
-    return {"total": None if optim.max_steps >= UNLIMITED_STEPS else optim.max_steps, "initial": step,
+    return {"total": None if optim.max_steps >= UNLIMITED_STEPS else optim.max_steps, "initial": initial,
             "unit": "step"}
 
 

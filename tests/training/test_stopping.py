@@ -44,7 +44,7 @@ def test_time_budget_stops_the_run_and_a_larger_budget_resumes_it(tmp_path):
     assert more.step > stopped_at and more.cpu_seconds >= values["optim"]["time_budget_s"]
 
 
-def test_the_progress_bar_settings_cpu_seconds_of_a_budget_and_steps_otherwise(tmp_path, capsys):
+def test_the_progress_bar_counts_cpu_seconds_of_a_budget_and_steps_otherwise(tmp_path, capsys):
     budget = OptimConfig(max_steps=UNLIMITED_STEPS, time_budget_s=7200.0)
     assert {k: v for k, v in progress_bar_settings(budget, 500, 61.7).items() if k != "bar_format"} == {
         "total": 7200, "initial": 61, "unit": "CPU-s"}
