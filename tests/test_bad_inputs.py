@@ -2,7 +2,7 @@
 
 Each bad input must give a specific, clear error, never a crash deep inside torch or a NaN.
 The other bad-input cases live next to the code they test: tests/calculators/test_ase.py
-(unknown element, NaN positions, empty structure, missing cell, mixed PBC, corrupt model file,
+(unknown element, NaN positions, empty structure, missing cell, invalid slab cell, corrupt model file,
 non-finite output), tests/model/test_potential.py (forward dtype/shape errors, coincident atoms,
 degenerate cells), tests/data/test_readers.py (missing keys, inconsistent shapes, fuzzed files),
 tests/training/test_config.py (mismatched units), tests/test_checkpoint.py (pickle payloads,

@@ -24,6 +24,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ..domain import DomainCheck
 from ..elements import symbol
 from ..inference import Evaluator, NonFiniteError, centred, converted_model
+from ..inference.periodicity import ModelCell, model_cell
 from ..model import Committee, Potential
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ def model_positions(atoms: Atoms) -> np.ndarray:
     """Positions [N, 3] (Å, float64) as the model gets them: a non-periodic structure is centred
     on its mean position first (see :func:`forcefield_et.inference.centred`)."""
     return centred(atoms.get_positions(), bool(atoms.pbc.any()))
+
+
+def _periodic_axes(atoms: Atoms) -> str:
+    return "".join("abc"[k] for k in np.flatnonzero(atoms.get_pbc()))
 
 
 def _full_stress_to_voigt(stress: np.ndarray) -> np.ndarray:
@@ -169,15 +174,12 @@ class ETCalculator(Calculator):
             raise ValueError(
                 f"ETCalculator: non-finite (NaN/inf) positions for atoms {np.flatnonzero(~finite).tolist()}"
             )
-        pbc = atoms.get_pbc()
-        if pbc.any() and not pbc.all():
-            raise NotImplementedError(
-                f"ETCalculator: mixed periodicity pbc={pbc.tolist()} is not supported; use all-periodic or none"
-            )
-        if pbc.all():
-            cell = atoms.get_cell().array
-            if abs(np.linalg.det(cell)) < 1e-6:
-                raise ValueError("ETCalculator: periodic structure without a valid cell (zero or degenerate volume)")
+        self._model_cell(atoms)
+
+    def _model_cell(self, atoms: Atoms) -> ModelCell:
+        """The fully periodic cell the model gets (a slab's or a wire's completed; see
+        :mod:`forcefield_et.inference.periodicity`); raises ValueError for an invalid cell."""
+        return model_cell(atoms.get_positions(), atoms.get_cell().array, atoms.get_pbc(), self.engine.cutoff)
 
     # ------------------------------------------------------------------ ASE API
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> List[str]:
@@ -204,15 +206,19 @@ class ETCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        if "stress" in properties and not atoms.pbc.all():
+        if "stress" in properties and not atoms.pbc.any():
             raise PropertyNotImplementedError("ETCalculator: stress needs a periodic structure with a cell")
         self.check_atoms(atoms)
+        if "stress" in properties and self._model_cell(atoms).stress_volume is None:
+            raise PropertyNotImplementedError(
+                f"ETCalculator: stress of a structure periodic along {_periodic_axes(atoms)} only needs a cell "
+                "with a volume (give the non-periodic directions lattice vectors, e.g. the vacuum)"
+            )
         numbers = atoms.get_atomic_numbers()
         if self._numbers_cache is None or not np.array_equal(numbers, self._numbers_cache):
             self._numbers_cache = numbers.copy()
             self._domain_check(numbers)
-        cell = atoms.get_cell().array if atoms.pbc.all() else None
-        output = self.engine.evaluate(numbers, atoms.get_positions(), cell)
+        output = self.engine.evaluate(numbers, atoms.get_positions(), atoms.get_cell().array, atoms.get_pbc())
         self.n_calls += 1
         self.results = self._results(output, 0, numbers)
 
@@ -254,11 +260,10 @@ class ETCalculator(Calculator):
         for atoms in structures:
             self.check_atoms(atoms)
             self._domain_check(atoms.get_atomic_numbers())
-            cell = atoms.get_cell().array if atoms.pbc.all() else None
-            arrays.append((atoms.get_atomic_numbers(), atoms.get_positions(), cell))
+            arrays.append((atoms.get_atomic_numbers(), atoms.get_positions(), atoms.get_cell().array, atoms.get_pbc()))
         outputs = self.engine.evaluate_structures(arrays, batch_size=batch_size)
         results = []
-        for (numbers, _, _), output in zip(arrays, outputs):
+        for (numbers, *_), output in zip(arrays, outputs):
             entry = self._results(output, 0, numbers)
             del entry["free_energy"]
             results.append(entry)

@@ -35,6 +35,7 @@ from ..model import Committee, Potential
 from ..model.chunked import edge_chunking as _edge_chunking
 from ..neighbors import edges_per_structure, radius_graph
 from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, apply_threads, choose_threads
+from .periodicity import ModelCell, PbcLike, model_cell
 
 logger = logging.getLogger(__name__)
 
@@ -226,13 +227,24 @@ class Evaluator:
 
     # ------------------------------------------------------------------ one structure
     def evaluate(
-        self, numbers: Union[np.ndarray, Sequence[int]], positions: np.ndarray, cell: np.ndarray | None = None
+        self, numbers: Union[np.ndarray, Sequence[int]], positions: np.ndarray, cell: np.ndarray | None = None,
+        pbc: PbcLike = None,
     ) -> Outputs:
         """One structure: atomic numbers [N], positions [N, 3] (Å, float64), cell [3, 3] (Å, rows
-        a, b, c; None: not periodic). Returns detached tensors: ``energy`` [1] (eV), ``forces``
-        [N, 3] (eV/Å), ``stress`` [1, 3, 3] (eV/Å³, periodic only); a committee adds
+        a, b, c; None: not periodic), pbc [3] bool (None: every direction periodic where a cell is
+        given; a slab or a wire goes through :func:`~forcefield_et.inference.periodicity.model_cell`).
+        Returns detached tensors: ``energy`` [1] (eV), ``forces`` [N, 3] (eV/Å), ``stress``
+        [1, 3, 3] (eV/Å³, periodic structures whose cell has a volume); a committee adds
         ``energy_std`` [1] (eV) and ``forces_std`` [N] (eV/Å). Picks the neighbour list and the
         memory path of the call (see the class docstring)."""
+        periodicity = model_cell(positions, cell, pbc, self.cutoff, self.owner)
+        output = self._evaluate_periodic(numbers, positions, periodicity.cell)
+        return _with_stress_of(output, periodicity)
+
+    def _evaluate_periodic(
+        self, numbers: Union[np.ndarray, Sequence[int]], positions: np.ndarray, cell: np.ndarray | None
+    ) -> Outputs:
+        """:meth:`evaluate` for a cell periodic in every direction (or None)."""
         numbers = np.asarray(numbers)
         n_atoms = len(numbers)
         if self._numbers is None or not np.array_equal(numbers, self._numbers):
@@ -339,11 +351,22 @@ class Evaluator:
         return detached(self.run(z, pos, batch, cell, n_atoms))
 
     def evaluate_structures(
-        self, structures: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray | None]], batch_size: int = 64
+        self, structures: Sequence[Tuple[Any, ...]], batch_size: int = 64
     ) -> List[Outputs]:
-        """Many structures, each (numbers [n], positions [n, 3] Å, cell [3, 3] Å or None), in batched
-        passes that fit in memory; periodic and non-periodic structures go in separate batches.
-        Returns one dict per structure, as :meth:`evaluate` (energy [1], forces [n, 3], ...)."""
+        """Many structures, each (numbers [n], positions [n, 3] Å, cell [3, 3] Å or None) or (numbers,
+        positions, cell, pbc [3]), in batched passes that fit in memory; periodic and non-periodic
+        structures go in separate batches. Returns one dict per structure, as :meth:`evaluate`
+        (energy [1], forces [n, 3], ...)."""
+        periodicities = [model_cell(s[1], s[2], s[3] if len(s) > 3 else None, self.cutoff, self.owner)
+                         for s in structures]
+        structures = [(s[0], s[1], p.cell) for s, p in zip(structures, periodicities)]
+        outputs = self._evaluate_structures(structures, batch_size)
+        return [_with_stress_of(output, p) for output, p in zip(outputs, periodicities)]
+
+    def _evaluate_structures(
+        self, structures: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray | None]], batch_size: int
+    ) -> List[Outputs]:
+        """:meth:`evaluate_structures` for cells periodic in every direction (or None)."""
         results: List[Outputs | None] = [None] * len(structures)
         groups: Dict[bool, List[int]] = {False: [], True: []}
         for index, (_, _, cell) in enumerate(structures):
@@ -420,6 +443,20 @@ class Evaluator:
             counts.append(self.edge_counts(batch["pos"], batch["batch"], batch.get("cell")))
         edge_counts = torch.cat(counts).tolist() if counts else []
         return [torch.arange(start, stop) for start, stop in self.batch_ranges(edge_counts, batch_size)]
+
+
+def _with_stress_of(output: Outputs, periodicity: ModelCell) -> Outputs:
+    """The output with the model's stress converted to the structure's own cell (a slab's or a wire's),
+    or without stress where the structure's cell has no volume."""
+    if not periodicity.replaced or "stress" not in output:
+        return output
+    factor = periodicity.stress_factor()
+    output = dict(output)
+    if factor is None:
+        del output["stress"]
+    else:
+        output["stress"] = output["stress"] * factor
+    return output
 
 
 def _structure_outputs(output: Outputs, k: int, first: int, stop: int) -> Outputs:
