@@ -72,7 +72,7 @@ def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], 
         a, b = data.offsets[k], data.offsets[k + 1]
         atoms = Atoms(numbers=data.z[a:b], positions=data.pos[a:b])
         if data.cell is not None:
-            atoms.cell, atoms.pbc = data.cell[k], True
+            atoms.cell, atoms.pbc = data.cell[k], np.linalg.norm(data.cell[k], axis=1) > 0
         atoms.info["predicted_energy"] = float(prediction["energy"][k])
         atoms.arrays["predicted_forces"] = prediction["forces"][a:b]
         if data.energy is not None and np.isfinite(data.energy[k]):

@@ -24,8 +24,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ..domain import DomainCheck
 from ..elements import symbol
 from ..inference import Evaluator, NonFiniteError, centred, converted_model
-from ..inference.periodicity import ModelCell, model_cell
 from ..model import Committee, Potential
+from ..periodicity import ModelCell, model_cell
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ class ConformationSet:
         energy: float64 [F] total energies, eV (NaN where a frame has none), or None.
         forces: float64 [A, 3] forces, eV/Å (a frame's forces are all NaN when missing), or None.
         cell: float64 [F, 3, 3] lattice vectors as rows, Å; None means no periodic boundaries.
-            In a mixed set, an all-zero cell marks a non-periodic frame.
+            A zero lattice vector marks a direction without periodicity (a slab's or a wire's open
+            direction), and in a mixed set an all-zero cell a non-periodic frame.
         equilibrium: bool [F], True for equilibrium (relaxed) geometries; None -> all False.
         mol_id: int64 [F] identity of the molecule, for splits by molecule; None -> arange(F).
         properties: name -> [F] or [F, k] per-frame extra labels (units documented by each reader).
@@ -461,7 +462,9 @@ class ConformationSet:
             poss.append(np.asarray(atoms.positions, dtype=np.float64) * l_fac)
             pbc = bool(np.any(atoms.pbc))
             any_pbc |= pbc
-            cells.append(np.asarray(atoms.cell.array, dtype=np.float64) * l_fac if pbc else np.zeros((3, 3)))
+            # a zero lattice vector marks a direction without periodicity (the ``cell`` field)
+            open_rows_zeroed = np.asarray(atoms.pbc, dtype=bool)[:, None]
+            cells.append(np.asarray(atoms.cell.array, dtype=np.float64) * l_fac * open_rows_zeroed)
             results = dict(getattr(atoms.calc, "results", {}) or {}) if atoms.calc is not None else {}
             info = atoms.info
             # energy

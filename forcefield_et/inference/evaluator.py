@@ -34,8 +34,8 @@ from ..dtypes import resolve_dtype
 from ..model import Committee, Potential
 from ..model.chunked import edge_chunking as _edge_chunking
 from ..neighbors import edges_per_structure, radius_graph
+from ..periodicity import ModelCell, PbcLike, model_cell
 from ..runtime import DEFAULT_EDGE_CHUNK_SIZE, MemoryPlan, apply_threads, choose_threads
-from .periodicity import ModelCell, PbcLike, model_cell
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ class Evaluator:
         """``data`` as ``TensorConformations`` in the model's dtype (as it is when it already is one)."""
         from ..training.batching import TensorConformations
 
-        return data if isinstance(data, TensorConformations) else TensorConformations(data, self.dtype)
+        return data if isinstance(data, TensorConformations) else TensorConformations(data, self.dtype, self.cutoff)
 
     def memory_batches(self, tensors: Any, batch_size: int) -> List[Tensor]:
         """Frame indices of consecutive batches of a ``TensorConformations``: at most ``batch_size``

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..data.conformations import ConformationSet
+from ..periodicity import complete_open_directions
 
 # Objective codes per frame.
 FORCES, EQUILIBRIUM, ENERGY_FORCES, ENERGY = 0, 1, 2, 3
@@ -24,7 +25,10 @@ OBJECTIVE_CODES = {"forces": FORCES, "equilibrium": EQUILIBRIUM, "energy_forces"
 class TensorConformations:
     """A ConformationSet converted once to torch tensors for fast batch gathering."""
 
-    def __init__(self, data: ConformationSet, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, data: ConformationSet, dtype: torch.dtype = torch.float32, cutoff: float | None = None) -> None:
+        """``cutoff`` (Å, the model's): completes the cells of frames periodic in fewer than three
+        directions (zero lattice vectors; :func:`~forcefield_et.periodicity.complete_open_directions`),
+        which a set of periodic and non-periodic frames, or of slabs, needs."""
         self.n_frames = len(data)
         self.z = torch.as_tensor(data.z, dtype=torch.long)
         self.pos = torch.as_tensor(data.pos, dtype=dtype)
@@ -34,7 +38,11 @@ class TensorConformations:
         self.forces = torch.as_tensor(data.forces, dtype=dtype) if data.forces is not None else nan_atoms
         nan_frames = torch.full((self.n_frames,), float("nan"), dtype=torch.float64)
         self.energy = torch.as_tensor(data.energy, dtype=torch.float64) if data.energy is not None else nan_frames
-        self.cell = torch.as_tensor(data.cell, dtype=dtype) if data.cell is not None else None
+        self.cell = None
+        if data.cell is not None:
+            cells = complete_open_directions(np.asarray(data.cell), np.asarray(data.pos), np.asarray(data.offsets),
+                                             cutoff)
+            self.cell = torch.as_tensor(cells, dtype=dtype)
 
     def gather(self, frames: Tensor) -> Dict[str, Tensor]:
         """Concatenate the given frames: z [A], pos [A,3], forces [A,3], batch [A], energy [B]

@@ -189,6 +189,7 @@ class Trainer:
                 cpus=max(1, available_cpus() // max(1, workers_here)),
             )
         self._build_model()
+        self._build_tensors()
         optim = config.optim
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
@@ -306,12 +307,8 @@ class Trainer:
                 valid = valid.subset(np.sort(rng.choice(len(valid), sc.valid_max_frames, replace=False)))
             self.sources.append(Source(sc.name, train, sc.objective, sc.weight, sc.ratio))
             self.valid_sets.append(valid)
-        self.tensors = [TensorConformations(s.data, self.dtype) for s in self.sources]
-        self.valid_tensors = [TensorConformations(v, self.dtype) if len(v) else None for v in self.valid_sets]
-        self.test_tensors = [
-            TensorConformations(
-                read_source(sc, cfg.data_root, path=sc.test_path, validation="test", report=self._report), self.dtype
-            )
+        self.test_sets = [
+            read_source(sc, cfg.data_root, path=sc.test_path, validation="test", report=self._report)
             if sc.test_path
             else None
             for sc in cfg.sources
@@ -346,6 +343,14 @@ class Trainer:
             self.parent = None
             self._init_statistics()
         self.model.train()
+
+    def _build_tensors(self) -> None:
+        """The sources' training, validation and test frames as tensors in the model's dtype, with the
+        cells of frames periodic in fewer than three directions completed for the model's cutoff."""
+        cutoff = float(self.model.cutoff)
+        self.tensors = [TensorConformations(s.data, self.dtype, cutoff) for s in self.sources]
+        self.valid_tensors = [TensorConformations(v, self.dtype, cutoff) if len(v) else None for v in self.valid_sets]
+        self.test_tensors = [None if t is None else TensorConformations(t, self.dtype, cutoff) for t in self.test_sets]
 
     def _init_statistics(self) -> None:
         """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""

@@ -231,7 +231,8 @@ def _read_ase_db_impl(
             poss.append(positions * l_fac)
             pbc = bool(np.any(row.pbc))
             any_pbc |= pbc
-            cells.append(np.asarray(row.cell, dtype=np.float64) * l_fac if pbc else np.zeros((3, 3)))
+            # a zero lattice vector marks a direction without periodicity (ConformationSet.cell)
+            cells.append(np.asarray(row.cell, dtype=np.float64) * l_fac * np.asarray(row.pbc, dtype=bool)[:, None])
             data = _decode_row_data(row.get("data"))
             # energy
             e = row.get("energy") if energy_key is None else _row_value(row, data, energy_key)

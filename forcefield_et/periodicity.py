@@ -63,6 +63,14 @@ def normalise_pbc(pbc: PbcLike, cell: np.ndarray | None) -> np.ndarray:
     return flags.copy()
 
 
+def _independent(vectors: np.ndarray) -> bool:
+    """Whether the rows of ``vectors`` [k, 3] (Å) are non-zero and linearly independent."""
+    if len(vectors) == 0:
+        return True
+    scale = max(float(np.abs(vectors).max()), 1.0)
+    return int(np.linalg.matrix_rank(vectors, tol=1e-6 * scale)) == len(vectors)
+
+
 def _orthonormal_complement(vectors: np.ndarray) -> np.ndarray:
     """Unit vectors [3 - k, 3] orthogonal to the k independent rows of ``vectors`` and to each other."""
     if len(vectors) == 2:
@@ -103,22 +111,53 @@ def model_cell(
                 "(lattice vectors as rows, in Å)"
             )
         return ModelCell(lattice, own_volume, own_volume, False)
-    periodic = lattice[flags]
-    scale = max(float(np.abs(periodic).max()), 1.0)
-    rank = np.linalg.matrix_rank(periodic, tol=1e-6 * scale)
-    if rank < len(periodic):
+    if not _independent(lattice[flags]):
         names = ", ".join("abc"[k] for k in np.flatnonzero(flags))
         raise ValueError(
             f"{owner}: the lattice vectors of the periodic directions ({names}; pbc={flags.tolist()}) must be "
             "non-zero and independent"
         )
-    directions = _orthonormal_complement(periodic)
+    completed = _completed(positions, lattice, flags, cutoff)
+    model_volume = abs(float(np.linalg.det(completed)))
+    stress_volume = own_volume if own_volume >= MIN_VOLUME_A3 else None
+    return ModelCell(completed, stress_volume, model_volume, True)
+
+
+def _completed(positions: np.ndarray, lattice: np.ndarray, flags: np.ndarray, cutoff: float) -> np.ndarray:
+    """``lattice`` [3, 3] Å with the rows of its open directions (``flags`` False) replaced by
+    orthogonal vectors longer than the extent of ``positions`` [N, 3] Å along them plus ``cutoff``."""
+    periodic = lattice[flags]
+    directions = np.eye(3) if len(periodic) == 0 else _orthonormal_complement(periodic)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     completed = lattice.copy()
     for row, direction in zip(np.flatnonzero(~flags), directions):
         along = positions @ direction
         extent = float(along.max() - along.min()) if len(along) else 0.0
         completed[row] = direction * (extent + cutoff + CLEARANCE_A)
-    model_volume = abs(float(np.linalg.det(completed)))
-    stress_volume = own_volume if own_volume >= MIN_VOLUME_A3 else None
-    return ModelCell(completed, stress_volume, model_volume, True)
+    return completed
+
+
+def complete_open_directions(
+    cells: np.ndarray, positions: np.ndarray, offsets: np.ndarray, cutoff: float | None
+) -> np.ndarray:
+    """The cells [F, 3, 3] Å of a frame set (a :class:`~forcefield_et.data.ConformationSet`: all
+    positions [A, 3] Å, frame ``k`` at ``offsets[k]:offsets[k + 1]``), where a zero lattice vector
+    marks a direction without periodicity and an all-zero cell a frame without any, with every such
+    row completed as :func:`model_cell` does for a model of ``cutoff`` Å. Cells without zero rows
+    are returned as they are."""
+    open_rows = np.linalg.norm(cells, axis=2) == 0.0
+    frames = np.flatnonzero(open_rows.any(axis=1))
+    if len(frames) == 0:
+        return cells
+    if cutoff is None:
+        raise ValueError(
+            f"{len(frames)} frame(s) are periodic in fewer than three directions (zero lattice vectors); "
+            "completing their cells needs the model's cutoff"
+        )
+    completed = np.array(cells, dtype=np.float64, copy=True)
+    for k in frames:
+        flags = ~open_rows[k]
+        if not _independent(completed[k][flags]):
+            raise ValueError(f"frame {k}: the lattice vectors of its periodic directions are not independent")
+        completed[k] = _completed(positions[offsets[k]:offsets[k + 1]], completed[k], flags, cutoff)
+    return completed

@@ -10,7 +10,7 @@ from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from forcefield_et import ETCalculator
-from forcefield_et.inference.periodicity import model_cell
+from forcefield_et.periodicity import model_cell
 
 
 @pytest.fixture
@@ -163,3 +163,32 @@ def test_model_cell_keeps_fully_periodic_cells_and_completes_open_directions():
     assert slab.stress_volume is None and slab.stress_factor() is None
     with pytest.raises(ValueError, match="must be non-zero and independent"):
         model_cell(positions, np.array([[3.0, 0, 0], [6.0, 0, 0], [0, 0, 5.0]]), [True, True, False], 5.0)
+
+
+def test_frame_sets_of_slabs_and_molecules_predict_as_the_calculator(calc, tmp_path):
+    """Read from extxyz (a zero lattice vector marks an open direction), a set of slabs, fully
+    periodic frames and molecules goes through the batched path (training, evaluation) with the
+    calculator's energies and forces."""
+    from ase.io import read, write
+
+    from forcefield_et.data import read_dataset
+    from forcefield_et.inference import Evaluator
+
+    slab = _water_layer()
+    slab.pbc = [True, True, False]
+    thin_vacuum = slab.copy()
+    zero_vector = slab.copy()
+    zero_vector.cell[2] = 0.0
+    periodic = slab.copy()
+    periodic.pbc = True
+    methane = molecule("CH4")
+    frames = [thin_vacuum, methane, zero_vector, periodic]
+    path = tmp_path / "frames.extxyz"
+    write(path, frames)
+    data = read_dataset(path)
+    prediction = Evaluator.wrap(calc.engine.model).predict(data, batch_size=3)
+    for k, atoms in enumerate(read(path, ":")):  # the positions as written
+        energy, forces = _energy_forces(atoms, calc)
+        assert prediction["energy"][k] == pytest.approx(energy, rel=1e-10)
+        a, b = data.offsets[k], data.offsets[k + 1]
+        np.testing.assert_allclose(prediction["forces"][a:b], forces, atol=1e-9)
