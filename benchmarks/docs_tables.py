@@ -233,6 +233,13 @@ def md_stability() -> str:
     return stability.table(_json("md_stability/md_stability.json")["runs"])
 
 
+def md_stability_converged() -> str:
+    """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
+    from . import md_stability as stability
+
+    return stability.table(_json("md_stability_converged/md_stability.json")["runs"])
+
+
 def speed_aspirin() -> str:
     """Aspirin energy+forces calls and MD through each model's ASE calculator (``benchmarks.speed``)."""
     result = _json("speed.json")
@@ -374,19 +381,29 @@ def _md_cell(run: Dict[str, Any] | None, full_ps: float) -> str:
     return f"no collapse in the {run['simulated_ps']:g} ps simulated"
 
 
-def md_stability_summary() -> str:
-    """The MD-stability runs in one line per molecule (``benchmarks.md_stability``)."""
+def _md_summary(relative: str, scratch_model: str) -> str:
+    """One line per molecule of an MD-stability summary: the pretrained start against ``scratch_model``."""
     from .finetune_study import MOLECULE_NAMES
 
-    result = _json("md_stability/md_stability.json")
+    result = _json(relative)
     full_ps = result["protocol"]["time_ps"]
     by = {(r["molecule"], r["model"]): r for r in result["runs"]}
     lines = ["| molecule | pretrained → fine-tuned (`rmd17-<mol>`) | from scratch |", "|---|---|---|"]
     for molecule in sorted({m for m, _ in by}):
         lines.append(f"| {MOLECULE_NAMES.get(molecule, molecule)} | "
                      f"{_md_cell(by.get((molecule, 'et-pretrained-finetuned')), full_ps)} "
-                     f"| {_md_cell(by.get((molecule, 'et-scratch')), full_ps)} |")
+                     f"| {_md_cell(by.get((molecule, scratch_model)), full_ps)} |")
     return "\n".join(lines) + "\n"
+
+
+def md_stability_summary() -> str:
+    """The MD-stability runs of the 2,000-step models in one line per molecule (``benchmarks.md_stability``)."""
+    return _md_summary("md_stability/md_stability.json", "et-scratch")
+
+
+def md_stability_converged_summary() -> str:
+    """The 300 ps runs of the converged 1000-frame models in one line per molecule."""
+    return _md_summary("md_stability_converged/md_stability.json", "et-converged-scratch")
 
 
 def readme_results() -> str:
@@ -710,6 +727,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "train_speed_data_parallel": train_speed_data_parallel,
     "train_speed_phases": train_speed_phases,
     "md_stability": md_stability,
+    "md_stability_converged": md_stability_converged,
     "ablation": ablation,
     "qm9_property": qm9_property,
     "nve_drift": nve_drift,
@@ -728,6 +746,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "finetune_budget": finetune_budget,
     "finetune_rebuild": finetune_rebuild,
     "md_stability_summary": md_stability_summary,
+    "md_stability_converged_summary": md_stability_converged_summary,
     "readme_results": readme_results,
     "model_card_summary": model_card_summary,
     "model_card_data": model_card_data,
