@@ -135,10 +135,10 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
     if args.schedule is None:
         # a run that the time budget or early stopping ends has no step count for a cosine to decay over
         args.schedule = "plateau" if open_ended else FINETUNE_OPTIM.schedule
-    elif args.schedule == "cosine" and open_ended:
+    elif args.schedule == "cosine" and open_ended and not args.time_budget:
         raise ValueError(
-            "--schedule cosine decays the learning rate over --steps, and this run has none: give --steps, "
-            "or leave --schedule out (a run that --time-budget or --early-stop-patience ends halves the "
+            "--schedule cosine decays the learning rate over --steps or over --time-budget, and this run has "
+            "neither: give one, or leave --schedule out (a run that --early-stop-patience ends halves the "
             "learning rate on plateaus of the validation loss)"
         )
 
@@ -744,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--schedule",
         choices=["cosine", "plateau"],
-        help="cosine: decay to --min-lr over --steps; plateau: halve the learning rate when the validation "
+        help="cosine: decay to --min-lr over --steps (without --steps: over --time-budget, from the CPU time "
+        "per step measured early in the run); plateau: halve the learning rate when the validation "
         "loss stops improving (default: plateau when --time-budget or --early-stop-patience ends the run and "
         "--steps is not given, cosine otherwise)",
     )

@@ -116,7 +116,12 @@ def test_a_cosine_without_steps_to_decay_over_is_a_clear_error(tmp_path, capsys)
     train = tmp_path / "train.xyz"
     write(train, [frame] * 4)
     status = main(["finetune", "--train", str(train), "--out", str(tmp_path / "run"), "--schedule", "cosine",
-                   "--time-budget", "2h"])
+                   "--early-stop-patience", "20"])
     assert status != 0
-    assert "--schedule cosine decays the learning rate over --steps" in capsys.readouterr().err
+    assert "--schedule cosine decays the learning rate over --steps or over --time-budget" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cosine_with_a_time_budget_and_no_steps_decays_over_the_budget():
+    optim = finetune_config(_finetune_args("--time-budget", "2h", "--schedule", "cosine")).optim
+    assert optim.schedule == "cosine" and optim.time_budget_s == 7200 and optim.max_steps > 10**6

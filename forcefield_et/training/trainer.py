@@ -57,6 +57,8 @@ from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibri
 
 METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s", "cpu_hours"]
 EXISTING_RUN_POLICIES = ("resume", "require", "refuse", "overwrite")
+# a cosine over a time budget ends its decay at this share of the steps the budget is measured to hold
+BUDGET_COSINE_MARGIN = 0.95
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "learning_curve.csv", "learning_curve.png", "config.yaml")
 # optimiser settings that may change when a run is resumed (how long and how it runs, not what it learns)
 RESUMABLE_SETTINGS = (
@@ -194,6 +196,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
         )
+        # a cosine over a time budget: the step count it decays over, measured once (see _fit_budget_cosine)
+        self.budget_cosine_steps: int | None = None
+        self.budget_cosine_anchor: Tuple[int, float] | None = None
+        self.budget_cosine_budget_s: float | None = None
         # warm-up, then cosine (or the constant rate that the plateau scheduler reduces)
         self.scheduler = LambdaLR(self.optimizer, self._schedule_factor())
         self.plateau: ReduceLROnPlateau | None = None
@@ -406,10 +412,49 @@ class Trainer:
                 return (step + 1) / o.warmup_steps
             if o.schedule != "cosine":
                 return 1.0
-            progress = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+            total = self.cosine_steps()
+            if total is None:  # a cosine over a time budget before its step count is measured
+                return 1.0
+            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
             return (o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))) / o.lr
 
         return factor
+
+    def budget_cosine(self) -> bool:
+        """Whether the cosine decays over the time budget: schedule cosine, a time budget, and no step count."""
+        o = self.config.optim
+        return o.schedule == "cosine" and o.time_budget_s is not None and o.max_steps >= UNLIMITED_STEPS
+
+    def cosine_steps(self) -> int | None:
+        """The step count the cosine decays over: ``max_steps``, or for a cosine over a time budget the
+        steps that fit in it (None until measured)."""
+        return self.budget_cosine_steps if self.budget_cosine() else self.config.optim.max_steps
+
+    def _fit_budget_cosine(self) -> str | None:
+        """At the validations after warm-up, for a cosine over a time budget: the first marks the start
+        of a measurement, the second fixes the step count that fits in the budget from the CPU time per
+        step in between (validation included), with a margin of ``BUDGET_COSINE_MARGIN``. The count is
+        saved with the run, so the schedule does not depend on the machine's speed after that. Returns
+        a message when it fixes the count."""
+        optim = self.config.optim
+        if not self.budget_cosine() or self.budget_cosine_steps is not None or self.step < optim.warmup_steps:
+            return None
+        if self.budget_cosine_anchor is None:
+            self.budget_cosine_anchor = (self.step, self.cpu_seconds)
+            return None
+        start_step, start_cpu = self.budget_cosine_anchor
+        if self.step <= start_step:
+            return None
+        per_step = max(self.cpu_seconds - start_cpu, 1e-9) / (self.step - start_step)
+        remaining = max(0.0, float(optim.time_budget_s) - self.cpu_seconds)
+        steps = torch.tensor([self.step + int(BUDGET_COSINE_MARGIN * remaining / per_step)], dtype=torch.int64)
+        if self.world_size > 1:  # every worker takes rank 0's count
+            steps = steps.to(self.device)
+            dist.broadcast(steps, 0)
+        self.budget_cosine_steps = int(steps.item())
+        self.budget_cosine_budget_s = float(optim.time_budget_s)
+        return (f"cosine over the time budget: decays to the minimum learning rate at step "
+                f"{self.budget_cosine_steps} ({per_step:.3g} CPU-s per step measured)")
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step ``step`` under the warm-up and cosine schedule (for the plateau
@@ -438,6 +483,8 @@ class Trainer:
             "ema_updates": int(self.averaged.n_averaged),
             "scheduler": self.scheduler.state_dict(),
             "plateau_scheduler": self.plateau.state_dict() if self.plateau is not None else None,
+            "budget_cosine": {"steps": self.budget_cosine_steps, "anchor": self.budget_cosine_anchor,
+                              "budget_s": self.budget_cosine_budget_s},
             "best_valid": self.best_valid,
             "select_by": self.config.optim.select_by,
             "cpu_seconds": self.cpu_seconds,
@@ -506,6 +553,7 @@ class Trainer:
             for b_avg, b_model in zip(self.ema_model.buffers(), self.model.buffers()):
                 b_avg.copy_(b_model)
             self.averaged.n_averaged.fill_(int(state.get("ema_updates", self.step + 1)))
+        self._restore_budget_cosine(state.get("budget_cosine") or {})
         self._restore_schedule(state)
         self.best_valid = float(state["best_valid"])
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
@@ -518,6 +566,19 @@ class Trainer:
                 self.plateau.best = math.inf
         self._truncate_metrics()
         return True
+
+    def _restore_budget_cosine(self, saved: Dict[str, Any]) -> None:
+        """The measured step count of a cosine over a time budget; a resumed run with another budget
+        scales it by the ratio of the budgets."""
+        anchor = saved.get("anchor")
+        self.budget_cosine_anchor = (int(anchor[0]), float(anchor[1])) if anchor is not None else None
+        steps, budget_s = saved.get("steps"), saved.get("budget_s")
+        self.budget_cosine_steps = int(steps) if steps is not None else None
+        self.budget_cosine_budget_s = float(budget_s) if budget_s is not None else None
+        now = self.config.optim.time_budget_s
+        if self.budget_cosine_steps is not None and budget_s and now and now != budget_s:
+            self.budget_cosine_steps = int(round(self.budget_cosine_steps * now / budget_s))
+            self.budget_cosine_budget_s = float(now)
 
     def _restore_schedule(self, state: Dict[str, Any]) -> None:
         """Restore the schedulers from a training state (also from one written before the trainer
@@ -808,6 +869,9 @@ class Trainer:
                 last_valid = self.validate()
                 count_cpu()
                 self._after_validation(last_valid)
+                fitted = self._fit_budget_cosine()
+                if fitted and self.rank == 0:
+                    bar.write(fitted)
                 self._log(
                     {
                         "step": self.step,

@@ -4,6 +4,7 @@ test-set monitoring, snapshots and glob data paths."""
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -192,3 +193,48 @@ def test_a_run_saved_before_torch_schedulers_resumes_with_its_rate_and_average(t
     weight = 1 - 6 / 15
     for average, stored, current in zip(resumed.ema, ema, resumed.model.parameters(), strict=True):
         assert torch.allclose(average, stored + weight * (current.detach() - stored), atol=1e-6)
+
+
+def test_a_cosine_over_a_time_budget_fixes_its_step_count_from_the_measured_speed_and_keeps_it(tmp_path):
+    from forcefield_et.training.trainer import BUDGET_COSINE_MARGIN
+
+    values = tiny_mixed_config(tmp_path / "run", schedule="cosine", max_steps=UNLIMITED_STEPS, time_budget_s=100.0,
+                               warmup_steps=2, lr=1e-3, min_lr=1e-5)
+    trainer = Trainer(config_from_dict(values), progress=False)
+    assert trainer.budget_cosine() and trainer.cosine_steps() is None
+    for _ in range(4):
+        trainer.train_step()
+    assert trainer.train_step()["lr"] == pytest.approx(1e-3)  # after warm-up, constant until measured
+    # first validation after warm-up: the start of the measurement; second: 10 steps cost 2 CPU-s
+    trainer.cpu_seconds = 10.0
+    assert trainer._fit_budget_cosine() is None and trainer.cosine_steps() is None
+    for _ in range(10):
+        trainer.train_step()
+    trainer.cpu_seconds = 12.0
+    message = trainer._fit_budget_cosine()
+    expected = 15 + int(BUDGET_COSINE_MARGIN * (100.0 - 12.0) / 0.2)
+    assert trainer.cosine_steps() == expected and str(expected) in message
+    # the rate now follows the cosine over those steps, and ends at min_lr
+    trainer.train_step()
+    progress = (trainer.step - 2) / (expected - 2)
+    cosine = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * progress))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine)
+    assert trainer._schedule_factor()(expected + 5) * 1e-3 == pytest.approx(1e-5)
+    # the count travels in last.pt (a resumed run does not measure again), scaled to a changed budget
+    trainer.save_last()
+    resumed = Trainer(config_from_dict(values), progress=False)
+    assert resumed.resume() and resumed.cosine_steps() == expected
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(cosine, rel=1e-6)
+    values["optim"]["time_budget_s"] = 200.0
+    longer = Trainer(config_from_dict(values), progress=False)
+    assert longer.resume() and longer.cosine_steps() == round(expected * 2)
+
+
+def test_a_budgeted_cosine_run_decays_the_rate_before_its_budget_ends(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", schedule="cosine", max_steps=UNLIMITED_STEPS, valid_every=10,
+                               checkpoint_every=50, time_budget_s=4.0, warmup_steps=2, lr=1e-3, min_lr=1e-5)
+    trainer, _ = train(config_from_dict(values), progress=False)
+    assert trainer.stop_reason.startswith("time budget") and trainer.cosine_steps() is not None
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        rates = [float(r["lr"]) for r in csv.DictReader(handle) if r["kind"] == "train"]
+    assert rates[-1] < 0.2 * max(rates)
