@@ -44,6 +44,7 @@ import torch
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.training import config_from_dict, train, with_replay
+from forcefield_et.training.config import UNLIMITED_STEPS
 from forcefield_et.training.curves import read_validation_rows
 
 from .finetune_study import _pretrained_architecture, start_label
@@ -104,6 +105,7 @@ class Variant:
     force_weight: float = FORCE_WEIGHT
     lr: float = LEARNING_RATE
     patience: int = PLATEAU_PATIENCE
+    schedule: str = "plateau"  # or "cosine": decay over the CPU budget, no early stopping
 
     @property
     def labels(self) -> List[str]:
@@ -112,6 +114,7 @@ class Variant:
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
         labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
         labels += [f"plateau patience {self.patience}"] if self.patience != PLATEAU_PATIENCE else []
+        labels += ["cosine over the budget"] if self.schedule == "cosine" else []
         return labels
 
     @property
@@ -120,13 +123,22 @@ class Variant:
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
         suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
-        return suffix + (f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else "")
+        suffix += f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else ""
+        return suffix + ("-cosine" if self.schedule == "cosine" else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
         return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
-                   int(result.get("plateau_patience", PLATEAU_PATIENCE)))
+                   int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")))
+
+    def optim(self) -> Dict[str, Any]:
+        """The recipe's optimiser settings that this variant changes."""
+        changes: Dict[str, Any] = {"lr": self.lr, "plateau_patience": self.patience,
+                                   "early_stop_patience": self.patience + EARLY_STOP_AFTER_PLATEAU}
+        if self.schedule == "cosine":  # the trainer fits the cosine's length to the CPU budget; the budget ends it
+            changes.update({"schedule": "cosine", "max_steps": UNLIMITED_STEPS, "early_stop_patience": 0})
+        return changes
 
 
 def cell_name(molecule: str, n_train: int, start: str, variant: Variant = Variant()) -> str:
@@ -143,8 +155,7 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
     values: Dict[str, Any] = {
         "run_dir": str(run_dir), "seed": 0, "dtype": "float32", "sources": sources,
         "objectives": {"energy_weight": 1.0, "force_weight": variant.force_weight},
-        "optim": {**recipe(n_train), "lr": variant.lr, "plateau_patience": variant.patience,
-                  "early_stop_patience": variant.patience + EARLY_STOP_AFTER_PLATEAU, **(optim or {})},
+        "optim": {**recipe(n_train), **variant.optim(), **(optim or {})},
     }
     if start == "scratch":
         values["model"] = dict(model) if model else _pretrained_architecture()
@@ -198,7 +209,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
-        "lr": variant.lr, "plateau_patience": variant.patience,
+        "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
@@ -447,6 +458,9 @@ def main(argv: List[str] | None = None) -> None:
                         help=f"validations without improvement before the learning rate is halved (default "
                         f"{PLATEAU_PATIENCE}; early stopping waits {EARLY_STOP_AFTER_PLATEAU} more; other values: "
                         "cells <cell>-pat<P>)")
+    parser.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
+                        help="plateau (the recipe), or cosine: decay to the minimum learning rate over the CPU "
+                        "budget, without early stopping (cells <cell>-cosine)")
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
@@ -481,7 +495,7 @@ def main(argv: List[str] | None = None) -> None:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
     if not args.report:
-        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience)
+        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:

@@ -63,6 +63,14 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     assert (slow.optim.plateau_patience, slow.optim.early_stop_patience) == (10, 17)
     assert (recipe_cell.optim.plateau_patience, recipe_cell.optim.early_stop_patience) == (3, 10)
     assert Variant.of({"replay": 0.0, "plateau_patience": 10}) == patient
+    # a cosine over the CPU budget: no step count, no early stopping, the budget ends it
+    cosine = Variant(schedule="cosine")
+    assert cell_name("naphthalene", 1000, "pretrained", cosine) == "naphthalene-1000-pretrained-cosine"
+    assert cosine.labels == ["cosine over the budget"]
+    annealed = recipe_config(tmp_path / "cosine", [source], 1000, "pretrained", variant=cosine)
+    assert annealed.optim.schedule == "cosine" and annealed.optim.early_stop_patience == 0
+    assert annealed.optim.max_steps >= 10**9 and annealed.optim.time_budget_s == recipe_cell.optim.time_budget_s
+    assert Variant.of({"replay": 0.0, "schedule": "cosine"}) == cosine and Variant.of({"replay": 0.0}) == Variant()
 
 
 def test_bundle_exports_the_1000_frame_cell_with_the_lowest_validation_error(tmp_path):
