@@ -233,6 +233,13 @@ def md_stability() -> str:
     return stability.table(_json("md_stability/md_stability.json")["runs"])
 
 
+def pretrain_size() -> str:
+    """Pretraining model sizes at the same CPU budget (``benchmarks.pretrain_size``)."""
+    from . import pretrain_size as sizes
+
+    return sizes.table(_json("pretrain_size/pretrain_size.json")["runs"])
+
+
 def md_stability_converged() -> str:
     """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
     from . import md_stability as stability
@@ -728,6 +735,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "train_speed_phases": train_speed_phases,
     "md_stability": md_stability,
     "md_stability_converged": md_stability_converged,
+    "pretrain_size": pretrain_size,
     "ablation": ablation,
     "qm9_property": qm9_property,
     "nve_drift": nve_drift,

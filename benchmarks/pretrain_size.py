@@ -17,13 +17,14 @@ holds at this budget; a longer run can favour a larger model.
 
 Runs live in ``runs/pretrain_size/<size>/`` (ignored by git) and resume; results go to
 ``benchmarks/results/pretrain_size/`` (``pretrain_size.json``, ``pretrain_size.md``,
-``pretrain_size.png``).
+``pretrain_size.png``, copied to ``docs/img/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "pretrain_mixed.yaml"
 RUNS_DIR = REPO / "runs" / "pretrain_size"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "pretrain_size"
+DOCS_IMG = REPO / "docs" / "img"
 SIZES: List[Tuple[int, int]] = [(64, 3), (128, 4), (128, 6)]
 BUDGET_HOURS = 0.5
 METRICS = ("xtb_md", "rmd17_others")
@@ -154,6 +156,9 @@ def main(argv: List[str] | None = None) -> None:
             result = run_size(hidden, layers, budget_s, Path(args.runs), out, args.quick)
             print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
+    figure = out / "pretrain_size.png"
+    if out.resolve() == RESULTS_DIR.resolve() and figure.is_file():  # the docs show the default run's figure
+        shutil.copyfile(figure, DOCS_IMG / "pretrain_size.png")
 
 
 if __name__ == "__main__":
