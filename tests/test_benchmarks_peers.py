@@ -75,7 +75,7 @@ class FileProbe(peers.Probe):
 
 
 FAKE_TRAINER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 root = Path(sys.argv[1])
 epoch = int((root / "ckpt").read_text()) + 1 if (root / "ckpt").is_file() else 0
@@ -85,7 +85,8 @@ while epoch < int(sys.argv[2]):
         pass
     with open(root / "valid", "a") as handle:
         handle.write(f"{epoch}\\n")
-    (root / "ckpt").write_text(str(epoch))
+    (root / "ckpt.tmp").write_text(str(epoch))  # atomic, as real checkpoints are: a kill leaves the old one
+    os.replace(root / "ckpt.tmp", root / "ckpt")
     epoch += 1
 """
 
