@@ -156,8 +156,8 @@ class ETCalculator(Calculator):
         self.n_calls = 0
 
     # ------------------------------------------------------------------ checks
-    def check_atoms(self, atoms: Atoms) -> None:
-        """Raise a clear error for input the model cannot evaluate."""
+    def check_atoms(self, atoms: Atoms) -> ModelCell:
+        """Raise a clear error for input the model cannot evaluate; returns the cell the model gets."""
         numbers = atoms.get_atomic_numbers()
         if len(numbers) == 0:
             raise ValueError("ETCalculator: the structure has no atoms")
@@ -174,11 +174,11 @@ class ETCalculator(Calculator):
             raise ValueError(
                 f"ETCalculator: non-finite (NaN/inf) positions for atoms {np.flatnonzero(~finite).tolist()}"
             )
-        self._model_cell(atoms)
+        return self._model_cell(atoms)
 
     def _model_cell(self, atoms: Atoms) -> ModelCell:
         """The fully periodic cell the model gets (a slab's or a wire's completed; see
-        :mod:`forcefield_et.inference.periodicity`); raises ValueError for an invalid cell."""
+        :mod:`forcefield_et.periodicity`); raises ValueError for an invalid cell."""
         return model_cell(atoms.get_positions(), atoms.get_cell().array, atoms.get_pbc(), self.engine.cutoff)
 
     # ------------------------------------------------------------------ ASE API
@@ -208,8 +208,8 @@ class ETCalculator(Calculator):
         atoms = self.atoms
         if "stress" in properties and not atoms.pbc.any():
             raise PropertyNotImplementedError("ETCalculator: stress needs a periodic structure with a cell")
-        self.check_atoms(atoms)
-        if "stress" in properties and self._model_cell(atoms).stress_volume is None:
+        periodicity = self.check_atoms(atoms)
+        if "stress" in properties and periodicity.stress_volume is None:
             raise PropertyNotImplementedError(
                 f"ETCalculator: stress of a structure periodic along {_periodic_axes(atoms)} only needs a cell "
                 "with a volume (give the non-periodic directions lattice vectors, e.g. the vacuum)"

@@ -232,7 +232,7 @@ class Evaluator:
     ) -> Outputs:
         """One structure: atomic numbers [N], positions [N, 3] (Å, float64), cell [3, 3] (Å, rows
         a, b, c; None: not periodic), pbc [3] bool (None: every direction periodic where a cell is
-        given; a slab or a wire goes through :func:`~forcefield_et.inference.periodicity.model_cell`).
+        given; a slab or a wire goes through :func:`~forcefield_et.periodicity.model_cell`).
         Returns detached tensors: ``energy`` [1] (eV), ``forces`` [N, 3] (eV/Å), ``stress``
         [1, 3, 3] (eV/Å³, periodic structures whose cell has a volume); a committee adds
         ``energy_std`` [1] (eV) and ``forces_std`` [N] (eV/Å). Picks the neighbour list and the
