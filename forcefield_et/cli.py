@@ -38,6 +38,7 @@ from .cli_validators import (
     output_file,
     positive_float,
     positive_int,
+    pressure_arg,
     seed,
     temperature_arg,
     threads_arg,
@@ -367,9 +368,15 @@ def _cmd_md(args: argparse.Namespace) -> int:
                              "separated by commas)")
     threads = _threads_for(len(atoms), args.threads) if atoms.calc.device.type == "cpu" else 0
     relax_fmax = None if args.no_relax else args.relax_fmax
+    if args.thermostat is None:
+        args.thermostat = "nose-hoover" if args.pressure is not None else "langevin"
+    if args.pressure is not None and args.thermostat != "nose-hoover":
+        raise ValueError(f"--pressure runs with --thermostat nose-hoover (ASE's isotropic MTK barostat with a "
+                         f"Nosé–Hoover chain), not {args.thermostat}")
     print(
         f"MD of {path.name} ({len(atoms)} atoms) with model {args.model!r}: {args.steps} steps of "
         f"{args.timestep} fs, {args.thermostat} at {args.temperature} K, "
+        + (f"{args.pressure:g} bar (MTK barostat, {args.barostat_time:g} fs), " if args.pressure is not None else "")
         + (f"{threads} torch thread(s)" if threads else f"on {atoms.calc.device}")
         + (", compiled" if compile_energy else "")
         + (f", watched by {args.watcher!r}" if watcher is not None else "")
@@ -395,6 +402,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
         settings={"model": _model_fingerprint(args.model), "dtype": args.dtype,
                   **({"watcher_model": _model_fingerprint(args.watcher)} if watcher is not None else {})},
         watcher=watcher,
+        pressure_bar=args.pressure,
+        barostat_time_fs=args.barostat_time,
     )
     print(json.dumps(summary, indent=2))
     if "stopped" in summary:
@@ -924,8 +933,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=nonnegative_int, default=2000)
     p.add_argument("--timestep", type=timestep_arg, default=0.5, help="fs")
     p.add_argument("--temperature", type=temperature_arg, default=300.0, help="K")
-    p.add_argument("--thermostat", default="langevin", choices=["langevin", "nose-hoover", "nve"])
+    p.add_argument("--thermostat", choices=["langevin", "nose-hoover", "nve"],
+                   help="default: langevin; nose-hoover with --pressure")
     p.add_argument("--friction", type=friction_arg, default=0.01, help="Langevin friction (1/fs)")
+    p.add_argument(
+        "--pressure", type=pressure_arg, metavar="BAR", help="constant pressure (bar), NPT: ASE's isotropic MTK "
+        "barostat with the Nosé–Hoover thermostat, for structures periodic along a, b and c; the log adds volume, "
+        "density, pressure and the conserved energy"
+    )
+    p.add_argument("--barostat-time", type=positive_float, default=500.0, metavar="FS",
+                   help="with --pressure: the barostat's time constant (fs) (default: 500)")
     p.add_argument("--interval", type=positive_int, default=10, help="steps between saved frames")
     p.add_argument(
         "--out", default="md_run", type=output_directory, help="output folder (trajectory.traj, md_log.csv, md.png, "

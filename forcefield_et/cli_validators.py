@@ -297,6 +297,7 @@ loss_weight_arg = float_in_range(0.0, 1e6, include_high=True)
 timestep_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)  # fs
 temperature_arg = float_in_range(0.0, 1e5, include_high=True)  # K
 friction_arg = float_in_range(0.0, 10.0, include_high=True)  # 1/fs
+pressure_arg = float_in_range(-1e6, 1e6, include_high=True)  # bar (negative: tension)
 force_threshold_arg = float_in_range(0.0, 1e3, include_low=False, include_high=True)  # eV/Å
 bond_change_arg = float_in_range(0.0, 100.0, include_low=False, include_high=True)  # Å
 zbl_scale_arg = float_in_range(0.0, 10.0, include_low=False, include_high=True)

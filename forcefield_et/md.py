@@ -8,6 +8,12 @@ committee calculator, or a committee ``watcher`` beside any driving model, the l
 largest per-atom force std of each saved frame (eV/Å), and with ``max_force_std`` the run stops at
 the first frame the committee is unsure of.
 
+With ``pressure_bar`` the run is at constant pressure and temperature (NPT): ASE's isotropic
+Martyna–Tobias–Klein barostat with the Nosé–Hoover chain thermostat, for structures periodic in all
+three directions. The cell keeps its shape and scales its volume; the log adds the volume (Å³), the
+density (g/cm³), the instantaneous pressure (bar, virial plus ideal-gas term) and the integrator's
+conserved energy (eV), which stays flat only when the stress is the strain derivative of the energy.
+
 A run is resumable (``existing="resume"``, the default of ``forcefield-et md``): after every saved
 frame ``md_state.npz`` holds the step, positions, momenta, the thermostat's random generator or
 Nosé–Hoover chain and the bond reference, written atomically (:mod:`forcefield_et.files`) once the
@@ -46,6 +52,7 @@ from .files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from .units import AMU_PER_ANGSTROM3_TO_G_PER_CM3, BAR_TO_EV_PER_ANGSTROM3, EV_PER_ANGSTROM3_TO_BAR
 
 THERMOSTATS = ("langevin", "nose-hoover", "nve")
 EXISTING_MD_POLICIES = ("overwrite", "resume")
@@ -66,9 +73,22 @@ def make_dynamics(
     friction_per_fs: float,
     seed: int,
     tdamp_fs: float = 50.0,
+    pressure_bar: float | None = None,
+    barostat_time_fs: float = 500.0,
 ):
-    """An ASE dynamics object: Langevin, Nosé–Hoover chain NVT, or velocity-Verlet NVE."""
+    """An ASE dynamics object: Langevin, Nosé–Hoover chain NVT, or velocity-Verlet NVE; with
+    ``pressure_bar`` (bar) and the Nosé–Hoover thermostat, isotropic MTK NPT whose barostat has the
+    time constant ``barostat_time_fs`` (fs)."""
     rng = np.random.default_rng(seed)
+    if pressure_bar is not None:
+        if thermostat != "nose-hoover":
+            raise ValueError(f"constant pressure needs thermostat 'nose-hoover' (ASE's isotropic MTK barostat), "
+                             f"got {thermostat!r}")
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+        return IsotropicMTKNPT(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                               pressure_au=pressure_bar * BAR_TO_EV_PER_ANGSTROM3, tdamp=tdamp_fs * units.fs,
+                               pdamp=barostat_time_fs * units.fs)
     if thermostat == "langevin":
         from ase.md.langevin import Langevin
 
@@ -127,6 +147,8 @@ def run_md(
     existing: str = "overwrite",
     settings: Dict[str, Any] | None = None,
     watcher: Calculator | None = None,
+    pressure_bar: float | None = None,
+    barostat_time_fs: float = 500.0,
 ) -> Dict[str, Any]:
     """Run MD on ``atoms`` (which must have a calculator) and write trajectory.traj, md_log.csv
     and md.png into ``out_dir``. Returns a summary (steps/s, mean temperature, energy drift in NVE, the
@@ -150,6 +172,11 @@ def run_md(
     drives MD shares its errors on the geometries it visits, so its own spread tends to rise only
     just before a collapse; an independent watcher (e.g. fine-tuned on more frames) sees the run
     leave the training distribution earlier (docs/uncertainty.md).
+
+    With ``pressure_bar`` (bar; needs ``thermostat="nose-hoover"``, a structure periodic along
+    a, b and c, and a calculator with stress) the cell follows an isotropic MTK barostat with time
+    constant ``barostat_time_fs`` (fs); the summary adds the mean volume, density and pressure of
+    the second half of the run.
 
     ``existing`` says what to do with a run already in ``out_dir``: ``"overwrite"`` (the default)
     starts afresh; ``"resume"`` continues it from ``md_state.npz`` when it was started with the same
@@ -184,6 +211,9 @@ def run_md(
         )
     if existing not in EXISTING_MD_POLICIES:
         raise ValueError(f"run_md: existing must be one of {EXISTING_MD_POLICIES}, got {existing!r}")
+    npt = pressure_bar is not None
+    if npt:
+        _check_npt(atoms, thermostat, pressure_bar, barostat_time_fs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out, "MD output folder"):  # held until the run ends, also on an error or Ctrl-C
@@ -201,6 +231,7 @@ def run_md(
             "max_force_std": max_force_std,
             "committee": committee,
             **({"watcher": True} if watcher is not None else {}),
+            **({"pressure_bar": pressure_bar, "barostat_time_fs": barostat_time_fs} if npt else {}),
             **(settings or {}),
         }
         fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
@@ -218,14 +249,21 @@ def run_md(
                   flush=True)
             relaxation = meta["relaxation"]
             reference = state["reference_positions"]
+            if "cell" in state:  # a barostat changed it
+                atoms.set_cell(state["cell"], scale_atoms=False)
             atoms.set_positions(state["positions"])
             atoms.set_momenta(state["momenta"])
-        watch = BondWatch(atoms.numbers, reference, atoms.cell.array.copy() if periodic else None,
+        reference_cell = atoms.cell.array.copy() if state is None or "reference_cell" not in state \
+            else state["reference_cell"]
+        watch = BondWatch(atoms.numbers, reference, reference_cell if periodic else None,
                           atoms.pbc.copy() if periodic else None)
-        dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed)
+        dynamics = make_dynamics(atoms, thermostat, timestep_fs, temperature_K, friction_per_fs, seed,
+                                 pressure_bar=pressure_bar, barostat_time_fs=barostat_time_fs)
         fieldnames = ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K", "max_bond_change_A"]
         if committee:
             fieldnames.append("max_force_std_eV_A")
+        if npt:
+            fieldnames += ["volume_A3", "density_g_cm3", "pressure_bar", "conserved_eV"]
         rows: List[Dict[str, float]] = []
         done = 0
         md_wall_s = 0.0
@@ -251,8 +289,11 @@ def run_md(
             fsync_file(out / TRAJECTORY_FILE)
             meta = {"step": done, "frames": len(rows), "md_wall_s": md_wall_s, "stopped": stopped,
                     "relaxation": relaxation, **_dynamics_state(dynamics)}
-            savez_atomic(out / STATE_FILE, {"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
-                                             "reference_positions": reference, "meta": np.array(json.dumps(meta))})
+            arrays = {"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                      "reference_positions": reference, "meta": np.array(json.dumps(meta))}
+            if npt:
+                arrays.update(cell=atoms.cell.array.copy(), reference_cell=reference_cell)
+            savez_atomic(out / STATE_FILE, arrays)
 
         def record() -> float:
             epot = atoms.get_potential_energy()
@@ -271,6 +312,13 @@ def run_md(
                     watched.set_cell(atoms.cell)
                     watched.set_positions(atoms.positions)
                 row["max_force_std_eV_A"] = float(np.max(watched.calc.get_property("forces_std", watched)))
+            if npt:
+                volume = atoms.get_volume()
+                row["volume_A3"] = volume
+                row["density_g_cm3"] = float(atoms.get_masses().sum()) / volume * AMU_PER_ANGSTROM3_TO_G_PER_CM3
+                stress = atoms.get_stress(voigt=False, include_ideal_gas=True)
+                row["pressure_bar"] = -float(np.trace(stress)) / 3 * EV_PER_ANGSTROM3_TO_BAR
+                row["conserved_eV"] = dynamics.get_conserved_energy()
             rows.append(row)
             trajectory.write()  # flushed by ASE before it returns
             log_writer.writerow(row)
@@ -309,7 +357,8 @@ def run_md(
             bar.close()
             trajectory.close()
             log_handle.close()
-        plot_md_log(rows, out / PLOT_FILE, title=f"{thermostat} MD, {temperature_K:g} K, {timestep_fs:g} fs")
+        ensemble = f"NPT ({thermostat}, MTK barostat) at {pressure_bar:g} bar" if npt else f"{thermostat} MD"
+        plot_md_log(rows, out / PLOT_FILE, title=f"{ensemble}, {temperature_K:g} K, {timestep_fs:g} fs")
         etot = np.array([r["etot_eV"] for r in rows])
         summary = {
             "steps": done,
@@ -324,6 +373,12 @@ def run_md(
             summary["resumed_from_step"] = int(meta["step"])
         if committee:
             summary["max_force_std_eV_A"] = float(max(r["max_force_std_eV_A"] for r in rows))
+        if npt:
+            second_half = rows[len(rows) // 2 :]
+            for key in ("volume_A3", "density_g_cm3", "pressure_bar"):
+                summary[f"mean_{key}"] = float(np.mean([r[key] for r in second_half]))
+            conserved = np.array([r["conserved_eV"] for r in rows])
+            summary["conserved_energy_drift_eV"] = float(conserved[-1] - conserved[0])
         if thermostat == "nve":  # a thermostat exchanges energy with its bath: drift means something only in NVE
             summary["total_energy_drift_eV"] = float(etot[-1] - etot[0])
         if stopped is not None:
@@ -331,6 +386,25 @@ def run_md(
         if relaxation is not None:
             summary["relaxation"] = relaxation
         return summary
+
+
+def _check_npt(atoms: Atoms, thermostat: str, pressure_bar: float, barostat_time_fs: float) -> None:
+    """ValueError, with the reason, where a constant-pressure run cannot be set up."""
+    if not np.isfinite(pressure_bar):
+        raise ValueError(f"run_md: pressure_bar must be a finite pressure in bar, got {pressure_bar}")
+    if not barostat_time_fs > 0:
+        raise ValueError(f"run_md: barostat_time_fs must be a positive time in fs, got {barostat_time_fs}")
+    if thermostat != "nose-hoover":
+        raise ValueError(f"run_md: constant pressure runs with thermostat='nose-hoover' (ASE's isotropic MTK "
+                         f"barostat with a Nosé–Hoover chain), got thermostat={thermostat!r}")
+    if not atoms.pbc.all():
+        raise ValueError(f"run_md: constant pressure needs a structure periodic along a, b and c, got pbc="
+                         f"{atoms.pbc.tolist()} (a molecule or a slab has no pressure to hold)")
+    if "stress" not in getattr(atoms.calc, "implemented_properties", ()):
+        raise ValueError(f"run_md: constant pressure needs a calculator with stress; "
+                         f"{type(atoms.calc).__name__} has none")
+    if atoms.constraints:
+        raise ValueError("run_md: constant pressure does not support constraints (ASE's MTK barostat has none)")
 
 
 def structure_digest(atoms: Atoms) -> str:
@@ -390,7 +464,8 @@ def _prepare_out_dir(out: Path, fingerprint: Dict[str, Any], existing: str, step
 
 def _dynamics_state(dynamics: Any) -> Dict[str, Any]:
     """What an ASE integrator carries from step to step besides positions and momenta: the
-    Langevin random generator's state or the Nosé–Hoover chain's coordinates and momenta."""
+    Langevin random generator's state, the Nosé–Hoover chain's coordinates and momenta, and the
+    MTK barostat's strain, its momentum and chain."""
     state: Dict[str, Any] = {}
     rng = getattr(dynamics, "rng", None)
     if rng is not None and hasattr(rng, "bit_generator"):
@@ -399,6 +474,12 @@ def _dynamics_state(dynamics: Any) -> Dict[str, Any]:
     if thermostat is not None:
         state["eta"] = np.array(thermostat._eta, dtype=np.float64).tolist()
         state["p_eta"] = np.array(thermostat._p_eta, dtype=np.float64).tolist()
+    barostat = getattr(dynamics, "_barostat", None)
+    if barostat is not None:  # isotropic MTK: cell = cell0 * exp(eps), its momentum and its chain
+        state["barostat"] = {
+            "xi": barostat._xi.tolist(), "p_xi": barostat._p_xi.tolist(), "eps": float(dynamics._eps),
+            "p_eps": float(dynamics._p_eps), "cell0": dynamics._cell0.tolist(), "volume0": float(dynamics._volume0),
+        }
     return state
 
 
@@ -409,6 +490,13 @@ def _restore_dynamics(dynamics: Any, meta: Dict[str, Any]) -> None:
         thermostat = dynamics._thermostat
         thermostat._eta = np.array(meta["eta"], dtype=np.float64)
         thermostat._p_eta = np.array(meta["p_eta"], dtype=np.float64)
+    if "barostat" in meta:
+        saved = meta["barostat"]
+        dynamics._barostat._xi = np.array(saved["xi"], dtype=np.float64)
+        dynamics._barostat._p_xi = np.array(saved["p_xi"], dtype=np.float64)
+        dynamics._eps, dynamics._p_eps = saved["eps"], saved["p_eps"]
+        dynamics._cell0, dynamics._volume0 = np.array(saved["cell0"], dtype=np.float64), saved["volume0"]
+        dynamics._update_atoms()  # the same cell as saved: cell0 * exp(eps), computed as the run did
 
 
 def _truncate_outputs(out: Path, frames: int) -> List[Dict[str, float]]:
@@ -469,14 +557,17 @@ def relax(atoms: Atoms, fmax: float, max_steps: int, logfile: Union[str, Path, N
 
 
 def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str | None = None) -> Path:
-    """PNG with potential/kinetic/total energy and temperature against time."""
+    """PNG with potential/kinetic/total energy and temperature against time (and the density, for
+    a constant-pressure run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = np.array([r["time_fs"] for r in rows]) / 1000.0
-    fig, (ax_e, ax_t) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    npt = bool(rows) and "density_g_cm3" in rows[0]
+    fig, axes = plt.subplots(3 if npt else 2, 1, figsize=(7, 7 if npt else 5), sharex=True)
+    ax_e, ax_t = axes[0], axes[1]
     for key, label in (("epot_eV", "potential"), ("ekin_eV", "kinetic"), ("etot_eV", "total")):
         values = np.array([r[key] for r in rows])
         ax_e.plot(t, values - values[0], label=label)
@@ -484,7 +575,10 @@ def plot_md_log(rows: List[Dict[str, float]], path: Union[str, Path], title: str
     ax_e.legend(loc="best", fontsize=8)
     ax_t.plot(t, [r["temperature_K"] for r in rows], color="C3")
     ax_t.set_ylabel("T (K)")
-    ax_t.set_xlabel("time (ps)")
+    if npt:
+        axes[2].plot(t, [r["density_g_cm3"] for r in rows], color="C4")
+        axes[2].set_ylabel("density (g/cm³)")
+    axes[-1].set_xlabel("time (ps)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
