@@ -37,3 +37,14 @@ def small_model():
 
     torch.manual_seed(0)
     return build_model(hidden_channels=32, num_layers=2, num_heads=4, num_rbf=16).double().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A checkpoint of a tiny, randomly initialised potential (1 layer, 16 channels, cutoff 4 Å)."""
+    from forcefield_et import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0).eval())
+    return path

@@ -8,24 +8,15 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
 
-from forcefield_et import ETCalculator, build_model, save_checkpoint
+from forcefield_et import ETCalculator
 from forcefield_et.cli import main
 from forcefield_et.md import run_md
 from forcefield_et.units import AMU_PER_ANGSTROM3_TO_G_PER_CM3
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0).eval())
-    return path
 
 
 def water_box(edge: float = 6.21) -> Atoms:

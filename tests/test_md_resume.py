@@ -8,22 +8,13 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
 from ase.io import Trajectory, read
 
-from forcefield_et import ETCalculator, build_model, save_checkpoint
+from forcefield_et import ETCalculator
 from forcefield_et.cli import main
 from forcefield_et.md import run_md
 from tests.test_files import LockHolder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0).eval())
-    return path
 
 
 def ethanol(model):
