@@ -35,8 +35,13 @@ def predict(
     return evaluator.predict(data, batch_size=batch_size, progress=progress)
 
 
-def error_metrics(data: ConformationSet, prediction: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    """Energy MAE/RMSE (meV, and meV/atom), force MAE/RMSE (meV/Å) over labelled frames."""
+def error_metrics(
+    data: ConformationSet, prediction: Dict[str, np.ndarray], by_element: bool = False
+) -> Dict[str, Any]:
+    """Energy MAE/RMSE (meV, and meV/atom), force MAE/RMSE (meV/Å) over labelled frames. With
+    ``by_element``: also the force MAE and RMSE of each element's atoms, the largest per-atom
+    force error (norm of the error vector, meV/Å) and the force RMSE relative to the RMS of the
+    reference forces (%)."""
     metrics: Dict[str, Any] = {"frames": int(len(data)), "atoms": int(data.n_atoms.sum())}
     if data.energy is not None and np.isfinite(data.energy).any():
         ok = np.isfinite(data.energy)
@@ -49,7 +54,26 @@ def error_metrics(data: ConformationSet, prediction: Dict[str, np.ndarray]) -> D
         err = prediction["forces"][ok] - data.forces[ok]
         metrics["force_mae_meV_A"] = float(1000 * np.abs(err).mean())
         metrics["force_rmse_meV_A"] = float(1000 * np.sqrt((err**2).mean()))
+        if by_element and ok.any():
+            metrics.update(_force_error_details(data.z[ok], err, data.forces[ok]))
     return metrics
+
+
+def _force_error_details(numbers: np.ndarray, error: np.ndarray, reference: np.ndarray) -> Dict[str, Any]:
+    """Per-element force MAE/RMSE (meV/Å), the largest per-atom error norm (meV/Å) and the
+    relative force RMSE (%) of atoms with atomic ``numbers`` [A], ``error`` and ``reference`` [A, 3] (eV/Å)."""
+    from .elements import symbol
+
+    details: Dict[str, Any] = {"force_mae_meV_A_by_element": {}, "force_rmse_meV_A_by_element": {}}
+    for z in np.unique(numbers):
+        element_error = error[numbers == z]
+        details["force_mae_meV_A_by_element"][symbol(int(z))] = float(1000 * np.abs(element_error).mean())
+        details["force_rmse_meV_A_by_element"][symbol(int(z))] = float(1000 * np.sqrt((element_error**2).mean()))
+    details["force_max_atom_error_meV_A"] = float(1000 * np.linalg.norm(error, axis=1).max())
+    reference_rms = float(np.sqrt((reference**2).mean()))
+    if reference_rms > 0:
+        details["force_rmse_percent"] = float(100 * np.sqrt((error**2).mean()) / reference_rms)
+    return details
 
 
 def has_labels(data: ConformationSet) -> bool:
@@ -164,7 +188,7 @@ def evaluate_model(
         apply_threads(int(round(min(batch_size, len(data)) * float(np.mean(data.n_atoms)))), requested=threads or None)
     prediction = predict(model, data, batch_size=batch_size, progress=progress)
     labelled = has_labels(data)
-    metrics = error_metrics(data, prediction) if labelled else {"frames": int(len(data)),
+    metrics = error_metrics(data, prediction, by_element=True) if labelled else {"frames": int(len(data)),
                                                                  "atoms": int(data.n_atoms.sum())}
     metrics.update({"model": str(name), "data": source, "labels": labelled})
     if out_dir is not None:

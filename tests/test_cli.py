@@ -83,6 +83,7 @@ def test_evaluate_writes_metrics_and_parity_plot(small_checkpoint, tmp_path, cap
     pred = model(torch.as_tensor(frames.z), torch.as_tensor(frames.pos, dtype=torch.float32), batch)
     mae = 1000 * np.abs(pred["forces"].detach().double().numpy() - frames.forces).mean()
     assert metrics["force_mae_meV_A"] == pytest.approx(mae, rel=1e-4)
+    assert set(metrics["force_mae_meV_A_by_element"]) == {"H", "C", "O"}  # ethanol's elements
     assert metrics["force_mae_meV_A"] > 0 and "energy_mae_meV" in metrics
     png = out_dir / "parity.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import torch
 
 from forcefield_et import runtime
 from forcefield_et.data import ConformationSet
-from forcefield_et.evaluation import memory_batches, predict
+from forcefield_et.evaluation import error_metrics, memory_batches, predict
 from forcefield_et.training.batching import TensorConformations
 
 
@@ -76,3 +76,38 @@ def test_a_frame_too_large_for_memory_is_refused_before_any_call(small_model, mo
     monkeypatch.setattr(type(small_model), "forward", lambda *a, **k: pytest.fail("the model must not be called"))
     with pytest.raises(MemoryError, match="frame 0 has .* neighbour pairs"):
         predict(small_model, molecules(3), batch_size=2)
+
+
+def test_error_metrics_by_element_agree_with_errors_computed_by_hand():
+    data = molecules(6, seed=3)
+    rng = np.random.default_rng(4)
+    data.forces = rng.normal(0.0, 1.0, data.pos.shape)
+    data.energy = rng.normal(0.0, 1.0, len(data))
+    prediction = {"energy": data.energy + 0.01, "forces": data.forces + rng.normal(0.0, 0.05, data.pos.shape)}
+    plain = error_metrics(data, prediction)
+    detailed = error_metrics(data, prediction, by_element=True)
+    assert "force_mae_meV_A_by_element" not in plain
+    assert {key: detailed[key] for key in plain} == plain
+    error = prediction["forces"] - data.forces
+    for z, name in ((1, "H"), (6, "C"), (8, "O")):
+        mine = error[data.z == z]
+        assert detailed["force_mae_meV_A_by_element"][name] == pytest.approx(1000 * np.abs(mine).mean())
+        assert detailed["force_rmse_meV_A_by_element"][name] == pytest.approx(1000 * np.sqrt((mine**2).mean()))
+    # the per-element means, weighted by atom counts, give the overall MAE
+    counts = {name: int((data.z == z).sum()) for z, name in ((1, "H"), (6, "C"), (8, "O"))}
+    by_element = detailed["force_mae_meV_A_by_element"]
+    weighted = sum(by_element[name] * n for name, n in counts.items()) / sum(counts.values())
+    assert weighted == pytest.approx(plain["force_mae_meV_A"])
+    assert detailed["force_max_atom_error_meV_A"] == pytest.approx(1000 * np.linalg.norm(error, axis=1).max())
+    assert detailed["force_rmse_percent"] == pytest.approx(100 * np.sqrt((error**2).mean() / (data.forces**2).mean()))
+
+
+def test_error_metrics_by_element_leave_out_atoms_without_force_labels():
+    data = molecules(4, seed=5)
+    data.forces = np.ones_like(data.pos)
+    data.forces[:2] = np.nan  # the first two atoms have no label
+    prediction = {"energy": np.zeros(len(data)), "forces": np.zeros_like(data.pos)}
+    detailed = error_metrics(data, prediction, by_element=True)
+    labelled = set(data.z[2:].tolist())
+    assert len(detailed["force_mae_meV_A_by_element"]) == len(labelled)
+    assert all(value == pytest.approx(1000.0) for value in detailed["force_mae_meV_A_by_element"].values())
