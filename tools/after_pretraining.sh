@@ -49,5 +49,9 @@ study --starts pretrained --sizes 50 --replay --lr 1e-3   # both lowered the sna
 step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps MD at 500 K"
 converged_models aspirin ethanol
 step "converged 1000-frame models of naphthalene and salicylic acid: the variant aspirin and ethanol chose"
+study --molecules naphthalene --starts pretrained --sizes 1000
+# the cosine variant of the pretrained start first (the scratch one runs in the queue): the export below
+# chooses among all finished variants by validation, so both must be in before it
+study --molecules salicylic --sizes 1000 --starts pretrained --schedule cosine
 converged_models naphthalene salicylic
 step "after pretraining: done"
