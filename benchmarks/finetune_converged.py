@@ -43,6 +43,7 @@ import torch
 
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.files import DirectoryBusyError
 from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.config import UNLIMITED_STEPS
 from forcefield_et.training.curves import read_validation_rows
@@ -499,8 +500,12 @@ def main(argv: List[str] | None = None) -> None:
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:
-                    result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                      test_frames, variant)
+                    try:
+                        result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
+                                          test_frames, variant)
+                    except DirectoryBusyError as error:  # another process trains it: the next cell
+                        print(f"skipped: {error}", flush=True)
+                        continue
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 

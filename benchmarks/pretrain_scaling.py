@@ -22,6 +22,7 @@ from typing import Any, Dict, List
 import torch
 
 from forcefield_et.checkpoint import read_checkpoint
+from forcefield_et.files import DirectoryBusyError
 
 from .finetune_converged import run_cell
 from .io import finished_runs, write_report
@@ -113,9 +114,14 @@ def main(argv: List[str] | None = None) -> None:
                     test_frames = 1000
                     if args.quick:
                         optim, test_frames = {"time_budget_s": 2, "compile": False, "valid_every": 5}, 50
-                    result = run_cell(molecule, size, str(start["path"]), Path(args.data_root), Path(args.runs), out,
-                                      optim, test_frames, model=scratch_model if start["path"] == "scratch" else None,
-                                      extra={"conformations_seen": start["conformations_seen"]})
+                    try:
+                        result = run_cell(molecule, size, str(start["path"]), Path(args.data_root), Path(args.runs),
+                                          out, optim, test_frames,
+                                          model=scratch_model if start["path"] == "scratch" else None,
+                                          extra={"conformations_seen": start["conformations_seen"]})
+                    except DirectoryBusyError as error:  # another process trains it: the next cell
+                        print(f"skipped: {error}", flush=True)
+                        continue
                     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     print(report(out))
 

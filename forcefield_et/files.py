@@ -159,16 +159,21 @@ def leftover_temporaries(folder: PathLike, names: Iterable[str] | None = None) -
     return sorted(found)
 
 
+class DirectoryBusyError(RuntimeError):
+    """A folder's :class:`DirectoryLock` is held by another process (or another lock object)."""
+
+
 class DirectoryLock:
     """An exclusive lock on a folder: ``fcntl.flock`` on ``<folder>/.lock``, which names the holder
     (``process <pid>``).
 
     :meth:`acquire` (or entering the ``with`` block) does not wait: a folder another process holds
-    raises RuntimeError naming the folder and that process. The lock is released by :meth:`release`,
-    at the end of the ``with`` block, or by the operating system when the process dies (also by
-    SIGKILL). The ``.lock`` file stays in the folder. Locks are per open file: a second
-    DirectoryLock on the same folder is refused in the same process too. Where ``fcntl`` does not
-    exist (Windows), locking is a no-op. ``what`` names the folder in the message."""
+    raises :class:`DirectoryBusyError` (a RuntimeError) naming the folder and that process. The
+    lock is released by :meth:`release`, at the end of the ``with`` block, or by the operating
+    system when the process dies (also by SIGKILL). The ``.lock`` file stays in the folder. Locks
+    are per open file: a second DirectoryLock on the same folder is refused in the same process too.
+    Where ``fcntl`` does not exist (Windows), locking is a no-op. ``what`` names the folder in the
+    message."""
 
     def __init__(self, folder: PathLike, what: str = "folder") -> None:
         self.folder = Path(folder)
@@ -181,7 +186,7 @@ class DirectoryLock:
         return self._handle is not None
 
     def acquire(self) -> DirectoryLock:
-        """Take the lock (creating the folder if needed); RuntimeError if another holder has it."""
+        """Take the lock (creating the folder if needed); DirectoryBusyError if another holder has it."""
         if self._handle is not None:
             return self
         try:
@@ -196,7 +201,7 @@ class DirectoryLock:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             handle.close()
-            raise RuntimeError(
+            raise DirectoryBusyError(
                 f"{self.folder} is in use by {owner}: two runs cannot write into one {self.what}; "
                 f"wait for it to finish or choose another {self.what}"
             ) from None
@@ -224,6 +229,7 @@ class DirectoryLock:
 
 __all__ = [
     "LOCK_FILE",
+    "DirectoryBusyError",
     "DirectoryLock",
     "atomic_path",
     "atomic_write",

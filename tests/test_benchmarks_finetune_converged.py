@@ -131,3 +131,19 @@ def test_summary_and_gains_show_the_cells_chosen_on_validation():
     # without the recipe's pretrained cell, the chosen cells still get their row
     gains = next(line for line in table(results[:2] + results[3:]).splitlines() if "| recipe / replay |" in line)
     assert gains == "| aspirin | 50 | – | – | recipe / replay | 1.35× at 0.50 CPU-h | 1.35× |"
+
+
+def test_a_cell_another_process_trains_is_skipped_not_failed(tmp_path, capsys):
+    """Two studies over the same cells (one per core) share them: a cell whose run directory another
+    process holds is left to it, and the study goes on."""
+    from tests.test_files import LockHolder
+
+    data_root = shared_path("rmd17").parent
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    with LockHolder(runs / "ethanol-50-scratch") as holder:
+        converged_main(["--quick", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
+        holder.stop()
+    output = capsys.readouterr().out
+    assert "skipped:" in output and "is in use by process" in output
+    assert not (out / "runs" / "ethanol-50-scratch" / "result.json").exists()
+    assert not (runs / "ethanol-50-scratch" / "best.pt").exists()

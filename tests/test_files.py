@@ -13,6 +13,7 @@ import pytest
 
 from forcefield_et import files
 from forcefield_et.files import (
+    DirectoryBusyError,
     DirectoryLock,
     atomic_path,
     atomic_write,
@@ -140,9 +141,9 @@ def test_the_lock_refuses_a_second_holder_until_it_is_released(tmp_path):
         assert (folder / ".lock").read_text() == f"process {holder.process.pid}\n"
         message = (f"{folder} is in use by process {holder.process.pid}: two runs cannot write into one MD output "
                    "folder; wait for it to finish or choose another MD output folder")
-        with pytest.raises(RuntimeError) as info:
+        with pytest.raises(DirectoryBusyError) as info:  # a RuntimeError that callers can tell apart
             DirectoryLock(folder, "MD output folder").acquire()
-        assert str(info.value) == message
+        assert str(info.value) == message and isinstance(info.value, RuntimeError)
         holder.release()  # the other process goes on running, without the lock
         with DirectoryLock(folder) as lock:
             assert lock.held and (folder / ".lock").read_text() == f"process {os.getpid()}\n"
