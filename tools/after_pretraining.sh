@@ -54,4 +54,7 @@ study --molecules naphthalene --starts pretrained --sizes 1000
 # chooses among all finished variants by validation, so both must be in before it
 study --molecules salicylic --sizes 1000 --starts pretrained --schedule cosine
 converged_models naphthalene salicylic
+step "pretraining-scaling curve, with the queue: each core takes the cells the other is not training"
+.venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
+.venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
 step "after pretraining: done"
