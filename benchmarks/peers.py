@@ -47,6 +47,11 @@ MD stability under the MDsim protocol (benchmarks/md_stability.py: 500 K Nose-Ho
 frame 0, 0.5 fs, collapse at a bond deviation > 0.5 Å, h(r) MAE against the test frames) for
 ``--md-time-ps`` (300) or ``--md-budget`` (1 CPU-hour) per model, whichever comes first.
 
+Two cores: start one invocation per core (one of them with ``--wait``). Each trains the models the
+other is not training (a lock per model under ``runs/peers/training/``); the ``--wait`` one then waits
+for the other's models and evaluates all of them together, while one without ``--wait`` that saw a
+model trained elsewhere leaves the evaluation to it.
+
 Everything resumable lives under ``runs/peers/`` (ignored); results go to
 ``benchmarks/results/peers/``: ``peers.json``, ``peers.md``, ``training_curves.png`` and
 ``md_progress.png``. ``--mdsim-full``: MDsim's own budget instead of the CPU budget (NequIP for
@@ -73,7 +78,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from forcefield_et.files import file_sha256
+from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 
 from .io import write_json_atomic, write_text_atomic
 from .paths import DATA_ROOT
@@ -653,6 +658,33 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
     return out
 
 
+def train_model(name: str, summary: Dict[str, Any], args: argparse.Namespace, runs: Path, out: Path) -> Dict[str, Any]:
+    """Train (or resume, or read back) one model of ``--models`` with its own tool."""
+    if name.startswith("et-"):
+        return train_et(name[3:], args.budget_s, args.quick, runs, out)
+    if name == "nequip-mdsim":
+        settings = dict(NEQUIP_TINY if args.quick else NEQUIP_MDSIM)
+        return train_nequip(name, settings, args.nequip_python, args.budget_s, args.quick, runs, args.device)
+    if name == "nequip-matched":
+        settings = {**(NEQUIP_TINY if args.quick else NEQUIP_MDSIM), **summary["matched_size"]["chosen"]["size"]}
+        return train_nequip(name, settings, args.nequip_python, args.budget_s, args.quick, runs, args.device)
+    return train_mace(dict(MACE_TINY if args.quick else MACE_SMALL), args.mace_python, args.budget_s, args.quick,
+                      runs, args.device)
+
+
+def with_others_trained(summary: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """``summary`` with the trained models (and their evaluation) that another invocation has written
+    to ``path`` since this one read it; this invocation's own entries win."""
+    if not path.is_file():
+        return summary
+    on_disk = json.loads(path.read_text())
+    merged = dict(summary)
+    merged["trained"] = {**on_disk.get("trained", {}), **summary.get("trained", {})}
+    if "evaluation" in on_disk and "evaluation" not in summary:
+        merged["evaluation"] = on_disk["evaluation"]
+    return merged
+
+
 def compiled_et(entry: Dict[str, Any], args: argparse.Namespace) -> bool:
     """Whether the ET is evaluated through its compiled energy and forces: as its long MD runs (and
     ``forcefield-et md``) run it; not for --quick, where the compilation would outlast the work."""
@@ -794,6 +826,10 @@ def main(argv: List[str] | None = None) -> int:
                         help="MDsim's budget: no CPU limits, NequIP to 2000 epochs / early stopping, 300 ps MD")
     parser.add_argument("--report", action="store_true", help="train and run nothing; summarise what is there")
     parser.add_argument("--probe-steps", type=int, default=None, help="timed steps per size in the step-cost probe")
+    parser.add_argument("--wait", action="store_true",
+                        help="another invocation (on another core) trains some of the models: wait for them, then "
+                        "evaluate all (without it, the evaluation is left to the invocation that trains the last)")
+    parser.add_argument("--wait-poll-s", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     def terminate(signum, frame):  # a SIGTERM stops the peer's trainer too (see run_budgeted)
@@ -838,6 +874,22 @@ def main(argv: List[str] | None = None) -> int:
     if not args.report:
         started = time.perf_counter()
         matched_path = runs / "probe" / "matched.json"  # its own file: parallel invocations share it
+        busy: Dict[str, str] = {}  # models another invocation is training now
+        probe_lock = DirectoryLock(runs / "probe", "step-cost probe folder")
+        if "nequip-matched" in names and "matched_size" not in summary:
+            while True:
+                try:
+                    probe_lock.acquire()  # one probe at a time; a second invocation reads its result
+                    break
+                except DirectoryBusyError as error:
+                    if args.wait:
+                        log(f"nequip-matched: waiting for the invocation probing its size ({error})")
+                        time.sleep(args.wait_poll_s)
+                        continue
+                    busy["nequip-matched"] = str(error)
+                    names.remove("nequip-matched")
+                    log(f"nequip-matched: left to the invocation probing its size ({error})")
+                    break
         if matched_path.is_file():
             summary["matched_size"] = json.loads(matched_path.read_text())
         if "nequip-matched" in names and "matched_size" not in summary:
@@ -858,38 +910,65 @@ def main(argv: List[str] | None = None) -> int:
                 skipped["nequip-matched"] = f"step-cost probe failed: {type(error).__name__}: {error}"
                 names.remove("nequip-matched")
                 log(f"nequip-matched: skipped ({skipped['nequip-matched']})")
-        for name in names:
-            try:
-                if name.startswith("et-"):
-                    entry = train_et(name[3:], args.budget_s, args.quick, runs, out)
-                elif name == "nequip-mdsim":
-                    settings = dict(NEQUIP_TINY if args.quick else NEQUIP_MDSIM)
-                    entry = train_nequip(name, settings, args.nequip_python, args.budget_s, args.quick, runs,
-                                         args.device)
-                elif name == "nequip-matched":
-                    size = summary["matched_size"]["chosen"]["size"]
-                    settings = {**(NEQUIP_TINY if args.quick else NEQUIP_MDSIM), **size}
-                    entry = train_nequip(name, settings, args.nequip_python, args.budget_s, args.quick, runs,
-                                         args.device)
-                else:
-                    entry = train_mace(dict(MACE_TINY if args.quick else MACE_SMALL), args.mace_python, args.budget_s,
-                                       args.quick, runs, args.device)
-                trained[name] = entry
-                summary["trained"][name] = entry
-                write_json_atomic(summary_path, summary)
-                log(f"{name}: trained, {entry['cpu_hours']:.3f} CPU-h ({entry['stop_reason']}), "
-                    f"{len(entry['curve'])} validations")
-            except Exception as error:
-                skipped[name] = f"training failed: {type(error).__name__}: {error}"
-                log(f"{name}: {skipped[name]}")
-        if trained:
+        probe_lock.release()
+        pending = list(names)
+        while pending:
+            waiting: List[str] = []
+            for name in pending:
+                # one invocation trains a model at a time: a second one (on another core) takes the next model
+                training_lock = DirectoryLock(runs / "training" / f"{name}-{budget_tag(args.budget_s)}",
+                                              "peer training")
+                try:
+                    training_lock.acquire()
+                except DirectoryBusyError as error:
+                    busy[name] = str(error)
+                    waiting.append(name)
+                    log(f"{name}: trained by another invocation ({error})")
+                    continue
+                try:
+                    entry = train_model(name, summary, args, runs, out)
+                    busy.pop(name, None)
+                    trained[name] = entry
+                    summary["trained"][name] = entry
+                    write_json_atomic(summary_path, with_others_trained(summary, summary_path))
+                    log(f"{name}: trained, {entry['cpu_hours']:.3f} CPU-h ({entry['stop_reason']}), "
+                        f"{len(entry['curve'])} validations")
+                except DirectoryBusyError as error:  # an ET cell that another process trains
+                    busy[name] = str(error)
+                    waiting.append(name)
+                    log(f"{name}: trained by another process ({error})")
+                except Exception as error:
+                    skipped[name] = f"training failed: {type(error).__name__}: {error}"
+                    log(f"{name}: {skipped[name]}")
+                finally:
+                    training_lock.release()
+            if not (waiting and args.wait):
+                break
+            log(f"waiting for {waiting}, trained by another invocation (--wait)")
+            time.sleep(args.wait_poll_s)
+            pending = waiting
+        summary = with_others_trained(summary, summary_path)
+        if busy:
+            # the models are evaluated together (one interleaved speed measurement): the invocation that
+            # finishes the last training does it
+            log(f"evaluation left to an invocation that finds {sorted(busy)} trained (e.g. one with --wait)")
+        evaluate_here = bool(trained) and not busy
+        evaluation_lock = DirectoryLock(runs / "evaluation", "peer evaluation")
+        if evaluate_here:
+            try:  # one evaluation at a time: its MD runs and speed rounds are not to be shared
+                evaluation_lock.acquire()
+            except DirectoryBusyError as error:
+                log(f"evaluation under way in another invocation ({error})")
+                evaluate_here = False
+        if evaluate_here:
             evaluation = evaluate(trained, pythons, args, runs)
-            previous = summary.get("evaluation", {})
+            previous = with_others_trained(summary, summary_path).get("evaluation", {})
             summary["evaluation"] = {
                 "models": {**previous.get("models", {}), **evaluation["models"]},
                 "md": {**previous.get("md", {}), **evaluation["md"]},
                 "speed": evaluation["speed"],  # one interleaved measurement of the models evaluated together
             }
+            evaluation_lock.release()
         summary["wall_time_s"] = time.perf_counter() - started
     else:
         trained = dict(summary["trained"])

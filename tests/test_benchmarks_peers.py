@@ -130,14 +130,29 @@ def test_run_budgeted_lets_a_trainer_finish_and_reports_failures(tmp_path):
                            tmp_path / "state2.json", 100.0, FileProbe(work), poll_s=0.1)
 
 
-def _run_quick(tmp_path: Path, *arguments: str) -> dict:
+def _run_quick(tmp_path: Path, *arguments: str, other_invocation=None) -> dict:
+    """``python -m benchmarks.peers --quick ...``; with ``other_invocation`` (a LockHolder on a
+    model's training lock), that lock is released once the run says it waits for the model."""
     shared_path("rmd17", "rmd17_aspirin_train_01.npz")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT)}
     runs, out = tmp_path / "runs", tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--quick", "--runs", str(runs), "--out", str(out),
-                           "--nequip-python", NEQUIP_PYTHON, "--mace-python", MACE_PYTHON, *arguments],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.peers", "--quick", "--runs", str(runs), "--out",
+                             str(out), "--nequip-python", NEQUIP_PYTHON, "--mace-python", MACE_PYTHON, *arguments],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if other_invocation is not None and "waiting for" in line:
+                other_invocation.stop()  # the other invocation finishes: its lock is free
+                other_invocation = None
+        proc.wait(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines)
+    assert other_invocation is None, "the run never waited for the other invocation:\n" + output[-3000:]
+    assert proc.returncode == 0, output[-6000:]
     summary = json.loads((out / "peers.json").read_text())
     assert (out / "training_curves.png").stat().st_size > 0 and (out / "md_progress.png").stat().st_size > 0
     assert (out / "peers.md").read_text().startswith("| model |")
@@ -160,7 +175,14 @@ def _check_evaluated(summary: dict, name: str, frames: int = 20) -> None:
 
 
 def test_quick_et_part(tmp_path):
-    summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "6s", "--md-budget", "2s")
+    """Also two invocations sharing the models, one per core: a model that another invocation is
+    training (its training lock is held) is left to it; with --wait this one trains the others, waits
+    for it, and then evaluates all the models together."""
+    from tests.test_files import LockHolder
+
+    with LockHolder(tmp_path / "runs" / "training" / "et-pretrained-6s") as other:
+        summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "6s", "--md-budget",
+                             "2s", "--wait", "--wait-poll-s", "1", other_invocation=other)
     for name in ("et-pretrained", "et-scratch"):
         _check_evaluated(summary, name)
         # stops once the budget is used: past it by at most the step and validation under way then,
