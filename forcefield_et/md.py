@@ -81,9 +81,7 @@ def make_dynamics(
     time constant ``barostat_time_fs`` (fs)."""
     rng = np.random.default_rng(seed)
     if pressure_bar is not None:
-        if thermostat != "nose-hoover":
-            raise ValueError(f"constant pressure needs thermostat 'nose-hoover' (ASE's isotropic MTK barostat), "
-                             f"got {thermostat!r}")
+        _check_npt(atoms, thermostat, pressure_bar, barostat_time_fs)
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
         return IsotropicMTKNPT(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
