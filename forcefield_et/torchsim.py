@@ -35,7 +35,7 @@ except ImportError as error:  # pragma: no cover - exercised only where torch-si
     ) from error
 
 from .dtypes import resolve_dtype
-from .elements import symbol
+from .elements import unsupported_elements
 from .inference import Evaluator
 from .model import Potential
 
@@ -111,11 +111,10 @@ class ETTorchSimModel(ModelInterface):
         """ValueError naming the elements of the state that the model does not support."""
         if self._checked_numbers is not None and torch.equal(atomic_numbers, self._checked_numbers):
             return
-        unsupported = sorted(set(atomic_numbers.unique().tolist()) - set(self.evaluator.elements))
-        if unsupported:
-            names = ", ".join(f"{symbol(int(z))} (Z={int(z)})" for z in unsupported)
-            supported = " ".join(symbol(z) for z in self.evaluator.elements)
-            raise ValueError(f"ETTorchSimModel: element(s) {names} not supported by the model; supported: {supported}")
+        problem = unsupported_elements(atomic_numbers.unique().tolist(), self.evaluator.elements, "ETTorchSimModel",
+                                       "the model")
+        if problem:
+            raise ValueError(problem)
         self._checked_numbers = atomic_numbers.clone()
 
 

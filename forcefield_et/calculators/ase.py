@@ -22,7 +22,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ..domain import DomainCheck
-from ..elements import symbol
+from ..elements import symbol, unsupported_elements
 from ..inference import Evaluator, NonFiniteError, centred, converted_model
 from ..model import Committee, Potential
 from ..periodicity import ModelCell, model_cell
@@ -149,8 +149,6 @@ class ETCalculator(Calculator):
             self.implemented_properties = self.implemented_properties + self.committee_properties
         self.elements: List[int] = self.engine.elements
         self.cutoff: float = self.engine.cutoff
-        self._supported = np.zeros(max(self.elements) + 1, dtype=bool)
-        self._supported[self.elements] = True
         self._domain_check = DomainCheck(getattr(self.model, "metadata", None), self.model_name)
         self._numbers_cache: np.ndarray | None = None
         self.n_calls = 0
@@ -161,13 +159,9 @@ class ETCalculator(Calculator):
         numbers = atoms.get_atomic_numbers()
         if len(numbers) == 0:
             raise ValueError("ETCalculator: the structure has no atoms")
-        bad = sorted({int(z) for z in numbers if z >= len(self._supported) or not self._supported[z]})
-        if bad:
-            names = ", ".join(f"{symbol(z)} (Z={z})" for z in bad)
-            supported = " ".join(symbol(z) for z in self.elements)
-            raise ValueError(
-                f"ETCalculator: element(s) {names} not supported by model {self.model_name!r}; supported: {supported}"
-            )
+        problem = unsupported_elements(numbers, self.elements, "ETCalculator", f"model {self.model_name!r}")
+        if problem:
+            raise ValueError(problem)
         positions = atoms.get_positions()
         finite = np.isfinite(positions).all(axis=1)
         if not finite.all():
