@@ -48,9 +48,12 @@ frame 0, 0.5 fs, collapse at a bond deviation > 0.5 Å, h(r) MAE against the tes
 ``--md-time-ps`` (300) or ``--md-budget`` (1 CPU-hour) per model, whichever comes first.
 
 Two cores: start one invocation per core (one of them with ``--wait``). Each trains the models the
-other is not training (a lock per model under ``runs/peers/training/``); the ``--wait`` one then waits
-for the other's models and evaluates all of them together, while one without ``--wait`` that saw a
-model trained elsewhere leaves the evaluation to it.
+other is not training (a lock per model under ``runs/peers/training/``) and runs the MD of the trained
+models the other is not running (the lock of each MD run folder), so both cores stay busy until the
+last MD run ends. The test errors and the interleaved speed rounds of all models are measured by the
+invocation that finds every model trained (one at a time); the ``--wait`` one waits for the other's
+models and MD runs, so its summary has every result, while one without ``--wait`` leaves what another
+invocation is doing to it.
 
 Everything resumable lives under ``runs/peers/`` (ignored); results go to
 ``benchmarks/results/peers/``: ``peers.json``, ``peers.md``, ``training_curves.png`` and
@@ -610,9 +613,9 @@ class WorkerProcess:
         self.log.close()
 
 
-def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: argparse.Namespace,
-             runs: Path) -> Dict[str, Any]:
-    """Test errors, interleaved speed and MD stability of every trained model (cached/resumable)."""
+def test_and_speed(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: argparse.Namespace,
+                   runs: Path) -> Dict[str, Any]:
+    """Test errors (cached per model file) and the interleaved speed of every trained model."""
     eval_dir = runs / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     workers: Dict[str, WorkerProcess] = {}
@@ -641,21 +644,32 @@ def evaluate(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], args: 
             log(f"{name}: test force MAE {stored['test']['force_mae_meV_A']:.2f} meV/Å, energy MAE "
                 f"{stored['test']['energy_mae_meV']:.2f} meV ({stored['test']['frames']} frames)")
         out["speed"] = interleaved_speed(workers, {n: trained[n] for n in workers}, args, eval_dir)
-        out["md"] = {}
-        for name, worker in workers.items():
-            run_dir = runs / "md" / f"{MOLECULE}__{name}"
-            log(f"{name}: MD stability, {args.md_time_ps:g} ps or {budget_tag(args.md_budget_s)} CPU, whichever first")
-            try:
-                out["md"][name] = worker.call("md", molecule=MOLECULE, run_dir=str(run_dir), time_ps=args.md_time_ps,
-                                              cpu_budget_s=args.md_budget_s, device=args.device, quiet=False,
-                                              save_every=args.md_save_every)
-            except Exception as error:
-                out["models"][name]["md_error"] = f"{type(error).__name__}: {error}"
-                log(f"{name}: MD failed: {error}")
     finally:
         for worker in workers.values():
             worker.close()
     return out
+
+
+def md_run_dir(runs: Path, name: str) -> Path:
+    """The MD-stability run folder of one model; its lock says which invocation runs it."""
+    return runs / "md" / f"{MOLECULE}__{name}"
+
+
+def run_md(name: str, entry: Dict[str, Any], pythons: Dict[str, str], args: argparse.Namespace,
+           runs: Path) -> Dict[str, Any]:
+    """One model's MD-stability run (resumed, or read back once finished), in the model's own Python.
+    The caller holds the run folder's lock."""
+    eval_dir = runs / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    worker = WorkerProcess(name, pythons[entry["kind"]], eval_dir / f"{name}.log")
+    try:
+        # the MD run makes its own calculator (compiled where the run is long enough)
+        worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"], device=args.device)
+        return worker.call("md", molecule=MOLECULE, run_dir=str(md_run_dir(runs, name)), time_ps=args.md_time_ps,
+                           cpu_budget_s=args.md_budget_s, device=args.device, quiet=False,
+                           save_every=args.md_save_every)
+    finally:
+        worker.close()
 
 
 def train_model(name: str, summary: Dict[str, Any], args: argparse.Namespace, runs: Path, out: Path) -> Dict[str, Any]:
@@ -673,15 +687,20 @@ def train_model(name: str, summary: Dict[str, Any], args: argparse.Namespace, ru
 
 
 def with_others_trained(summary: Dict[str, Any], path: Path) -> Dict[str, Any]:
-    """``summary`` with the trained models (and their evaluation) that another invocation has written
-    to ``path`` since this one read it; this invocation's own entries win."""
+    """``summary`` with the trained models and the evaluation results (test errors, speed, MD runs)
+    that another invocation has written to ``path`` since this one read it; this invocation's own
+    entries win."""
     if not path.is_file():
         return summary
     on_disk = json.loads(path.read_text())
     merged = dict(summary)
     merged["trained"] = {**on_disk.get("trained", {}), **summary.get("trained", {})}
-    if "evaluation" in on_disk and "evaluation" not in summary:
-        merged["evaluation"] = on_disk["evaluation"]
+    theirs, ours = on_disk.get("evaluation", {}), summary.get("evaluation", {})
+    if theirs or ours:
+        evaluation = {part: {**theirs.get(part, {}), **ours.get(part, {})} for part in ("models", "md")}
+        if "speed" in ours or "speed" in theirs:  # one interleaved measurement: never mixed
+            evaluation["speed"] = ours.get("speed", theirs.get("speed"))
+        merged["evaluation"] = evaluation
     return merged
 
 
@@ -827,8 +846,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="train and run nothing; summarise what is there")
     parser.add_argument("--probe-steps", type=int, default=None, help="timed steps per size in the step-cost probe")
     parser.add_argument("--wait", action="store_true",
-                        help="another invocation (on another core) trains some of the models: wait for them, then "
-                        "evaluate all (without it, the evaluation is left to the invocation that trains the last)")
+                        help="another invocation (on another core) shares the training and MD runs: wait for its "
+                        "models and runs, then summarise all (without it, what the other does is left to it)")
     parser.add_argument("--wait-poll-s", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -911,64 +930,103 @@ def main(argv: List[str] | None = None) -> int:
                 names.remove("nequip-matched")
                 log(f"nequip-matched: skipped ({skipped['nequip-matched']})")
         probe_lock.release()
-        pending = list(names)
-        while pending:
-            waiting: List[str] = []
-            for name in pending:
+        summary.setdefault("evaluation", {})
+        pending = list(names)  # models this invocation has not trained or read back yet
+        md_pending = list(names)  # models whose MD run this invocation has not run or read back yet
+        md_seen_busy: set = set()  # MD runs seen under way elsewhere (logged once)
+        while True:
+            progressed = False
+            for name in list(pending):
                 # one invocation trains a model at a time: a second one (on another core) takes the next model
                 training_lock = DirectoryLock(runs / "training" / f"{name}-{budget_tag(args.budget_s)}",
                                               "peer training")
                 try:
                     training_lock.acquire()
                 except DirectoryBusyError as error:
+                    if name not in busy:
+                        log(f"{name}: trained by another invocation ({error})")
                     busy[name] = str(error)
-                    waiting.append(name)
-                    log(f"{name}: trained by another invocation ({error})")
                     continue
                 try:
                     entry = train_model(name, summary, args, runs, out)
+                    pending.remove(name)
                     busy.pop(name, None)
                     trained[name] = entry
                     summary["trained"][name] = entry
                     write_json_atomic(summary_path, with_others_trained(summary, summary_path))
                     log(f"{name}: trained, {entry['cpu_hours']:.3f} CPU-h ({entry['stop_reason']}), "
                         f"{len(entry['curve'])} validations")
+                    progressed = True
                 except DirectoryBusyError as error:  # an ET cell that another process trains
                     busy[name] = str(error)
-                    waiting.append(name)
                     log(f"{name}: trained by another process ({error})")
                 except Exception as error:
+                    pending.remove(name)
+                    md_pending.remove(name)
                     skipped[name] = f"training failed: {type(error).__name__}: {error}"
                     log(f"{name}: {skipped[name]}")
                 finally:
                     training_lock.release()
-            if not (waiting and args.wait):
+            # MD of the trained models, one run at a time, shared with another invocation as the training is;
+            # then back to the training, which a stopped invocation may have left
+            md_busy: List[str] = []
+            for name in [n for n in md_pending if n in trained]:
+                md_lock = DirectoryLock(md_run_dir(runs, name), "peer MD run")
+                try:
+                    md_lock.acquire()
+                except DirectoryBusyError as error:
+                    if name not in md_seen_busy:
+                        log(f"{name}: MD run under way in another invocation ({error})")
+                        md_seen_busy.add(name)
+                    md_busy.append(name)
+                    continue
+                try:
+                    log(f"{name}: MD stability, {args.md_time_ps:g} ps or {budget_tag(args.md_budget_s)} CPU, "
+                        "whichever first")
+                    summary["evaluation"].setdefault("md", {})[name] = run_md(name, trained[name], pythons, args, runs)
+                except Exception as error:
+                    summary["evaluation"].setdefault("models", {}).setdefault(name, {})["md_error"] = (
+                        f"{type(error).__name__}: {error}")
+                    log(f"{name}: MD failed: {error}")
+                finally:
+                    md_lock.release()
+                md_pending.remove(name)
+                write_json_atomic(summary_path, with_others_trained(summary, summary_path))
+                progressed = True
                 break
-            log(f"waiting for {waiting}, trained by another invocation (--wait)")
+            if progressed:
+                continue
+            if not (pending or md_pending) or not args.wait:
+                break
+            log(f"waiting for {sorted(pending)} (training) and {md_busy} (MD) in another invocation (--wait)")
             time.sleep(args.wait_poll_s)
-            pending = waiting
         summary = with_others_trained(summary, summary_path)
         if busy:
-            # the models are evaluated together (one interleaved speed measurement): the invocation that
-            # finishes the last training does it
-            log(f"evaluation left to an invocation that finds {sorted(busy)} trained (e.g. one with --wait)")
+            # the models' test errors and speed are measured together (one interleaved measurement): the
+            # invocation that finds them all trained does it
+            log(f"test errors and speed left to an invocation that finds {sorted(busy)} trained (e.g. one with "
+                "--wait)")
+        if md_pending:
+            log(f"MD of {sorted(md_pending)} left to the invocation running or training it")
         evaluate_here = bool(trained) and not busy
         evaluation_lock = DirectoryLock(runs / "evaluation", "peer evaluation")
         if evaluate_here:
-            try:  # one evaluation at a time: its MD runs and speed rounds are not to be shared
+            try:  # one measurement at a time: its speed rounds are not to be shared
                 evaluation_lock.acquire()
             except DirectoryBusyError as error:
-                log(f"evaluation under way in another invocation ({error})")
+                log(f"test errors and speed under way in another invocation ({error})")
                 evaluate_here = False
         if evaluate_here:
-            evaluation = evaluate(trained, pythons, args, runs)
-            previous = with_others_trained(summary, summary_path).get("evaluation", {})
-            summary["evaluation"] = {
-                "models": {**previous.get("models", {}), **evaluation["models"]},
-                "md": {**previous.get("md", {}), **evaluation["md"]},
-                "speed": evaluation["speed"],  # one interleaved measurement of the models evaluated together
-            }
-            evaluation_lock.release()
+            try:
+                evaluation = test_and_speed(trained, pythons, args, runs)
+            finally:
+                evaluation_lock.release()
+            for name, entry in evaluation["models"].items():  # keep an MD failure noted above
+                md_error = summary["evaluation"].get("models", {}).get(name, {}).get("md_error")
+                summary["evaluation"].setdefault("models", {})[name] = (
+                    {**entry, "md_error": md_error} if md_error else entry)
+            summary["evaluation"]["speed"] = evaluation["speed"]
+            summary = with_others_trained(summary, summary_path)
         summary["wall_time_s"] = time.perf_counter() - started
     else:
         trained = dict(summary["trained"])

@@ -130,9 +130,10 @@ def test_run_budgeted_lets_a_trainer_finish_and_reports_failures(tmp_path):
                            tmp_path / "state2.json", 100.0, FileProbe(work), poll_s=0.1)
 
 
-def _run_quick(tmp_path: Path, *arguments: str, other_invocation=None) -> dict:
-    """``python -m benchmarks.peers --quick ...``; with ``other_invocation`` (a LockHolder on a
-    model's training lock), that lock is released once the run says it waits for the model."""
+def _run_quick(tmp_path: Path, *arguments: str, other_invocation=(), output_checks=()) -> dict:
+    """``python -m benchmarks.peers --quick ...``; ``other_invocation``: LockHolders (a model's
+    training lock, an MD run's lock), released once the run says it waits for them; each of
+    ``output_checks`` is a text the run's output must contain."""
     shared_path("rmd17", "rmd17_aspirin_train_01.npz")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT)}
     runs, out = tmp_path / "runs", tmp_path / "out"
@@ -143,16 +144,19 @@ def _run_quick(tmp_path: Path, *arguments: str, other_invocation=None) -> dict:
     try:
         for line in proc.stdout:
             lines.append(line)
-            if other_invocation is not None and "waiting for" in line:
-                other_invocation.stop()  # the other invocation finishes: its lock is free
-                other_invocation = None
+            if other_invocation and "waiting for" in line:
+                for holder in other_invocation:
+                    holder.stop()  # the other invocation finishes: its locks are free
+                other_invocation = ()
         proc.wait(timeout=1500)
     finally:
         if proc.poll() is None:
             proc.kill()
     output = "".join(lines)
-    assert other_invocation is None, "the run never waited for the other invocation:\n" + output[-3000:]
+    assert not other_invocation, "the run never waited for the other invocation:\n" + output[-3000:]
     assert proc.returncode == 0, output[-6000:]
+    for text in output_checks:
+        assert text in output, f"{text!r} not in the output:\n" + output[-6000:]
     summary = json.loads((out / "peers.json").read_text())
     assert (out / "training_curves.png").stat().st_size > 0 and (out / "md_progress.png").stat().st_size > 0
     assert (out / "peers.md").read_text().startswith("| model |")
@@ -174,15 +178,36 @@ def _check_evaluated(summary: dict, name: str, frames: int = 20) -> None:
     assert md["stopped_by"] in ("collapse", "time", "cpu budget")
 
 
+def test_summaries_of_two_invocations_merge_without_losing_either(tmp_path):
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps({"trained": {"mace": {"cpu_hours": 2}}, "evaluation": {
+        "models": {"mace": {"test": 1}}, "md": {"mace": {"simulated_ps": 3}}, "speed": {"theirs": 1}}}))
+    ours = {"trained": {"et-scratch": {"cpu_hours": 1}}, "evaluation": {"md": {"et-scratch": {"simulated_ps": 4}}}}
+    merged = peers.with_others_trained(ours, path)
+    assert set(merged["trained"]) == {"mace", "et-scratch"}
+    assert merged["evaluation"]["md"] == {"mace": {"simulated_ps": 3}, "et-scratch": {"simulated_ps": 4}}
+    assert merged["evaluation"]["models"] == {"mace": {"test": 1}} and merged["evaluation"]["speed"] == {"theirs": 1}
+    ours["evaluation"]["speed"] = {"ours": 1}  # one interleaved measurement: ours replaces theirs whole
+    ours["evaluation"]["md"]["mace"] = {"simulated_ps": 5}
+    merged = peers.with_others_trained(ours, path)
+    assert merged["evaluation"]["speed"] == {"ours": 1} and merged["evaluation"]["md"]["mace"] == {"simulated_ps": 5}
+    assert peers.with_others_trained(ours, tmp_path / "missing.json") is ours
+
+
 def test_quick_et_part(tmp_path):
-    """Also two invocations sharing the models, one per core: a model that another invocation is
-    training (its training lock is held) is left to it; with --wait this one trains the others, waits
-    for it, and then evaluates all the models together."""
+    """Also two invocations sharing the work, one per core: a model that another invocation is
+    training (its training lock is held) and an MD run it is running (the run folder's lock) are left
+    to it; with --wait this one trains the others, waits for both, and then has every result."""
     from tests.test_files import LockHolder
 
-    with LockHolder(tmp_path / "runs" / "training" / "et-pretrained-6s") as other:
+    runs = tmp_path / "runs"
+    with LockHolder(runs / "training" / "et-pretrained-6s") as training, \
+            LockHolder(peers.md_run_dir(runs, "et-scratch")) as md_run:
         summary = _run_quick(tmp_path, "--models", "et-pretrained", "et-scratch", "--budget", "6s", "--md-budget",
-                             "2s", "--wait", "--wait-poll-s", "1", other_invocation=other)
+                             "2s", "--wait", "--wait-poll-s", "1", other_invocation=(training, md_run),
+                             output_checks=("et-pretrained: trained by another invocation",
+                                            "et-scratch: MD run under way in another invocation",
+                                            "waiting for ['et-pretrained'] (training) and ['et-scratch'] (MD)"))
     for name in ("et-pretrained", "et-scratch"):
         _check_evaluated(summary, name)
         # stops once the budget is used: past it by at most the step and validation under way then,

@@ -132,7 +132,7 @@ step "peers: NequIP and MACE at the same CPU budget"
     /work/peer-venvs/mace/bin/pip install -q torch==2.13.0 mace-torch >> runs/peers.log 2>&1; }
 # all five models: the ET cells are the finished finetune_converged aspirin cells, reused; the speed rounds
 # and the evaluation take every model together
-# the after-pretraining core joins once it is done (it trains the models this one is not training); this one
-# waits for those and evaluates all the models together
+# the after-pretraining core joins once it is done (it trains the models and runs the MD this one is not
+# doing); this one waits for those and summarises all the models together
 .venv/bin/python -m benchmarks.peers --wait >> runs/peers.log 2>&1
 step "queue done"
