@@ -58,6 +58,7 @@ current protocol (so separate invocations per molecule, e.g. one per core, add u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -69,7 +70,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, find_bonds, max_bond_deviation
-from forcefield_et.files import file_sha256
+from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 from forcefield_et.runtime import compile_pays_off
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
@@ -410,7 +411,7 @@ class RunLogger:
 def run_one(
     spec: ModelSpec, reference: Reference, protocol: Protocol, run_dir: Path, checkpoint_every: int = 50,
     restart: bool = False, quiet: bool = False, work_dir: Path | None = None,
-    cpu_budget_s: float | None = None,
+    cpu_budget_s: float | None = None, lock: bool = True,
 ) -> Dict[str, Any]:
     """Run (or resume, or reuse) one molecule/model simulation and return its result dict.
     ``result.json`` goes to ``run_dir``; ``state.npz`` and ``trajectory.npz`` to ``work_dir``
@@ -418,7 +419,20 @@ def run_one(
 
     ``cpu_budget_s``: stop once the run has used this much CPU time of its process (counted across
     resumes, in the saved state) even if it has not reached ``protocol.time_ps``; the result then
-    says ``stopped_by: "cpu budget"`` and a later call with a larger budget extends it."""
+    says ``stopped_by: "cpu budget"`` and a later call with a larger budget extends it.
+
+    The run holds the lock of ``work_dir`` (``lock=False``: its caller holds it for the run): a run
+    that another process has under way raises DirectoryBusyError (a RuntimeError) and touches nothing."""
+    work = Path(work_dir) if work_dir is not None else Path(run_dir)
+    with DirectoryLock(work, "MD-stability run folder") if lock else contextlib.nullcontext():
+        return _run_one(spec, reference, protocol, run_dir, checkpoint_every, restart, quiet, work_dir, cpu_budget_s)
+
+
+def _run_one(
+    spec: ModelSpec, reference: Reference, protocol: Protocol, run_dir: Path, checkpoint_every: int,
+    restart: bool, quiet: bool, work_dir: Path | None, cpu_budget_s: float | None,
+) -> Dict[str, Any]:
+    """:func:`run_one` within the run's lock."""
     from ase import Atoms
 
     from forcefield_et.md import initial_velocities, make_dynamics
@@ -486,7 +500,7 @@ def run_one(
                              friction_per_fs=0.01, seed=protocol.seed, tdamp_fs=protocol.tdamp_fs)
     if thermo is not None and not _restore_thermostat(dynamics, *thermo):
         log("cannot restore the thermostat state with this ASE version; restarting the run")
-        return run_one(spec, reference, protocol, run_dir, checkpoint_every, restart=True, quiet=quiet)
+        return _run_one(spec, reference, protocol, run_dir, checkpoint_every, True, quiet, work_dir, cpu_budget_s)
     dynamics.nsteps = steps_done
 
     def save_state() -> None:
@@ -856,6 +870,8 @@ def main(argv: List[str] | None = None) -> int:
                 runs.append(run_one(spec, references[molecule], protocol, out / "runs" / f"{molecule}__{model}",
                                     checkpoint_every=max(1, args.checkpoint_every), restart=args.restart,
                                     quiet=args.quiet, work_dir=work / f"{molecule}__{model}"))
+            except DirectoryBusyError as error:  # another invocation (on another core) runs it
+                print(f"{molecule}/{model}: skipped: {error}", flush=True)
             except Exception as error:  # one broken model must not stop the others
                 reason = f"run failed: {type(error).__name__}: {error}"
                 skipped.append({"molecule": molecule, "model": model, "reason": reason})

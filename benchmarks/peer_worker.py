@@ -149,7 +149,7 @@ class Worker:
         reference = load_reference(molecule, settings)
         spec = ModelSpec(self.name, self.kind, Path(self.path), f"{self.kind} model {self.path}")
         return run_one(spec, reference, settings, Path(run_dir), checkpoint_every=10, quiet=quiet,
-                       cpu_budget_s=cpu_budget_s)
+                       cpu_budget_s=cpu_budget_s, lock=False)  # benchmarks.peers holds the run folder's lock
 
 
 def main() -> int:

@@ -149,6 +149,25 @@ def test_killed_run_resumes_exactly(tmp_path, small_checkpoint, monkeypatch):
     assert resumed["hr_mae"] == straight["hr_mae"]
 
 
+def test_a_run_under_way_in_another_process_is_refused_and_left_untouched(tmp_path, small_checkpoint):
+    from forcefield_et.files import DirectoryBusyError
+    from tests.test_files import LockHolder
+
+    shared_path("rmd17", "rmd17_ethanol_test_01.npz")
+    protocol = ms.Protocol(time_ps=0.01, save_every=10, temperature_K=100.0, collapse_threshold_A=100.0)
+    reference = ms.load_reference("ethanol", protocol)
+    spec = ms.resolve_model("small", "ethanol", {"small": small_checkpoint})
+    run, work = tmp_path / "run", tmp_path / "work"
+    with LockHolder(work):
+        with pytest.raises(DirectoryBusyError, match="MD-stability run folder"):
+            ms.run_one(spec, reference, protocol, run, work_dir=work, quiet=True)
+        assert not run.exists() and sorted(p.name for p in work.iterdir()) == [".lock"]
+        # a caller that holds the lock itself (benchmarks.peers) runs with lock=False
+        result = ms.run_one(spec, reference, protocol, run, work_dir=work, quiet=True, lock=False)
+    assert result["steps"] == protocol.n_steps and (run / "result.json").is_file()
+    assert ms.run_one(spec, reference, protocol, run, work_dir=work, quiet=True) == result  # free again: reused
+
+
 def test_a_collapsed_run_records_its_bonds_and_an_older_result_gains_them(tmp_path, small_checkpoint):
     shared_path("rmd17", "rmd17_ethanol_test_01.npz")
     # a threshold 1 mÅ above the start frame's own deviation collapses at the first saved frame
@@ -214,7 +233,7 @@ def test_the_report_needs_only_the_result_folders(tmp_path, small_checkpoint):
     assert ms.main(["--molecules", "ethanol", "--time-ps", "0.02", *common]) == 0
     run_dir = out / "runs" / "ethanol__small"
     assert {p.name for p in run_dir.iterdir()} == {"result.json"}
-    assert {p.name for p in (work / "ethanol__small").iterdir()} == {"state.npz", "trajectory.npz"}
+    assert {p.name for p in (work / "ethanol__small").iterdir()} == {".lock", "state.npz", "trajectory.npz"}
     result = json.loads((run_dir / "result.json").read_text())
     trajectory = np.load(work / "ethanol__small" / "trajectory.npz")["positions"]
     np.testing.assert_array_equal(result["hr"], ms.distance_histogram(trajectory))
