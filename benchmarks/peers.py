@@ -971,7 +971,7 @@ def main(argv: List[str] | None = None) -> int:
             # then back to the training, which a stopped invocation may have left
             md_busy: List[str] = []
             for name in [n for n in md_pending if n in trained]:
-                md_lock = DirectoryLock(md_run_dir(runs, name), "peer MD run")
+                md_lock = DirectoryLock(md_run_dir(runs, name), "peer MD run folder")
                 try:
                     md_lock.acquire()
                 except DirectoryBusyError as error:
