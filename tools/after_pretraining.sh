@@ -50,9 +50,6 @@ step "converged 1000-frame models of aspirin and ethanol: cells, export, 300 ps 
 converged_models aspirin ethanol
 step "converged 1000-frame models of naphthalene and salicylic acid: the variant aspirin and ethanol chose"
 study --molecules naphthalene --starts pretrained --sizes 1000
-# the cosine variant of the pretrained start first (the scratch one runs in the queue): the export below
-# chooses among all finished variants by validation, so both must be in before it
-study --molecules salicylic --sizes 1000 --starts pretrained --schedule cosine
 converged_models naphthalene salicylic
 step "pretraining-scaling curve, with the queue: each core takes the cells the other is not training"
 .venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
