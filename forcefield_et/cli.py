@@ -184,7 +184,8 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
         "seed": args.seed,
         "dtype": args.dtype,
         "sources": sources,
-        "objectives": {"energy_weight": args.energy_weight, "force_weight": args.force_weight},
+        "objectives": {"energy_weight": args.energy_weight, "force_weight": args.force_weight,
+                       "stress_weight": args.stress_weight},
         "optim": {
             "batch_size": args.batch_size,
             "max_steps": args.steps,
@@ -745,6 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force-weight", type=loss_weight_arg, default=field_default(ObjectiveConfig, "force_weight"),
         help="force MSE weight",
+    )
+    p.add_argument(
+        "--stress-weight", type=loss_weight_arg, default=field_default(ObjectiveConfig, "stress_weight"),
+        help="MSE weight of the virial per atom (stress x volume / atoms, eV/atom) of periodic frames with a "
+        "stress label (0: no stress term)",
     )
     p.add_argument(
         "--ema-decay", type=fraction, default=optim.ema_decay, help="decay of the weight average that best.pt holds"

@@ -28,17 +28,20 @@ def memory_batches(model: Potential, tensors: Any, batch_size: int) -> List[torc
 def predict(
     model: Union[Potential, Evaluator], data: ConformationSet, batch_size: int = 32, progress: bool = False
 ) -> Dict[str, np.ndarray]:
-    """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``, in batches
-    of at most ``batch_size`` frames that fit in the available memory
-    (:meth:`forcefield_et.inference.Evaluator.predict`; a model is used in its device and dtype)."""
+    """Predicted energies [F] (eV) and forces [A, 3] (eV/Å) for every frame of ``data``, and stress
+    [F, 3, 3] (eV/Å³) where ``data`` has stress labels, in batches of at most ``batch_size`` frames
+    that fit in the available memory (:meth:`forcefield_et.inference.Evaluator.predict`; a model is
+    used in its device and dtype)."""
     evaluator = model if isinstance(model, Evaluator) else Evaluator.wrap(model)
-    return evaluator.predict(data, batch_size=batch_size, progress=progress)
+    keys = ("energy", "forces", "stress") if data.has_stress.any() else ("energy", "forces")
+    return evaluator.predict(data, batch_size=batch_size, progress=progress, keys=keys)
 
 
 def error_metrics(
     data: ConformationSet, prediction: Dict[str, np.ndarray], by_element: bool = False
 ) -> Dict[str, Any]:
-    """Energy MAE/RMSE (meV, and meV/atom), force MAE/RMSE (meV/Å) over labelled frames. With
+    """Energy MAE/RMSE (meV, and meV/atom), force MAE/RMSE (meV/Å) and, where ``prediction`` has a
+    stress, stress MAE/RMSE (meV/Å³, over the components) over labelled frames. With
     ``by_element``: also the force MAE and RMSE of each element's atoms, the largest per-atom
     force error (norm of the error vector, meV/Å) and the force RMSE relative to the RMS of the
     reference forces (%)."""
@@ -56,6 +59,12 @@ def error_metrics(
         metrics["force_rmse_meV_A"] = float(1000 * np.sqrt((err**2).mean()))
         if by_element and ok.any():
             metrics.update(_force_error_details(data.z[ok], err, data.forces[ok]))
+    if "stress" in prediction and data.has_stress.any():
+        ok = data.has_stress
+        err = prediction["stress"][ok] - data.stress_labels[ok]
+        metrics["stress_frames"] = int(ok.sum())
+        metrics["stress_mae_meV_A3"] = float(1000 * np.abs(err).mean())
+        metrics["stress_rmse_meV_A3"] = float(1000 * np.sqrt((err**2).mean()))
     return metrics
 
 

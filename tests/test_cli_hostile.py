@@ -82,6 +82,7 @@ OPTIONS = {
     ("finetune", "--warmup-steps"): "nonnegative_int",
     ("finetune", "--energy-weight"): "loss_weight",
     ("finetune", "--force-weight"): "loss_weight",
+    ("finetune", "--stress-weight"): "loss_weight",
     ("finetune", "--ema-decay"): "fraction",
     ("finetune", "--min-lr"): "learning_rate",
     ("finetune", "--plateau-factor"): "open_fraction",

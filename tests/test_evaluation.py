@@ -111,3 +111,27 @@ def test_error_metrics_by_element_leave_out_atoms_without_force_labels():
     labelled = set(data.z[2:].tolist())
     assert len(detailed["force_mae_meV_A_by_element"]) == len(labelled)
     assert all(value == pytest.approx(1000.0) for value in detailed["force_mae_meV_A_by_element"].values())
+
+
+def test_stress_errors_of_periodic_frames_with_stress_labels(small_model):
+    """Stress MAE/RMSE (meV/Å³) over the components of the frames periodic in three directions that
+    have a stress label; the model's own stress shifted by 2 meV/Å³ gives exactly that error."""
+    rng = np.random.default_rng(0)
+    cells = np.stack([np.eye(3) * 4.5, np.eye(3) * 4.6, np.diag([4.5, 4.5, 0.0])])  # two boxes, one slab
+    pos = np.concatenate([rng.uniform(0, 4.5, size=(4, 3)) for _ in range(3)])
+    data = ConformationSet(z=np.array([8, 1, 1, 6] * 3), pos=pos, n_atoms=[4, 4, 4], cell=cells)
+    boxes = cells.copy()
+    boxes[2] = np.eye(3) * 4.5
+    own = predict(small_model, ConformationSet(z=data.z, pos=pos, n_atoms=data.n_atoms, cell=boxes,
+                                               properties={"stress": np.zeros((3, 3, 3))}))
+    assert own["stress"].shape == (3, 3, 3)
+    labels = own["stress"] + 0.002
+    labels[1] = np.nan  # the second box has no stress label
+    labelled = ConformationSet(z=data.z, pos=pos, n_atoms=data.n_atoms, cell=cells, energy=np.zeros(3),
+                               properties={"stress": labels})
+    assert labelled.has_stress.tolist() == [True, False, False]  # the slab's label does not count
+    metrics = error_metrics(labelled, predict(small_model, labelled))
+    assert metrics["stress_frames"] == 1
+    assert metrics["stress_mae_meV_A3"] == pytest.approx(2.0, rel=1e-6)
+    assert metrics["stress_rmse_meV_A3"] == pytest.approx(2.0, rel=1e-6)
+    assert "stress_mae_meV_A3" not in error_metrics(data, predict(small_model, data))  # no labels: no stress metric

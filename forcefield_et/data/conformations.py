@@ -163,6 +163,23 @@ class ConformationSet:
         bad_atom = ~np.isfinite(self.forces).all(axis=1)
         return (self._count_per_frame(bad_atom) == 0) & (self.n_atoms > 0)
 
+    @property
+    def stress_labels(self) -> np.ndarray:
+        """float64 [F, 3, 3]: the ``stress`` property (eV/Å³, ASE's sign) of the frames periodic along
+        a, b and c, NaN for the others (a slab's or a wire's stress is not the derivative with respect
+        to a three-dimensional strain) and where a frame has none."""
+        stress = np.full((len(self), 3, 3), np.nan)
+        labels = self.properties.get("stress")
+        if self.cell is not None and labels is not None and np.shape(labels)[1:] == (3, 3):
+            periodic = (np.linalg.norm(np.asarray(self.cell), axis=-1) > 0).all(-1)
+            stress[periodic] = np.asarray(labels, dtype=np.float64)[periodic]
+        return stress
+
+    @property
+    def has_stress(self) -> np.ndarray:
+        """bool [F]: frame has a (finite) stress label that counts (see :attr:`stress_labels`)."""
+        return np.isfinite(self.stress_labels).all(axis=(1, 2))
+
     def _count_per_frame(self, atom_mask: np.ndarray) -> np.ndarray:
         """int64 [F]: number of True entries of a per-atom mask [A] in each frame."""
         frame_of_atom = np.repeat(np.arange(len(self)), self.n_atoms)

@@ -38,15 +38,17 @@ class TensorConformations:
         self.forces = torch.as_tensor(data.forces, dtype=dtype) if data.forces is not None else nan_atoms
         nan_frames = torch.full((self.n_frames,), float("nan"), dtype=torch.float64)
         self.energy = torch.as_tensor(data.energy, dtype=torch.float64) if data.energy is not None else nan_frames
-        self.cell = None
+        self.cell = self.stress = None
         if data.cell is not None:
             cells = complete_open_directions(np.asarray(data.cell), np.asarray(data.pos), np.asarray(data.offsets),
                                              cutoff)
             self.cell = torch.as_tensor(cells, dtype=dtype)
+            self.stress = torch.as_tensor(data.stress_labels, dtype=dtype)
 
     def gather(self, frames: Tensor) -> Dict[str, Tensor]:
         """Concatenate the given frames: z [A], pos [A,3], forces [A,3], batch [A], energy [B]
-        (float64, NaN where missing), n_atoms [B], and cell [B,3,3] if periodic."""
+        (float64, NaN where missing), n_atoms [B], and if periodic cell [B,3,3] (Å) and stress
+        [B,3,3] (eV/Å³, ASE's sign, NaN where missing)."""
         counts = self.n_atoms[frames]
         starts = self.offsets[frames]
         total = int(counts.sum())
@@ -63,6 +65,7 @@ class TensorConformations:
         }
         if self.cell is not None:
             out["cell"] = self.cell[frames]
+            out["stress"] = self.stress[frames]
         return out
 
 

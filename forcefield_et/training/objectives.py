@@ -7,7 +7,9 @@
   * force-denoised: x~ = x_eq + eps, eps ~ N(0, sigma²), target F = -k * eps (the restoring force
     of an isotropic harmonic well; equivalent to denoising score matching with k = k_B T / sigma²).
   A fraction ``denoise_fraction`` of the equilibrium frames in each batch is denoised.
-- ``energy_forces`` (fine-tuning): energy_weight * ((E - E_ref)/N)² + force_weight * MSE(F).
+- ``energy_forces`` (fine-tuning): energy_weight * ((E - E_ref)/N)² + force_weight * MSE(F), plus,
+  for periodic frames with a stress label, stress_weight * MSE((σ - σ_ref) V / N): the stress enters
+  as the virial per atom (eV/atom), on the scale of the energy per atom.
 - ``energy`` (e.g. QM9 U0 without forces): ((E - E_ref)/N)².
 
 Each term is a sum over the local batch divided by a count that the caller may have summed
@@ -37,9 +39,11 @@ class ObjectiveConfig:
     k: float = 10.0  # eV/Å², stiffness of the harmonic restoring force
     energy_weight: float = 1.0  # per-atom energy MSE weight (eV² per atom²)
     force_weight: float = 10.0  # force MSE weight in energy_forces objectives
+    stress_weight: float = 1.0  # virial-per-atom MSE weight (eV² per atom²), periodic frames with a stress label
 
     def __post_init__(self) -> None:
-        for name in ("zero_force_weight", "denoise_weight", "sigma", "k", "energy_weight", "force_weight"):
+        for name in ("zero_force_weight", "denoise_weight", "sigma", "k", "energy_weight", "force_weight",
+                     "stress_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"objective {name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.denoise_fraction <= 1.0:
@@ -78,12 +82,18 @@ def loss_terms(batch: Dict[str, Tensor], n_sources: int) -> Dict[str, Tuple[Tens
     atom_source = batch["source"][batch["batch"]]
     atom_objective = batch["objective"][batch["batch"]]
     atom_denoised = batch["denoised"][batch["batch"]]
+    stressed = batch["objective"] == ENERGY_FORCES
+    if "stress" in batch:
+        stressed = stressed & torch.isfinite(batch["stress"]).flatten(1).all(-1)
+    else:
+        stressed = torch.zeros_like(stressed)
     return {
         "forces": (atom_objective == FORCES, atom_source),
         "zero_force": ((atom_objective == EQUILIBRIUM) & ~atom_denoised, atom_source),
         "denoise": ((atom_objective == EQUILIBRIUM) & atom_denoised, atom_source),
         "ef_forces": (atom_objective == ENERGY_FORCES, atom_source),
         "energy": ((batch["objective"] == ENERGY_FORCES) | (batch["objective"] == ENERGY), batch["source"]),
+        "stress": (stressed, batch["source"]),
     }
 
 
@@ -96,7 +106,7 @@ def count_terms(batch: Dict[str, Tensor], n_sources: int) -> Tensor:
     return counts
 
 
-TERM_NAMES = ("forces", "zero_force", "denoise", "ef_forces", "energy")
+TERM_NAMES = ("forces", "zero_force", "denoise", "ef_forces", "energy", "stress")
 
 
 def compute_loss(
@@ -118,6 +128,7 @@ def compute_loss(
         "denoise": config.denoise_weight,
         "ef_forces": config.force_weight,
         "energy": config.energy_weight,
+        "stress": config.stress_weight,
     }
     total = output["forces"].new_zeros(())
     parts: Dict[str, float] = {}
@@ -131,6 +142,12 @@ def compute_loss(
             predicted = output["energy"][mask]
             target = batch["energy"][mask].to(predicted.dtype)
             per_element = ((predicted - target) / batch["n_atoms"][mask].to(predicted.dtype)).pow(2)
+        elif name == "stress":
+            predicted = output["stress"][mask]
+            target = batch["stress"][mask].to(predicted.dtype)
+            volume_per_atom = torch.linalg.det(batch["cell"][mask]).abs() / batch["n_atoms"][mask]
+            per_element = ((predicted - target) * volume_per_atom.to(predicted.dtype).view(-1, 1, 1)).pow(2)
+            per_element = per_element.flatten(1).mean(-1)
         else:
             per_element = (output["forces"][mask] - batch["forces"][mask]).pow(2).sum(-1) / 3.0
         denom = counts[t].clamp(min=1.0).to(per_element.dtype)[source[mask]]

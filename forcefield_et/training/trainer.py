@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -67,6 +68,7 @@ RESUMABLE_SETTINGS = (
 )
 
 LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
+LATER_OBJECTIVE_DEFAULTS = {"stress_weight": 1.0}
 SOURCE_PATH_KEYS = ("path", "valid_path", "test_path")
 
 
@@ -85,12 +87,15 @@ def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
     everything but the run directory, the data root and :data:`RESUMABLE_SETTINGS`. A run resumes
     only under a configuration with the same fingerprint."""
     fingerprint = {k: v for k, v in config.items() if k not in ("run_dir", "data_root", "optim", "description")}
-    # source settings added after runs were stored: at their defaults they match a configuration without them
+    # source and objective settings added after runs were stored: at their defaults they match a
+    # configuration without them
     fingerprint["sources"] = [
         {k: _same_file_spelling(v) if k in SOURCE_PATH_KEYS else v for k, v in source.items()
          if not (k in LATER_SOURCE_DEFAULTS and v == LATER_SOURCE_DEFAULTS[k])}
         for source in config.get("sources", [])
     ]
+    fingerprint["objectives"] = {k: v for k, v in config.get("objectives", {}).items()
+                                 if not (k in LATER_OBJECTIVE_DEFAULTS and v == LATER_OBJECTIVE_DEFAULTS[k])}
     fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items() if k not in RESUMABLE_SETTINGS}
     return fingerprint
 
@@ -717,6 +722,7 @@ class Trainer:
             if tensors is None:
                 continue
             abs_err, sq_err, n_comp, e_err, n_frames, eq_norm, n_eq = 0.0, 0.0, 0, 0.0, 0, 0.0, 0
+            stress_err, n_stress = 0.0, 0
             loss_sum, denoise_sum = 0.0, 0.0
             generator = torch.Generator().manual_seed(12345 + s)
             bs = self.config.optim.batch_size
@@ -747,6 +753,8 @@ class Trainer:
                 if source.objective in ("energy_forces", "energy"):
                     e_err += float((out["energy"].detach().double() - batch["energy"]).abs().sum())
                     n_frames += len(frames)
+                err, count = stress_error_sum(out, batch)
+                stress_err, n_stress = stress_err + err, n_stress + count
             name = source.name
             metrics[f"{name}/valid_loss"] = loss_sum / tensors.n_frames
             total_loss += loss_sum / tensors.n_frames
@@ -756,6 +764,8 @@ class Trainer:
                 metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
             if n_frames:
                 metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
+            if n_stress:
+                metrics[f"{name}/stress_mae_meV_A3"] = 1000 * stress_err / n_stress
             if n_eq:
                 metrics[f"{name}/eq_force_norm_meV_A"] = 1000 * eq_norm / n_eq
         for source, tensors in zip(self.sources, self.test_tensors):
@@ -770,7 +780,7 @@ class Trainer:
     def _errors(self, tensors: TensorConformations, objective: str) -> Dict[str, float]:
         """Force MAE (meV/Å) and, for energy objectives, energy MAE (meV) of the EMA weights on
         ``tensors``, in batches of ``optim.batch_size``."""
-        abs_err, n_comp, e_err = 0.0, 0, 0.0
+        abs_err, n_comp, e_err, stress_err, n_stress = 0.0, 0, 0.0, 0.0, 0
         bs = self.config.optim.batch_size
         evaluator = Evaluator.wrap(self.ema_model)
         for start in range(0, tensors.n_frames, bs):
@@ -781,9 +791,13 @@ class Trainer:
             abs_err += float(diff[ok].abs().sum())
             n_comp += 3 * int(ok.sum())
             e_err += float((out["energy"].double() - batch["energy"]).abs().sum())
+            err, count = stress_error_sum(out, batch)
+            stress_err, n_stress = stress_err + err, n_stress + count
         errors = {"force_mae_meV_A": 1000 * abs_err / max(n_comp, 1)}
         if objective in ("energy_forces", "energy"):
             errors["energy_mae_meV"] = 1000 * e_err / tensors.n_frames
+        if n_stress:
+            errors["stress_mae_meV_A3"] = 1000 * stress_err / n_stress
         return errors
 
     def valid_tensors_or_train(self, s: int) -> List[TensorConformations]:
@@ -938,6 +952,18 @@ class Trainer:
                 )
         if self.plateau is not None and self.step >= optim.warmup_steps:
             self.plateau.step(value)
+
+
+def stress_error_sum(output: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Tuple[float, int]:
+    """Sum of |predicted - reference| stress components (eV/Å³) over the batch's frames with a stress
+    label, and the number of components summed."""
+    if "stress" not in output or "stress" not in batch:
+        return 0.0, 0
+    labelled = torch.isfinite(batch["stress"]).flatten(1).all(-1)
+    if not bool(labelled.any()):
+        return 0.0, 0
+    diff = output["stress"].detach()[labelled] - batch["stress"][labelled]
+    return float(diff.abs().sum()), diff.numel()
 
 
 def progress_bar_position(optim: OptimConfig, step: int, cpu_seconds: float) -> int:

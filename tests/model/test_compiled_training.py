@@ -1,5 +1,5 @@
 """The compiled training path (Potential.compile_training) against the eager double backward:
-energies, forces, stress, a force+energy loss and every weight gradient agree to float32
+energies, forces, stress, a force+energy(+stress) loss and every weight gradient agree to float32
 rounding, on batches of different sizes and on a periodic structure, with one compiled graph."""
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def loss_and_gradients(model, batch, cell=None):
     out = model(batch["z"], batch["pos"], batch["batch"], cell)
     n_structures = int(batch["batch"].max()) + 1
     loss = (out["forces"] - batch["forces"]).pow(2).mean() + 1e-3 * out["energy"].pow(2).sum() / n_structures
+    if cell is not None:  # a stress loss (fine-tuning on stress labels) differentiates the stress too
+        loss = loss + 1e4 * out["stress"].pow(2).mean()
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
     return out, loss.detach(), grads

@@ -185,3 +185,16 @@ def test_with_replay_rejects_bad_settings(kwargs, match):
         with_replay([{"name": "t", "path": "a.npz"}], "b.npz", **kwargs)
     with pytest.raises(ConfigError, match="already named"):
         with_replay([{"name": "replay", "path": "a.npz"}], "b.npz")
+
+
+def test_a_run_stored_before_the_stress_weight_existed_resumes_under_its_default():
+    """A stored configuration without ``objectives.stress_weight`` (runs made before it existed)
+    has the fingerprint of the same configuration at the default weight, not at another weight."""
+    from forcefield_et.training.trainer import config_fingerprint
+
+    current = config_from_dict(minimal()).to_dict()
+    stored = {**current, "objectives": {k: v for k, v in current["objectives"].items() if k != "stress_weight"}}
+    assert current["objectives"]["stress_weight"] == 1.0
+    assert config_fingerprint(stored) == config_fingerprint(current)
+    other = config_from_dict(minimal(objectives={"stress_weight": 5.0})).to_dict()
+    assert config_fingerprint(stored) != config_fingerprint(other)

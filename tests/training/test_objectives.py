@@ -287,6 +287,69 @@ def test_energy_forces_loss_matches_hand_computation():
     assert float(loss) == pytest.approx(energy_term + force_term, rel=1e-12)
 
 
+def test_stress_term_is_the_virial_per_atom_mse_of_the_labelled_periodic_frames():
+    config = ObjectiveConfig(energy_weight=0.0, force_weight=0.0, stress_weight=3.0)
+    batch = make_batch([2, 4, 3], [ENERGY_FORCES, ENERGY_FORCES, FORCES], [0, 0, 0])
+    batch["cell"] = torch.stack([torch.eye(3, dtype=F64) * a for a in (4.0, 5.0, 6.0)])
+    target = torch.zeros(3, 3, 3, dtype=F64)
+    target[1] = float("nan")  # the second frame has no stress label
+    batch["stress"] = target
+    predicted = torch.zeros(3, 3, 3, dtype=F64)
+    predicted[0, 0, 1] = predicted[0, 1, 0] = 0.01  # eV/Å³
+    predicted[2, 2, 2] = 1.0  # a "forces" frame: no stress term
+    output = {**fake_output(batch), "stress": predicted}
+    loss, parts = loss_of(batch, output, [0.5], config)
+    # frame 0 alone: virial per atom 0.01 * 64 Å³ / 2 atoms = 0.32 eV in two of nine components
+    expected = 0.5 * 3.0 * (2 * 0.32**2 / 9)
+    assert parts["stress"] == pytest.approx(expected, rel=1e-12)
+    assert parts["energy"] == parts["ef_forces"] == 0.0  # weights 0; the third frame's forces term has weight 1
+    assert float(loss) == pytest.approx(parts["stress"] + parts["forces"], rel=1e-12)
+    assert count_terms(batch, 1)[-1].tolist() == [1.0]
+    assert loss_of(batch, output, [0.5], ObjectiveConfig(stress_weight=0.0))[1]["stress"] == 0.0
+
+
+def test_stress_labels_reach_the_batch_for_frames_periodic_in_three_directions():
+    rng = np.random.default_rng(0)
+    cells = np.stack([np.eye(3) * 6.0, np.diag([6.0, 6.0, 0.0])])  # a box and a slab
+    stress = rng.normal(size=(2, 3, 3)) * 1e-3
+    data = ConformationSet(z=np.array([8, 1, 1] * 2), pos=rng.normal(size=(6, 3)) + 3.0, n_atoms=[3, 3],
+                           energy=[-1.0, -2.0], forces=rng.normal(size=(6, 3)), cell=cells,
+                           properties={"stress": stress})
+    batch = TensorConformations(data, F64, cutoff=5.0).gather(torch.arange(2))
+    np.testing.assert_array_equal(batch["stress"][0].numpy(), stress[0])
+    assert torch.isnan(batch["stress"][1]).all()  # a slab's stress is not the completed cell's derivative
+    unlabelled = ConformationSet(z=data.z, pos=data.pos, n_atoms=data.n_atoms, energy=data.energy,
+                                 forces=data.forces, cell=cells)
+    assert torch.isnan(TensorConformations(unlabelled, F64, cutoff=5.0).gather(torch.arange(2))["stress"]).all()
+
+
+def test_a_stress_loss_trains_the_model_stress(small_model):
+    """With the stress term alone, a few optimiser steps move the model's stress (1/V dE/d strain,
+    differentiated twice) towards the labels of periodic boxes."""
+    rng = np.random.default_rng(3)
+    n_frames = 4
+    cells = np.stack([np.eye(3) * 4.5] * n_frames)
+    data = ConformationSet(z=np.array([8, 1, 1, 8, 1, 1] * n_frames), pos=rng.uniform(0, 4.5, size=(6 * n_frames, 3)),
+                           n_atoms=[6] * n_frames, energy=np.zeros(n_frames), forces=np.zeros((6 * n_frames, 3)),
+                           cell=cells, properties={"stress": rng.normal(size=(n_frames, 3, 3)) * 0.02})
+    data.properties["stress"] = 0.5 * (data.properties["stress"] + data.properties["stress"].transpose(0, 2, 1))
+    source = Source("boxes", data, "energy_forces")
+    batch = build_batch([TensorConformations(data, F64, cutoff=5.0)], [source], [np.arange(n_frames)])
+    config = ObjectiveConfig(energy_weight=0.0, force_weight=0.0, stress_weight=1.0)
+    model = small_model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        out = model(batch["z"], batch["pos"], batch["batch"], batch["cell"])
+        loss, parts = loss_of(dict(batch), out, [1.0], config)
+        assert parts["energy"] == parts["ef_forces"] == 0.0 and parts["stress"] > 0
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 def test_unlabelled_entries_do_not_poison_gradients(small_model):
     """An ``energy`` source (e.g. QM9 U0: no forces) mixed with a ``forces`` source whose frames
     have no energies: the missing labels (NaN) are masked out of the loss, so they must not turn
@@ -314,8 +377,8 @@ def test_count_terms_counts_atoms_and_frames_per_source():
     batch = make_batch([3, 4, 5, 2], [FORCES, EQUILIBRIUM, ENERGY_FORCES, ENERGY], [0, 1, 2, 2])
     prepare_equilibrium(batch, config, torch.Generator().manual_seed(0))
     counts = count_terms(batch, 3)
-    # rows: forces, zero_force, denoise, ef_forces, energy
-    expected = torch.tensor([[3, 0, 0], [0, 4, 0], [0, 0, 0], [0, 0, 5], [0, 0, 2]], dtype=F64)
+    # rows: forces, zero_force, denoise, ef_forces, energy, stress (no cell: no stress term)
+    expected = torch.tensor([[3, 0, 0], [0, 4, 0], [0, 0, 0], [0, 0, 5], [0, 0, 2], [0, 0, 0]], dtype=F64)
     assert torch.equal(counts, expected)
 
 
