@@ -341,9 +341,16 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import ScalarFormatter
+
     molecules = sorted({r["molecule"] for r in results})
-    fig, axes = plt.subplots(1, len(molecules), figsize=(4.2 * len(molecules), 3.6), squeeze=False)
-    for ax, molecule in zip(axes[0], molecules):
+    n_columns = min(2, len(molecules))
+    n_rows = -(-len(molecules) // n_columns)
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(5.6 * n_columns, 4.2 * n_rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(molecules):]:
+        ax.set_visible(False)
+    for ax, molecule in zip(axes.flat, molecules):
         for n_train in sorted({r["n_train_requested"] for r in results if r["molecule"] == molecule}):
             for start in ("pretrained", "scratch"):
                 cell = chosen_cell(results, molecule, start, n_train)
@@ -359,9 +366,11 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("training CPU-hours")
         ax.set_ylabel("test force MAE (meV/Å)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper right")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     if path.parent.resolve() == RESULTS_DIR.resolve():  # the committed results: the figure the docs show
