@@ -240,6 +240,13 @@ def pretrain_size() -> str:
     return sizes.table(_json("pretrain_size/pretrain_size.json")["runs"])
 
 
+def pretrain_scaling() -> str:
+    """Test force MAE against the conformations the start saw in pretraining (``benchmarks.pretrain_scaling``)."""
+    from . import pretrain_scaling as scaling
+
+    return scaling.table(_json("pretrain_scaling/pretrain_scaling.json")["runs"]).split("\n\n")[0] + "\n"
+
+
 def md_stability_converged() -> str:
     """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
     from . import md_stability as stability
@@ -736,6 +743,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "md_stability": md_stability,
     "md_stability_converged": md_stability_converged,
     "pretrain_size": pretrain_size,
+    "pretrain_scaling": pretrain_scaling,
     "ablation": ablation,
     "qm9_property": qm9_property,
     "nve_drift": nve_drift,
@@ -762,6 +770,16 @@ TABLES: Dict[str, Callable[[], str]] = {
 }
 
 
+def rendered(name: str) -> str:
+    """The table ``name`` from its results. A table must end with a line break: without one the
+    closing marker would join its last line, and the next rewrite would take everything up to the
+    following table's closing marker for this table's body."""
+    table = TABLES[name]()
+    if table and not table.endswith("\n"):
+        raise ValueError(f"the generator of table {name!r} returns text without a final line break")
+    return table
+
+
 def marked_tables(path: Path) -> List[Tuple[str, str]]:
     """(name, table text) of every marked table in ``path``."""
     return [(m["name"], m["body"]) for m in MARKER.finditer(path.read_text())]
@@ -776,7 +794,7 @@ def stale_tables() -> List[str]:
         for name, body in marked_tables(path):
             if name not in TABLES:
                 problems.append(f"{path.relative_to(REPO_ROOT)}: table {name!r} has no generator in TABLES")
-            elif body != TABLES[name]():
+            elif body != rendered(name):
                 problems.append(f"{path.relative_to(REPO_ROOT)}: table {name!r} differs from its results")
     return problems
 
@@ -789,7 +807,7 @@ def write_tables() -> List[str]:
         unknown = sorted({name for name, _ in marked_tables(path)} - set(TABLES))
         if unknown:
             raise KeyError(f"{path}: tables {unknown} have no generator in benchmarks/docs_tables.py")
-        new = MARKER.sub(lambda m: f"<!-- table: {m['name']} -->\n{TABLES[m['name']]()}<!-- /table -->", text)
+        new = MARKER.sub(lambda m: f"<!-- table: {m['name']} -->\n{rendered(m['name'])}<!-- /table -->", text)
         if new != text:
             tmp = path.with_suffix(".md.tmp")
             tmp.write_text(new)

@@ -56,3 +56,20 @@ def test_model_card_results_are_those_of_the_bundled_checkpoint():
     assert card["sources"] == meta["training"]["sources"]
     assert card["step"] == meta["training"]["step"]
     assert model_card.page(card) == (docs_tables.REPO_ROOT / "docs" / "model_card.md").read_text()
+
+
+def test_a_table_without_a_final_line_break_is_refused_before_any_page_changes(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    text = ("<!-- table: first -->\nold\n<!-- /table -->\n\nProse between the tables.\n\n"
+            "<!-- table: second -->\nold\n<!-- /table -->\n")
+    page.write_text(text)
+    monkeypatch.setattr(docs_tables, "DOC_FILES", [page])
+    monkeypatch.setattr(docs_tables, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(docs_tables, "TABLES", {"first": lambda: "| a |\n|---|", "second": lambda: "| b |\n"})
+    try:
+        docs_tables.write_tables()
+    except ValueError as error:
+        assert "'first'" in str(error) and "line break" in str(error)
+    else:
+        raise AssertionError("a table without a final line break was written")
+    assert page.read_text() == text
