@@ -95,12 +95,14 @@ def has_labels(data: ConformationSet) -> bool:
 def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], path: Union[str, Path]) -> Path:
     """extxyz with each frame's predicted energy (``info['predicted_energy']``, eV) and forces
     (``arrays['predicted_forces']``, eV/Å); where the data has labels also ``reference_energy``,
-    ``reference_forces`` and the per-atom force error ``force_error`` (|F_pred - F_ref|, eV/Å).
-    Written atomically (:func:`forcefield_et.files.atomic_path`)."""
+    ``reference_forces`` and the per-atom force error ``force_error`` (|F_pred - F_ref|, eV/Å); where
+    the prediction has a stress, ``predicted_stress`` (and ``reference_stress`` for a labelled frame),
+    3x3 in eV/Å³. Written atomically (:func:`forcefield_et.files.atomic_path`)."""
     from ase import Atoms
     from ase.io import write
 
     frames = []
+    stress_labels = data.stress_labels if "stress" in prediction else None
     for k in range(len(data)):
         a, b = data.offsets[k], data.offsets[k + 1]
         atoms = Atoms(numbers=data.z[a:b], positions=data.pos[a:b])
@@ -113,6 +115,10 @@ def write_predictions(data: ConformationSet, prediction: Dict[str, np.ndarray], 
         if data.forces is not None and np.isfinite(data.forces[a:b]).all():
             atoms.arrays["reference_forces"] = data.forces[a:b]
             atoms.arrays["force_error"] = np.linalg.norm(prediction["forces"][a:b] - data.forces[a:b], axis=1)
+        if stress_labels is not None:
+            atoms.info["predicted_stress"] = prediction["stress"][k]
+            if np.isfinite(stress_labels[k]).all():
+                atoms.info["reference_stress"] = stress_labels[k]
         frames.append(atoms)
     path = Path(path)
     with atomic_path(path) as tmp:

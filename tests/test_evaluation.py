@@ -113,7 +113,7 @@ def test_error_metrics_by_element_leave_out_atoms_without_force_labels():
     assert all(value == pytest.approx(1000.0) for value in detailed["force_mae_meV_A_by_element"].values())
 
 
-def test_stress_errors_of_periodic_frames_with_stress_labels(small_model):
+def test_stress_errors_of_periodic_frames_with_stress_labels(small_model, tmp_path):
     """Stress MAE/RMSE (meV/Å³) over the components of the frames periodic in three directions that
     have a stress label; the model's own stress shifted by 2 meV/Å³ gives exactly that error."""
     rng = np.random.default_rng(0)
@@ -135,3 +135,11 @@ def test_stress_errors_of_periodic_frames_with_stress_labels(small_model):
     assert metrics["stress_mae_meV_A3"] == pytest.approx(2.0, rel=1e-6)
     assert metrics["stress_rmse_meV_A3"] == pytest.approx(2.0, rel=1e-6)
     assert "stress_mae_meV_A3" not in error_metrics(data, predict(small_model, data))  # no labels: no stress metric
+    from ase.io import read
+
+    from forcefield_et.evaluation import write_predictions
+
+    frames = read(write_predictions(labelled, predict(small_model, labelled), tmp_path / "p.extxyz"), index=":")
+    np.testing.assert_allclose(np.reshape(frames[0].info["predicted_stress"], (3, 3)), own["stress"][0], atol=1e-12)
+    np.testing.assert_allclose(np.reshape(frames[0].info["reference_stress"], (3, 3)), labels[0], atol=1e-12)
+    assert "reference_stress" not in frames[1].info and "predicted_stress" in frames[1].info
