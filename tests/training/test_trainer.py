@@ -839,11 +839,11 @@ def test_fine_tuning_on_stress_labels_learns_the_stress(tmp_path):
 
     def run(stress_weight: float, name: str) -> tuple[dict, dict]:
         values = {
-            "run_dir": str(tmp_path / name), "seed": 0, "dtype": "float64", "model": dict(TINY_MODEL),
+            "run_dir": str(tmp_path / name), "seed": 0, "dtype": "float32", "model": dict(TINY_MODEL),
             "objectives": {"energy_weight": 1.0, "force_weight": 1.0, "stress_weight": stress_weight},
             "sources": [{"name": "boxes", "format": "ase", "path": str(data), "objective": "energy_forces",
                          "split": "frame", "valid_fraction": 0.25}],
-            "optim": {"batch_size": 4, "max_steps": 60, "lr": 3e-3, "warmup_steps": 5, "valid_every": 30,
+            "optim": {"batch_size": 4, "max_steps": 120, "lr": 3e-3, "warmup_steps": 5, "valid_every": 60,
                       "checkpoint_every": 1000, "log_every": 20, "threads": 1, "compile": False},
         }
         trainer = Trainer(config_from_dict(values), progress=False)
