@@ -25,10 +25,13 @@ OBJECTIVE_CODES = {"forces": FORCES, "equilibrium": EQUILIBRIUM, "energy_forces"
 class TensorConformations:
     """A ConformationSet converted once to torch tensors for fast batch gathering."""
 
-    def __init__(self, data: ConformationSet, dtype: torch.dtype = torch.float32, cutoff: float | None = None) -> None:
+    def __init__(self, data: ConformationSet, dtype: torch.dtype = torch.float32, cutoff: float | None = None,
+                 periodic: bool = False) -> None:
         """``cutoff`` (Å, the model's): completes the cells of frames periodic in fewer than three
         directions (zero lattice vectors; :func:`~forcefield_et.periodicity.complete_open_directions`),
-        which a set of periodic and non-periodic frames, or of slabs, needs."""
+        which a set of periodic and non-periodic frames, or of slabs, needs. ``periodic``: give a set
+        without cells such completed cells too (no images within the cutoff: the same energies and
+        forces), so that its frames can share a batch with periodic ones."""
         self.n_frames = len(data)
         self.z = torch.as_tensor(data.z, dtype=torch.long)
         self.pos = torch.as_tensor(data.pos, dtype=dtype)
@@ -39,11 +42,11 @@ class TensorConformations:
         nan_frames = torch.full((self.n_frames,), float("nan"), dtype=torch.float64)
         self.energy = torch.as_tensor(data.energy, dtype=torch.float64) if data.energy is not None else nan_frames
         self.cell = self.stress = None
-        if data.cell is not None:
-            cells = complete_open_directions(np.asarray(data.cell), np.asarray(data.pos), np.asarray(data.offsets),
-                                             cutoff)
+        if data.cell is not None or periodic:
+            cells = np.zeros((self.n_frames, 3, 3)) if data.cell is None else np.asarray(data.cell)
+            cells = complete_open_directions(cells, np.asarray(data.pos), np.asarray(data.offsets), cutoff)
             self.cell = torch.as_tensor(cells, dtype=dtype)
-            self.stress = torch.as_tensor(data.stress_labels, dtype=dtype)
+            self.stress = torch.as_tensor(data.stress_labels, dtype=dtype)  # NaN without a cell
 
     def gather(self, frames: Tensor) -> Dict[str, Tensor]:
         """Concatenate the given frames: z [A], pos [A,3], forces [A,3], batch [A], energy [B]
@@ -162,10 +165,12 @@ def build_batch(
 
 
 def concatenate_batches(parts: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
-    """Join batches, renumbering ``batch`` indices. Periodic and non-periodic parts may not mix."""
+    """Join batches, renumbering ``batch`` indices. Parts with cells and parts without may not mix
+    (a non-periodic set gets cells with ``TensorConformations(..., periodic=True)``)."""
     has_cell = ["cell" in p for p in parts]
     if any(has_cell) and not all(has_cell):
-        raise ValueError("cannot mix periodic and non-periodic structures in one batch")
+        raise ValueError("cannot mix periodic and non-periodic structures in one batch: build the non-periodic "
+                         "ones' TensorConformations with periodic=True")
     out: Dict[str, Tensor] = {}
     offset = 0
     batches = []

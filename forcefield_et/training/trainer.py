@@ -357,11 +357,18 @@ class Trainer:
 
     def _build_tensors(self) -> None:
         """The sources' training, validation and test frames as tensors in the model's dtype, with the
-        cells of frames periodic in fewer than three directions completed for the model's cutoff."""
+        cells of frames periodic in fewer than three directions completed for the model's cutoff.
+        Where some sources are periodic and others are not (periodic frames with molecular replay
+        frames, say), the molecules get completed cells too, so that both share a batch."""
         cutoff = float(self.model.cutoff)
-        self.tensors = [TensorConformations(s.data, self.dtype, cutoff) for s in self.sources]
-        self.valid_tensors = [TensorConformations(v, self.dtype, cutoff) if len(v) else None for v in self.valid_sets]
-        self.test_tensors = [None if t is None else TensorConformations(t, self.dtype, cutoff) for t in self.test_sets]
+        periodic = any(s.data.cell is not None for s in self.sources)
+
+        def tensors(data: ConformationSet) -> TensorConformations:
+            return TensorConformations(data, self.dtype, cutoff, periodic=periodic)
+
+        self.tensors = [tensors(s.data) for s in self.sources]
+        self.valid_tensors = [tensors(v) if len(v) else None for v in self.valid_sets]
+        self.test_tensors = [None if t is None else tensors(t) for t in self.test_sets]
 
     def _init_statistics(self) -> None:
         """Scale the energy head by the RMS reference force, and fit E0 for energy sources."""

@@ -323,6 +323,27 @@ def test_stress_labels_reach_the_batch_for_frames_periodic_in_three_directions()
     assert torch.isnan(TensorConformations(unlabelled, F64, cutoff=5.0).gather(torch.arange(2))["stress"]).all()
 
 
+def test_molecules_get_cells_that_change_nothing_and_share_a_batch_with_periodic_frames(small_model):
+    rng = np.random.default_rng(2)
+    box = ConformationSet(z=np.array([8, 1, 1]), pos=rng.uniform(0, 4, (3, 3)), n_atoms=[3], energy=[0.0],
+                          forces=np.zeros((3, 3)), cell=np.eye(3)[None] * 5.0)
+    molecule = ConformationSet(z=np.array([6, 1, 1, 1, 1]), pos=np.array(
+        [[0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89]], dtype=float),
+        n_atoms=[5], forces=np.zeros((5, 3)))
+    sources = [Source("boxes", box, "energy_forces"), Source("replay", molecule, "forces")]
+    cutoff = float(small_model.cutoff)
+    with pytest.raises(ValueError, match="periodic=True"):
+        build_batch([TensorConformations(box, F64, cutoff), TensorConformations(molecule, F64, cutoff)], sources,
+                    [np.arange(1), np.arange(1)])
+    tensors = [TensorConformations(box, F64, cutoff), TensorConformations(molecule, F64, cutoff, periodic=True)]
+    batch = build_batch(tensors, sources, [np.arange(1), np.arange(1)])
+    assert batch["cell"].shape == (2, 3, 3) and torch.isnan(batch["stress"][1]).all()
+    together = small_model(batch["z"], batch["pos"], batch["batch"], batch["cell"])
+    alone = small_model(torch.as_tensor(molecule.z), torch.as_tensor(molecule.pos))
+    torch.testing.assert_close(together["energy"][1:], alone["energy"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(together["forces"][3:], alone["forces"], rtol=0, atol=1e-10)
+
+
 def test_a_stress_loss_trains_the_model_stress(small_model):
     """With the stress term alone, a few optimiser steps move the model's stress (1/V dE/d strain,
     differentiated twice) towards the labels of periodic boxes."""

@@ -859,3 +859,26 @@ def test_fine_tuning_on_stress_labels_learns_the_stress(tmp_path):
         rows = list(csv.DictReader(handle))
     assert any(r["kind"] == "train" and float(r["train/stress"] or 0) > 0 for r in rows)
     assert any(r["kind"] == "valid" and r[key] for r in rows)
+
+
+def test_periodic_frames_train_with_molecular_replay_frames(tmp_path):
+    """A periodic fine-tuning source beside a molecular (non-periodic) replay source: their frames
+    share every batch."""
+    data = tmp_path / "boxes.extxyz"
+    write_teacher_boxes(data, 12, seed=1)
+    ethanol = str(shared_path("rmd17", "rmd17_ethanol_train_01.npz"))
+    values = {
+        "run_dir": str(tmp_path / "run"), "seed": 0, "dtype": "float32", "model": dict(TINY_MODEL),
+        "sources": [{"name": "boxes", "format": "ase", "path": str(data), "objective": "energy_forces",
+                     "split": "frame", "valid_fraction": 0.25},
+                    {"name": "replay", "format": "rmd17", "path": ethanol, "frames": "0:12", "objective": "forces",
+                     "split": "frame", "valid_fraction": 0.25}],
+        "optim": {"batch_size": 4, "max_steps": 4, "warmup_steps": 1, "valid_every": 4, "checkpoint_every": 4,
+                  "log_every": 1, "threads": 1, "compile": False},
+    }
+    trainer = Trainer(config_from_dict(values), progress=False)
+    batch = trainer._local_batch(0)
+    assert batch["cell"].shape[0] == len(batch["n_atoms"]) and set(batch["source"].tolist()) == {0, 1}
+    last = trainer.run()
+    assert math.isfinite(last["valid_loss"]) and last["replay/force_mae_meV_A"] > 0
+    assert last["boxes/stress_mae_meV_A3"] > 0
