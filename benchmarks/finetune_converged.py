@@ -340,7 +340,6 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import ScalarFormatter
 
     molecules = sorted({r["molecule"] for r in results})
