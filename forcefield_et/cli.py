@@ -267,14 +267,14 @@ def _test_best(config, test_path: str, out: Path) -> None:
     """Evaluate the run's best.pt on every frame of the test file; writes test_metrics.json."""
     from .data.sources import read_source
     from .evaluation import evaluate_model
+    from .files import write_text_atomic
 
     test = read_source(config.sources[0], config.data_root, path=test_path, validation="test")
     result = evaluate_model(str(out / "best.pt"), test, device=config.optim.device, threads=config.optim.threads)
     result["data"] = str(test_path)
-    tmp = out / ".test_metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "test_metrics.json")
-    errors = ", ".join(f"{k} {result[k]:.2f}" for k in ("force_mae_meV_A", "energy_mae_meV") if k in result)
+    write_text_atomic(out / "test_metrics.json", json.dumps(result, indent=2))
+    errors = ", ".join(f"{k} {result[k]:.2f}" for k in ("force_mae_meV_A", "energy_mae_meV", "stress_mae_meV_A3")
+                       if k in result)
     print(f"best.pt on {test_path} ({result['frames']} frames): {errors} -> {out / 'test_metrics.json'}")
 
 
@@ -907,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--write-predictions", action="store_true", help="also write predictions.extxyz: predicted energy and "
-        "forces per frame, with the reference values and per-atom force errors where the data has labels"
+        "forces (and stress, for periodic frames with stress labels) per frame, with the reference values and "
+        "per-atom force errors where the data has labels"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--max-frames", type=positive_int)

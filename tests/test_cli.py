@@ -292,6 +292,31 @@ def test_finetune_reads_energies_and_forces_from_named_extxyz_keys(tmp_path, cap
     assert code == 2 and "--energy-key and --forces-key apply to ASE-readable files" in err
 
 
+def test_finetune_and_evaluate_periodic_frames_with_stress_labels(tmp_path, capsys):
+    """extxyz boxes with energy, forces and stress: finetune validates the stress (its MAE in
+    metrics.csv) and reports its test error; evaluate reports and writes it."""
+    from ase.io import read
+
+    from tests.training.test_trainer import write_teacher_boxes
+
+    path = tmp_path / "boxes.extxyz"
+    write_teacher_boxes(path, 12, seed=2)
+    out = tmp_path / "ft"
+    code, stdout, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
+                                "--train", path, "--n-train", 8, "--n-valid-from-train", 4, "--steps", 3,
+                                "--stress-weight", 10, "--no-compile", "--no-progress", "--test", path, "--out", out],
+                               capsys)
+    assert code == 0 and "stress_mae_meV_A3" in stdout.split("best.pt on")[1]
+    assert "finetune/stress_mae_meV_A3" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert json.loads((out / "test_metrics.json").read_text())["stress_frames"] == 12
+    code, _, _ = run_main(["evaluate", "--model", out / "best.pt", "--data", path, "--out", tmp_path / "eval",
+                           "--write-predictions", "--no-progress"], capsys)
+    assert code == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["stress_frames"] == 12 and metrics["stress_mae_meV_A3"] > 0
+    assert "predicted_stress" in read(tmp_path / "eval" / "predictions.extxyz", index=0).info
+
+
 def test_evaluate_writes_predictions_and_handles_unlabelled_data(tmp_path, capsys):
     from ase.io import read, write
 
