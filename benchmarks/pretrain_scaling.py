@@ -75,8 +75,13 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
         points = sorted((max(r["conformations_seen"], 1e4), r["test_force_mae_meV_A"]) for r in rows
                         if r["molecule"] == molecule and r["n_train"] == n_train)
         ax.plot(*zip(*points), "o-", label=f"{molecule}, {n_train} frames")
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("conformations seen in pretraining (scratch drawn at 10⁴)")
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.grid(alpha=0.3, which="both")
