@@ -59,9 +59,10 @@ def error_metrics(
         metrics["force_rmse_meV_A"] = float(1000 * np.sqrt((err**2).mean()))
         if by_element and ok.any():
             metrics.update(_force_error_details(data.z[ok], err, data.forces[ok]))
-    if "stress" in prediction and data.has_stress.any():
-        ok = data.has_stress
-        err = prediction["stress"][ok] - data.stress_labels[ok]
+    labels = data.stress_labels if "stress" in prediction else np.zeros((0, 3, 3))
+    ok = np.isfinite(labels).all(axis=(1, 2))
+    if ok.any():
+        err = prediction["stress"][ok] - labels[ok]
         metrics["stress_frames"] = int(ok.sum())
         metrics["stress_mae_meV_A3"] = float(1000 * np.abs(err).mean())
         metrics["stress_rmse_meV_A3"] = float(1000 * np.sqrt((err**2).mean()))
