@@ -142,6 +142,19 @@ def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_
     return result
 
 
+def up_to_date(entry: Dict[str, Any], models: Dict[str, str], molecule: str) -> bool:
+    """Whether ``entry`` (one molecule's results) holds every model in ``models`` whose file exists, each with
+    the weights it has now (sha256), so that evaluating the molecule again would repeat it."""
+    evaluated = entry.get("models", {})
+    for name, path in models.items():
+        path = path.replace("{molecule}", molecule)
+        if ("/" in path or path.endswith(".pt")) and not Path(path).is_file():
+            continue
+        if name not in evaluated or evaluated[name].get("sha256") != file_sha256(resolve_model_path(path)):
+            return False
+    return True
+
+
 def plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -182,6 +195,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--work", type=Path, default=WORK_DIR, help="where the frames and labels are kept")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--again", action="store_true",
+                        help="evaluate molecules anew even when the results already hold every model with the "
+                        "same weights and settings")
     parser.add_argument("--quick", action="store_true", help="ethanol, 2 frames, 1 check frame, grid level 1, "
                         "50 test frames (pipeline check)")
     args = parser.parse_args(argv)
@@ -210,9 +226,18 @@ def main(argv: List[str] | None = None) -> None:
             and all(r.get("frames") == args.frames for r in previous.get("molecules", {}).values()))
     results = {m: r for m, r in previous.get("molecules", {}).items() if same and m not in args.molecules}
     for molecule in args.molecules:
+        entry = previous.get("molecules", {}).get(molecule) if same else None
+        if entry is not None and not args.again and up_to_date(entry, models, molecule):
+            print(f"{molecule}: every model already evaluated with these settings and the same weights; kept "
+                  "(--again evaluates it anew)", flush=True)
+            results[molecule] = entry
+            continue
         results[molecule] = evaluate_molecule(molecule, models, args.data_root, args.frames, args.check_frames,
                                               args.grid_level, args.work / "quick" if args.quick else args.work,
                                               test_frames)
+    if same and results == previous.get("molecules"):
+        print(f"nothing evaluated anew; {previous_path} left as it is", flush=True)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"protocol": __doc__.split("A run evaluates")[0].strip(), "quick": args.quick,
                "grid_level": args.grid_level,

@@ -50,8 +50,17 @@ def test_quick_run_reproduces_rmd17_labels_and_resumes(tmp_path, capsys):
     assert len(bundled["sha256"]) == 64
     summary["molecules"]["aspirin"] = {"frames": 2, "models": {}, "reference_check_force_mae_meV_A": 1.0}
     (out / "dft_generalisation.json").write_text(json.dumps(summary))
-    main(["--quick", "--data-root", str(data_root), "--out", str(out), "--work", str(work),
+    main(["--quick", "--data-root", str(data_root), "--out", str(out), "--work", str(work), "--again",
           "--model", f"missing={tmp_path}/{{molecule}}.pt"])
     assert "missing.pt not found; skipped" in capsys.readouterr().out.replace(f"{tmp_path}/ethanol", "missing")
     kept = json.loads((out / "dft_generalisation.json").read_text())["molecules"]
     assert set(kept) == {"aspirin", "ethanol"} and set(kept["ethanol"]["models"]) == {"bundled"}
+    # without --again, a molecule that already holds every model with the same weights is not evaluated again;
+    # a model it lacks makes it evaluated again
+    main(["--quick", "--data-root", str(data_root), "--out", str(out), "--work", str(work)])
+    assert "ethanol: every model already evaluated" in capsys.readouterr().out
+    assert json.loads((out / "dft_generalisation.json").read_text())["molecules"]["ethanol"] == kept["ethanol"]
+    main(["--quick", "--data-root", str(data_root), "--out", str(out), "--work", str(work),
+          "--model", "again=rmd17-ethanol"])
+    printed = capsys.readouterr().out
+    assert "already evaluated" not in printed and "ethanol again: new frames" in printed
