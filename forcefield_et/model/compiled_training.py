@@ -15,7 +15,10 @@ function. Two rewrites make the traced graph exact:
   that the weight gradient flows through every path (without this the radial-basis weights got
   wrong gradients);
 - out-of-place ``index_add`` (the backward of ``index_select``) runs as an opaque custom
-  operator, because inductor (torch 2.9, CPU) miscompiled it in this graph.
+  operator in the differentiable (training) graph, because inductor (torch 2.9, CPU) miscompiled
+  it there. The inference graph, which is never differentiated, keeps the native operator, which
+  inductor fuses with its neighbours and which saves the custom operator's Python dispatch on every
+  call.
 
 ``tests/model/test_compiled_training.py`` checks energies, forces, losses and weight gradients
 against the eager double backward.
@@ -73,12 +76,15 @@ class _AtomEnergies(nn.Module):
 
 class CompiledEnergyGradient:
     """``(element [N], edge_index [2, E], edge_vectors [E, 3] Å) -> (atom energies [N] eV,
-    dE/d(edge_vectors) [E, 3] eV/Å)``, compiled, differentiable once with respect to the model's
-    weights and the edge vectors. Built lazily on the first call; rebuilt when a parameter, buffer or
-    submodule of the model is replaced, or its ZBL prior switched (the trace depends on both)."""
+    dE/d(edge_vectors) [E, 3] eV/Å)``, compiled. With ``differentiable`` (training) the result is
+    differentiable once with respect to the model's weights and the edge vectors; without it
+    (inference) every call runs under ``torch.no_grad``. Built lazily on the first call; rebuilt when a
+    parameter, buffer or submodule of the model is replaced, or its ZBL prior switched (the trace
+    depends on both)."""
 
-    def __init__(self, potential: nn.Module, **compile_options: Any) -> None:
+    def __init__(self, potential: nn.Module, differentiable: bool = True, **compile_options: Any) -> None:
         self.module = _AtomEnergies(potential)
+        self.differentiable = differentiable
         self.compile_options = {"dynamic": True, **compile_options}
         self._compiled: Callable[..., Any] | None = None
         self._tensors: List[Tensor] = []
@@ -136,7 +142,8 @@ class CompiledEnergyGradient:
             if node.target is torch.ops.aten.detach.default:
                 node.replace_all_uses_with(node.args[0])
                 graph.graph.erase_node(node)
-            elif node.target is torch.ops.aten.index_add.default and len(node.args) == 4 and not node.kwargs:
+            elif (self.differentiable and node.target is torch.ops.aten.index_add.default and len(node.args) == 4
+                  and not node.kwargs):
                 node.target = custom
         graph.recompile()
         self._compiled = torch.compile(graph, **self.compile_options)
@@ -152,5 +159,8 @@ class CompiledEnergyGradient:
         torch._dynamo.maybe_mark_dynamic(element, 0)
         torch._dynamo.maybe_mark_dynamic(edge_index, 1)
         torch._dynamo.maybe_mark_dynamic(edge_vectors, 0)
-        return self._compiled(self._tensors, element, edge_index, edge_vectors)
+        if self.differentiable:
+            return self._compiled(self._tensors, element, edge_index, edge_vectors)
+        with torch.no_grad():
+            return self._compiled(self._tensors, element, edge_index, edge_vectors)
 

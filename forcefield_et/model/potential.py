@@ -261,7 +261,7 @@ class Potential(nn.Module):
             return
         from .compiled_training import CompiledEnergyGradient
 
-        self._compiled_energy = CompiledEnergyGradient(self, **compile_options)
+        self._compiled_energy = CompiledEnergyGradient(self, differentiable=False, **compile_options)
 
     @torch.jit.unused
     def compile_training(self, enabled: bool = True, **compile_options: Any) -> None:

@@ -79,4 +79,9 @@ def test_compiled_energy_matches_eager_and_does_not_recompile_when_edges_change(
     model.eval()
     counters = torch._dynamo.utils.counters["stats"]
     assert counters["unique_graphs"] <= 2, dict(counters)  # molecules share one graph; a cell may add one
+    # the inference graph is never differentiated: it keeps the native index_add (the training graph's
+    # opaque custom operator would cost a Python dispatch per call)
+    targets = {node.target for node in model._compiled_energy._compiled._orig_mod.graph.nodes}
+    assert torch.ops.aten.index_add.default in targets
+    assert torch.ops.forcefield_et.index_add.default not in targets
     torch._dynamo.reset()

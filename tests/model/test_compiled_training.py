@@ -59,6 +59,9 @@ def test_compiled_training_matches_the_eager_double_backward():
         assert relative_error(out_c["forces"], out_e["forces"]) < 1e-4
         assert float(loss_c) == pytest.approx(float(loss_e), rel=1e-5)
         assert max(gradients_agree(grads_c, grads_e).values()) < 1e-4
+    # the differentiable graph runs index_add as the opaque custom operator (see compiled_training)
+    targets = {node.target for node in compiled._compiled_training._compiled._orig_mod.graph.nodes}
+    assert torch.ops.forcefield_et.index_add.default in targets and torch.ops.aten.index_add.default not in targets
     # one graph served both batches (other atom and edge counts), no recompilation
     assert counters["stats"]["unique_graphs"] == 1
     # periodic: a water-like box of 6 molecules (18 atoms: inductor specialises the graph on fewer
