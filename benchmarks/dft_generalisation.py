@@ -109,6 +109,16 @@ def force_mae_meV_A(model: Any, z: np.ndarray, positions: np.ndarray, forces: np
     return float(error_metrics(data, predict(model, data))["force_mae_meV_A"])
 
 
+def molecule_models(models: Dict[str, str], molecule: str) -> Dict[str, str | None]:
+    """``models``' paths for ``molecule`` ({molecule} replaced); None for a model file that is missing (a
+    registry name is never missing)."""
+    paths: Dict[str, str | None] = {}
+    for name, path in models.items():
+        path = path.replace("{molecule}", molecule)
+        paths[name] = None if ("/" in path or path.endswith(".pt")) and not Path(path).is_file() else path
+    return paths
+
+
 def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_frames: int, n_check: int,
                       grid_level: int, work: Path, test_frames: int | None) -> Dict[str, Any]:
     labels = labelled_frames(molecule, data_root, n_frames, n_check, grid_level, work)
@@ -125,10 +135,9 @@ def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_
         "dft_cpu_s_per_frame": float(np.nanmedian(labels["cpu_s"])) if np.isfinite(labels["cpu_s"]).any() else None,
         "xtb_md_cpu_s": float(labels["xtb_cpu_s"]), "test_frames": len(test), "models": {},
     }
-    for name, path in models.items():
-        path = path.replace("{molecule}", molecule)
-        if ("/" in path or path.endswith(".pt")) and not Path(path).is_file():
-            print(f"{molecule} {name}: {path} not found; skipped", flush=True)
+    for name, path in molecule_models(models, molecule).items():
+        if path is None:
+            print(f"{molecule} {name}: {models[name].replace('{molecule}', molecule)} not found; skipped", flush=True)
             continue
         model = load_model(path, dtype="float32")
         with torch.enable_grad():
@@ -146,9 +155,8 @@ def up_to_date(entry: Dict[str, Any], models: Dict[str, str], molecule: str) -> 
     """Whether ``entry`` (one molecule's results) holds every model in ``models`` whose file exists, each with
     the weights it has now (sha256), so that evaluating the molecule again would repeat it."""
     evaluated = entry.get("models", {})
-    for name, path in models.items():
-        path = path.replace("{molecule}", molecule)
-        if ("/" in path or path.endswith(".pt")) and not Path(path).is_file():
+    for name, path in molecule_models(models, molecule).items():
+        if path is None:
             continue
         if name not in evaluated or evaluated[name].get("sha256") != file_sha256(resolve_model_path(path)):
             return False
