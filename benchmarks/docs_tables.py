@@ -395,14 +395,15 @@ def _md_cell(run: Dict[str, Any] | None, full_ps: float) -> str:
     return f"no collapse in the {run['simulated_ps']:g} ps simulated"
 
 
-def _md_summary(relative: str, scratch_model: str) -> str:
-    """One line per molecule of an MD-stability summary: the pretrained start against ``scratch_model``."""
+def _md_summary(relative: str, scratch_model: str, pretrained_label: str) -> str:
+    """One line per molecule of an MD-stability summary: the pretrained start (column ``pretrained_label``)
+    against ``scratch_model``."""
     from .finetune_study import MOLECULE_NAMES
 
     result = _json(relative)
     full_ps = result["protocol"]["time_ps"]
     by = {(r["molecule"], r["model"]): r for r in result["runs"]}
-    lines = ["| molecule | pretrained → fine-tuned (`rmd17-<mol>`) | from scratch |", "|---|---|---|"]
+    lines = [f"| molecule | {pretrained_label} | from scratch |", "|---|---|---|"]
     for molecule in sorted({m for m, _ in by}):
         lines.append(f"| {MOLECULE_NAMES.get(molecule, molecule)} | "
                      f"{_md_cell(by.get((molecule, 'et-pretrained-finetuned')), full_ps)} "
@@ -412,12 +413,14 @@ def _md_summary(relative: str, scratch_model: str) -> str:
 
 def md_stability_summary() -> str:
     """The MD-stability runs of the 2,000-step models in one line per molecule (``benchmarks.md_stability``)."""
-    return _md_summary("md_stability/md_stability.json", "et-scratch")
+    return _md_summary("md_stability/md_stability.json", "et-scratch",
+                       "pretrained → fine-tuned, 2,000 steps (bundled as `rmd17-<mol>` then)")
 
 
 def md_stability_converged_summary() -> str:
     """The 300 ps runs of the converged 1000-frame models in one line per molecule."""
-    return _md_summary("md_stability_converged/md_stability.json", "et-converged-scratch")
+    return _md_summary("md_stability_converged/md_stability.json", "et-converged-scratch",
+                       "pretrained → fine-tuned (`rmd17-<mol>`)")
 
 
 def readme_results() -> str:

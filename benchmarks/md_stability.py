@@ -28,9 +28,10 @@ gives the first thermostat the same mass as MDsim's ``ttime = 20`` time steps) a
 - Speed: MD steps per second of wall time (integrator + model, one process, ``--threads``
   intra-op threads, default 1) and ns/day.
 
-Models: ``et-pretrained-finetuned`` (bundled ``rmd17-<mol>`` checkpoint: the fine-tuning study's
-pretrained 1000-frame run), ``et-scratch`` (the study's scratch run on the same frames with the same
-recipe, ``benchmarks/results/finetune_study/runs/<mol>-1000-scratch/best.pt``) and ``nequip``
+Models: ``et-pretrained-finetuned`` (the bundled ``rmd17-<mol>`` checkpoint: the converged pretrained-start
+1000-frame model of ``benchmarks.finetune_converged``; the fine-tuning study's 2,000-step run before it),
+``et-scratch`` (the fine-tuning study's scratch run on the same frames with the 2,000-step recipe,
+``benchmarks/results/finetune_study/runs/<mol>-1000-scratch/best.pt``) and ``nequip``
 (``benchmarks/cache/nequip-<mol>/model.nequip.pth``), all made by ``python -m benchmarks.prepare``
 or the fine-tuning pipeline. Missing models are skipped and the reason recorded.
 ``--model-path NAME=PATH`` adds any ETCalculator checkpoint (or a ``.nequip.pth`` file); ``{molecule}``
