@@ -19,8 +19,9 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 ``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
-Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``) run as
-cells of their own (``<cell>-replay``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``)
+Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``,
+``--schedule cosine``, ``--encoder-lr-scale S``) run as cells of their own (``<cell>-replay``, ``<cell>-zbl``,
+``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``, ``<cell>-cosine``, ``<cell>-enc<S>``)
 and are reported against the unchanged cell with the same start, validation error first: a variant is kept
 where it lowers the validation error.
 
@@ -99,7 +100,8 @@ class Variant:
     """A change to the recipe, tried against the cell without it: replaying pretraining frames, the
     ZBL prior, another force-loss weight, another peak learning rate, or a more patient schedule
     (``patience`` validations without improvement before the learning rate is halved; early stopping
-    waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer)."""
+    waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer), a cosine schedule, or a smaller learning
+    rate for the representation than for the head (``encoder_lr_scale``)."""
 
     replay: bool = False
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
@@ -107,6 +109,7 @@ class Variant:
     lr: float = LEARNING_RATE
     patience: int = PLATEAU_PATIENCE
     schedule: str = "plateau"  # or "cosine": decay over the CPU budget, no early stopping
+    encoder_lr_scale: float = 1.0  # the representation's learning rate as a multiple of the head's
 
     @property
     def labels(self) -> List[str]:
@@ -116,6 +119,7 @@ class Variant:
         labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
         labels += [f"plateau patience {self.patience}"] if self.patience != PLATEAU_PATIENCE else []
         labels += ["cosine over the budget"] if self.schedule == "cosine" else []
+        labels += [f"encoder learning rate × {self.encoder_lr_scale:g}"] if self.encoder_lr_scale != 1.0 else []
         return labels
 
     @property
@@ -125,18 +129,21 @@ class Variant:
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
         suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
         suffix += f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else ""
-        return suffix + ("-cosine" if self.schedule == "cosine" else "")
+        suffix += "-cosine" if self.schedule == "cosine" else ""
+        return suffix + (f"-enc{self.encoder_lr_scale:g}" if self.encoder_lr_scale != 1.0 else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
         return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
-                   int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")))
+                   int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
+                   float(result.get("encoder_lr_scale", 1.0)))
 
     def optim(self) -> Dict[str, Any]:
         """The recipe's optimiser settings that this variant changes."""
         changes: Dict[str, Any] = {"lr": self.lr, "plateau_patience": self.patience,
-                                   "early_stop_patience": self.patience + EARLY_STOP_AFTER_PLATEAU}
+                                   "early_stop_patience": self.patience + EARLY_STOP_AFTER_PLATEAU,
+                                   "encoder_lr_scale": self.encoder_lr_scale}
         if self.schedule == "cosine":  # the trainer fits the cosine's length to the CPU budget; the budget ends it
             changes.update({"schedule": "cosine", "max_steps": UNLIMITED_STEPS, "early_stop_patience": 0})
         return changes
@@ -211,6 +218,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
         "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
+        "encoder_lr_scale": variant.encoder_lr_scale,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         "test_frames": len(test),
@@ -470,6 +478,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                         help="plateau (the recipe), or cosine: decay to the minimum learning rate over the CPU "
                         "budget, without early stopping (cells <cell>-cosine)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="S",
+                        help="learning rate of the representation as a multiple of the head's (default 1; other "
+                        "values: cells <cell>-enc<S>)")
     parser.add_argument("--replay", action="store_true",
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
                         "every batch, forces only); the cells are named <cell>-replay")
@@ -504,7 +515,8 @@ def main(argv: List[str] | None = None) -> None:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
     if not args.report:
-        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule)
+        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
+                          args.encoder_lr_scale)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:

@@ -191,6 +191,7 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
             "max_steps": args.steps,
             "lr": args.lr,
             "min_lr": args.min_lr,
+            "encoder_lr_scale": args.encoder_lr_scale,
             "warmup_steps": min(args.warmup_steps, max(1, args.steps // 10)),
             "valid_every": args.valid_every,
             "checkpoint_every": args.checkpoint_every,
@@ -735,6 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim = FINETUNE_OPTIM
     p.add_argument("--batch-size", type=batch_size_arg, default=optim.batch_size, help="structures per optimiser step")
     p.add_argument("--lr", type=learning_rate_arg, default=optim.lr, help="AdamW learning rate after the warm-up")
+    p.add_argument(
+        "--encoder-lr-scale", type=positive_float, default=optim.encoder_lr_scale, metavar="S",
+        help="learning rate of the pretrained representation (embedding and interaction layers) as a multiple of "
+        "--lr; the output head keeps --lr (e.g. 0.1: the encoder moves less than the head)",
+    )
     p.add_argument(
         "--warmup-steps", type=nonnegative_int, default=optim.warmup_steps,
         help="linear warm-up steps (at most a tenth of --steps)",

@@ -71,6 +71,13 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     assert annealed.optim.schedule == "cosine" and annealed.optim.early_stop_patience == 0
     assert annealed.optim.max_steps >= 10**9 and annealed.optim.time_budget_s == recipe_cell.optim.time_budget_s
     assert Variant.of({"replay": 0.0, "schedule": "cosine"}) == cosine and Variant.of({"replay": 0.0}) == Variant()
+    # a slower encoder: the representation's rate is a share of the head's
+    gentle = Variant(True, lr=1e-3, encoder_lr_scale=0.3)
+    assert cell_name("aspirin", 50, "pretrained", gentle) == "aspirin-50-pretrained-replay-lr0.001-enc0.3"
+    assert gentle.labels == ["replay", "learning rate 0.001", "encoder learning rate × 0.3"]
+    assert recipe_config(tmp_path / "enc", [source], 50, "pretrained", variant=gentle).optim.encoder_lr_scale == 0.3
+    assert base.optim.encoder_lr_scale == 1.0
+    assert Variant.of({"replay": 0.2, "lr": 1e-3, "encoder_lr_scale": 0.3}) == gentle
 
 
 def test_bundle_exports_the_1000_frame_cell_with_the_lowest_validation_error(tmp_path):

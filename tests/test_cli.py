@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from forcefield_et import build_model, load_model, save_checkpoint
 from forcefield_et.checkpoint import read_checkpoint
@@ -151,8 +152,10 @@ def test_finetune_with_replay_validates_on_the_target_frames_only(tmp_path, caps
     code, out, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 16, "--num-layers", 1,
                              "--train", train, "--format", "rmd17", "--n-train", 20, "--steps", 4, "--batch-size", 5,
                              "--replay", replay, "--replay-format", "rmd17", "--replay-ratio", 0.4,
+                             "--encoder-lr-scale", 0.5,
                              "--out", out_dir, "--no-progress", "--threads", 1, "--no-compile"], capsys)
     assert code == 0
+    assert yaml.safe_load((out_dir / "config.yaml").read_text())["optim"]["encoder_lr_scale"] == 0.5
     sources = {s["name"]: s for s in load_model(out_dir / "best.pt").metadata["training"]["sources"]}
     assert sources["finetune"]["objective"] == "energy_forces" and sources["replay"]["objective"] == "forces"
     assert sources["replay"]["ratio"] == pytest.approx(0.4)

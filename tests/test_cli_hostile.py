@@ -79,6 +79,7 @@ OPTIONS = {
     ("finetune", "--steps"): "positive_int",
     ("finetune", "--batch-size"): "batch_size",
     ("finetune", "--lr"): "learning_rate",
+    ("finetune", "--encoder-lr-scale"): "positive_float",
     ("finetune", "--warmup-steps"): "nonnegative_int",
     ("finetune", "--energy-weight"): "loss_weight",
     ("finetune", "--force-weight"): "loss_weight",

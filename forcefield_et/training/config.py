@@ -66,6 +66,10 @@ class OptimConfig:
     max_steps: int = 10000
     lr: float = 5e-4
     min_lr: float = 1e-6
+    # learning rate (and floor) of the representation (the ET's embedding and interaction layers) as a
+    # multiple of ``lr``; the output head, atom reference energies and priors keep ``lr``. Below 1 a
+    # fine-tuned pretrained encoder moves less than the head it feeds.
+    encoder_lr_scale: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 200
     schedule: str = "cosine"  # cosine | plateau
@@ -231,7 +235,7 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
             raise ConfigError(f"optim.{name} must be a positive integer, got {value!r}")
     if isinstance(optim.max_steps, bool) or not isinstance(optim.max_steps, int) or optim.max_steps < 0:
         raise ConfigError(f"optim.max_steps must be a non-negative integer, got {optim.max_steps!r}")
-    for name in ("lr", "min_lr", "clip_grad_norm"):
+    for name in ("lr", "min_lr", "clip_grad_norm", "encoder_lr_scale"):
         value = getattr(optim, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise ConfigError(f"optim.{name} must be a positive number, got {value!r}")

@@ -69,6 +69,7 @@ RESUMABLE_SETTINGS = (
 
 LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
 LATER_OBJECTIVE_DEFAULTS = {"stress_weight": 1.0}
+LATER_OPTIM_DEFAULTS = {"encoder_lr_scale": 1.0}
 SOURCE_PATH_KEYS = ("path", "valid_path", "test_path")
 
 
@@ -96,8 +97,27 @@ def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
     ]
     fingerprint["objectives"] = {k: v for k, v in config.get("objectives", {}).items()
                                  if not (k in LATER_OBJECTIVE_DEFAULTS and v == LATER_OBJECTIVE_DEFAULTS[k])}
-    fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items() if k not in RESUMABLE_SETTINGS}
+    fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items()
+                            if k not in RESUMABLE_SETTINGS and not (k in LATER_OPTIM_DEFAULTS
+                                                                    and v == LATER_OPTIM_DEFAULTS[k])}
     return fingerprint
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> List[Dict[str, Any]]:
+    """The optimiser's parameter groups: one group at ``lr`` when ``encoder_lr_scale`` is 1; otherwise
+    the parameters outside every ``representation`` submodule at ``lr`` (group 0) and those inside at
+    ``encoder_lr_scale * lr`` (group 1). Each group records its ``lr_scale``."""
+    if encoder_lr_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+    head, encoder = [], []
+    for name, parameter in model.named_parameters():
+        inside = name.startswith("representation.") or ".representation." in name
+        (encoder if inside else head).append(parameter)
+    if not encoder:
+        raise ValueError(f"optim.encoder_lr_scale = {encoder_lr_scale:g} needs a model with a representation "
+                         f"(encoder) submodule; {type(model).__name__} has none")
+    return [{"params": head, "lr": lr, "lr_scale": 1.0},
+            {"params": encoder, "lr": lr * encoder_lr_scale, "lr_scale": encoder_lr_scale}]
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
@@ -199,7 +219,8 @@ class Trainer:
         self._build_tensors()
         optim = config.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=True
+            parameter_groups(self.model, optim.lr, optim.encoder_lr_scale), lr=optim.lr,
+            weight_decay=optim.weight_decay, fused=True,
         )
         # a cosine over a time budget: the step count it decays over, measured once (see _fit_budget_cosine)
         self.budget_cosine_steps: int | None = None
@@ -211,7 +232,7 @@ class Trainer:
         if optim.schedule == "plateau":
             self.plateau = ReduceLROnPlateau(
                 self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
-                threshold=0.0, min_lr=optim.min_lr,
+                threshold=0.0, min_lr=[optim.min_lr * group["lr_scale"] for group in self.optimizer.param_groups],
             )
         self.averaged = AveragedModel(self.model, multi_avg_fn=exponential_moving_average(optim.ema_decay))
         self.averaged.n_averaged.fill_(1)  # the average starts at the initial weights
@@ -616,7 +637,7 @@ class Trainer:
         else:
             rate = float(self.optimizer.param_groups[0]["lr"])
         for group in self.optimizer.param_groups:
-            group["lr"] = rate
+            group["lr"] = rate * group.get("lr_scale", 1.0)
 
     def _truncate_metrics(self) -> None:
         path = self.run_dir / "metrics.csv"

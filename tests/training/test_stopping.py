@@ -132,7 +132,8 @@ def test_init_from_accepts_only_the_zbl_switch(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("valid_every", 0), ("checkpoint_every", 0), ("log_every", -1),
                                         ("batch_size", 0), ("max_steps", -1), ("lr", 0.0), ("lr", float("nan")),
-                                        ("plateau_factor", 1.5), ("ema_decay", 1.0), ("valid_every", 2.5)])
+                                        ("plateau_factor", 1.5), ("ema_decay", 1.0), ("valid_every", 2.5),
+                                        ("encoder_lr_scale", 0.0), ("encoder_lr_scale", float("inf"))])
 def test_optimiser_settings_are_validated(tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
         config_from_dict(tiny_mixed_config(tmp_path / "run", **{key: value}))
@@ -238,3 +239,39 @@ def test_a_budgeted_cosine_run_decays_the_rate_before_its_budget_ends(tmp_path):
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rates = [float(r["lr"]) for r in csv.DictReader(handle) if r["kind"] == "train"]
     assert rates[-1] < 0.2 * max(rates)
+
+
+def test_encoder_lr_scale_gives_the_representation_a_proportional_rate_through_warm_up_plateau_and_resume(
+        tmp_path):
+    from forcefield_et.training.trainer import config_fingerprint
+
+    values = tiny_mixed_config(tmp_path / "run", schedule="plateau", plateau_factor=0.5, plateau_patience=1,
+                               warmup_steps=2, lr=1e-3, min_lr=3e-4, encoder_lr_scale=0.1)
+    trainer = Trainer(config_from_dict(values), progress=False)
+    head, encoder = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert all(names[id(p)].startswith("representation.") for p in encoder["params"])
+    assert not any(names[id(p)].startswith("representation.") for p in head["params"])
+    assert len(head["params"]) + len(encoder["params"]) == len(names)
+
+    def rates():
+        return [group["lr"] for group in trainer.optimizer.param_groups]
+
+    trainer.train_step()
+    assert rates() == pytest.approx([1e-3, 1e-4])  # the warm-up scales both groups
+    encoder_before = [p.detach().clone() for p in encoder["params"]]
+    trainer.train_step()
+    assert any(not torch.equal(a, p) for a, p in zip(encoder_before, encoder["params"], strict=True))
+    for value in (1.0, 0.9, 0.95, 0.95, 0.95, 0.95):  # plateaus: halved twice, each group floored at its share
+        trainer._after_validation({"valid_loss": value})
+    assert rates() == pytest.approx([3e-4, 3e-5])
+    trainer.save_last()
+    resumed = Trainer(config_from_dict(values), progress=False)
+    assert resumed.resume() and [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([3e-4, 3e-5])
+    # the default (1) is one group, and a configuration written before the setting existed has the same
+    # fingerprint as one with the default
+    values["optim"]["encoder_lr_scale"] = 1.0
+    values["run_dir"] = str(tmp_path / "default")
+    assert len(Trainer(config_from_dict(values), progress=False).optimizer.param_groups) == 1
+    without = {**values, "optim": {k: v for k, v in values["optim"].items() if k != "encoder_lr_scale"}}
+    assert config_fingerprint(without) == config_fingerprint(values)
