@@ -115,6 +115,9 @@ study --molecules naphthalene --sizes 1000 --starts pretrained --schedule cosine
 study --molecules naphthalene --sizes 1000 --starts scratch --schedule cosine
 # on naphthalene the cosine cells ended above the recipe's on both starts (3.22 against 2.97 and 4.76 against
 # 4.09 meV/Å), so salicylic acid keeps the recipe alone
+step "converged fine-tuning: the pretrained encoder at 0.3x the head's learning rate (50 frames, the chosen variant)"
+# against the chosen 50-frame pretrained cells of aspirin and ethanol (replay, lr 1e-3, patience 10)
+study --molecules aspirin ethanol --sizes 50 --starts pretrained --replay --lr 1e-3 --patience 10 --encoder-lr-scale 0.3
 step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
 .venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
