@@ -247,6 +247,13 @@ def pretrain_scaling() -> str:
     return scaling.table(_json("pretrain_scaling/pretrain_scaling.json")["runs"]).split("\n\n")[0] + "\n"
 
 
+def pretrain_scaling_runs() -> str:
+    """Steps, CPU-hours and stop reason of each pretraining-scaling run (``benchmarks.pretrain_scaling``)."""
+    from . import pretrain_scaling as scaling
+
+    return scaling.runs_table(_json("pretrain_scaling/pretrain_scaling.json")["runs"])
+
+
 def md_stability_converged() -> str:
     """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
     from . import md_stability as stability
@@ -747,6 +754,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "md_stability_converged": md_stability_converged,
     "pretrain_size": pretrain_size,
     "pretrain_scaling": pretrain_scaling,
+    "pretrain_scaling_runs": pretrain_scaling_runs,
     "ablation": ablation,
     "qm9_property": qm9_property,
     "nve_drift": nve_drift,

@@ -61,7 +61,19 @@ def table(rows: List[Dict[str, Any]]) -> str:
         cells = [by.get((seen, m, n)) for m, n in keys]
         lines.append(f"| {seen:,} | " + " | ".join(f"{c['test_force_mae_meV_A']:.2f}" if c else "–" for c in cells)
                      + " |")
-    return "\n".join(lines) + "\n\nTest force MAE (meV/Å) on all 1000 rMD17 test_01 frames; 0 = from scratch.\n"
+    return ("\n".join(lines) + "\n\nTest force MAE (meV/Å) on all 1000 rMD17 test_01 frames; 0 = from scratch.\n\n"
+            + runs_table(rows))
+
+
+def runs_table(rows: List[Dict[str, Any]]) -> str:
+    """Steps, CPU-hours and stop reason of every finished run: a CPU budget buys fewer steps on a slower
+    machine, so budget-bound runs compare by their steps too."""
+    lines = ["| molecule | train frames | conformations seen | steps | CPU-hours | stopped by |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["molecule"], r["n_train"], r["conformations_seen"])):
+        lines.append(f"| {r['molecule']} | {r['n_train']} | {r['conformations_seen']:,} | {r['steps']:,} | "
+                     f"{r['cpu_hours']:.2f} | {r['stop_reason']} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: List[Dict[str, Any]], path: Path) -> None:
