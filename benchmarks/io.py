@@ -60,13 +60,27 @@ def write_report(out: Path, benchmark: str, protocol: str, rows: List[Dict[str, 
     """A benchmark's result set in ``out``: ``<benchmark>.json`` (the benchmark, the machine, the
     protocol, the ``extra`` entries and the rows under ``rows_key``), the markdown table
     (``<benchmark>.md`` unless ``table_name``) and, when there are rows, the figure that
-    ``plot(rows, path)`` draws (``<benchmark>.png`` unless ``figure_name``). Returns the table."""
+    ``plot(rows, path)`` draws (``<benchmark>.png`` unless ``figure_name``). Returns the table.
+
+    A report whose files already hold the same content (all but the machine that wrote it) leaves
+    them as they are, so that summarising again on another machine changes nothing."""
     from .machine import machine_info
 
     out = Path(out)
     summary = {"benchmark": benchmark, "machine": machine_info(), "protocol": protocol, **extra, rows_key: rows}
-    write_json_atomic(out / f"{benchmark}.json", summary)
-    write_text_atomic(out / (table_name or f"{benchmark}.md"), markdown)
+    json_path, table_path = out / f"{benchmark}.json", out / (table_name or f"{benchmark}.md")
+    figure_path = out / (figure_name or f"{benchmark}.png")
+    if json_path.is_file() and table_path.is_file() and (plot is None or not rows or figure_path.is_file()):
+        try:
+            stored = json.loads(json_path.read_text())
+        except ValueError:
+            stored = None
+        same = (isinstance(stored, dict) and {k: v for k, v in stored.items() if k != "machine"}
+                == json.loads(json.dumps({k: v for k, v in summary.items() if k != "machine"}, default=_json_default)))
+        if same and table_path.read_text() == markdown:
+            return markdown
+    write_json_atomic(json_path, summary)
+    write_text_atomic(table_path, markdown)
     if plot is not None and rows:
-        plot(rows, out / (figure_name or f"{benchmark}.png"))
+        plot(rows, figure_path)
     return markdown

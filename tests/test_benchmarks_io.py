@@ -27,3 +27,26 @@ def test_report_writes_json_table_and_figure_from_finished_runs(tmp_path):
                  table_name="empty_table.md")
     assert drawn == [(2, "study.png")]  # no rows: no figure
     assert (tmp_path / "empty_table.md").is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_report_with_the_same_content_leaves_its_files_alone(tmp_path):
+    rows = [{"cell": "a", "error": 1.5}]
+    drawn = []
+
+    def plot(rows, path):
+        drawn.append(path.name)
+        path.write_bytes(b"png")
+
+    write_report(tmp_path, "study", "p", rows, "| a |\n", plot)
+    summary = json.loads((tmp_path / "study.json").read_text())
+    summary["machine"] = {"cpu": "another machine"}  # written elsewhere: only the machine differs
+    (tmp_path / "study.json").write_text(json.dumps(summary))
+    write_report(tmp_path, "study", "p", rows, "| a |\n", plot)
+    assert drawn == ["study.png"]
+    assert json.loads((tmp_path / "study.json").read_text())["machine"]["cpu"] == "another machine"
+    # new content (a row, the table or a missing figure) writes the whole set again
+    write_report(tmp_path, "study", "p", rows + [{"cell": "b", "error": 2.0}], "| a |\n| b |\n", plot)
+    assert drawn == ["study.png", "study.png"] and len(json.loads((tmp_path / "study.json").read_text())["runs"]) == 2
+    (tmp_path / "study.png").unlink()
+    write_report(tmp_path, "study", "p", rows + [{"cell": "b", "error": 2.0}], "| a |\n| b |\n", plot)
+    assert drawn == ["study.png"] * 3
