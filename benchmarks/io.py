@@ -30,6 +30,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def as_json(payload: Any) -> Any:
+    """``payload`` as it reads back from its JSON file (numpy values and paths converted as
+    :func:`write_json_atomic` writes them): for comparing a new result with a stored one."""
+    return json.loads(json.dumps(payload, default=_json_default))
+
+
 def write_json_atomic(path: Path, payload: Any) -> Path:
     """``payload`` as indented JSON (numpy scalars/arrays and paths allowed), written atomically."""
     return write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default))
@@ -76,7 +82,7 @@ def write_report(out: Path, benchmark: str, protocol: str, rows: List[Dict[str, 
         except ValueError:
             stored = None
         same = (isinstance(stored, dict) and {k: v for k, v in stored.items() if k != "machine"}
-                == json.loads(json.dumps({k: v for k, v in summary.items() if k != "machine"}, default=_json_default)))
+                == as_json({k: v for k, v in summary.items() if k != "machine"}))
         if same and table_path.read_text() == markdown:
             return markdown
     write_json_atomic(json_path, summary)

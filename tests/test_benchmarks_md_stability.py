@@ -275,6 +275,13 @@ def test_report_rebuilds_the_summary_without_running_anything(tmp_path, small_ch
     assert summary["mode"] == "report"
     assert [(r["molecule"], r["model"]) for r in summary["runs"]] == [("ethanol", "small")]
     assert result.stat().st_mtime_ns == stamp and not (tmp_path / "runs" / "aspirin__small").exists()
+    # a second report of the same runs leaves the summary alone (its mode, machine and wall time aside,
+    # nothing would change)
+    summary_path = tmp_path / "md_stability.json"
+    summary["machine"] = {"cpu": "another machine"}
+    summary_path.write_text(json.dumps(summary))
+    assert ms.main(["--report", *common]) == 0
+    assert json.loads(summary_path.read_text())["machine"] == {"cpu": "another machine"}
 
 
 def test_a_finished_run_extends_to_a_longer_time_exactly(tmp_path, small_checkpoint):
