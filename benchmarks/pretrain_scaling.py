@@ -124,9 +124,12 @@ def main(argv: List[str] | None = None) -> None:
     out, run = Path(args.out), Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        starts = [{"path": "scratch", "conformations_seen": 0}] + snapshots(run)
-        if len(starts) == 1:
+        taken = snapshots(run)
+        if not taken:
             raise SystemExit(f"{run / 'snapshots'} holds no step_*.pt snapshots yet")
+        # the two ends of the curve first (scratch, the most pretrained snapshot), then the amounts between:
+        # a study cut short still shows the whole range
+        starts = [{"path": "scratch", "conformations_seen": 0}, taken[-1], *taken[:-1]]
         scratch_model = architecture(run)
         for start in starts:
             for molecule in args.molecules:
