@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -30,10 +30,26 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def as_json(payload: Any) -> Any:
-    """``payload`` as it reads back from its JSON file (numpy values and paths converted as
-    :func:`write_json_atomic` writes them): for comparing a new result with a stored one."""
-    return json.loads(json.dumps(payload, default=_json_default))
+def holds_same_content(path: Path, payload: Dict[str, Any], ignore: Tuple[str, ...] = ("machine",),
+                       unordered: Tuple[str, ...] = ()) -> bool:
+    """Whether the JSON file ``path`` already holds ``payload`` (as :func:`write_json_atomic` would write
+    it), apart from the top-level keys in ``ignore`` and the order of the lists under ``unordered``:
+    a result that would change nothing else need not be written again."""
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    new = json.loads(json.dumps(payload, default=_json_default))
+    if not isinstance(stored, dict):
+        return False
+
+    def content(summary: Dict[str, Any]) -> Dict[str, Any]:
+        kept = {k: v for k, v in summary.items() if k not in ignore}
+        for key in unordered:
+            kept[key] = sorted(kept.get(key) or [], key=lambda item: json.dumps(item, sort_keys=True))
+        return kept
+
+    return content(stored) == content(new)
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
@@ -76,15 +92,9 @@ def write_report(out: Path, benchmark: str, protocol: str, rows: List[Dict[str, 
     summary = {"benchmark": benchmark, "machine": machine_info(), "protocol": protocol, **extra, rows_key: rows}
     json_path, table_path = out / f"{benchmark}.json", out / (table_name or f"{benchmark}.md")
     figure_path = out / (figure_name or f"{benchmark}.png")
-    if json_path.is_file() and table_path.is_file() and (plot is None or not rows or figure_path.is_file()):
-        try:
-            stored = json.loads(json_path.read_text())
-        except ValueError:
-            stored = None
-        same = (isinstance(stored, dict) and {k: v for k, v in stored.items() if k != "machine"}
-                == as_json({k: v for k, v in summary.items() if k != "machine"}))
-        if same and table_path.read_text() == markdown:
-            return markdown
+    if (table_path.is_file() and table_path.read_text() == markdown and holds_same_content(json_path, summary)
+            and (plot is None or not rows or figure_path.is_file())):
+        return markdown
     write_json_atomic(json_path, summary)
     write_text_atomic(table_path, markdown)
     if plot is not None and rows:

@@ -74,7 +74,7 @@ from forcefield_et.bonds import bond_changes, bond_changes_text, bond_lengths, f
 from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 from forcefield_et.runtime import compile_pays_off
 
-from .io import as_json, savez_atomic, write_json_atomic, write_text_atomic
+from .io import holds_same_content, savez_atomic, write_json_atomic, write_text_atomic
 from .paths import DATA_ROOT, rmd17_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -929,10 +929,9 @@ def main(argv: List[str] | None = None) -> int:
     }
     # a summary of the same runs (a report-only rerun, perhaps on another machine, listing them in
     # another order) leaves the file alone
-    stored_path = out / "md_stability.json"
-    stored = json.loads(stored_path.read_text()) if stored_path.is_file() else {}
-    if _content(stored) != _content(as_json(summary)):
-        write_json_atomic(stored_path, summary)
+    if not holds_same_content(out / "md_stability.json", summary, ("machine", "invocation_wall_s", "mode"),
+                              unordered=("runs",)):
+        write_json_atomic(out / "md_stability.json", summary)
     write_text_atomic(out / "md_stability.md", table(runs))
     print(f"wrote {out / 'md_stability.json'} ({len(runs)} runs, {len(skipped)} skipped) and "
           f"{len(figures)} figures", flush=True)
@@ -941,14 +940,6 @@ def main(argv: List[str] | None = None) -> int:
               f"{'(collapsed)' if r['collapsed'] else '(stable)   '} h(r) MAE {r['hr_mae']:.2e}  "
               f"{r['steps_per_s']:7.1f} steps/s  {r['ns_per_day']:.3f} ns/day", flush=True)
     return 0
-
-
-def _content(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """A summary without what changes between invocations over the same runs: the machine, the
-    invocation's wall time, the mode, and the order of the runs."""
-    content = {k: v for k, v in summary.items() if k not in ("machine", "invocation_wall_s", "mode")}
-    content["runs"] = sorted(summary.get("runs", []), key=lambda r: json.dumps(r, sort_keys=True))
-    return content
 
 
 if __name__ == "__main__":
