@@ -118,6 +118,8 @@ study --molecules naphthalene --sizes 1000 --starts scratch --schedule cosine
 step "converged fine-tuning: the pretrained encoder at 0.3x the head's learning rate (50 frames, the chosen variant)"
 # against the chosen 50-frame pretrained cells of aspirin and ethanol (replay, lr 1e-3, patience 10)
 study --molecules aspirin ethanol --sizes 50 --starts pretrained --replay --lr 1e-3 --patience 10 --encoder-lr-scale 0.3
+step "converged fine-tuning: a peak learning rate of 2e-3 for the chosen 50-frame pretrained cells (1e-3 beat 5e-4 and 1e-4)"
+study --molecules aspirin ethanol --sizes 50 --starts pretrained --replay --lr 2e-3 --patience 10
 step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
 .venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
