@@ -42,6 +42,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from forcefield_et.cli_validators import open_fraction_arg
 from forcefield_et.data import read_rmd17
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.files import DirectoryBusyError
@@ -103,7 +104,7 @@ class Variant:
     waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer), a cosine schedule, or a smaller learning
     rate for the representation than for the head (``encoder_lr_scale``)."""
 
-    replay: bool = False
+    replay: float = 0.0  # share of every batch replayed from REPLAY_MOLECULES; 0: no replay
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
     force_weight: float = FORCE_WEIGHT
     lr: float = LEARNING_RATE
@@ -113,7 +114,7 @@ class Variant:
 
     @property
     def labels(self) -> List[str]:
-        labels = ["replay"] if self.replay else []
+        labels = [("replay" if self.replay == REPLAY_RATIO else f"replay {self.replay:g}")] if self.replay else []
         labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
         labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
@@ -124,7 +125,7 @@ class Variant:
 
     @property
     def suffix(self) -> str:
-        suffix = "-replay" if self.replay else ""
+        suffix = ("-replay" if self.replay == REPLAY_RATIO else f"-replay{self.replay:g}") if self.replay else ""
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
         suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
@@ -134,7 +135,7 @@ class Variant:
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
-        return cls(bool(result.get("replay")), float(result.get("zbl") or 0.0),
+        return cls(float(result.get("replay") or 0.0), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
                    int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
                    float(result.get("encoder_lr_scale", 1.0)))
@@ -186,7 +187,7 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
     sources = [source]
     if variant.replay:
         sources = with_replay(sources, [str(rmd17_file(m, "train", data_root)) for m in REPLAY_MOLECULES],
-                              REPLAY_RATIO, format="rmd17")
+                              variant.replay, format="rmd17")
     return recipe_config(runs_dir / cell_name(molecule, n_train, start, variant), sources, n_train, start, optim,
                          variant, model)
 
@@ -216,7 +217,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     result = {
         "cell": name, **(extra or {}),
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
-        "zbl": variant.zbl, "replay": REPLAY_RATIO if variant.replay else 0.0, "force_weight": variant.force_weight,
+        "zbl": variant.zbl, "replay": variant.replay, "force_weight": variant.force_weight,
         "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
         "encoder_lr_scale": variant.encoder_lr_scale,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
@@ -481,9 +482,10 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="S",
                         help="learning rate of the representation as a multiple of the head's (default 1; other "
                         "values: cells <cell>-enc<S>)")
-    parser.add_argument("--replay", action="store_true",
-                        help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} ({REPLAY_RATIO:g} of "
-                        "every batch, forces only); the cells are named <cell>-replay")
+    parser.add_argument("--replay", nargs="?", type=open_fraction_arg, const=REPLAY_RATIO, default=0.0, metavar="SHARE",
+                        help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} (SHARE of every batch, "
+                        f"default {REPLAY_RATIO:g}; forces only); the cells are named <cell>-replay, or "
+                        "<cell>-replay<SHARE> for another share")
     parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))

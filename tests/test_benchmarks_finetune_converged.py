@@ -52,7 +52,7 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     heavy = Variant(force_weight=100.0, zbl=0.75)
     assert cell_name("aspirin", 50, "scratch", heavy) == "aspirin-50-scratch-zbl0.75-fw100"
     # a stored result names its variant; results from before a setting existed read as the recipe's
-    assert Variant.of({"replay": 0.2, "zbl": 0.0, "force_weight": 10.0, "lr": 1e-4}) == Variant(True, lr=1e-4)
+    assert Variant.of({"replay": 0.2, "zbl": 0.0, "force_weight": 10.0, "lr": 1e-4}) == Variant(0.2, lr=1e-4)
     assert Variant.of({"zbl": 0.0, "replay": 0.0, "force_weight": 10.0}) == Variant()
     # a patient schedule: the halving and the early stop wait longer, by the same margin as the recipe's
     patient = Variant(patience=10)
@@ -72,12 +72,26 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     assert annealed.optim.max_steps >= 10**9 and annealed.optim.time_budget_s == recipe_cell.optim.time_budget_s
     assert Variant.of({"replay": 0.0, "schedule": "cosine"}) == cosine and Variant.of({"replay": 0.0}) == Variant()
     # a slower encoder: the representation's rate is a share of the head's
-    gentle = Variant(True, lr=1e-3, encoder_lr_scale=0.3)
+    gentle = Variant(0.2, lr=1e-3, encoder_lr_scale=0.3)
     assert cell_name("aspirin", 50, "pretrained", gentle) == "aspirin-50-pretrained-replay-lr0.001-enc0.3"
     assert gentle.labels == ["replay", "learning rate 0.001", "encoder learning rate × 0.3"]
     assert recipe_config(tmp_path / "enc", [source], 50, "pretrained", variant=gentle).optim.encoder_lr_scale == 0.3
     assert base.optim.encoder_lr_scale == 1.0
     assert Variant.of({"replay": 0.2, "lr": 1e-3, "encoder_lr_scale": 0.3}) == gentle
+
+
+def test_a_larger_replay_share_is_a_cell_of_its_own_and_reaches_the_batch_mix(tmp_path):
+    from benchmarks.finetune_converged import REPLAY_RATIO, run_config
+
+    heavier = Variant(0.5, lr=1e-3)
+    assert cell_name("aspirin", 50, "pretrained", heavier) == "aspirin-50-pretrained-replay0.5-lr0.001"
+    assert heavier.labels == ["replay 0.5", "learning rate 0.001"]
+    assert Variant.of({"replay": 0.5, "lr": 1e-3}) == heavier
+    assert cell_name("aspirin", 50, "pretrained", Variant(REPLAY_RATIO)) == "aspirin-50-pretrained-replay"
+    config = run_config("aspirin", 50, "pretrained", tmp_path / "data", tmp_path / "runs", variant=heavier)
+    shares = {source.name: source.ratio for source in config.sources}
+    assert shares == {"aspirin": 0.5, "replay": 0.5}
+    assert config.run_dir.endswith("aspirin-50-pretrained-replay0.5-lr0.001")
 
 
 def test_bundle_exports_the_1000_frame_cell_with_the_lowest_validation_error(tmp_path):
