@@ -111,6 +111,7 @@ class CompiledEnergyGradient:
     def _build(self, element: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> None:
         from torch._decomp import get_decompositions
         from torch.func import functional_call
+        from torch.fx.experimental import _config as fx_config
         from torch.fx.experimental.proxy_tensor import make_fx
 
         _register_index_add()
@@ -131,7 +132,10 @@ class CompiledEnergyGradient:
         decompositions = get_decompositions(
             [torch.ops.aten.native_layer_norm, torch.ops.aten.native_layer_norm_backward]
         )
-        with torch.enable_grad():  # the trace differentiates, also when called for inference under no_grad
+        # no duck shaping: by default the trace gives equal sizes one symbol, so a number of edges or atoms
+        # that happens to equal a weight's dimension (e.g. 256 edges and a [256, 128] weight) would be fixed
+        # in the graph, which then fails on the next structure
+        with torch.enable_grad(), fx_config.patch(use_duck_shape=False):  # enable_grad: also under no_grad
             graph = make_fx(energy_and_gradient, tracing_mode="symbolic", decomposition_table=decompositions)(
                 tensors, element, edge_index, sample
             )

@@ -85,3 +85,34 @@ def test_compiled_energy_matches_eager_and_does_not_recompile_when_edges_change(
     assert torch.ops.aten.index_add.default in targets
     assert torch.ops.forcefield_et.index_add.default not in targets
     torch._dynamo.reset()
+
+
+def _chain(n_atoms: int, spacing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alternating C and H atoms on a line ``spacing`` Å apart."""
+    z = torch.tensor([6, 1] * (n_atoms // 2) + [6] * (n_atoms % 2))
+    pos = torch.zeros(n_atoms, 3)
+    pos[:, 0] = torch.arange(n_atoms) * spacing
+    pos[:, 1] = 0.05 * torch.arange(n_atoms) ** 2 % 0.3  # off the line: no exactly collinear triples
+    return z, pos
+
+
+def test_a_first_edge_count_equal_to_a_weight_dimension_is_not_fixed_in_the_compiled_graph():
+    """The trace gives the number of edges its own symbol: 48 edges (pairs within the cutoff of 10 atoms
+    1.4 Å apart) equal the [48, 16] weight's first dimension, and the next structure has 60."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = _tiny_model()
+    dimensions = {size for tensor in model.state_dict().values() for size in tensor.shape}
+    structures = [_chain(10, 1.4), _chain(10, 1.2), _chain(10, 1.4)]
+    n_edges = [int(torch.cdist(p, p).lt(model.cutoff).sum()) - len(p) for _, p in structures]
+    assert n_edges[0] in dimensions and n_edges[1] not in dimensions, (n_edges, dimensions)
+    eager = [model(z, p) for z, p in structures]
+    model.compile_energy(backend="eager")  # the trace, not the code generation, is under test: fast
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = [model(z, p) for z, p in structures]
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got["energy"], want["energy"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["forces"], want["forces"], rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
