@@ -1,0 +1,233 @@
+"""Is an MD collapse real at the reference level of theory? The frames leading up to a collapse of
+``benchmarks.md_stability``, relabelled with DFT and set against the model that drove them.
+
+    python -m benchmarks.collapse_dft                         # every collapsed run of the converged models
+    python -m benchmarks.collapse_dft --runs salicylic__et-pretrained-finetuned --frames 8
+    python -m benchmarks.collapse_dft --quick                 # CI: 2 frames, coarse DFT
+
+Protocol, per collapsed run:
+
+1. frames: the last ``--frames`` saved frames of the run's trajectory up to and including the frame
+   that broke the bond criterion (0.05 ps apart in the MDsim protocol), read from the run's work folder
+   (``trajectory.npz``, written by ``benchmarks.md_stability``).
+2. labels: PBE/def2-SVP, rMD17's level of theory, with PySCF (the settings of
+   ``benchmarks.dft_generalisation``): energy and analytic forces.
+3. the model of the run (the checkpoint its result names) on the same frames, in float64.
+4. per frame: the lengths of the bonds that the collapse stretched or formed, the energy relative to
+   the first frame from the model and from DFT, and the force MAE of the model against DFT. Where the
+   model's energy profile and forces follow DFT through the event, the trajectory did what the
+   reference surface does: the collapse is chemistry that the bond criterion counts (for example a
+   proton moving between two oxygens), not a hole in the model.
+
+DFT labels are data made here: they go to ``<work>/collapse_dft/<run>.npz`` (saved after every frame, so
+a stopped run resumes), never to the repository. Writes ``collapse_dft.json``, ``collapse_dft.md`` and
+``collapse_dft.png`` to ``--out`` (default ``benchmarks/results/collapse_dft/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from forcefield_et.data.labelling import dft_single_point
+from forcefield_et.registry import load_model
+
+from .io import savez_atomic, write_json_atomic, write_text_atomic
+from .machine import machine_info
+from .paths import REPO, RUNS_DIR
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_dft"
+MD_RESULTS = Path(__file__).resolve().parent / "results" / "md_stability_converged"
+MD_WORK = RUNS_DIR / "md_stability_converged"
+
+
+def collapsed_runs(md_results: Path) -> Dict[str, Dict[str, Any]]:
+    """Result of every collapsed run under ``md_results/runs/`` (name -> result.json)."""
+    runs = {}
+    for path in sorted((md_results / "runs").glob("*/result.json")):
+        result = json.loads(path.read_text())
+        if result.get("collapsed"):
+            runs[path.parent.name] = result
+    return runs
+
+
+def model_file(result: Dict[str, Any]) -> Path:
+    """The checkpoint a run's result names, in this checkout where the recorded path is from another."""
+    recorded = Path(result["model_path"])
+    if recorded.is_file():
+        return recorded
+    for anchor in ("forcefield_et", "runs", "benchmarks"):
+        if anchor in recorded.parts:
+            local = REPO.joinpath(*recorded.parts[recorded.parts.index(anchor):])
+            if local.is_file():
+                return local
+    raise FileNotFoundError(f"the model of this run, {recorded}, is not here")
+
+
+def window(trajectory: Dict[str, np.ndarray], collapse_frame: int, frames: int) -> np.ndarray:
+    """Indices of the last ``frames`` saved frames up to and including ``collapse_frame``."""
+    if collapse_frame >= len(trajectory["positions"]):
+        raise ValueError(f"the trajectory holds {len(trajectory['positions'])} frames, the collapse is at "
+                         f"frame {collapse_frame}: it is not this run's trajectory")
+    return np.arange(max(0, collapse_frame - frames + 1), collapse_frame + 1)
+
+
+def labelled_window(name: str, z: np.ndarray, positions: np.ndarray, grid_level: int, work: Path,
+                    log: Any = print) -> Dict[str, np.ndarray]:
+    """DFT energies [F] (eV), forces [F, N, 3] (eV/Å) and CPU seconds [F] of ``positions`` [F, N, 3],
+    from ``work/<name>.npz`` where labelled already, frame by frame otherwise (saved after each)."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{name}.npz"
+    frames = len(positions)
+    if path.is_file():
+        stored = dict(np.load(path))
+        if stored["positions"].shape != positions.shape or not np.allclose(stored["positions"], positions) \
+                or int(stored["grid_level"]) != grid_level:
+            raise ValueError(f"{path} holds other frames or another grid level; delete it to label these")
+        labels = stored
+    else:
+        labels = {"positions": positions, "grid_level": np.array(grid_level), "energy": np.full(frames, np.nan),
+                  "forces": np.full(positions.shape, np.nan), "cpu_s": np.full(frames, np.nan)}
+    for i in range(frames):
+        if np.isfinite(labels["energy"][i]):
+            continue
+        start = time.process_time()
+        labels["energy"][i], labels["forces"][i] = dft_single_point(z, positions[i], "pbe", "def2-svp",
+                                                                    grid_level=grid_level)
+        labels["cpu_s"][i] = time.process_time() - start
+        savez_atomic(path, **labels)
+        log(f"{name}: DFT frame {i + 1}/{frames} ({labels['cpu_s'][i]:.0f} CPU-s)")
+    return labels
+
+
+def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, grid_level: int,
+              work: Path) -> Dict[str, Any]:
+    trajectory = dict(np.load(md_work / name / "trajectory.npz"))
+    indices = window(trajectory, int(result["collapse_frame"]), frames)
+    z = trajectory["numbers"].astype(np.int64)
+    positions = trajectory["positions"][indices].astype(np.float64)
+    labels = labelled_window(name, z, positions, grid_level, work)
+    model = load_model(str(model_file(result)), dtype="float64")
+    energies, forces = [], []
+    for frame in positions:
+        with torch.enable_grad():
+            out = model(torch.as_tensor(z), torch.as_tensor(frame))
+        energies.append(float(out["energy"].detach()))
+        forces.append(out["forces"].detach().numpy())
+    bonds = result.get("collapse_bonds") or {"stretched": [], "formed": []}
+    watched = [(b["bond"], b["atoms"]) for b in bonds["stretched"] + bonds["formed"]]
+    rows = []
+    for k, i in enumerate(indices):
+        rows.append({
+            "frame": int(i), "time_ps": float(trajectory["time_ps"][i]),
+            "bond_lengths_A": {label: float(np.linalg.norm(positions[k, a] - positions[k, b]))
+                               for label, (a, b) in watched},
+            "model_energy_eV": energies[k] - energies[0],
+            "dft_energy_eV": float(labels["energy"][k] - labels["energy"][0]),
+            "force_mae_meV_A": 1000 * float(np.mean(np.abs(forces[k] - labels["forces"][k]))),
+        })
+    profile_error = [abs(r["model_energy_eV"] - r["dft_energy_eV"]) for r in rows]
+    return {
+        "molecule": result["molecule"], "model": result["model"], "model_description": result["model_description"],
+        "collapse_ps": result["stability_ps"], "collapse_reason": result["collapse_reason"],
+        "collapse_bonds": result.get("collapse_bonds"), "frames": rows,
+        "max_energy_profile_error_meV": 1000 * max(profile_error),
+        "force_mae_meV_A": float(np.mean([r["force_mae_meV_A"] for r in rows])),
+        "dft_cpu_s_per_frame": float(np.nanmedian(labels["cpu_s"])),
+    }
+
+
+def table(checks: Dict[str, Dict[str, Any]]) -> str:
+    lines = ["| run | collapse at (ps) | bonds at the collapse frame (Å) | model ΔE / DFT ΔE over the window (meV) "
+             "| largest ΔE difference (meV) | force MAE against DFT (meV/Å) |", "|---|---|---|---|---|---|"]
+    for check in checks.values():
+        last = check["frames"][-1]
+        bonds = ", ".join(f"{label} {length:.2f}" for label, length in last["bond_lengths_A"].items())
+        lines.append(f"| {check['molecule']} / {check['model']} | {check['collapse_ps']:.2f} | {bonds} "
+                     f"| {1000 * last['model_energy_eV']:.0f} / {1000 * last['dft_energy_eV']:.0f} "
+                     f"| {check['max_energy_profile_error_meV']:.0f} | {check['force_mae_meV_A']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(checks: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(checks), figsize=(4.6 * len(checks), 3.6), squeeze=False)
+    for ax, check in zip(axes[0], checks.values()):
+        t = [r["time_ps"] for r in check["frames"]]
+        ax.plot(t, [1000 * r["dft_energy_eV"] for r in check["frames"]], "o-", color="k", label="PBE/def2-SVP")
+        ax.plot(t, [1000 * r["model_energy_eV"] for r in check["frames"]], "s--", color="C0", label=check["model"])
+        ax.set_xlabel("time (ps)")
+        ax.set_ylabel("energy relative to the first frame (meV)")
+        ax.set_title(f"{check['molecule']}: collapse at {check['collapse_ps']:.2f} ps", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.collapse_dft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--md-results", type=Path, default=MD_RESULTS,
+                        help="the md_stability results folder whose collapsed runs are checked")
+    parser.add_argument("--md-work", type=Path, default=MD_WORK, help="its work folder (the trajectories)")
+    parser.add_argument("--runs", nargs="+", help="run names (default: every collapsed run)")
+    parser.add_argument("--frames", type=int, default=8, help="saved frames up to the collapse")
+    parser.add_argument("--grid-level", type=int, default=3, help="PySCF DFT grid level")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="2 frames, grid level 1 (pipeline check)")
+    args = parser.parse_args(argv)
+    try:
+        import pyscf  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(f"benchmarks.collapse_dft needs pyscf ({error}): pip install pyscf") from None
+    if args.frames < 1:
+        raise SystemExit(f"--frames must be at least 1, got {args.frames}")
+    torch.set_num_threads(1)
+    if args.quick:
+        args.frames, args.grid_level = 2, 1
+    runs = collapsed_runs(args.md_results)
+    names = args.runs or list(runs)
+    unknown = [n for n in names if n not in runs]
+    if unknown:
+        raise SystemExit(f"not a collapsed run of {args.md_results}: {', '.join(unknown)} "
+                         f"(collapsed runs: {', '.join(runs) or 'none'})")
+    work = args.md_work / "collapse_dft"
+    checks, skipped = {}, {}
+    for name in names:
+        if not (args.md_work / name / "trajectory.npz").is_file():
+            skipped[name] = (f"{args.md_work / name / 'trajectory.npz'} not found (benchmarks.md_stability writes it; "
+                             "run the MD again to make it)")
+            print(f"{name}: skipped, {skipped[name]}", flush=True)
+            continue
+        checks[name] = check_run(name, runs[name], args.md_work, args.frames, args.grid_level,
+                                 work / "quick" if args.quick else work)
+        print(f"{name}: largest energy-profile difference {checks[name]['max_energy_profile_error_meV']:.0f} meV, "
+              f"force MAE {checks[name]['force_mae_meV_A']:.1f} meV/Å against DFT", flush=True)
+    if not checks:
+        print(f"no collapsed run in {args.md_results}", flush=True)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "collapse_dft.json", {
+        "benchmark": "collapse_dft", "protocol": __doc__.split("DFT labels are")[0].strip(),
+        "md_results": str(args.md_results.resolve().relative_to(REPO)) if args.md_results.resolve().is_relative_to(REPO)
+        else str(args.md_results), "frames": args.frames, "grid_level": args.grid_level, "quick": args.quick,
+        "runs": checks, "skipped": skipped, "machine": machine_info()})
+    markdown = table(checks)
+    write_text_atomic(args.out / "collapse_dft.md", markdown)
+    plot(checks, args.out / "collapse_dft.png")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
