@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from forcefield_et.data.labelling import dft_single_point
-from forcefield_et.registry import load_model
+from forcefield_et.inference import Evaluator
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
 from .machine import machine_info
@@ -113,13 +113,12 @@ def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, gri
     z = trajectory["numbers"].astype(np.int64)
     positions = trajectory["positions"][indices].astype(np.float64)
     labels = labelled_window(name, z, positions, grid_level, work)
-    model = load_model(str(model_file(result)), dtype="float64")
+    evaluator = Evaluator(str(model_file(result)), dtype="float64", threads=1)
     energies, forces = [], []
     for frame in positions:
-        with torch.enable_grad():
-            out = model(torch.as_tensor(z), torch.as_tensor(frame))
-        energies.append(float(out["energy"].detach()))
-        forces.append(out["forces"].detach().numpy())
+        out = evaluator.evaluate(z, frame)
+        energies.append(float(out["energy"]))
+        forces.append(out["forces"].numpy())
     bonds = result.get("collapse_bonds") or {"stretched": [], "formed": []}
     watched = [(b["bond"], b["atoms"]) for b in bonds["stretched"] + bonds["formed"]]
     rows = []
