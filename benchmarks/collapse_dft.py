@@ -21,13 +21,15 @@ Protocol, per collapsed run:
 
 DFT labels are data made here: they go to ``<work>/collapse_dft/<run>.npz`` (saved after every frame, so
 a stopped run resumes), never to the repository. Writes ``collapse_dft.json``, ``collapse_dft.md`` and
-``collapse_dft.png`` to ``--out`` (default ``benchmarks/results/collapse_dft/``).
+``collapse_dft.png`` to ``--out`` (default ``benchmarks/results/collapse_dft/``; there, the figure is also
+copied to ``docs/img/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -43,6 +45,7 @@ from .machine import machine_info
 from .paths import REPO, RUNS_DIR
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_dft"
+DOCS_IMG = REPO / "docs" / "img"
 MD_RESULTS = Path(__file__).resolve().parent / "results" / "md_stability_converged"
 MD_WORK = RUNS_DIR / "md_stability_converged"
 
@@ -131,26 +134,38 @@ def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, gri
             "dft_energy_eV": float(labels["energy"][k] - labels["energy"][0]),
             "force_mae_meV_A": 1000 * float(np.mean(np.abs(forces[k] - labels["forces"][k]))),
         })
-    profile_error = [abs(r["model_energy_eV"] - r["dft_energy_eV"]) for r in rows]
+    profile_error = [1000 * abs(r["model_energy_eV"] - r["dft_energy_eV"]) for r in rows]
+    before = rows[:-1]
     return {
         "molecule": result["molecule"], "model": result["model"], "model_description": result["model_description"],
         "collapse_ps": result["stability_ps"], "collapse_reason": result["collapse_reason"],
         "collapse_bonds": result.get("collapse_bonds"), "frames": rows,
-        "max_energy_profile_error_meV": 1000 * max(profile_error),
+        "max_energy_profile_error_meV": max(profile_error),
         "force_mae_meV_A": float(np.mean([r["force_mae_meV_A"] for r in rows])),
+        # the frames before the collapse frame, and the collapse frame itself
+        "before_collapse": {"max_energy_profile_error_meV": max(profile_error[:-1]) if before else None,
+                            "force_mae_meV_A": float(np.mean([r["force_mae_meV_A"] for r in before]))
+                            if before else None},
+        "at_collapse": {"energy_profile_error_meV": profile_error[-1], "force_mae_meV_A": rows[-1]["force_mae_meV_A"]},
         "dft_cpu_s_per_frame": float(np.nanmedian(labels["cpu_s"])),
     }
 
 
 def table(checks: Dict[str, Dict[str, Any]]) -> str:
-    lines = ["| run | collapse at (ps) | bonds at the collapse frame (Å) | model ΔE / DFT ΔE over the window (meV) "
-             "| largest ΔE difference (meV) | force MAE against DFT (meV/Å) |", "|---|---|---|---|---|---|"]
+    lines = ["| run | collapse at (ps) | bonds at the collapse frame (Å) | frames | ΔE at the collapse frame, "
+             "model / DFT (meV) | model − DFT in ΔE (meV): before / at the collapse frame | force MAE against DFT "
+             "(meV/Å): before / at |", "|---|---|---|---|---|---|---|"]
     for check in checks.values():
         last = check["frames"][-1]
         bonds = ", ".join(f"{label} {length:.2f}" for label, length in last["bond_lengths_A"].items())
+        before, at = check["before_collapse"], check["at_collapse"]
+        before_energy = "–" if before["max_energy_profile_error_meV"] is None else \
+            f"≤ {before['max_energy_profile_error_meV']:.0f}"
+        before_forces = "–" if before["force_mae_meV_A"] is None else f"{before['force_mae_meV_A']:.1f}"
         lines.append(f"| {check['molecule']} / {check['model']} | {check['collapse_ps']:.2f} | {bonds} "
-                     f"| {1000 * last['model_energy_eV']:.0f} / {1000 * last['dft_energy_eV']:.0f} "
-                     f"| {check['max_energy_profile_error_meV']:.0f} | {check['force_mae_meV_A']:.1f} |")
+                     f"| {len(check['frames'])} | {1000 * last['model_energy_eV']:.0f} / "
+                     f"{1000 * last['dft_energy_eV']:.0f} | {before_energy} / {at['energy_profile_error_meV']:.0f} "
+                     f"| {before_forces} / {at['force_mae_meV_A']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +196,7 @@ def main(argv: List[str] | None = None) -> None:
                         help="the md_stability results folder whose collapsed runs are checked")
     parser.add_argument("--md-work", type=Path, default=MD_WORK, help="its work folder (the trajectories)")
     parser.add_argument("--runs", nargs="+", help="run names (default: every collapsed run)")
-    parser.add_argument("--frames", type=int, default=8, help="saved frames up to the collapse")
+    parser.add_argument("--frames", type=int, default=6, help="saved frames up to the collapse")
     parser.add_argument("--grid-level", type=int, default=3, help="PySCF DFT grid level")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quick", action="store_true", help="2 frames, grid level 1 (pipeline check)")
@@ -204,9 +219,10 @@ def main(argv: List[str] | None = None) -> None:
     work = args.md_work / "collapse_dft"
     checks, skipped = {}, {}
     for name in names:
-        if not (args.md_work / name / "trajectory.npz").is_file():
-            skipped[name] = (f"{args.md_work / name / 'trajectory.npz'} not found (benchmarks.md_stability writes it; "
-                             "run the MD again to make it)")
+        trajectory = (args.md_work / name / "trajectory.npz").resolve()
+        if not trajectory.is_file():
+            shown = trajectory.relative_to(REPO) if trajectory.is_relative_to(REPO) else trajectory
+            skipped[name] = f"{shown} not found (benchmarks.md_stability writes it; run the MD again to make it)"
             print(f"{name}: skipped, {skipped[name]}", flush=True)
             continue
         checks[name] = check_run(name, runs[name], args.md_work, args.frames, args.grid_level,
@@ -225,6 +241,8 @@ def main(argv: List[str] | None = None) -> None:
     markdown = table(checks)
     write_text_atomic(args.out / "collapse_dft.md", markdown)
     plot(checks, args.out / "collapse_dft.png")
+    if args.out.resolve() == RESULTS_DIR.resolve():
+        shutil.copyfile(args.out / "collapse_dft.png", DOCS_IMG / "collapse_dft.png")
     print(markdown)
 
 

@@ -254,6 +254,13 @@ def pretrain_scaling_runs() -> str:
     return scaling.runs_table(_json("pretrain_scaling/pretrain_scaling.json")["runs"])
 
 
+def collapse_dft() -> str:
+    """The frames up to each MD collapse, model against DFT (``benchmarks.collapse_dft``)."""
+    from . import collapse_dft as check
+
+    return check.table(_json("collapse_dft/collapse_dft.json")["runs"])
+
+
 def md_stability_converged() -> str:
     """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
     from . import md_stability as stability
@@ -752,6 +759,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "train_speed_phases": train_speed_phases,
     "md_stability": md_stability,
     "md_stability_converged": md_stability_converged,
+    "collapse_dft": collapse_dft,
     "pretrain_size": pretrain_size,
     "pretrain_scaling": pretrain_scaling,
     "pretrain_scaling_runs": pretrain_scaling_runs,

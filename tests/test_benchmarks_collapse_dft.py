@@ -58,6 +58,8 @@ def test_quick_check_follows_the_dft_energy_profile_and_resumes(tmp_path, tiny_m
     assert frames[1]["bond_lengths_A"]["O2-H8"] == pytest.approx(expected_length, abs=1e-5)
     assert check["force_mae_meV_A"] > 0 and (out / "collapse_dft.png").stat().st_size > 1000
     assert "| ethanol / tiny | 0.05 | O2-H8" in (out / "collapse_dft.md").read_text()
+    assert check["at_collapse"]["force_mae_meV_A"] == frames[1]["force_mae_meV_A"]
+    assert check["before_collapse"]["force_mae_meV_A"] == frames[0]["force_mae_meV_A"]
     # every frame is labelled: a second run computes no DFT and gives the same result
     capsys.readouterr()
     monkeypatch.setattr(collapse_dft, "dft_single_point", lambda *a, **k: pytest.fail("DFT computed again"))
