@@ -19,9 +19,10 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 ``test_01`` split; 200 of those frames (every fifth) are also evaluated at every validation for the
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
-Variants of the recipe (``--replay``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``,
-``--schedule cosine``, ``--encoder-lr-scale S``) run as cells of their own (``<cell>-replay``, ``<cell>-zbl``,
-``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``, ``<cell>-cosine``, ``<cell>-enc<S>``)
+Variants of the recipe (``--replay [SHARE]``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``,
+``--schedule cosine``, ``--encoder-lr-scale S``) run as cells of their own (``<cell>-replay`` or
+``<cell>-replay<SHARE>``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``, ``<cell>-cosine``,
+``<cell>-enc<S>``)
 and are reported against the unchanged cell with the same start, validation error first: a variant is kept
 where it lowers the validation error.
 
