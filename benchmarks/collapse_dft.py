@@ -12,7 +12,10 @@ Protocol, per collapsed run:
    (``trajectory.npz``, written by ``benchmarks.md_stability``).
 2. labels: PBE/def2-SVP, rMD17's level of theory, with PySCF (the settings of
    ``benchmarks.dft_generalisation``): energy and analytic forces.
-3. the model of the run (the checkpoint its result names) on the same frames, in float64.
+3. the model of the run (the checkpoint its result names) on the same frames, in float64, and so
+   every other model of the same molecule in the results folder (e.g. the other start), whether its own
+   run collapsed or not: a model whose run stayed stable may still share the hole and only not have
+   reached it.
 4. per frame: the lengths of the bonds that the collapse stretched or formed, the energy relative to
    the first frame from the model and from DFT, and the force MAE of the model against DFT. Where the
    model's energy profile and forces follow DFT through the event, the trajectory did what the
@@ -32,7 +35,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -50,14 +53,38 @@ MD_RESULTS = Path(__file__).resolve().parent / "results" / "md_stability_converg
 MD_WORK = RUNS_DIR / "md_stability_converged"
 
 
+def all_runs(md_results: Path) -> Dict[str, Dict[str, Any]]:
+    """Result of every run under ``md_results/runs/`` (name -> result.json)."""
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted((md_results / "runs").glob("*/result.json"))}
+
+
 def collapsed_runs(md_results: Path) -> Dict[str, Dict[str, Any]]:
     """Result of every collapsed run under ``md_results/runs/`` (name -> result.json)."""
-    runs = {}
-    for path in sorted((md_results / "runs").glob("*/result.json")):
-        result = json.loads(path.read_text())
-        if result.get("collapsed"):
-            runs[path.parent.name] = result
-    return runs
+    return {name: result for name, result in all_runs(md_results).items() if result.get("collapsed")}
+
+
+def other_models(name: str, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+    """The runs of ``runs[name]``'s molecule with another model (model name -> (run name, result))."""
+    molecule, model = runs[name]["molecule"], runs[name]["model"]
+    return {result["model"]: (run, result) for run, result in runs.items()
+            if result["molecule"] == molecule and result["model"] != model}
+
+
+def closest_approach(trajectory_path: Path, formed: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """For each bond that a collapse formed: its shortest length (Å) along another run's saved trajectory
+    and the number of saved frames in which it is shorter than in any reference frame."""
+    if not trajectory_path.is_file():
+        return {}
+    positions = np.load(trajectory_path)["positions"]
+    approach = {}
+    for bond in formed:
+        a, b = bond["atoms"]
+        lengths = np.linalg.norm(positions[:, a] - positions[:, b], axis=1)
+        approach[bond["bond"]] = {"shortest_A": float(lengths.min()), "saved_frames": len(lengths),
+                                  "frames_shorter_than_reference": int((lengths < bond["reference_min_A"]).sum()),
+                                  "reference_min_A": bond["reference_min_A"]}
+    return approach
 
 
 def model_file(result: Dict[str, Any]) -> Path:
@@ -109,63 +136,118 @@ def labelled_window(name: str, z: np.ndarray, positions: np.ndarray, grid_level:
     return labels
 
 
+def model_on_frames(result: Dict[str, Any], z: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Energies [F] (eV) and forces [F, N, 3] (eV/Å) of the model of a run's result on ``positions``
+    [F, N, 3] (Å), in float64."""
+    evaluator = Evaluator(str(model_file(result)), dtype="float64", threads=1)
+    outputs = [evaluator.evaluate(z, frame) for frame in positions]
+    return (np.array([float(out["energy"]) for out in outputs]),
+            np.stack([out["forces"].numpy() for out in outputs]))
+
+
+def against_dft(energies: np.ndarray, forces: np.ndarray, labels: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """A model's energy profile (relative to the first frame, eV) and forces against the DFT labels: the
+    profile, the per-frame force MAE (meV/Å) and both errors before and at the last (collapse) frame."""
+    profile = energies - energies[0]
+    dft_profile = labels["energy"] - labels["energy"][0]
+    profile_error = 1000 * np.abs(profile - dft_profile)
+    force_mae = 1000 * np.mean(np.abs(forces - labels["forces"]), axis=(1, 2))
+    return {
+        "energy_eV": [float(e) for e in profile], "force_mae_meV_A": [float(f) for f in force_mae],
+        "max_energy_profile_error_meV": float(profile_error.max()),
+        "before_collapse": {"max_energy_profile_error_meV": float(profile_error[:-1].max()) if len(profile) > 1
+                            else None,
+                            "force_mae_meV_A": float(force_mae[:-1].mean()) if len(profile) > 1 else None},
+        "at_collapse": {"energy_profile_error_meV": float(profile_error[-1]), "force_mae_meV_A": float(force_mae[-1])},
+    }
+
+
 def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, grid_level: int,
-              work: Path) -> Dict[str, Any]:
+              work: Path, others: Dict[str, Tuple[str, Dict[str, Any]]] | None = None) -> Dict[str, Any]:
+    """The collapse window of run ``name`` against DFT, for the run's model and for the ``others`` (model
+    name -> (run name, result) of one of its runs in ``md_work``, whose result names its checkpoint)."""
     trajectory = dict(np.load(md_work / name / "trajectory.npz"))
     indices = window(trajectory, int(result["collapse_frame"]), frames)
     z = trajectory["numbers"].astype(np.int64)
     positions = trajectory["positions"][indices].astype(np.float64)
     labels = labelled_window(name, z, positions, grid_level, work)
-    evaluator = Evaluator(str(model_file(result)), dtype="float64", threads=1)
-    energies, forces = [], []
-    for frame in positions:
-        out = evaluator.evaluate(z, frame)
-        energies.append(float(out["energy"]))
-        forces.append(out["forces"].numpy())
+    energies, forces = model_on_frames(result, z, positions)
     bonds = result.get("collapse_bonds") or {"stretched": [], "formed": []}
     watched = [(b["bond"], b["atoms"]) for b in bonds["stretched"] + bonds["formed"]]
-    rows = []
-    for k, i in enumerate(indices):
-        rows.append({
-            "frame": int(i), "time_ps": float(trajectory["time_ps"][i]),
-            "bond_lengths_A": {label: float(np.linalg.norm(positions[k, a] - positions[k, b]))
-                               for label, (a, b) in watched},
-            "model_energy_eV": energies[k] - energies[0],
-            "dft_energy_eV": float(labels["energy"][k] - labels["energy"][0]),
-            "force_mae_meV_A": 1000 * float(np.mean(np.abs(forces[k] - labels["forces"][k]))),
-        })
-    profile_error = [1000 * abs(r["model_energy_eV"] - r["dft_energy_eV"]) for r in rows]
-    before = rows[:-1]
+    own = against_dft(energies, forces, labels)
+    rows = [{"frame": int(i), "time_ps": float(trajectory["time_ps"][i]),
+             "bond_lengths_A": {label: float(np.linalg.norm(positions[k, a] - positions[k, b]))
+                                for label, (a, b) in watched},
+             "model_energy_eV": own["energy_eV"][k],
+             "dft_energy_eV": float(labels["energy"][k] - labels["energy"][0]),
+             "force_mae_meV_A": own["force_mae_meV_A"][k]}
+            for k, i in enumerate(indices)]
+    other_checks, other_skipped = {}, {}
+    for model, (other_run, other) in (others or {}).items():
+        try:
+            model_file(other)
+        except FileNotFoundError as error:
+            other_skipped[model] = str(error)
+            print(f"{name}: {model} not compared, {error}", flush=True)
+            continue
+        other_checks[model] = {"model_description": other.get("model_description"),
+                               "own_run": {"collapsed": bool(other.get("collapsed")),
+                                           "stability_ps": other.get("stability_ps"),
+                                           "simulated_ps": other.get("simulated_ps"),
+                                           # how near its own trajectory came to the collapse's new bonds
+                                           "closest_approach": closest_approach(
+                                               md_work / other_run / "trajectory.npz", bonds["formed"])},
+                               **against_dft(*model_on_frames(other, z, positions), labels)}
     return {
         "molecule": result["molecule"], "model": result["model"], "model_description": result["model_description"],
         "collapse_ps": result["stability_ps"], "collapse_reason": result["collapse_reason"],
         "collapse_bonds": result.get("collapse_bonds"), "frames": rows,
-        "max_energy_profile_error_meV": max(profile_error),
-        "force_mae_meV_A": float(np.mean([r["force_mae_meV_A"] for r in rows])),
+        "max_energy_profile_error_meV": own["max_energy_profile_error_meV"],
+        "force_mae_meV_A": float(np.mean(own["force_mae_meV_A"])),
         # the frames before the collapse frame, and the collapse frame itself
-        "before_collapse": {"max_energy_profile_error_meV": max(profile_error[:-1]) if before else None,
-                            "force_mae_meV_A": float(np.mean([r["force_mae_meV_A"] for r in before]))
-                            if before else None},
-        "at_collapse": {"energy_profile_error_meV": profile_error[-1], "force_mae_meV_A": rows[-1]["force_mae_meV_A"]},
+        "before_collapse": own["before_collapse"], "at_collapse": own["at_collapse"],
+        # the molecule's other models on the same frames
+        "other_models": other_checks, "other_models_skipped": other_skipped,
         "dft_cpu_s_per_frame": float(np.nanmedian(labels["cpu_s"])),
     }
 
 
+def _error_cells(check: Dict[str, Any], dft_energy_eV: float, model_energy_eV: float) -> str:
+    before, at = check["before_collapse"], check["at_collapse"]
+    before_energy = "–" if before["max_energy_profile_error_meV"] is None else \
+        f"≤ {before['max_energy_profile_error_meV']:.0f}"
+    before_forces = "–" if before["force_mae_meV_A"] is None else f"{before['force_mae_meV_A']:.1f}"
+    return (f"| {1000 * model_energy_eV:.0f} / {1000 * dft_energy_eV:.0f} "
+            f"| {before_energy} / {at['energy_profile_error_meV']:.0f} "
+            f"| {before_forces} / {at['force_mae_meV_A']:.1f} |")
+
+
+def _own_run(other: Dict[str, Any]) -> str:
+    run = other["own_run"]
+    text = (f"its own run collapsed at {run['stability_ps']:.2f} ps" if run["collapsed"] else
+            f"its own run stable for {run['simulated_ps']:g} of {run['simulated_ps']:g} ps")
+    for bond, approach in run.get("closest_approach", {}).items():
+        text += (f"; {bond} there ≥ {approach['shortest_A']:.2f} Å, shorter than in any reference frame "
+                 f"({approach['reference_min_A']:.2f} Å) in {approach['frames_shorter_than_reference']} of "
+                 f"{approach['saved_frames']:,} saved frames")
+    return text
+
+
 def table(checks: Dict[str, Dict[str, Any]]) -> str:
+    """One row per collapsed run (its own model), then one per other model of the molecule on the same
+    frames."""
     lines = ["| run | collapse at (ps) | bonds at the collapse frame (Å) | frames | ΔE at the collapse frame, "
              "model / DFT (meV) | model − DFT in ΔE (meV): before / at the collapse frame | force MAE against DFT "
              "(meV/Å): before / at |", "|---|---|---|---|---|---|---|"]
     for check in checks.values():
         last = check["frames"][-1]
         bonds = ", ".join(f"{label} {length:.2f}" for label, length in last["bond_lengths_A"].items())
-        before, at = check["before_collapse"], check["at_collapse"]
-        before_energy = "–" if before["max_energy_profile_error_meV"] is None else \
-            f"≤ {before['max_energy_profile_error_meV']:.0f}"
-        before_forces = "–" if before["force_mae_meV_A"] is None else f"{before['force_mae_meV_A']:.1f}"
         lines.append(f"| {check['molecule']} / {check['model']} | {check['collapse_ps']:.2f} | {bonds} "
-                     f"| {len(check['frames'])} | {1000 * last['model_energy_eV']:.0f} / "
-                     f"{1000 * last['dft_energy_eV']:.0f} | {before_energy} / {at['energy_profile_error_meV']:.0f} "
-                     f"| {before_forces} / {at['force_mae_meV_A']:.1f} |")
+                     f"| {len(check['frames'])} " + _error_cells(check, last["dft_energy_eV"], last["model_energy_eV"]))
+        for model, other in check.get("other_models", {}).items():
+            lines.append(f"| {check['molecule']} / {model} on the frames of {check['model']} ({_own_run(other)}) "
+                         f"| – | {bonds} | {len(check['frames'])} "
+                         + _error_cells(other, last["dft_energy_eV"], other["energy_eV"][-1]))
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +262,8 @@ def plot(checks: Dict[str, Dict[str, Any]], path: Path) -> None:
         t = [r["time_ps"] for r in check["frames"]]
         ax.plot(t, [1000 * r["dft_energy_eV"] for r in check["frames"]], "o-", color="k", label="PBE/def2-SVP")
         ax.plot(t, [1000 * r["model_energy_eV"] for r in check["frames"]], "s--", color="C0", label=check["model"])
+        for k, (model, other) in enumerate(check.get("other_models", {}).items()):
+            ax.plot(t, [1000 * e for e in other["energy_eV"]], "^:", color=f"C{k + 1}", label=model)
         ax.set_xlabel("time (ps)")
         ax.set_ylabel("energy relative to the first frame (meV)")
         ax.set_title(f"{check['molecule']}: collapse at {check['collapse_ps']:.2f} ps", fontsize=9)
@@ -210,6 +294,7 @@ def main(argv: List[str] | None = None) -> None:
     torch.set_num_threads(1)
     if args.quick:
         args.frames, args.grid_level = 2, 1
+    every_run = all_runs(args.md_results)
     runs = collapsed_runs(args.md_results)
     names = args.runs or list(runs)
     unknown = [n for n in names if n not in runs]
@@ -226,7 +311,7 @@ def main(argv: List[str] | None = None) -> None:
             print(f"{name}: skipped, {skipped[name]}", flush=True)
             continue
         checks[name] = check_run(name, runs[name], args.md_work, args.frames, args.grid_level,
-                                 work / "quick" if args.quick else work)
+                                 work / "quick" if args.quick else work, other_models(name, every_run))
         print(f"{name}: largest energy-profile difference {checks[name]['max_energy_profile_error_meV']:.0f} meV, "
               f"force MAE {checks[name]['force_mae_meV_A']:.1f} meV/Å against DFT", flush=True)
     if not checks:

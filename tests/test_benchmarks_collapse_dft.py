@@ -30,11 +30,22 @@ def _collapsed_run(tmp_path, model_path):
               "model_path": str(model_path), "collapsed": True, "collapse_frame": 1, "stability_ps": 0.05,
               "collapse_reason": "bond deviation 0.51 A > 0.5 A",
               "collapse_bonds": {"stretched": [{"atoms": [2, 8], "bond": "O2-H8", "length_A": 1.5,
-                                                "reference_A": 0.97}], "formed": []}}
+                                                "reference_A": 0.97}],
+                                 "formed": [{"atoms": [0, 8], "bond": "C0-H8", "length_A": 1.2,
+                                             "reference_min_A": 2.5}]}}
     (md_results / "runs" / "ethanol__tiny" / "result.json").write_text(json.dumps(result))
-    stable = {**result, "collapsed": False, "collapse_frame": None}
-    (md_results / "runs" / "ethanol__stable").mkdir()
-    (md_results / "runs" / "ethanol__stable" / "result.json").write_text(json.dumps(stable))
+    # the molecule's other models: one (the same checkpoint under another name) whose run stayed stable,
+    # one whose checkpoint is gone
+    stable = {**result, "model": "tiny-again", "collapsed": False, "collapse_frame": None, "simulated_ps": 0.1,
+              "stability_ps": 0.1}
+    lost = {**stable, "model": "lost", "model_path": str(tmp_path / "gone.pt")}
+    for name, run in (("ethanol__stable", stable), ("ethanol__lost", lost)):
+        (md_results / "runs" / name).mkdir()
+        (md_results / "runs" / name / "result.json").write_text(json.dumps(run))
+    # the stable run's trajectory: the collapse's new bond O0-H8 shortest in its second frame
+    (md_work / "ethanol__stable").mkdir()
+    np.savez(md_work / "ethanol__stable" / "trajectory.npz", positions=positions[::-1].astype(np.float32),
+             numbers=test.z[:9].astype(np.uint8), time_ps=np.array([0.0, 0.05, 0.1]))
     return md_results, md_work, test
 
 
@@ -60,6 +71,18 @@ def test_quick_check_follows_the_dft_energy_profile_and_resumes(tmp_path, tiny_m
     assert "| ethanol / tiny | 0.05 | O2-H8" in (out / "collapse_dft.md").read_text()
     assert check["at_collapse"]["force_mae_meV_A"] == frames[1]["force_mae_meV_A"]
     assert check["before_collapse"]["force_mae_meV_A"] == frames[0]["force_mae_meV_A"]
+    # the molecule's other model on the same frames: the same checkpoint gives the same profile and errors
+    other = check["other_models"]["tiny-again"]
+    assert other["energy_eV"] == pytest.approx([f["model_energy_eV"] for f in frames], abs=1e-9)
+    assert other["at_collapse"] == pytest.approx(check["at_collapse"], abs=1e-6)
+    positions = test.pos.reshape(3, 9, 3)
+    lengths = np.linalg.norm(positions[:, 0] - positions[:, 8], axis=1)
+    assert other["own_run"] == {"collapsed": False, "stability_ps": 0.1, "simulated_ps": 0.1, "closest_approach": {
+        "C0-H8": {"shortest_A": pytest.approx(lengths.min(), abs=1e-5), "saved_frames": 3,
+                  "frames_shorter_than_reference": int((lengths < 2.5).sum()), "reference_min_A": 2.5}}}
+    assert "gone.pt" in check["other_models_skipped"]["lost"]
+    assert "| ethanol / tiny-again on the frames of tiny (its own run stable for 0.1 of 0.1 ps; C0-H8 there ≥ " \
+        in (out / "collapse_dft.md").read_text()
     # every frame is labelled: a second run computes no DFT and gives the same result
     capsys.readouterr()
     monkeypatch.setattr(collapse_dft, "dft_single_point", lambda *a, **k: pytest.fail("DFT computed again"))
