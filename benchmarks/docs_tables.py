@@ -254,6 +254,13 @@ def pretrain_scaling_runs() -> str:
     return scaling.runs_table(_json("pretrain_scaling/pretrain_scaling.json")["runs"])
 
 
+def pretrain_scaling_equal_steps() -> str:
+    """The budget-bound pretraining-scaling columns at equal steps (``benchmarks.pretrain_scaling``)."""
+    from . import pretrain_scaling as scaling
+
+    return scaling.equal_steps_table(_json("pretrain_scaling/pretrain_scaling.json")["runs"])
+
+
 def collapse_dft() -> str:
     """The frames up to each MD collapse, model against DFT (``benchmarks.collapse_dft``)."""
     from . import collapse_dft as check
@@ -763,6 +770,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "pretrain_size": pretrain_size,
     "pretrain_scaling": pretrain_scaling,
     "pretrain_scaling_runs": pretrain_scaling_runs,
+    "pretrain_scaling_equal_steps": pretrain_scaling_equal_steps,
     "ablation": ablation,
     "qm9_property": qm9_property,
     "nve_drift": nve_drift,

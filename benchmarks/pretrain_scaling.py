@@ -61,8 +61,11 @@ def table(rows: List[Dict[str, Any]]) -> str:
         cells = [by.get((seen, m, n)) for m, n in keys]
         lines.append(f"| {seen:,} | " + " | ".join(f"{c['test_force_mae_meV_A']:.2f}" if c else "–" for c in cells)
                      + " |")
+    equal_steps = equal_steps_table(rows)
     return ("\n".join(lines) + "\n\nTest force MAE (meV/Å) on all 1000 rMD17 test_01 frames; 0 = from scratch.\n\n"
-            + runs_table(rows))
+            + runs_table(rows) + ("\nAt equal steps: monitored test force MAE (meV/Å) at the last validation "
+                                  "within the step count (in brackets: its step).\n\n" + equal_steps
+                                  if equal_steps else ""))
 
 
 def runs_table(rows: List[Dict[str, Any]]) -> str:
@@ -73,6 +76,35 @@ def runs_table(rows: List[Dict[str, Any]]) -> str:
     for r in sorted(rows, key=lambda r: (r["molecule"], r["n_train"], r["conformations_seen"])):
         lines.append(f"| {r['molecule']} | {r['n_train']} | {r['conformations_seen']:,} | {r['steps']:,} | "
                      f"{r['cpu_hours']:.2f} | {r['stop_reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def equal_steps_table(rows: List[Dict[str, Any]]) -> str:
+    """For each molecule and training-set size whose runs all ended at their CPU budget: every run's
+    monitored test force MAE (the test frames evaluated at each validation, EMA weights) at the last
+    validation within the step count that the slowest run of the column reached. A CPU budget buys a
+    different number of steps on another machine or beside another job; at equal steps the columns
+    compare the starts alone."""
+    budget_bound = sorted(key for key in {(r["molecule"], r["n_train"]) for r in rows}
+                          if all(r["stop_reason"].startswith("time budget") for r in rows
+                                 if (r["molecule"], r["n_train"]) == key))
+    if not budget_bound:
+        return ""
+    common = {key: min(r["steps"] for r in rows if (r["molecule"], r["n_train"]) == key) for key in budget_bound}
+    by = {(r["conformations_seen"], r["molecule"], r["n_train"]): r for r in rows}
+
+    def at_steps(run: Dict[str, Any] | None, steps: int) -> str:
+        if run is None:
+            return "–"
+        within = [point for point in run.get("curve", []) if point["step"] <= steps]
+        return f"{within[-1]['test_force_mae_meV_A']:.2f} ({within[-1]['step']:,})" if within else "–"
+
+    lines = ["| conformations seen in pretraining | " + " | ".join(
+        f"{m}, {n} frames, at ≤ {common[(m, n)]:,} steps" for m, n in budget_bound) + " |",
+        "|---" * (len(budget_bound) + 1) + "|"]
+    for seen in sorted({r["conformations_seen"] for r in rows if (r["molecule"], r["n_train"]) in common}):
+        lines.append(f"| {seen:,} | " + " | ".join(at_steps(by.get((seen, m, n)), common[(m, n)])
+                                                   for m, n in budget_bound) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,3 +30,28 @@ def test_quick_scaling_curve_from_snapshots(tmp_path):
     table = (out / "pretrain_scaling.md").read_text()
     assert "| 36 |" in table and "ethanol, 50 frames" in table
     assert (out / "pretrain_scaling.png").stat().st_size > 1000
+
+
+def test_budget_bound_columns_compare_at_the_steps_the_slowest_run_reached():
+    from benchmarks.pretrain_scaling import equal_steps_table
+
+    def run(seen, molecule, n_train, steps, stop, curve):
+        return {"conformations_seen": seen, "molecule": molecule, "n_train": n_train, "steps": steps,
+                "stop_reason": stop, "curve": [{"step": s, "test_force_mae_meV_A": e} for s, e in curve]}
+
+    budget = "time budget of 0.5 CPU-hours used"
+    rows = [
+        run(0, "aspirin", 950, 11000, budget, [(5000, 40.0), (7000, 35.0), (11000, 27.0)]),
+        run(100, "aspirin", 950, 7200, budget, [(5000, 33.0), (7000, 30.0), (7200, 29.5)]),
+        # a column in which a run stopped early is not budget-bound: no equal-steps column
+        run(0, "ethanol", 50, 5000, budget, [(5000, 60.0)]),
+        run(100, "ethanol", 50, 2000, "no better valid_loss in 10 validations", [(2000, 55.0)]),
+    ]
+    table = equal_steps_table(rows)
+    assert table.splitlines() == [
+        "| conformations seen in pretraining | aspirin, 950 frames, at ≤ 7,200 steps |",
+        "|---|---|",
+        "| 0 | 35.00 (7,000) |",
+        "| 100 | 29.50 (7,200) |",
+    ]
+    assert equal_steps_table(rows[2:]) == ""
