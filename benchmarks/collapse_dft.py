@@ -136,7 +136,7 @@ def labelled_window(name: str, z: np.ndarray, positions: np.ndarray, grid_level:
     return labels
 
 
-def model_on_frames(result: Dict[str, Any], z: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def model_on_frames(result: Dict[str, Any], z: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Energies [F] (eV) and forces [F, N, 3] (eV/Å) of the model of a run's result on ``positions``
     [F, N, 3] (Å), in float64."""
     evaluator = Evaluator(str(model_file(result)), dtype="float64", threads=1)
