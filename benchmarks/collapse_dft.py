@@ -185,8 +185,8 @@ def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, gri
     other_checks, other_skipped = {}, {}
     for model, (other_run, other) in (others or {}).items():
         try:
-            model_file(other)
-        except FileNotFoundError as error:
+            other_energies, other_forces = model_on_frames(other, z, positions)
+        except FileNotFoundError as error:  # model_file: its checkpoint is not in this checkout
             other_skipped[model] = str(error)
             print(f"{name}: {model} not compared, {error}", flush=True)
             continue
@@ -197,7 +197,7 @@ def check_run(name: str, result: Dict[str, Any], md_work: Path, frames: int, gri
                                            # how near its own trajectory came to the collapse's new bonds
                                            "closest_approach": closest_approach(
                                                md_work / other_run / "trajectory.npz", bonds["formed"])},
-                               **against_dft(*model_on_frames(other, z, positions), labels)}
+                               **against_dft(other_energies, other_forces, labels)}
     return {
         "molecule": result["molecule"], "model": result["model"], "model_description": result["model_description"],
         "collapse_ps": result["stability_ps"], "collapse_reason": result["collapse_reason"],
