@@ -85,12 +85,14 @@ def equal_steps_table(rows: List[Dict[str, Any]]) -> str:
     validation within the step count that the slowest run of the column reached. A CPU budget buys a
     different number of steps on another machine or beside another job; at equal steps the columns
     compare the starts alone."""
-    budget_bound = sorted(key for key in {(r["molecule"], r["n_train"]) for r in rows}
-                          if all(r["stop_reason"].startswith("time budget") for r in rows
-                                 if (r["molecule"], r["n_train"]) == key))
+    columns: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        columns.setdefault((r["molecule"], r["n_train"]), []).append(r)
+    budget_bound = sorted(key for key, runs in columns.items()
+                          if all(r["stop_reason"].startswith("time budget") for r in runs))
     if not budget_bound:
         return ""
-    common = {key: min(r["steps"] for r in rows if (r["molecule"], r["n_train"]) == key) for key in budget_bound}
+    common = {key: min(r["steps"] for r in columns[key]) for key in budget_bound}
     by = {(r["conformations_seen"], r["molecule"], r["n_train"]): r for r in rows}
 
     def at_steps(run: Dict[str, Any] | None, steps: int) -> str:
