@@ -26,6 +26,15 @@ Variants of the recipe (``--replay [SHARE]``, ``--zbl``, ``--force-weight W``, `
 and are reported against the unchanged cell with the same start, validation error first: a variant is kept
 where it lowers the validation error.
 
+The molecule's own GFN2-xTB stage (``--xtb-stage``, cells ``<molecule>-<N>-<start>-xtb...``): before the
+rMD17 frames, the start is fine-tuned on GFN2-xTB frames of the molecule that ``forcefield-et corpus``
+makes from its SMILES (no rMD17 frame): 20 Langevin trajectories at random temperatures between 300
+and 800 K, 200 frames 10 fs apart from each, plus each trajectory's relaxed geometry; energies and
+forces, the recipe at 1000 frames (5 % of the frames for validation), for 0.5 CPU-hours. These cells
+use data that the other cells do not (the molecule's SMILES and a semi-empirical method), so they are
+reported in columns of their own and never chosen as the pretrained start's cell; their CPU-hours
+include the corpus and the stage (``cpu_hours_total``).
+
 Runs live in ``runs/finetune_converged/<molecule>-<N>-<start>/`` and resume from their last
 checkpoint; a finished run keeps ``best.pt``, ``metrics.csv``, ``learning_curve.csv`` and
 ``config.yaml`` and drops its optimiser state. Results go to ``benchmarks/results/finetune_converged/``.
@@ -36,7 +45,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -96,6 +106,16 @@ REPLAY_RATIO = 0.2
 
 FORCE_WEIGHT = 10.0  # the recipe's force-loss weight (per-atom energy MSE weight 1)
 
+# The molecule's own GFN2-xTB stage (``--xtb-stage``): ``forcefield-et corpus`` on the molecule's SMILES,
+# XTB_STAGE_TRAJECTORIES copies (each copy one relaxation and one Langevin trajectory at its own random
+# temperature, XTB_STAGE_MD_FRAMES frames), no displaced frames; then XTB_STAGE_HOURS of training on them.
+SMILES = {"aspirin": "CC(=O)Oc1ccccc1C(=O)O", "ethanol": "CCO", "naphthalene": "c1ccc2ccccc2c1",
+          "salicylic": "OC(=O)c1ccccc1O"}
+XTB_STAGE_TRAJECTORIES = 20
+XTB_STAGE_MD_FRAMES = 200
+XTB_STAGE_HOURS = 0.5
+XTB_STAGE_VALID_FRACTION = 0.05
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -112,10 +132,12 @@ class Variant:
     patience: int = PLATEAU_PATIENCE
     schedule: str = "plateau"  # or "cosine": decay over the CPU budget, no early stopping
     encoder_lr_scale: float = 1.0  # the representation's learning rate as a multiple of the head's
+    xtb_stage: bool = False  # the start first fine-tuned on the molecule's own GFN2-xTB corpus
 
     @property
     def labels(self) -> List[str]:
-        labels = [("replay" if self.replay == REPLAY_RATIO else f"replay {self.replay:g}")] if self.replay else []
+        labels = ["the molecule's GFN2-xTB stage"] if self.xtb_stage else []
+        labels += [("replay" if self.replay == REPLAY_RATIO else f"replay {self.replay:g}")] if self.replay else []
         labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
         labels += [f"learning rate {self.lr:g}"] if self.lr != LEARNING_RATE else []
@@ -126,7 +148,8 @@ class Variant:
 
     @property
     def suffix(self) -> str:
-        suffix = ("-replay" if self.replay == REPLAY_RATIO else f"-replay{self.replay:g}") if self.replay else ""
+        suffix = "-xtb" if self.xtb_stage else ""
+        suffix += ("-replay" if self.replay == REPLAY_RATIO else f"-replay{self.replay:g}") if self.replay else ""
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
         suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
@@ -139,7 +162,7 @@ class Variant:
         return cls(float(result.get("replay") or 0.0), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
                    int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
-                   float(result.get("encoder_lr_scale", 1.0)))
+                   float(result.get("encoder_lr_scale", 1.0)), bool(result.get("xtb_stage")))
 
     def optim(self) -> Dict[str, Any]:
         """The recipe's optimiser settings that this variant changes."""
@@ -178,7 +201,9 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
 
 def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_dir: Path,
                optim: Dict[str, Any] | None = None, variant: Variant = Variant(),
-               model: Dict[str, Any] | None = None):
+               model: Dict[str, Any] | None = None, init_from: str | None = None):
+    """The cell's training configuration; ``init_from`` (the checkpoint of ``start`` after the molecule's
+    GFN2-xTB stage) replaces ``start`` as the initial weights, not in the cell's name."""
     train_file = str(rmd17_file(molecule, "train", data_root))
     source = {
         "name": molecule, "format": "rmd17", "path": train_file, "objective": "energy_forces",
@@ -189,22 +214,86 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
     if variant.replay:
         sources = with_replay(sources, [str(rmd17_file(m, "train", data_root)) for m in REPLAY_MOLECULES],
                               variant.replay, format="rmd17")
-    return recipe_config(runs_dir / cell_name(molecule, n_train, start, variant), sources, n_train, start, optim,
-                         variant, model)
+    return recipe_config(runs_dir / cell_name(molecule, n_train, start, variant), sources, n_train,
+                         init_from or start, optim, variant, model)
+
+
+def xtb_stage_name(molecule: str, start: str) -> str:
+    return f"{molecule}-{start_label(start)}-xtb"
+
+
+def xtb_corpus(molecule: str, runs_dir: Path, trajectories: int = XTB_STAGE_TRAJECTORIES,
+               md_frames: int = XTB_STAGE_MD_FRAMES) -> Dict[str, Any]:
+    """Make (or finish) the molecule's GFN2-xTB corpus in ``<runs>/xtb_stage/<molecule>-corpus/`` with
+    ``forcefield-et corpus``'s code; returns its summary and ``cpu_hours``, the CPU time of the call
+    that completed it (a corpus resumed after a stop counts only its last stretch)."""
+    from forcefield_et.data.corpus import CorpusSettings, make_corpus
+
+    out = runs_dir / "xtb_stage" / f"{molecule}-corpus"
+    cost_path = out.parent / f"{molecule}-corpus-cpu.json"
+    before = time.process_time()
+    settings = CorpusSettings(md_frames=md_frames, displacements=0, molecules_per_shard=trajectories)
+    summary = make_corpus([SMILES[molecule]] * trajectories, out, settings, progress=False)
+    if not cost_path.is_file():  # this call made (or finished) the corpus
+        write_json_atomic(cost_path, {"cpu_hours": (time.process_time() - before) / 3600})
+    return {**summary, "cpu_hours": json.loads(cost_path.read_text())["cpu_hours"]}
+
+
+def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
+              optim: Dict[str, Any] | None = None, trajectories: int = XTB_STAGE_TRAJECTORIES,
+              md_frames: int = XTB_STAGE_MD_FRAMES) -> Dict[str, Any]:
+    """``start`` fine-tuned on the molecule's own GFN2-xTB corpus (made first; relaxed and MD frames,
+    energies and forces) with the recipe at 1000 frames for :data:`XTB_STAGE_HOURS` (``optim`` entries
+    replace its settings); resumes like a cell. Returns the stage's record (also written to
+    ``<results>/xtb_stage/<molecule>-<start>-xtb.json``); its weights are ``checkpoint``."""
+    name = xtb_stage_name(molecule, start)
+    stage_dir = runs_dir / "xtb_stage" / name
+    record_path = results_dir / "xtb_stage" / f"{name}.json"
+    if record_path.is_file():
+        return {**json.loads(record_path.read_text()), "checkpoint": str(stage_dir / "best.pt")}
+    corpus = xtb_corpus(molecule, runs_dir, trajectories, md_frames)
+    shard = Path(corpus["out_dir"]) / "xtb_shard0.npz"
+    source = {"name": f"{molecule}_xtb", "format": "xtb_corpus", "path": str(shard), "objective": "energy_forces",
+              "options": {"kinds": [0, 1]}, "valid_fraction": XTB_STAGE_VALID_FRACTION}
+    config = recipe_config(stage_dir, [source], 1000, start,
+                           {"time_budget_s": 3600 * XTB_STAGE_HOURS, **(optim or {})})
+    trainer, _ = train(config, progress=False)
+    from forcefield_et import load_model
+
+    validation = load_model(stage_dir / "best.pt", dtype="float32").metadata.get("validation", {})
+    record = {
+        "stage": name, "molecule": molecule, "smiles": SMILES[molecule], "start": start_label(start),
+        "method": "gfn2-xtb", "trajectories": trajectories, "md_frames_per_trajectory": md_frames,
+        "frames_relaxed": corpus["frames_relaxed"], "frames_md": corpus["frames_md"],
+        "corpus_cpu_hours": corpus["cpu_hours"],
+        "steps": trainer.step, "cpu_hours": trainer.cpu_seconds / 3600,
+        "stop_reason": trainer.stop_reason or "max_steps",
+        "valid_force_mae_meV_A": validation.get(f"{molecule}_xtb/force_mae_meV_A"),
+        "valid_energy_mae_meV": validation.get(f"{molecule}_xtb/energy_mae_meV"),
+        "machine": machine_info(),
+    }
+    (stage_dir / "last.pt").unlink(missing_ok=True)  # a finished stage keeps no optimiser state
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record_path, record)
+    return {**record, "checkpoint": str(stage_dir / "best.pt")}
 
 
 def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROOT, runs_dir: Path = RUNS_DIR,
              results_dir: Path = RESULTS_DIR, optim: Dict[str, Any] | None = None, test_frames: int = 1000,
              variant: Variant = Variant(), model: Dict[str, Any] | None = None,
-             extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
+             extra: Dict[str, Any] | None = None,
+             xtb_corpus_size: tuple = (XTB_STAGE_TRAJECTORIES, XTB_STAGE_MD_FRAMES)) -> Dict[str, Any]:
     """Train (or resume) one cell to its stop, then test its best weights; returns the result
     (``extra`` entries are stored with it). ``model``: the scratch architecture (default: the
-    bundled pretrained model's). ``variant``: the change to the recipe, if any."""
+    bundled pretrained model's). ``variant``: the change to the recipe, if any. ``xtb_corpus_size``:
+    trajectories and MD frames per trajectory of the molecule's GFN2-xTB corpus (``variant.xtb_stage``)."""
     name = cell_name(molecule, n_train, start, variant)
     result_path = results_dir / "runs" / name / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, variant, model)
+    stage = xtb_stage(molecule, start, runs_dir, results_dir, optim, *xtb_corpus_size) if variant.xtb_stage else None
+    config = run_config(molecule, n_train, start, data_root, runs_dir, optim, variant, model,
+                        init_from=stage["checkpoint"] if stage else None)
     trainer, _ = train(config, progress=False)
     run_dir = Path(config.run_dir)
     from forcefield_et import load_model
@@ -223,6 +312,10 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "encoder_lr_scale": variant.encoder_lr_scale,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
+        # the molecule's GFN2-xTB stage, if any: its record, and the CPU time of corpus + stage + this cell
+        **({"xtb_stage": {k: v for k, v in stage.items() if k != "checkpoint"},
+            "cpu_hours_total": trainer.cpu_seconds / 3600 + stage["cpu_hours"] + stage["corpus_cpu_hours"]}
+           if stage else {}),
         "test_frames": len(test),
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
@@ -273,6 +366,7 @@ def variants_table(results: List[Dict[str, Any]]) -> str:
         if not extra:
             continue
         b = base.get((r["molecule"], r["n_train"], r["start"]))
+        r = {**r, "cpu_hours": r.get("cpu_hours_total", r["cpu_hours"])}  # a GFN2-xTB stage counts in full
         pairs = [(f"{b[key]:.2f}" if b and b.get(key) is not None else "–") + f" / {r[key]:.2f}"
                  for key in ("valid_force_mae_meV_A", "test_force_mae_meV_A", "cpu_hours")]
         cells = [r["molecule"], str(r["n_train"]), r["start"], " + ".join(extra), *pairs]
@@ -286,21 +380,26 @@ MOLECULE_NAMES = {"salicylic": "salicylic acid"}
 def summary_table(results: List[Dict[str, Any]]) -> str:
     """Markdown: test force MAE per molecule for both starts at 1000 and 50 frames (the cell chosen on
     validation, :func:`chosen_cell`, with its variant named), beside the published NequIP and MACE figures
-    ('–': the cell has not been run)."""
+    ('–': the cell has not been run). Where cells with the molecule's GFN2-xTB stage have finished, a
+    column after the 50-frame pretrained one holds the pretrained start's chosen stage cell."""
+    stage_cells = any(r.get("xtb_stage") and r["n_train_requested"] == 50 for r in results)
 
-    def cell(molecule: str, n_train: int, start: str) -> str:
-        r = chosen_cell(results, molecule, start, n_train)
+    def cell(molecule: str, n_train: int, start: str, xtb_stage: bool = False) -> str:
+        r = chosen_cell(results, molecule, start, n_train, xtb_stage)
         if r is None:
             return "–"
-        labels = Variant.of(r).labels
+        labels = replace(Variant.of(r), xtb_stage=False).labels  # the column names the stage
         return f"{r['test_force_mae_meV_A']:.1f}" + (f" ({', '.join(labels)})" if labels else "")
 
+    stage_header = " | pretrained + the molecule's GFN2-xTB stage" if stage_cells else ""
     lines = ["| molecule | 1000 frames: scratch | pretrained | NequIP | MACE "
-             "| 50 frames: scratch | pretrained | MACE |", "|---|---|---|---|---|---|---|---|"]
+             f"| 50 frames: scratch | pretrained{stage_header} | MACE |",
+             "|---|---|---|---|---|---|---|" + ("---|" if stage_cells else "") + "---|"]
     for m in MOLECULES:
+        stage = f"| {cell(m, 50, 'pretrained', True)} " if stage_cells else ""
         lines.append(f"| {MOLECULE_NAMES.get(m, m)} | {cell(m, 1000, 'scratch')} | {cell(m, 1000, 'pretrained')} "
                      f"| {PUBLISHED_1000['NequIP'][m]} | {PUBLISHED_1000['MACE'][m]} | {cell(m, 50, 'scratch')} "
-                     f"| {cell(m, 50, 'pretrained')} | {PUBLISHED_50['MACE'][m]} |")
+                     f"| {cell(m, 50, 'pretrained')} {stage}| {PUBLISHED_50['MACE'][m]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -361,13 +460,16 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
         ax.set_visible(False)
     for ax, molecule in zip(axes.flat, molecules):
         for n_train in sorted({r["n_train_requested"] for r in results if r["molecule"] == molecule}):
-            for start in ("pretrained", "scratch"):
-                cell = chosen_cell(results, molecule, start, n_train)
+            for start, xtb in (("pretrained", False), ("scratch", False), ("pretrained", True), ("scratch", True)):
+                cell = chosen_cell(results, molecule, start, n_train, xtb)
                 if cell is None:
                     continue
-                style = "-" if start == "pretrained" else "--"
+                style = {("pretrained", False): "-", ("scratch", False): "--", ("pretrained", True): ":",
+                         ("scratch", True): "-."}[start, xtb]
                 colour = "#1f77b4" if n_train >= 500 else "#ff7f0e"
-                x = [p["cpu_hours"] for p in cell["curve"]]
+                # a GFN2-xTB stage's cell starts at the CPU time its corpus and stage took
+                offset = cell.get("cpu_hours_total", cell["cpu_hours"]) - cell["cpu_hours"]
+                x = [p["cpu_hours"] + offset for p in cell["curve"]]
                 y = [p["test_force_mae_meV_A"] for p in cell["curve"]]
                 label = f"{start}, {cell['n_train']} frames" + (f" ({variant(cell)})" if variant(cell) else "")
                 ax.plot(x, y, style, color=colour, label=label)
@@ -386,11 +488,15 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
         shutil.copyfile(path, DOCS_IMG / "time_to_accuracy.png")
 
 
-def chosen_cell(results: List[Dict[str, Any]], molecule: str, start: str, n_train: int = 1000) -> Dict[str, Any] | None:
+def chosen_cell(results: List[Dict[str, Any]], molecule: str, start: str, n_train: int = 1000,
+                xtb_stage: bool = False) -> Dict[str, Any] | None:
     """The finished cell of ``molecule`` at ``n_train`` requested frames from ``start`` with the lowest
-    validation force MAE, the recipe and its variants alike (None: no such cell has finished)."""
+    validation force MAE, the recipe and its variants alike (None: no such cell has finished); cells with
+    the molecule's GFN2-xTB stage (which see more than the rMD17 frames) only with ``xtb_stage``, and
+    then only those."""
     candidates = [r for r in results if r["molecule"] == molecule and r["n_train_requested"] == n_train
-                  and r["start"] == start_label(start) and r.get("valid_force_mae_meV_A") is not None]
+                  and r["start"] == start_label(start) and r.get("valid_force_mae_meV_A") is not None
+                  and bool(r.get("xtb_stage")) == xtb_stage]
     return min(candidates, key=lambda r: r["valid_force_mae_meV_A"], default=None)
 
 
@@ -487,6 +593,9 @@ def main(argv: List[str] | None = None) -> None:
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} (SHARE of every batch, "
                         f"default {REPLAY_RATIO:g}; forces only); the cells are named <cell>-replay, or "
                         "<cell>-replay<SHARE> for another share")
+    parser.add_argument("--xtb-stage", action="store_true",
+                        help="fine-tune the start on the molecule's own GFN2-xTB frames first (made from its SMILES "
+                        "by forcefield-et corpus; needs pip install 'forcefield-et[corpus]'); cells <cell>-xtb...")
     parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
@@ -501,7 +610,7 @@ def main(argv: List[str] | None = None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    optim, test_frames = None, 1000
+    optim, test_frames, xtb_corpus_size = None, 1000, (XTB_STAGE_TRAJECTORIES, XTB_STAGE_MD_FRAMES)
     if args.bundle:
         missing = []
         for molecule in args.molecules:
@@ -517,15 +626,16 @@ def main(argv: List[str] | None = None) -> None:
     if args.quick:
         args.molecules, args.sizes, args.starts = ["ethanol"], [50], ["scratch"]
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
+        xtb_corpus_size = (2, 4)
     if not args.report:
         variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
-                          args.encoder_lr_scale)
+                          args.encoder_lr_scale, args.xtb_stage)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:
                     try:
                         result = run_cell(molecule, size, start, Path(args.data_root), Path(args.runs), out, optim,
-                                          test_frames, variant)
+                                          test_frames, variant, xtb_corpus_size=xtb_corpus_size)
                     except DirectoryBusyError as error:  # another process trains it: the next cell
                         print(f"skipped: {error}", flush=True)
                         continue

@@ -168,3 +168,62 @@ def test_a_cell_another_process_trains_is_skipped_not_failed(tmp_path, capsys):
     assert "skipped:" in output and "is in use by process" in output
     assert not (out / "runs" / "ethanol-50-scratch" / "result.json").exists()
     assert not (runs / "ethanol-50-scratch" / "best.pt").exists()
+
+
+def test_the_molecules_xtb_stage_is_a_variant_reported_apart_from_the_pretrained_start(tmp_path):
+    """Cells with the molecule's GFN2-xTB stage see data the rMD17 protocol does not (the molecule's SMILES and
+    a semi-empirical method): they get a column of their own, their CPU-hours count the corpus and the stage,
+    and validation never picks them as the pretrained start's cell (nor for the bundled models)."""
+    from benchmarks.finetune_converged import chosen_cell, run_config, summary_table, variants_table
+
+    staged = Variant(0.5, lr=2e-3, patience=10, xtb_stage=True)
+    assert cell_name("aspirin", 50, "pretrained", staged) == "aspirin-50-pretrained-xtb-replay0.5-lr0.002-pat10"
+    assert staged.labels[0] == "the molecule's GFN2-xTB stage"
+    record = {"stage": "aspirin-pretrained-xtb", "cpu_hours": 0.5, "corpus_cpu_hours": 0.1}
+    assert Variant.of({"replay": 0.5, "lr": 2e-3, "plateau_patience": 10, "xtb_stage": record}) == staged
+    # the stage's weights start the cell; its name keeps the start
+    config = run_config("aspirin", 50, "pretrained", tmp_path / "data", tmp_path / "runs", variant=staged,
+                        init_from=str(tmp_path / "stage" / "best.pt"))
+    assert config.init_from == str(tmp_path / "stage" / "best.pt")
+    assert config.run_dir.endswith("aspirin-50-pretrained-xtb-replay0.5-lr0.002-pat10")
+
+    def result(valid: float, test: float, stage: bool) -> dict:
+        return {"cell": "x", "molecule": "aspirin", "n_train": 50, "n_train_requested": 50, "start": "pretrained",
+                "zbl": 0.0, "replay": 0.5, "force_weight": 10.0, "lr": 2e-3, "plateau_patience": 10, "steps": 100,
+                "cpu_hours": 0.5, "stop_reason": "budget", "test_force_mae_meV_A": test, "test_energy_mae_meV": 1.0,
+                "valid_force_mae_meV_A": valid, "curve": [{"cpu_hours": 0.5, "test_force_mae_meV_A": test}],
+                **({"xtb_stage": record, "cpu_hours_total": 1.1} if stage else {})}
+
+    plain, with_stage = result(53.7, 51.0, False), result(40.0, 38.5, True)
+    assert chosen_cell([plain, with_stage], "aspirin", "pretrained", 50) is plain  # despite its higher error
+    assert chosen_cell([plain, with_stage], "aspirin", "pretrained", 50, xtb_stage=True) is with_stage
+    header, _, row = summary_table([plain, with_stage]).splitlines()[:3]
+    assert "| pretrained | pretrained + the molecule's GFN2-xTB stage | MACE |" in header
+    assert row.endswith("| 51.0 (replay 0.5, learning rate 0.002, plateau patience 10) "
+                        "| 38.5 (replay 0.5, learning rate 0.002, plateau patience 10) | 43.9 |")
+    assert "GFN2-xTB" not in summary_table([plain])  # no column before such a cell has finished
+    staged_row = next(line for line in variants_table([plain, with_stage]).splitlines() if "GFN2-xTB" in line)
+    assert staged_row.endswith("| – / 40.00 | – / 38.50 | – / 1.10 |")  # corpus + stage + cell
+
+
+def test_quick_xtb_stage_makes_the_corpus_trains_the_stage_and_starts_the_cell_from_it(tmp_path):
+    import pytest
+
+    pytest.importorskip("rdkit", reason="the GFN2-xTB stage needs RDKit: pip install 'forcefield-et[corpus]'")
+    pytest.importorskip("tblite", reason="the GFN2-xTB stage needs tblite: pip install 'forcefield-et[corpus]'")
+    from forcefield_et.data import read_xtb_corpus
+
+    data_root = shared_path("rmd17").parent
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    converged_main(["--quick", "--xtb-stage", "--data-root", str(data_root), "--runs", str(runs), "--out", str(out)])
+    result = json.loads((out / "runs" / "ethanol-50-scratch-xtb" / "result.json").read_text())
+    stage = json.loads((out / "xtb_stage" / "ethanol-scratch-xtb.json").read_text())
+    assert result["xtb_stage"] == stage and stage["smiles"] == "CCO" and stage["frames_md"] == 2 * 4
+    corpus = read_xtb_corpus(runs / "xtb_stage" / "ethanol-corpus" / "xtb_shard0.npz")
+    assert len(corpus) == stage["frames_relaxed"] + stage["frames_md"]  # no displaced frames
+    assert result["cpu_hours_total"] == pytest.approx(
+        result["cpu_hours"] + stage["cpu_hours"] + stage["corpus_cpu_hours"])
+    stage_dir = runs / "xtb_stage" / "ethanol-scratch-xtb"
+    assert (stage_dir / "best.pt").is_file() and not (stage_dir / "last.pt").exists()
+    config = (runs / "ethanol-50-scratch-xtb" / "config.yaml").read_text()
+    assert str(stage_dir / "best.pt") in config  # the cell starts from the stage's weights
