@@ -167,6 +167,13 @@ def finetune_converged_summary() -> str:
     return study.summary_table(study.finished(RESULTS / "finetune_converged"))
 
 
+def finetune_converged_xtb_stage() -> str:
+    """The converged study's cells with the molecule's own GFN2-xTB stage against those without."""
+    from . import finetune_converged as study
+
+    return study.xtb_stage_table(study.finished(RESULTS / "finetune_converged"))
+
+
 def train_speed() -> str:
     from . import train_speed as speed
 
@@ -760,6 +767,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "finetune_study_summary": finetune_study_summary,
     "finetune_converged": finetune_converged,
     "finetune_converged_summary": finetune_converged_summary,
+    "finetune_converged_xtb_stage": finetune_converged_xtb_stage,
     "train_speed": train_speed,
     "train_speed_batch_sizes": train_speed_batch_sizes,
     "train_speed_data_parallel": train_speed_data_parallel,

@@ -403,6 +403,35 @@ def summary_table(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def xtb_stage_table(results: List[Dict[str, Any]]) -> str:
+    """Markdown: per molecule and start, the chosen cell with the molecule's GFN2-xTB stage (its corpus, the
+    stage's training and xTB validation error, the cell's test errors) beside the chosen cell of the same
+    start and size without the stage; '' when no such cell has finished."""
+    lines = ["| molecule | train frames | start | xTB frames (relaxed + MD) | stage: steps, CPU-h | stage: xTB valid "
+             "force MAE (meV/Å) | test force MAE without / with the stage (meV/Å) | test energy MAE without / with "
+             "(meV) | CPU-h without / with (corpus + stage + cell) | MACE (50 frames) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["molecule"], r["n_train_requested"], r["start"]) for r in results if r.get("xtb_stage")},
+                  key=lambda k: (MOLECULES.index(k[0]) if k[0] in MOLECULES else len(MOLECULES), k[0], k[1], k[2]))
+    for molecule, n_train, start in keys:
+        staged = chosen_cell(results, molecule, start, n_train, xtb_stage=True)
+        plain = chosen_cell(results, molecule, start, n_train)
+        stage = staged["xtb_stage"]
+
+        def pair(key: str, plain: Dict[str, Any] | None = plain, staged: Dict[str, Any] = staged) -> str:
+            return (f"{plain[key]:.1f}" if plain else "–") + f" / {staged[key]:.1f}"
+
+        published = PUBLISHED_50["MACE"].get(molecule, "–") if n_train == 50 else "–"
+        plain_hours = f"{plain['cpu_hours']:.2f}" if plain else "–"
+        lines.append(
+            f"| {MOLECULE_NAMES.get(molecule, molecule)} | {staged['n_train']} | {start} "
+            f"| {stage['frames_relaxed']} + {stage['frames_md']} | {stage['steps']:,}, {stage['cpu_hours']:.2f} "
+            f"| {stage['valid_force_mae_meV_A']:.1f} | {pair('test_force_mae_meV_A')} | {pair('test_energy_mae_meV')} "
+            f"| {plain_hours} / {staged['cpu_hours_total']:.2f} "
+            f"({stage['corpus_cpu_hours']:.2f} + {stage['cpu_hours']:.2f} + {staged['cpu_hours']:.2f}) | {published} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def gain_at_equal_time(scratch: Dict[str, Any], pretrained: Dict[str, Any]) -> str:
     """Scratch over pretrained test force MAE, each the best reached by the CPU time at which the shorter
     run stopped ("–" where a run has no point by then)."""

@@ -227,3 +227,20 @@ def test_quick_xtb_stage_makes_the_corpus_trains_the_stage_and_starts_the_cell_f
     assert (stage_dir / "best.pt").is_file() and not (stage_dir / "last.pt").exists()
     config = (runs / "ethanol-50-scratch-xtb" / "config.yaml").read_text()
     assert str(stage_dir / "best.pt") in config  # the cell starts from the stage's weights
+
+
+def test_xtb_stage_table_sets_each_stage_cell_beside_the_cell_without_it():
+    from benchmarks.finetune_converged import xtb_stage_table
+
+    stage = {"stage": "aspirin-pretrained-xtb", "frames_relaxed": 20, "frames_md": 4000, "steps": 8417,
+             "cpu_hours": 0.5, "corpus_cpu_hours": 0.1, "valid_force_mae_meV_A": 25.4}
+
+    def result(test: float, staged: bool) -> dict:
+        return {"cell": "x", "molecule": "aspirin", "n_train": 50, "n_train_requested": 50, "start": "pretrained",
+                "replay": 0.5, "cpu_hours": 0.5, "test_force_mae_meV_A": test, "test_energy_mae_meV": test / 2,
+                "valid_force_mae_meV_A": test, **({"xtb_stage": stage, "cpu_hours_total": 1.1} if staged else {})}
+
+    assert xtb_stage_table([result(51.0, False)]) == ""
+    row = xtb_stage_table([result(51.0, False), result(40.0, True)]).splitlines()[2]
+    assert row == ("| aspirin | 50 | pretrained | 20 + 4000 | 8,417, 0.50 | 25.4 | 51.0 / 40.0 | 25.5 / 20.0 "
+                   "| 0.50 / 1.10 (0.10 + 0.50 + 0.50) | 43.9 |")
