@@ -54,8 +54,10 @@ converged_models naphthalene salicylic
 step "pretraining-scaling curve, with the queue: each core takes the cells the other is not training"
 .venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
-step "converged fine-tuning: the chosen 50-frame pretrained cells after the molecule's own GFN2-xTB stage (with the queue)"
-xtb_stage_cells aspirin ethanol naphthalene salicylic
+step "converged fine-tuning: the chosen 50-frame cells after the molecule's own GFN2-xTB stage (with the queue)"
+xtb_stage_cells pretrained aspirin ethanol naphthalene salicylic
+# the same from scratch (the stage trains the scratch ET first): what the general pretraining adds to it
+xtb_stage_cells scratch aspirin ethanol
 step "peers, with the queue: each core trains the models and runs the MD the other is not (the queue summarises)"
 .venv/bin/python -m benchmarks.peers >> runs/peers.log 2>&1
 step "after pretraining: done"

@@ -132,8 +132,10 @@ done
 step "pretraining-scaling curve: fine-tuning from the run's snapshots (aspirin, ethanol; 50 and 1000 frames)"
 .venv/bin/python -m benchmarks.pretrain_scaling --sizes 50 >> runs/pretrain_scaling.log 2>&1
 .venv/bin/python -m benchmarks.pretrain_scaling >> runs/pretrain_scaling.log 2>&1
-step "converged fine-tuning: the chosen 50-frame pretrained cells after the molecule's own GFN2-xTB stage"
-xtb_stage_cells aspirin ethanol naphthalene salicylic
+step "converged fine-tuning: the chosen 50-frame cells after the molecule's own GFN2-xTB stage"
+xtb_stage_cells pretrained aspirin ethanol naphthalene salicylic
+# the same from scratch (the stage trains the scratch ET first): what the general pretraining adds to it
+xtb_stage_cells scratch aspirin ethanol
 step "peers: NequIP and MACE at the same CPU budget"
 # their own environments (docs/benchmarks.md, "Environments"), made here on a machine without them
 [ -x /work/peer-venvs/nequip/bin/python ] || { python3 -m venv /work/peer-venvs/nequip &&

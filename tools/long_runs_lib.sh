@@ -112,18 +112,19 @@ converged_models() {
         >> runs/dft_generalisation.log 2>&1
 }
 
-# the chosen 50-frame pretrained cell of each of MOLECULES again after the molecule's own GFN2-xTB stage
-# (--xtb-stage: the corpus from its SMILES, the stage, then the cell with the same replay, learning rate and
-# patience). Usage: xtb_stage_cells MOLECULE...
+# the chosen 50-frame cell of START (pretrained, scratch) for each of MOLECULES again after the molecule's own
+# GFN2-xTB stage (--xtb-stage: the corpus from its SMILES, the stage from START, then the cell with the same
+# replay, learning rate and patience). Usage: xtb_stage_cells START MOLECULE...
 xtb_stage_cells() {
-    local molecule settings replay lr patience
+    local start=$1 molecule settings replay lr patience
+    shift
     for molecule in "$@"; do
-        settings=$(.venv/bin/python -c "from benchmarks.finetune_converged import RESULTS_DIR, chosen_cell, finished
-cell = chosen_cell(finished(RESULTS_DIR), '$molecule', 'pretrained', 50)
-print(cell['replay'], cell['lr'], cell['plateau_patience'])") || continue
+        settings=$(.venv/bin/python -c "from benchmarks.finetune_converged import RESULTS_DIR, Variant, chosen_cell, finished
+variant = Variant.of(chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50))
+print(variant.replay, variant.lr, variant.patience)") || continue
         read -r replay lr patience <<< "$settings"
         # shellcheck disable=SC2046  # no --replay for a cell without replay
-        study --molecules "$molecule" --sizes 50 --starts pretrained --xtb-stage --lr "$lr" --patience "$patience" \
+        study --molecules "$molecule" --sizes 50 --starts "$start" --xtb-stage --lr "$lr" --patience "$patience" \
             $([ "$replay" = 0.0 ] || echo --replay "$replay")
     done
 }
