@@ -250,6 +250,11 @@ def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir:
     stage_dir = runs_dir / "xtb_stage" / name
     record_path = results_dir / "xtb_stage" / f"{name}.json"
     if record_path.is_file():
+        if not (stage_dir / "best.pt").is_file():
+            raise FileNotFoundError(
+                f"{stage_dir / 'best.pt'} not found: the weights of the finished GFN2-xTB stage {name} are not on "
+                f"this machine; move {record_path} aside to train the stage again"
+            )
         return {**json.loads(record_path.read_text()), "checkpoint": str(stage_dir / "best.pt")}
     corpus = xtb_corpus(molecule, runs_dir, trajectories, md_frames)
     shard = Path(corpus["out_dir"]) / "xtb_shard0.npz"

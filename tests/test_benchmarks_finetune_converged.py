@@ -227,6 +227,12 @@ def test_quick_xtb_stage_makes_the_corpus_trains_the_stage_and_starts_the_cell_f
     assert (stage_dir / "best.pt").is_file() and not (stage_dir / "last.pt").exists()
     config = (runs / "ethanol-50-scratch-xtb" / "config.yaml").read_text()
     assert str(stage_dir / "best.pt") in config  # the cell starts from the stage's weights
+    # a cell to train again whose finished stage has lost its weights says so, before any training
+    (out / "runs" / "ethanol-50-scratch-xtb" / "result.json").unlink()
+    (stage_dir / "best.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="weights of the finished GFN2-xTB stage ethanol-scratch-xtb"):
+        converged_main(["--quick", "--xtb-stage", "--data-root", str(data_root), "--runs", str(runs),
+                        "--out", str(out)])
 
 
 def test_xtb_stage_table_sets_each_stage_cell_beside_the_cell_without_it():
