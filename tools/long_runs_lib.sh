@@ -114,17 +114,21 @@ converged_models() {
 
 # the chosen 50-frame cell of START (pretrained, scratch) for each of MOLECULES again after the molecule's own
 # GFN2-xTB stage (--xtb-stage: the corpus from its SMILES, the stage from START, then the cell with the same
-# replay, learning rate and patience). Usage: xtb_stage_cells START MOLECULE...
+# replay and patience), at the chosen cell's learning rate and at the recipe's (5e-4: the stage's weights are
+# already close, and the larger rates chosen without the stage unsettle them first); validation chooses.
+# Usage: xtb_stage_cells START MOLECULE...
 xtb_stage_cells() {
-    local start=$1 molecule settings replay lr patience
+    local start=$1 molecule settings replay lr patience rate
     shift
     for molecule in "$@"; do
         settings=$(.venv/bin/python -c "from benchmarks.finetune_converged import RESULTS_DIR, Variant, chosen_cell, finished
 variant = Variant.of(chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50))
 print(variant.replay, variant.lr, variant.patience)") || continue
         read -r replay lr patience <<< "$settings"
-        # shellcheck disable=SC2046  # no --replay for a cell without replay
-        study --molecules "$molecule" --sizes 50 --starts "$start" --xtb-stage --lr "$lr" --patience "$patience" \
-            $([ "$replay" = 0.0 ] || echo --replay "$replay")
+        for rate in 0.0005 "$lr"; do
+            # shellcheck disable=SC2046  # no --replay for a cell without replay
+            study --molecules "$molecule" --sizes 50 --starts "$start" --xtb-stage --lr "$rate" --patience "$patience" \
+                $([ "$replay" = 0.0 ] || echo --replay "$replay")
+        done
     done
 }
