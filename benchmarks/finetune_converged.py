@@ -505,7 +505,9 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
                 offset = cell.get("cpu_hours_total", cell["cpu_hours"]) - cell["cpu_hours"]
                 x = [p["cpu_hours"] + offset for p in cell["curve"]]
                 y = [p["test_force_mae_meV_A"] for p in cell["curve"]]
-                label = f"{start}, {cell['n_train']} frames" + (f" ({variant(cell)})" if variant(cell) else "")
+                rest = " + ".join(replace(Variant.of(cell), xtb_stage=False).labels)
+                label = f"{start}{' + xTB stage' if xtb else ''}, {cell['n_train']} frames"
+                label += f" ({rest})" if rest else ""
                 ax.plot(x, y, style, color=colour, label=label)
         ax.set_title(molecule)
         ax.set_xlabel("training CPU-hours")
