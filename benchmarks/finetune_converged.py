@@ -263,9 +263,9 @@ def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir:
     config = recipe_config(stage_dir, [source], 1000, start,
                            {"time_budget_s": 3600 * XTB_STAGE_HOURS, **(optim or {})})
     trainer, _ = train(config, progress=False)
-    from forcefield_et import load_model
+    from forcefield_et.checkpoint import read_checkpoint
 
-    validation = load_model(stage_dir / "best.pt", dtype="float32").metadata.get("validation", {})
+    validation = read_checkpoint(stage_dir / "best.pt")["metadata"].get("validation", {})  # no model needed
     record = {
         "stage": name, "molecule": molecule, "smiles": SMILES[molecule], "start": start_label(start),
         "method": "gfn2-xtb", "trajectories": trajectories, "md_frames_per_trajectory": md_frames,
