@@ -147,6 +147,11 @@ class Variant:
         return labels
 
     @property
+    def recipe_labels(self) -> List[str]:
+        """:attr:`labels` without the GFN2-xTB stage, for tables and plots that name the stage apart."""
+        return replace(self, xtb_stage=False).labels
+
+    @property
     def suffix(self) -> str:
         suffix = "-xtb" if self.xtb_stage else ""
         suffix += ("-replay" if self.replay == REPLAY_RATIO else f"-replay{self.replay:g}") if self.replay else ""
@@ -393,7 +398,7 @@ def summary_table(results: List[Dict[str, Any]]) -> str:
         r = chosen_cell(results, molecule, start, n_train, xtb_stage)
         if r is None:
             return "–"
-        labels = replace(Variant.of(r), xtb_stage=False).labels  # the column names the stage
+        labels = Variant.of(r).recipe_labels  # the column names the stage
         return f"{r['test_force_mae_meV_A']:.1f}" + (f" ({', '.join(labels)})" if labels else "")
 
     stage_header = " | pretrained + the molecule's GFN2-xTB stage" if stage_cells else ""
@@ -505,7 +510,7 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
                 offset = cell.get("cpu_hours_total", cell["cpu_hours"]) - cell["cpu_hours"]
                 x = [p["cpu_hours"] + offset for p in cell["curve"]]
                 y = [p["test_force_mae_meV_A"] for p in cell["curve"]]
-                rest = " + ".join(replace(Variant.of(cell), xtb_stage=False).labels)
+                rest = " + ".join(Variant.of(cell).recipe_labels)
                 label = f"{start}{' + xTB stage' if xtb else ''}, {cell['n_train']} frames"
                 label += f" ({rest})" if rest else ""
                 ax.plot(x, y, style, color=colour, label=label)

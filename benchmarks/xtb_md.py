@@ -30,6 +30,8 @@ def xtb_frames(z: np.ndarray, start: np.ndarray, n_frames: int, temperature_K: f
     atoms = Atoms(numbers=z, positions=start)
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    # fixcm stays at ASE's default (True, deprecated since ASE 3.28): the held-out frames behind the
+    # published xtb_md figures were made with it, and frames made with fixcm=False would differ
     dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
                         rng=rng)
     dynamics.run(int(round(1000 * equilibration_ps / timestep_fs)))
