@@ -349,8 +349,7 @@ def test_existing_file_resolves_to_itself(saved, tmp_path, monkeypatch):
 
 def test_real_bundled_names_resolve_into_the_package():
     bundled = bundled_models()
-    if not bundled:
-        pytest.skip(f"no bundled checkpoints in {BUNDLED_DIR} yet")
+    assert bundled, f"no bundled checkpoints in {BUNDLED_DIR}: the package ships them"
     for name, file in bundled.items():
         assert resolve_model_path(name) == file
         assert resolve_model_path(f"{name}.pt") == file

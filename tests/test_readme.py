@@ -27,10 +27,11 @@ def test_readme_has_the_ase_and_openmm_examples():
 @pytest.mark.parametrize("block", BLOCKS, ids=["ase" if "ETCalculator" in b else "openmm" for b in BLOCKS])
 def test_readme_example_runs(block, tmp_path):
     if "openmm" in block:
-        try:
-            import openmmtorch  # noqa: F401
-        except Exception as error:
-            pytest.skip(f"openmmtorch cannot be loaded: {type(error).__name__}: {error}")
+        for module in ("openmmtorch", "openmmml"):  # the block needs both
+            try:
+                __import__(module)
+            except Exception as error:
+                pytest.skip(f"{module} cannot be loaded ({type(error).__name__}: {error}): pip install -e '.[openmm]'")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "error::FutureWarning"}
     result = subprocess.run(
         [sys.executable, "-c", _shortened(block)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
