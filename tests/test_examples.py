@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from ase.io import read
 
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -58,4 +61,10 @@ def test_main_job_cli(tmp_path, command):
         timeout=300, env={"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "cli_md" / "md_log.csv").exists()
+    # 10 steps of 0.5 fs, a row every 10 steps: the start and 5 fs, finite, bonds intact
+    with open(tmp_path / "cli_md" / "md_log.csv", newline="") as handle:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    assert [row["time_fs"] for row in rows] == [0.0, 5.0]
+    assert all(np.isfinite(list(row.values())).all() for row in rows)
+    assert all(row["temperature_K"] > 0 and row["max_bond_change_A"] < 0.5 for row in rows)
+    assert len(read(tmp_path / "cli_md" / "trajectory.traj", ":")) == len(rows)
