@@ -30,6 +30,14 @@ def aspirin_frame():
     return torch.tensor(data["nuclear_charges"], dtype=torch.long), torch.tensor(data["coords"][0], dtype=torch.float64)
 
 
+def tiny_potential(seed: int = 0):
+    """A tiny, randomly initialised float64 potential in eval mode (1 layer, 16 channels), seeded."""
+    from forcefield_et import build_model
+
+    torch.manual_seed(seed)
+    return build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8).double().eval()
+
+
 @pytest.fixture
 def small_model():
     """A small, randomly initialised float64 potential (fast; same code path as the default size)."""
@@ -48,3 +56,11 @@ def tiny_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0).eval())
     return path
+
+
+@pytest.fixture
+def calc(small_model):
+    """An :class:`~forcefield_et.ETCalculator` over ``small_model`` (float64, CPU)."""
+    from forcefield_et import ETCalculator
+
+    return ETCalculator(small_model, device="cpu", dtype="float64")

@@ -13,11 +13,6 @@ from forcefield_et import ETCalculator
 from forcefield_et.periodicity import model_cell
 
 
-@pytest.fixture
-def calc(small_model) -> ETCalculator:
-    return ETCalculator(small_model, device="cpu", dtype="float64")
-
-
 def _water_layer(a: float = 3.2, b: float = 3.4, c: float = 4.0, tilt: float = 0.7) -> Atoms:
     """Two water molecules in a triclinic cell; along c the gap between periodic copies is thinner
     than the 5 Å cutoff, so treating c as periodic would add neighbours."""

@@ -27,11 +27,6 @@ def _water_atoms() -> Atoms:
     return water.to_ase(0)
 
 
-@pytest.fixture
-def calc(small_model) -> ETCalculator:
-    return ETCalculator(small_model, device="cpu", dtype="float64")
-
-
 def test_implemented_properties_and_results(calc):
     atoms = _aspirin_atoms()
     atoms.calc = calc

@@ -9,11 +9,7 @@ import torch
 
 from forcefield_et import build_model
 from forcefield_et.model import Committee
-
-
-def tiny(seed: int):
-    torch.manual_seed(seed)
-    return build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8).double().eval()
+from tests.conftest import tiny_potential
 
 
 def molecule():
@@ -27,7 +23,7 @@ def molecule():
 
 
 def test_identical_members_give_zero_spread_and_the_single_model_result():
-    model = tiny(0)
+    model = tiny_potential(0)
     committee = Committee([model, copy.deepcopy(model), copy.deepcopy(model)])
     z, pos = molecule()
     single = model(z, pos)
@@ -40,7 +36,7 @@ def test_identical_members_give_zero_spread_and_the_single_model_result():
 
 
 def test_mean_and_std_of_different_members():
-    members = [tiny(seed) for seed in (1, 2, 3)]
+    members = [tiny_potential(seed) for seed in (1, 2, 3)]
     z, pos = molecule()
     outputs = [m(z, pos) for m in members]
     energies = torch.stack([o["energy"] for o in outputs])  # [M, 1]
@@ -58,7 +54,7 @@ def test_mean_and_std_of_different_members():
 
 
 def test_mean_forces_are_minus_the_gradient_of_the_mean_energy():
-    committee = Committee([tiny(seed) for seed in (4, 5)])
+    committee = Committee([tiny_potential(seed) for seed in (4, 5)])
     z, pos = molecule()
     forces = committee(z, pos)["forces"]
     step = 1e-5
@@ -71,7 +67,7 @@ def test_mean_forces_are_minus_the_gradient_of_the_mean_energy():
 
 
 def test_batched_committee_matches_one_structure_at_a_time_and_averages_stress():
-    committee = Committee([tiny(seed) for seed in (6, 7)])
+    committee = Committee([tiny_potential(seed) for seed in (6, 7)])
     z, pos = molecule()
     pos2 = pos + 0.1 * torch.randn_like(pos)
     batch = torch.repeat_interleave(torch.arange(2), len(z))
@@ -90,6 +86,6 @@ def test_members_must_share_cutoff_and_elements():
     torch.manual_seed(0)
     other = build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0).double()
     with pytest.raises(ValueError, match="cutoff"):
-        Committee([tiny(0), other])
+        Committee([tiny_potential(0), other])
     with pytest.raises(ValueError, match="at least 2"):
-        Committee([tiny(0)])
+        Committee([tiny_potential(0)])

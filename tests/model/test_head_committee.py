@@ -8,15 +8,11 @@ import json
 import pytest
 import torch
 
-from forcefield_et import ETCalculator, build_model
+from forcefield_et import ETCalculator
 from forcefield_et.checkpoint import save_checkpoint
 from forcefield_et.model import Committee, HeadCommittee, Potential
 from forcefield_et.registry import load_committee, load_model, write_committee_file
-
-
-def tiny(seed: int = 0) -> Potential:
-    torch.manual_seed(seed)
-    return build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8).double().eval()
+from tests.conftest import tiny_potential
 
 
 def molecules():
@@ -32,7 +28,7 @@ def molecules():
 
 
 def test_identical_heads_give_the_single_model_and_zero_spread():
-    model = tiny()
+    model = tiny_potential()
     heads = HeadCommittee.from_potential(model, 3, head_noise=0.0).eval()
     z, pos, batch = molecules()
     single, out = model(z, pos, batch), heads(z, pos, batch)
@@ -45,10 +41,10 @@ def test_identical_heads_give_the_single_model_and_zero_spread():
 
 def test_heads_equal_a_committee_of_checkpoints_with_the_same_heads():
     """Head k's energy and forces are those of a Potential with the shared representation and head k."""
-    heads = HeadCommittee.from_potential(tiny(), 3, head_noise=0.3, seed=5).eval()
+    heads = HeadCommittee.from_potential(tiny_potential(), 3, head_noise=0.3, seed=5).eval()
     members = []
     for head in heads.all_heads():
-        member = tiny()
+        member = tiny_potential()
         member.load_state_dict({k: v for k, v in heads.state_dict().items() if not k.startswith("extra_heads")})
         member.head.load_state_dict(head.state_dict())
         members.append(member)
@@ -64,7 +60,7 @@ def test_heads_equal_a_committee_of_checkpoints_with_the_same_heads():
 
 def test_the_single_model_is_unchanged():
     """A plain checkpoint still loads as a Potential (not a committee) with the same results."""
-    model = tiny()
+    model = tiny_potential()
     z, pos, batch = molecules()
     before = model(z, pos, batch)
     HeadCommittee.from_potential(model, 2, head_noise=0.5)
@@ -75,7 +71,7 @@ def test_the_single_model_is_unchanged():
 
 
 def test_training_mode_takes_each_structure_from_its_own_head():
-    heads = HeadCommittee.from_potential(tiny(), 2, head_noise=0.3, seed=1)
+    heads = HeadCommittee.from_potential(tiny_potential(), 2, head_noise=0.3, seed=1)
     z, pos, batch = molecules()
     reference = heads.eval()(z, pos, batch)
     heads.train()
@@ -93,7 +89,7 @@ def test_training_mode_takes_each_structure_from_its_own_head():
 
 
 def test_checkpoint_round_trip_and_committee_consumers(tmp_path):
-    heads = HeadCommittee.from_potential(tiny(), 3, head_noise=0.3, seed=2).float().eval()
+    heads = HeadCommittee.from_potential(tiny_potential(), 3, head_noise=0.3, seed=2).float().eval()
     path = save_checkpoint(tmp_path / "best.pt", heads, {"committee_heads": 3})
     loaded = load_model(path)
     assert isinstance(loaded, HeadCommittee) and len(loaded) == 3
@@ -120,11 +116,11 @@ def test_needs_two_heads():
 
 
 def test_automatic_compilation_leaves_a_heads_committee_eager():
-    committee = HeadCommittee.from_potential(tiny(), 3)
+    committee = HeadCommittee.from_potential(tiny_potential(), 3)
     calc = ETCalculator(committee, compile="auto")  # what md chooses for long runs
     assert calc.engine.compiled is False
     with pytest.raises(NotImplementedError, match="evaluate it eagerly"):
         ETCalculator(committee, compile=True)  # asked for explicitly: a clear error
-    assert ETCalculator(tiny(), compile="auto").engine.compiled is True
+    assert ETCalculator(tiny_potential(), compile="auto").engine.compiled is True
     with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
-        ETCalculator(tiny(), compile="yes")
+        ETCalculator(tiny_potential(), compile="yes")
