@@ -113,12 +113,6 @@ def test_glob_paths_expand_sorted_and_must_match(tmp_path):
         expand_paths(["x_*.npz"], str(tmp_path))
 
 
-@pytest.mark.parametrize("key, value", [("time_budget_s", 0), ("time_budget_s", -5.0), ("early_stop_patience", -1)])
-def test_stopping_settings_are_validated(tmp_path, key, value):
-    with pytest.raises(ConfigError, match=key):
-        config_from_dict(tiny_mixed_config(tmp_path / "run", **{key: value}))
-
-
 def test_init_from_accepts_only_the_zbl_switch(tmp_path):
     values = tiny_mixed_config(tmp_path / "run", max_steps=2)
     values["init_from"] = "pretrained"
@@ -130,11 +124,12 @@ def test_init_from_accepts_only_the_zbl_switch(tmp_path):
         Trainer(config_from_dict(values), progress=False)
 
 
-@pytest.mark.parametrize("key, value", [("valid_every", 0), ("checkpoint_every", 0), ("log_every", -1),
+@pytest.mark.parametrize("key, value", [("time_budget_s", 0), ("time_budget_s", -5.0), ("early_stop_patience", -1),
+                                        ("valid_every", 0), ("checkpoint_every", 0), ("log_every", -1),
                                         ("batch_size", 0), ("max_steps", -1), ("lr", 0.0), ("lr", float("nan")),
                                         ("plateau_factor", 1.5), ("ema_decay", 1.0), ("valid_every", 2.5),
                                         ("encoder_lr_scale", 0.0), ("encoder_lr_scale", float("inf"))])
-def test_optimiser_settings_are_validated(tmp_path, key, value):
+def test_optimiser_and_stopping_settings_are_validated(tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
         config_from_dict(tiny_mixed_config(tmp_path / "run", **{key: value}))
 
