@@ -147,4 +147,6 @@ step "peers: NequIP and MACE at the same CPU budget"
 # the after-pretraining core joins once it is done (it trains the models and runs the MD this one is not
 # doing); this one waits for those and summarises all the models together
 .venv/bin/python -m benchmarks.peers --wait >> runs/peers.log 2>&1
+step "300 ps MD replicas (seeds 1, 2) of the converged pretrained-start models, aspirin and salicylic acid"
+md_replicas et-pretrained-finetuned
 step "queue done"

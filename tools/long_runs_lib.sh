@@ -132,3 +132,16 @@ print(variant.replay, variant.lr, variant.patience)") || continue
         done
     done
 }
+
+# 300 ps MD replicas of the converged 1000-frame models where one trajectory per model left the
+# comparison open (aspirin: only the scratch start collapsed; salicylic acid: only the pretrained start
+# did, through a hole both models share): new velocity seeds from other test_01 start frames, the same
+# MDsim protocol, one result folder per seed. Usage: md_replicas MODEL [--model-path NAME=PATH]
+md_replicas() {
+    local seed
+    for seed in 1 2; do
+        .venv/bin/python -m benchmarks.md_stability --molecules aspirin salicylic --models "$@" \
+            --seed "$seed" --start-frame "$seed" --out "benchmarks/results/md_stability_replicas/seed$seed" \
+            --work "runs/md_stability_replicas/seed$seed" >> runs/md_replicas.log 2>&1
+    done
+}
