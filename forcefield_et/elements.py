@@ -10,7 +10,7 @@ __all__ = ["atomic_numbers", "chemical_symbols", "covalent_radii", "symbol", "nu
 
 
 def symbol(z: int) -> str:
-    """Chemical symbol of atomic number ``z`` ('X' if out of range)."""
+    """Chemical symbol of atomic number ``z`` (``'Z=<z>'`` outside 1-118)."""
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
 
