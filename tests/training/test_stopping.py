@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from forcefield_et.checkpoint import checksum, read_checkpoint
-from forcefield_et.data.sources import expand_paths
 from forcefield_et.training import Trainer, config_from_dict, train
 from forcefield_et.training.config import UNLIMITED_STEPS, ConfigError, OptimConfig
 from forcefield_et.training.trainer import progress_bar_settings
@@ -103,14 +102,6 @@ def test_snapshots_keep_the_ema_weights_of_the_listed_steps(tmp_path):
     meta = read_checkpoint(run_dir / "snapshots" / "step_9.pt")["metadata"]
     assert meta["snapshot"] == {"step": 9, "conformations_seen": 9 * 6}
     assert "training_state" not in read_checkpoint(run_dir / "snapshots" / "step_9.pt")
-
-
-def test_glob_paths_expand_sorted_and_must_match(tmp_path):
-    for name in ("b_2.npz", "b_1.npz", "c.npz"):
-        (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in expand_paths(["b_*.npz"], str(tmp_path))] == ["b_1.npz", "b_2.npz"]
-    with pytest.raises(FileNotFoundError, match="no file matches"):
-        expand_paths(["x_*.npz"], str(tmp_path))
 
 
 def test_init_from_accepts_only_the_zbl_switch(tmp_path):
