@@ -38,8 +38,7 @@ from forcefield_et.units import (
     HARTREE_TO_EV,
     KCAL_PER_MOL_TO_EV,
 )
-
-SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+from tests.conftest import shared_path
 
 RMD17_ATOMS = {
     "aspirin": 21,
@@ -56,11 +55,8 @@ RMD17_ATOMS = {
 
 
 def shared(rel: str) -> Path:
-    """Path of a shared data file; skips the test when it is absent."""
-    p = SHARED_DATA / rel
-    if not p.exists():
-        pytest.skip(f"../shared/data not found: {p}")
-    return p
+    """Path of a shared data file (``rel`` below ../shared/data); skips the test when it is absent."""
+    return shared_path(*Path(rel).parts)
 
 
 def assert_error_names(err: pytest.ExceptionInfo, *parts: str) -> None:
