@@ -441,6 +441,8 @@ def train_nequip(name: str, settings: Dict[str, Any], python: str, budget_s: flo
     state = run_budgeted(command, _peer_env(), root / "nequip.log", root / "budget_state.json", budget_s,
                          NequipProbe(train_dir))
     best = train_dir / "best.ckpt"
+    if not best.is_file() and state["finished"] and (root / "model.ckpt").is_file():
+        best = root / "model.ckpt"  # a finished training keeps its best weights only, without the optimiser state
     if not best.is_file():
         raise RuntimeError(f"{name}: no {best} (stopped before its first validation?); see {root / 'nequip.log'}")
     compiled, deployment = nequip_deploy(python, best, root, device)
@@ -558,9 +560,9 @@ def train_mace(settings: Dict[str, Any], python: str, budget_s: float | None, qu
                          MaceProbe(root))
     model = root / "mace.model"
     checkpoints = mace_checkpoints(root)
-    if not checkpoints:
+    if not checkpoints and not (state["finished"] and model.is_file()):  # a finished training may keep its model only
         raise RuntimeError(f"mace: no checkpoint in {root / 'checkpoints'}; see {root / 'mace.log'}")
-    if not model.is_file() or model.stat().st_mtime < checkpoints[-1].stat().st_mtime:
+    if checkpoints and (not model.is_file() or model.stat().st_mtime < checkpoints[-1].stat().st_mtime):
         # a run stopped at the budget has no exported model: rerun from its (best) checkpoint with
         # no epochs left, which makes mace_run_train load it and write the model file only
         epoch = int(re.search(r"epoch-(\d+)", checkpoints[-1].name).group(1))

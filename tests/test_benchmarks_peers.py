@@ -267,3 +267,44 @@ def test_the_et_is_evaluated_compiled_as_its_md_runs_it():
     path = str(BUNDLED_DIR / "pretrained.pt")
     assert make_calculator("et", path, compile=True).engine.compiled
     assert not make_calculator("et", path).engine.compiled
+
+
+def _finished_training(root: Path, settings: dict) -> None:
+    """A peer training folder as the repository keeps it once finished: settings, data, the budget state
+    and the model weights, but no trainer checkpoint (those hold optimiser states)."""
+    (root / "data").mkdir(parents=True)
+    for name in ("train.xyz", "val.xyz"):
+        (root / "data" / name).write_text("")
+    (root / "settings.json").write_text(json.dumps(settings))
+    state = {"committed_cpu_s": 7200.0, "checkpoints": [], "segments": [], "finished": True, "cpu_s": 7200.5,
+             "stop_reason": "cpu budget", "validations": [{"key": ["epoch", 0], "valid_force_mae_meV_A": 50.0,
+                                                           "epoch": 0, "cpu_s": 3600.0}]}
+    (root / "budget_state.json").write_text(json.dumps(state))
+
+
+def test_a_finished_nequip_training_needs_only_its_best_weights(tmp_path, monkeypatch):
+    settings = peers.nequip_settings((5, 3, 32, 64), quick=False)
+    root = tmp_path / "nequip-mdsim-2h"
+    _finished_training(root, settings)
+    (root / "model.ckpt").write_bytes(b"weights")
+    monkeypatch.setattr(peers, "peer_torch_version", lambda python: "2.13.0")
+    monkeypatch.setattr(peers.subprocess, "Popen", None)  # nothing may run: the training is finished
+    entry = peers.train_nequip("nequip-mdsim", settings, "python", 7200.0, False, tmp_path, "cpu")
+    assert entry["model_path"] == str(root / "model.ckpt") and entry["cpu_hours"] == pytest.approx(7200.5 / 3600)
+    assert entry["curve"] == [{"cpu_hours": 1.0, "valid_force_mae_meV_A": 50.0, "epoch": 0}]
+    (root / "model.ckpt").unlink()
+    with pytest.raises(RuntimeError, match="no .*best.ckpt"):
+        peers.train_nequip("nequip-mdsim", settings, "python", 7200.0, False, tmp_path, "cpu")
+
+
+def test_a_finished_mace_training_needs_only_its_model(tmp_path, monkeypatch):
+    root = tmp_path / "mace-2h"
+    _finished_training(root, peers.MACE_SMALL)
+    (root / "mace.model").write_bytes(b"model")
+    monkeypatch.setattr(peers.subprocess, "run", None)  # no export: the model is there
+    monkeypatch.setattr(peers.subprocess, "Popen", None)
+    entry = peers.train_mace(peers.MACE_SMALL, "python", 7200.0, False, tmp_path, "cpu")
+    assert entry["model_path"] == str(root / "mace.model") and entry["epochs"] == 1
+    (root / "mace.model").unlink()
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        peers.train_mace(peers.MACE_SMALL, "python", 7200.0, False, tmp_path, "cpu")
