@@ -232,13 +232,12 @@ def xtb_corpus(molecule: str, runs_dir: Path, trajectories: int = XTB_STAGE_TRAJ
     """Make (or finish) the molecule's GFN2-xTB corpus in ``<runs>/xtb_stage/<molecule>-corpus/`` with
     ``forcefield-et corpus``'s code; returns its summary and ``cpu_hours``, the CPU time of the call
     that completed it (a corpus resumed after a stop counts only its last stretch)."""
-    from forcefield_et.data.corpus import CorpusSettings, make_corpus
+    from forcefield_et.training.xtb_stage import XtbStage, make_stage_corpus
 
     out = runs_dir / "xtb_stage" / f"{molecule}-corpus"
     cost_path = out.parent / f"{molecule}-corpus-cpu.json"
     before = time.process_time()
-    settings = CorpusSettings(md_frames=md_frames, displacements=0, molecules_per_shard=trajectories)
-    summary = make_corpus([SMILES[molecule]] * trajectories, out, settings, progress=False)
+    summary = make_stage_corpus(XtbStage(SMILES[molecule], trajectories, md_frames), out, progress=False)
     if not cost_path.is_file():  # this call made (or finished) the corpus
         write_json_atomic(cost_path, {"cpu_hours": (time.process_time() - before) / 3600})
     return {**summary, "cpu_hours": json.loads(cost_path.read_text())["cpu_hours"]}

@@ -58,6 +58,7 @@ from .training.config import (
     field_default,
 )
 from .training.objectives import ObjectiveConfig
+from .training.xtb_stage import XtbStage
 
 EPILOG = """examples:
   forcefield-et pretrain --config configs/pretrain_cpu_small.yaml
@@ -71,6 +72,10 @@ EPILOG = """examples:
 """
 
 DEFAULT_FINETUNE_STEPS = FINETUNE_OPTIM.max_steps
+# finetune --xtb-stage: validations of the stage's run (steps apart), and patience on its plateaus
+XTB_STAGE_VALID_EVERY = 250
+XTB_STAGE_PLATEAU = 3
+XTB_STAGE_EARLY_STOP = 10
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 
@@ -216,11 +221,17 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .training import train
 
+    if args.xtb_stage is not None:
+        if args.workers > 1 or args.committee is not None:
+            raise ValueError("--xtb-stage trains one model in one process: leave out --workers and --committee")
+        args.model = _xtb_stage(args)
     launched = _launch_workers(args)
     if launched is not None:
         return launched
     config = finetune_config(args)
     existing = "require" if args.resume else "overwrite" if args.overwrite else "refuse"
+    if args.xtb_stage is not None and args.resume:
+        existing = "resume"  # the stage may have stopped before the final fine-tuning began
     if args.committee is not None:
         return _finetune_committee(args, config)
     trainer, metrics = train(config, progress=not args.no_progress, existing=existing)
@@ -230,6 +241,64 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.test:
         _test_best(config, args.test, Path(args.out))
     return 0
+
+
+def _xtb_stage(args: argparse.Namespace) -> str:
+    """``finetune --xtb-stage SMILES``: make the molecule's GFN2-xTB corpus and fine-tune ``--model`` on it
+    (``--out/xtb_stage/``, :mod:`forcefield_et.training.xtb_stage`), resuming either where a run
+    stopped; returns the stage's best.pt, the start of the fine-tuning on ``--train``."""
+    from .data.corpus import require_dependencies
+    from .training import train
+    from .training.xtb_stage import (
+        XtbStage,
+        check_stage_record,
+        make_stage_corpus,
+        remove_stage,
+        stage_paths,
+        stage_shards,
+    )
+
+    require_dependencies()
+    stage = XtbStage(args.xtb_stage, trajectories=args.xtb_stage_trajectories, md_frames=args.xtb_stage_frames,
+                     time_budget_s=args.xtb_stage_budget, seed=args.seed)
+    out = Path(args.out)
+    paths = stage_paths(out)
+    holds_run = paths["root"].exists() or (out / "last.pt").exists() or (out / "best.pt").exists()
+    if args.overwrite:
+        remove_stage(out)
+    elif args.resume and not paths["record"].is_file():
+        raise ValueError(f"nothing to resume: {out} holds no GFN2-xTB stage ({paths['record']})")
+    elif not args.resume and holds_run:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    check_stage_record(out, stage)
+
+    print(f"GFN2-xTB stage: {stage.trajectories} trajectories of {stage.smiles} -> {paths['corpus']}",
+          file=sys.stderr)
+    corpus = make_stage_corpus(stage, paths["corpus"], progress=not args.no_progress)
+    stage_args = argparse.Namespace(**vars(args))
+    recipe = {  # the stage's own recipe; only the start, the architecture and the runtime follow the command
+        "train": stage_shards(paths["corpus"]), "format": "xtb_corpus", "name": "xtb_stage", "out": str(paths["run"]),
+        "energy_key": None, "forces_key": None, "n_train": None, "valid": None, "test": None, "replay": None,
+        "valid_fraction": stage.valid_fraction, "valid_max_frames": field_default(SourceConfig, "valid_max_frames"),
+        "drop_invalid_frames": False, "drop_outliers": None,
+        "steps": None, "schedule": None, "time_budget": stage.time_budget_s,
+        "early_stop_patience": XTB_STAGE_EARLY_STOP, "plateau_patience": XTB_STAGE_PLATEAU,
+        "valid_every": XTB_STAGE_VALID_EVERY, "batch_size": FINETUNE_OPTIM.batch_size, "lr": FINETUNE_OPTIM.lr,
+        "min_lr": FINETUNE_OPTIM.min_lr, "encoder_lr_scale": FINETUNE_OPTIM.encoder_lr_scale,
+        "warmup_steps": FINETUNE_OPTIM.warmup_steps, "ema_decay": FINETUNE_OPTIM.ema_decay,
+        "plateau_factor": FINETUNE_OPTIM.plateau_factor,
+        "energy_weight": field_default(ObjectiveConfig, "energy_weight"),
+        "force_weight": field_default(ObjectiveConfig, "force_weight"),
+        "stress_weight": field_default(ObjectiveConfig, "stress_weight"),
+    }
+    vars(stage_args).update(recipe)
+    trainer, metrics = train(finetune_config(stage_args), progress=not args.no_progress, existing="resume")
+    force = metrics.get("xtb_stage/force_mae_meV_A")
+    print(f"GFN2-xTB stage: {corpus['frames_relaxed'] + corpus['frames_md']} frames, {trainer.step} steps, "
+          f"{trainer.cpu_seconds / 3600:.2f} CPU-h ({trainer.stop_reason or 'max steps'})"
+          + (f", validation force MAE {force:.1f} meV/A" if force is not None else "")
+          + f"; fine-tuning on {' '.join(map(str, args.train))} from {paths['run'] / 'best.pt'}", file=sys.stderr)
+    return str(paths["run"] / "best.pt")
 
 
 def _finetune_committee(args: argparse.Namespace, config) -> int:
@@ -835,6 +904,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--zbl", nargs="?", type=zbl_scale_arg, const=1.0, metavar="SCALE",
         help="add the ZBL short-range repulsion prior (keeps atoms from fusing; no weights), switched off at "
         "SCALE (default 1) times the sum of the two atoms' covalent radii",
+    )
+    p.add_argument(
+        "--xtb-stage", metavar="SMILES",
+        help="first fine-tune --model on GFN2-xTB frames of this molecule (relaxations and Langevin MD made from "
+        "the SMILES, in --out/xtb_stage/), then on --train from the stage's best weights; for few reference "
+        "frames of one molecule; needs pip install 'forcefield-et[corpus]'",
+    )
+    p.add_argument(
+        "--xtb-stage-trajectories", type=positive_int, default=field_default(XtbStage, "trajectories"), metavar="N",
+        help="with --xtb-stage: relaxations and MD trajectories (each at its own random temperature, 300-800 K)",
+    )
+    p.add_argument(
+        "--xtb-stage-frames", type=positive_int, default=field_default(XtbStage, "md_frames"), metavar="N",
+        help="with --xtb-stage: MD frames per trajectory (10 fs apart)",
+    )
+    p.add_argument(
+        "--xtb-stage-budget", type=parse_duration, default=field_default(XtbStage, "time_budget_s"),
+        metavar="DURATION", help="with --xtb-stage: CPU time of the stage's training (it also stops after "
+        f"{XTB_STAGE_EARLY_STOP} validations without a new best; default 30m)",
     )
     p.add_argument("--hidden-channels", type=hidden_channels_arg, help="with --model scratch")
     p.add_argument(
