@@ -45,3 +45,27 @@ def test_documented_command_parses(page, command, capsys):
         build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"{page}: {command}\n{capsys.readouterr().err}")
+
+
+def documented_benchmark_commands() -> list[tuple[str, str]]:
+    """(page, command) for each ``python -m benchmarks.<name>`` command in the pages, in code
+    blocks or inline code."""
+    commands = []
+    for page in PAGES:
+        text = page.read_text().replace("\\\n", " ")
+        for match in re.finditer(r"python -m (benchmarks\.\w+)([^`\n]*)", text):
+            commands.append((page.name, match.group(0).strip()))
+    return sorted(set(commands))
+
+
+BENCHMARK_COMMANDS = documented_benchmark_commands()
+
+
+@pytest.mark.parametrize("page, command", BENCHMARK_COMMANDS, ids=[f"{p}:{c[10:70]}" for p, c in BENCHMARK_COMMANDS])
+def test_documented_benchmark_command_names_a_module_and_its_options(page, command):
+    words = shlex.split(command, comments=True)
+    module = REPO_ROOT / (words[2].replace(".", "/") + ".py")
+    assert module.is_file(), f"{page}: {command}: no module {module.relative_to(REPO_ROOT)}"
+    source = module.read_text()
+    unknown = [w.split("=")[0] for w in words[3:] if w.startswith("--") and f'"{w.split("=")[0]}"' not in source]
+    assert not unknown, f"{page}: {command}: {module.name} has no option {unknown}"
