@@ -13,7 +13,7 @@ from forcefield_et.cli import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
-SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell|console)\n(.*?)```", flags=re.S)
+SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell|console|text)?\n(.*?)```", flags=re.S)
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -23,7 +23,7 @@ def documented_commands() -> list[tuple[str, str]]:
         for block in SHELL_BLOCK.findall(page.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
-                if line.startswith("forcefield-et "):
+                if line.startswith("forcefield-et ") and not re.match(r"forcefield-et [\w-]+:", line):  # not output
                     commands.append((page.name, line))
     return commands
 
