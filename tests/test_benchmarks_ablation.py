@@ -33,8 +33,10 @@ def test_a_run_folders_generic_checkpoint_is_named_after_its_folder():
 
 
 def test_quick_ablation_pretrains_fine_tunes_runs_md_and_reports(tmp_path):
-    shared_path("rmd17")
-    shared_path("xtb")
+    for folder in ("rmd17", "xtb", "combustion"):  # the sources of the ablation configs
+        shared_path(folder)
+    shared_path("qm7x", "qm7x_250_small.npz")
+    shared_path("qm9", "qm9_500_U0_eV.db")
     main(["--quick", "--variants", "denoise", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "ablation.json").read_text())
     row = next(r for r in summary["rows"] if r["start"] == "ablation_denoise")
