@@ -122,8 +122,9 @@ class Variant:
     """A change to the recipe, tried against the cell without it: replaying pretraining frames, the
     ZBL prior, another force-loss weight, another peak learning rate, or a more patient schedule
     (``patience`` validations without improvement before the learning rate is halved; early stopping
-    waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer), a cosine schedule, or a smaller learning
-    rate for the representation than for the head (``encoder_lr_scale``)."""
+    waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer), a cosine schedule, a smaller learning
+    rate for the representation than for the head (``encoder_lr_scale``), or another CPU budget than
+    :data:`BUDGET_HOURS` gives the cell's size (``budget_hours``; 0: that one)."""
 
     replay: float = 0.0  # share of every batch replayed from REPLAY_MOLECULES; 0: no replay
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
@@ -133,6 +134,7 @@ class Variant:
     schedule: str = "plateau"  # or "cosine": decay over the CPU budget, no early stopping
     encoder_lr_scale: float = 1.0  # the representation's learning rate as a multiple of the head's
     xtb_stage: bool = False  # the start first fine-tuned on the molecule's own GFN2-xTB corpus
+    budget_hours: float = 0.0  # the cell's CPU budget; 0: BUDGET_HOURS of its size
 
     @property
     def labels(self) -> List[str]:
@@ -144,6 +146,7 @@ class Variant:
         labels += [f"plateau patience {self.patience}"] if self.patience != PLATEAU_PATIENCE else []
         labels += ["cosine over the budget"] if self.schedule == "cosine" else []
         labels += [f"encoder learning rate × {self.encoder_lr_scale:g}"] if self.encoder_lr_scale != 1.0 else []
+        labels += [f"{self.budget_hours:g} CPU-hour budget"] if self.budget_hours else []
         return labels
 
     @property
@@ -160,20 +163,36 @@ class Variant:
         suffix += f"-lr{self.lr:g}" if self.lr != LEARNING_RATE else ""
         suffix += f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else ""
         suffix += "-cosine" if self.schedule == "cosine" else ""
-        return suffix + (f"-enc{self.encoder_lr_scale:g}" if self.encoder_lr_scale != 1.0 else "")
+        suffix += f"-enc{self.encoder_lr_scale:g}" if self.encoder_lr_scale != 1.0 else ""
+        return suffix + (f"-budget{self.budget_hours:g}h" if self.budget_hours else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
         return cls(float(result.get("replay") or 0.0), float(result.get("zbl") or 0.0),
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
                    int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
-                   float(result.get("encoder_lr_scale", 1.0)), bool(result.get("xtb_stage")))
+                   float(result.get("encoder_lr_scale", 1.0)), bool(result.get("xtb_stage")),
+                   float(result.get("budget_hours") or 0.0))
+
+    def flags(self) -> List[str]:
+        """The options of ``python -m benchmarks.finetune_converged`` that select this variant."""
+        flags = ["--xtb-stage"] if self.xtb_stage else []
+        flags += ["--replay", f"{self.replay:g}"] if self.replay else []
+        flags += ["--zbl", f"{self.zbl:g}"] if self.zbl else []
+        flags += ["--force-weight", f"{self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
+        flags += ["--lr", f"{self.lr:g}"] if self.lr != LEARNING_RATE else []
+        flags += ["--patience", str(self.patience)] if self.patience != PLATEAU_PATIENCE else []
+        flags += ["--schedule", "cosine"] if self.schedule == "cosine" else []
+        flags += ["--encoder-lr-scale", f"{self.encoder_lr_scale:g}"] if self.encoder_lr_scale != 1.0 else []
+        return flags + (["--budget-hours", f"{self.budget_hours:g}"] if self.budget_hours else [])
 
     def optim(self) -> Dict[str, Any]:
         """The recipe's optimiser settings that this variant changes."""
         changes: Dict[str, Any] = {"lr": self.lr, "plateau_patience": self.patience,
                                    "early_stop_patience": self.patience + EARLY_STOP_AFTER_PLATEAU,
                                    "encoder_lr_scale": self.encoder_lr_scale}
+        if self.budget_hours:
+            changes["time_budget_s"] = 3600 * self.budget_hours
         if self.schedule == "cosine":  # the trainer fits the cosine's length to the CPU budget; the budget ends it
             changes.update({"schedule": "cosine", "max_steps": UNLIMITED_STEPS, "early_stop_patience": 0})
         return changes
@@ -318,7 +337,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "molecule": molecule, "n_train": min(n_train, 950), "n_train_requested": n_train, "start": start_label(start),
         "zbl": variant.zbl, "replay": variant.replay, "force_weight": variant.force_weight,
         "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
-        "encoder_lr_scale": variant.encoder_lr_scale,
+        "encoder_lr_scale": variant.encoder_lr_scale, "budget_hours": variant.budget_hours,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         # the molecule's GFN2-xTB stage, if any: its record, and the CPU time of corpus + stage + this cell
@@ -607,7 +626,7 @@ def report(results_dir: Path = RESULTS_DIR) -> str:
 QUICK_BUDGET_S = 6  # --quick: CPU seconds of training (a few validations of the tiny pipeline check)
 
 
-def main(argv: List[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", nargs="+", default=MOLECULES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 50])
@@ -633,6 +652,9 @@ def main(argv: List[str] | None = None) -> None:
                         help=f"replay the rMD17 train frames of {', '.join(REPLAY_MOLECULES)} (SHARE of every batch, "
                         f"default {REPLAY_RATIO:g}; forces only); the cells are named <cell>-replay, or "
                         "<cell>-replay<SHARE> for another share")
+    parser.add_argument("--budget-hours", type=float, default=0.0, metavar="H",
+                        help="CPU budget per cell (default: " + ", ".join(f"{h:g} at {n} frames" for n, h in
+                        BUDGET_HOURS.items()) + "; another budget: cells <cell>-budget<H>h)")
     parser.add_argument("--xtb-stage", action="store_true",
                         help="fine-tune the start on the molecule's own GFN2-xTB frames first (made from its SMILES "
                         "by forcefield-et corpus; needs pip install 'forcefield-et[corpus]'); cells <cell>-xtb...")
@@ -646,7 +668,17 @@ def main(argv: List[str] | None = None) -> None:
                         "forcefield_et/checkpoints/rmd17-<molecule>.pt, other starts as "
                         "<runs>/exported/rmd17-<molecule>-<start>.pt (with --zbl SCALE: the ZBL prior switched on)")
     parser.add_argument("--quick", action="store_true", help="ethanol, 50 frames, scratch, a 6 s budget, eager")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def variant_of_arguments(args: argparse.Namespace) -> Variant:
+    """The recipe's variant that the parsed command-line options select."""
+    return Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
+                   args.encoder_lr_scale, args.xtb_stage, args.budget_hours)
+
+
+def main(argv: List[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -668,8 +700,7 @@ def main(argv: List[str] | None = None) -> None:
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
         xtb_corpus_size = (2, 4)
     if not args.report:
-        variant = Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
-                          args.encoder_lr_scale, args.xtb_stage)
+        variant = variant_of_arguments(args)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:

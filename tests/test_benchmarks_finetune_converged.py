@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks.finetune_converged import LEARNING_RATE, QUICK_BUDGET_S, Variant, cell_name, recipe_config, value_at
@@ -250,3 +251,27 @@ def test_xtb_stage_table_sets_each_stage_cell_beside_the_cell_without_it():
     row = xtb_stage_table([result(51.0, False), result(40.0, True)]).splitlines()[2]
     assert row == ("| aspirin | 50 | pretrained | 20 + 4000 | 8,417, 0.50 | 25.4 | 51.0 / 40.0 | 25.5 / 20.0 "
                    "| 0.50 / 1.10 (0.10 + 0.50 + 0.50) | 43.9 |")
+
+
+def test_a_longer_budget_is_a_variant_with_its_own_cell_and_time_budget(tmp_path):
+    """``--budget-hours H``: the cell's CPU budget instead of BUDGET_HOURS of its size, in the cell's name,
+    its labels and its result (so that validation can choose between the budgets)."""
+    from benchmarks.finetune_converged import BUDGET_HOURS, run_config
+
+    longer = Variant(0.2, lr=1e-3, budget_hours=2.0)
+    assert cell_name("naphthalene", 50, "pretrained", longer) == "naphthalene-50-pretrained-replay-lr0.001-budget2h"
+    assert longer.labels == ["replay", "learning rate 0.001", "2 CPU-hour budget"]
+    assert Variant.of({"replay": 0.2, "lr": 1e-3, "budget_hours": 2.0}) == longer
+    assert Variant.of({"replay": 0.2, "lr": 1e-3}) == Variant(0.2, lr=1e-3)  # results from before the option
+    for variant, hours in ((longer, 2.0), (Variant(0.2, lr=1e-3), BUDGET_HOURS[50])):
+        config = run_config("naphthalene", 50, "pretrained", tmp_path / "data", tmp_path / "runs", variant=variant)
+        assert config.optim.time_budget_s == 3600 * hours
+
+
+@pytest.mark.parametrize("variant", [
+    Variant(), Variant(0.2, lr=1e-3, budget_hours=2.0), Variant(0.5, 0.75, 100.0, 2e-3, 10, "cosine", 0.3, True, 1.5),
+], ids=["recipe", "replay-lr-budget", "everything"])
+def test_a_variants_flags_select_it_again(variant):
+    from benchmarks.finetune_converged import build_parser, variant_of_arguments
+
+    assert variant_of_arguments(build_parser().parse_args(variant.flags())) == variant

@@ -133,6 +133,23 @@ print(variant.replay, variant.lr, variant.patience)") || continue
     done
 }
 
+# the chosen 50-frame cell (without the molecule's GFN2-xTB stage) of START for each of MOLECULES again with a CPU
+# budget of HOURS: the chosen cells' validation errors were still falling when the recipe's 0.5 CPU-hours at 50
+# frames ran out; validation chooses between the budgets. Usage: longer_budget_cells HOURS START MOLECULE...
+longer_budget_cells() {
+    local hours=$1 start=$2 molecule flags
+    shift 2
+    for molecule in "$@"; do
+        flags=$(.venv/bin/python -c "from dataclasses import replace
+from benchmarks.finetune_converged import RESULTS_DIR, Variant, chosen_cell, finished
+cell = chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50)
+print(' '.join(replace(Variant.of(cell), budget_hours=$hours).flags()) if cell else 'none')") || continue
+        [ "$flags" = none ] && continue
+        # shellcheck disable=SC2086  # one word per option
+        study --molecules "$molecule" --sizes 50 --starts "$start" $flags
+    done
+}
+
 # 300 ps MD replicas of the converged 1000-frame models where one trajectory per model left the
 # comparison open (aspirin: only the scratch start collapsed; salicylic acid: only the pretrained start
 # did, through a hole both models share): new velocity seeds from other test_01 start frames, the same
