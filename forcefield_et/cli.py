@@ -72,10 +72,6 @@ EPILOG = """examples:
 """
 
 DEFAULT_FINETUNE_STEPS = FINETUNE_OPTIM.max_steps
-# finetune --xtb-stage: validations of the stage's run (steps apart), and patience on its plateaus
-XTB_STAGE_VALID_EVERY = 250
-XTB_STAGE_PLATEAU = 3
-XTB_STAGE_EARLY_STOP = 10
 BROKEN_BOND_EXIT_STATUS = 3  # forcefield-et md --max-bond-change: a bond broke, the run stopped early
 UNCERTAIN_EXIT_STATUS = 4  # forcefield-et md --max-force-std: the committee disagreed, the run stopped early
 
@@ -247,6 +243,7 @@ def _xtb_stage(args: argparse.Namespace) -> str:
     """``finetune --xtb-stage SMILES``: make the molecule's GFN2-xTB corpus and fine-tune ``--model`` on it
     (``--out/xtb_stage/``, :mod:`forcefield_et.training.xtb_stage`), resuming either where a run
     stopped; returns the stage's best.pt, the start of the fine-tuning on ``--train``."""
+    from .checkpoint import read_checkpoint
     from .data.corpus import require_dependencies
     from .training import train
     from .training.xtb_stage import (
@@ -282,8 +279,8 @@ def _xtb_stage(args: argparse.Namespace) -> str:
         "valid_fraction": stage.valid_fraction, "valid_max_frames": field_default(SourceConfig, "valid_max_frames"),
         "drop_invalid_frames": False, "drop_outliers": None,
         "steps": None, "schedule": None, "time_budget": stage.time_budget_s,
-        "early_stop_patience": XTB_STAGE_EARLY_STOP, "plateau_patience": XTB_STAGE_PLATEAU,
-        "valid_every": XTB_STAGE_VALID_EVERY, "batch_size": FINETUNE_OPTIM.batch_size, "lr": FINETUNE_OPTIM.lr,
+        "early_stop_patience": stage.early_stop_patience, "plateau_patience": stage.plateau_patience,
+        "valid_every": stage.valid_every, "batch_size": FINETUNE_OPTIM.batch_size, "lr": FINETUNE_OPTIM.lr,
         "min_lr": FINETUNE_OPTIM.min_lr, "encoder_lr_scale": FINETUNE_OPTIM.encoder_lr_scale,
         "warmup_steps": FINETUNE_OPTIM.warmup_steps, "ema_decay": FINETUNE_OPTIM.ema_decay,
         "plateau_factor": FINETUNE_OPTIM.plateau_factor,
@@ -292,13 +289,14 @@ def _xtb_stage(args: argparse.Namespace) -> str:
         "stress_weight": field_default(ObjectiveConfig, "stress_weight"),
     }
     vars(stage_args).update(recipe)
-    trainer, metrics = train(finetune_config(stage_args), progress=not args.no_progress, existing="resume")
-    force = metrics.get("xtb_stage/force_mae_meV_A")
+    trainer, _ = train(finetune_config(stage_args), progress=not args.no_progress, existing="resume")
+    best = paths["run"] / "best.pt"
+    force = read_checkpoint(best)["metadata"].get("validation", {}).get("xtb_stage/force_mae_meV_A")
     print(f"GFN2-xTB stage: {corpus['frames_relaxed'] + corpus['frames_md']} frames, {trainer.step} steps, "
           f"{trainer.cpu_seconds / 3600:.2f} CPU-h ({trainer.stop_reason or 'max steps'})"
-          + (f", validation force MAE {force:.1f} meV/A" if force is not None else "")
-          + f"; fine-tuning on {' '.join(map(str, args.train))} from {paths['run'] / 'best.pt'}", file=sys.stderr)
-    return str(paths["run"] / "best.pt")
+          + (f", best validation force MAE {force:.1f} meV/A" if force is not None else "")
+          + f"; fine-tuning on {' '.join(map(str, args.train))} from {best}", file=sys.stderr)
+    return str(best)
 
 
 def _finetune_committee(args: argparse.Namespace, config) -> int:
@@ -922,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--xtb-stage-budget", type=parse_duration, default=field_default(XtbStage, "time_budget_s"),
         metavar="DURATION", help="with --xtb-stage: CPU time of the stage's training (it also stops after "
-        f"{XTB_STAGE_EARLY_STOP} validations without a new best; default 30m)",
+        f"{field_default(XtbStage, 'early_stop_patience')} validations without a new best; default 30m)",
     )
     p.add_argument("--hidden-channels", type=hidden_channels_arg, help="with --model scratch")
     p.add_argument(

@@ -29,7 +29,9 @@ STAGE_FILE = "stage.json"
 class XtbStage:
     """The molecule (``smiles``) and the size of its GFN2-xTB stage: ``trajectories`` relaxations, each
     followed by a Langevin trajectory of ``md_frames`` frames 10 fs apart; ``valid_fraction`` of the
-    trajectories validate the stage; it trains for at most ``time_budget_s`` CPU seconds."""
+    trajectories validate the stage every ``valid_every`` steps; the learning rate halves after
+    ``plateau_patience`` validations without a new best, and the stage stops after
+    ``early_stop_patience`` or after ``time_budget_s`` CPU seconds."""
 
     smiles: str
     trajectories: int = 20
@@ -37,6 +39,9 @@ class XtbStage:
     valid_fraction: float = 0.05
     time_budget_s: float = 1800.0
     seed: int = 0
+    valid_every: int = 250
+    plateau_patience: int = 3
+    early_stop_patience: int = 10
 
     def __post_init__(self) -> None:
         if not isinstance(self.smiles, str) or not self.smiles.strip() or len(self.smiles.split()) != 1:
