@@ -651,6 +651,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"data:       {source['name']}: {source['frames']} frames, objective {source['objective']}")
     if training.get("step") is not None:
         print(f"trained:    {training['step']} steps")
+    start = (training.get("config") or {}).get("init_from")
+    if start:
+        parent = meta.get("parent_training") or {}
+        seen = ", ".join(f"{source['name']} ({source['frames']} frames)" for source in parent.get("sources", []))
+        print(textwrap.fill(f"started:    from {start}" + (f", itself trained on {seen}" if seen else ""),
+                            width=110, subsequent_indent=" " * 12))
     for key, value in sorted((meta.get("validation") or {}).items()):
         # test-split errors logged beside the validation (learning curves) never select the weights
         label = "monitored:" if "/test_" in key else "valid:    "

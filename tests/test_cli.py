@@ -404,5 +404,6 @@ def test_info_shows_the_training_domain(capsys):
     code, out, _ = run_main(["info", "rmd17-aspirin"], capsys)
     assert code == 0
     assert "domain:     trained on H C O; compositions C9H8O4" in out
+    assert "started:    from pretrained, itself trained on xtb_md (" in out  # the start and what it saw
     code, out, _ = run_main(["info"], capsys)
     assert "trained on C9H8O4" in out

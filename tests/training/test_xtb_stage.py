@@ -73,6 +73,9 @@ def test_finetune_with_an_xtb_stage_starts_from_the_stage_and_resumes(tmp_path, 
     assert final["training"]["step"] == 3 and "finetune/force_mae_meV_A" in final["validation"]
     assert "GFN2-xTB stage: 3 trajectories of CCO" in err and "fine-tuning on" in err
     assert json.loads((paths["record"]).read_text())["smiles"] == "CCO"
+    assert main(["info", str(out / "best.pt")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the line wraps
+    assert f"started: from {paths['run'] / 'best.pt'}, itself trained on xtb_stage (" in printed
 
     # the same command again is refused; --resume finds both stages done; another molecule is refused
     assert _finetune(out, "--xtb-stage", "CCO") == 2
