@@ -4,12 +4,15 @@ For each molecule: one RDKit ETKDG conformer relaxed with MMFF94; a GFN2-xTB rel
 ``relax_fmax``), kept as an equilibrium frame (kind 0) when it converged; a Langevin trajectory
 at a random temperature, sampled every ``md_interval_fs`` after a warm-up (kind 1); and random
 Cartesian displacements of the relaxed geometry (kind 2). Frames whose largest force exceeds
-``max_force`` are dropped. Units: Å, eV, eV/Å.
+``max_force`` are dropped. Units: Å, eV, eV/Å. Each molecule is labelled at the total charge of its
+SMILES' formal charges and the multiplicity of its radical electrons (one unpaired electron each, high
+spin); the model has no charge input, so a corpus should hold one charge state per composition.
 
 The output folder holds shards ``xtb_shard<K>.npz`` in the layout of the GFN2-xTB corpus
-(``n_atoms``, ``mol_id``, ``kind``, ``energy``, ``z``, ``pos``, ``forces``) plus ``smiles`` per
-molecule (``mol_id`` indexes it) and ``tried`` (how many of the shard's SMILES were processed), so
-the folder is a pretraining source as it is (``format: xtb_corpus``, ``path: DIR``) and
+(``n_atoms``, ``mol_id``, ``kind``, ``energy``, ``z``, ``pos``, ``forces``) plus ``smiles``, ``charge``
+(e) and ``multiplicity`` (2S+1) per molecule (``mol_id`` indexes them) and ``tried`` (how many of the
+shard's SMILES were processed), so the folder is a pretraining source as it is (``format: xtb_corpus``,
+``path: DIR``) and
 ``forcefield-et finetune --train DIR/xtb_shard0.npz --format xtb_corpus`` reads a shard. Each shard is
 rewritten atomically and durably (:mod:`forcefield_et.files`) every ``save_every`` molecules; a
 stopped run resumes after the last molecule saved, with the same random numbers (each molecule's
@@ -120,11 +123,26 @@ def embed(smiles: str, seed: int, elements: Sequence[str]) -> Tuple[np.ndarray, 
     return z, np.asarray(molecule.GetConformer().GetPositions(), dtype=np.float64)
 
 
+def charge_and_multiplicity(smiles: str) -> Tuple[int, int]:
+    """(total charge in e, spin multiplicity 2S+1) of a SMILES: the sum of its formal charges, and one
+    unpaired electron per radical electron (high spin); (0, 1) for an unparsable SMILES."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import Descriptors
+
+    RDLogger.DisableLog("rdApp.*")
+    molecule = Chem.MolFromSmiles(smiles)
+    if molecule is None:
+        return 0, 1
+    return int(Chem.GetFormalCharge(molecule)), int(Descriptors.NumRadicalElectrons(molecule)) + 1
+
+
 Frame = Tuple[int, np.ndarray, float, np.ndarray, np.ndarray]  # kind, z, energy, pos, forces
 
 
-def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng: np.random.Generator) -> List[Frame]:
-    """The relaxed (kind 0), MD (kind 1) and displaced (kind 2) frames of one molecule."""
+def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng: np.random.Generator,
+                   charge: int = 0, multiplicity: int = 1) -> List[Frame]:
+    """The relaxed (kind 0), MD (kind 1) and displaced (kind 2) frames of one molecule of total
+    ``charge`` (e) and spin ``multiplicity`` (2S+1)."""
     from ase import Atoms, units
     from ase.md import velocitydistribution
     from ase.md.langevin import Langevin
@@ -132,7 +150,7 @@ def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng
     from tblite.ase import TBLite
 
     def calculator() -> Any:
-        return TBLite(method=METHODS[settings.method], verbosity=0)
+        return TBLite(method=METHODS[settings.method], charge=charge, multiplicity=multiplicity, verbosity=0)
 
     def usable(forces: np.ndarray, energy: float) -> bool:
         return bool(np.isfinite(forces).all() and np.isfinite(energy) and np.abs(forces).max() <= settings.max_force)
@@ -184,6 +202,8 @@ def shard_path(out_dir: Path, shard: int) -> Path:
 
 
 def _write_shard(path: Path, frames: List[Tuple[int, Frame]], smiles: List[str], tried: int) -> None:
+    states = np.array([charge_and_multiplicity(s) for s in smiles], np.int16).reshape(-1, 2)
+
     def stacked(field: int, dtype: Any, width: int | None) -> np.ndarray:
         empty = np.zeros((0,) if width is None else (0, width), dtype)
         return np.concatenate([f[1][field] for f in frames]).astype(dtype) if frames else empty
@@ -199,6 +219,8 @@ def _write_shard(path: Path, frames: List[Tuple[int, Frame]], smiles: List[str],
             pos=stacked(3, np.float32, 3),
             forces=stacked(4, np.float32, 3),
             smiles=np.array(smiles, dtype=str),
+            charge=states[:, 0],
+            multiplicity=states[:, 1],
             tried=np.array(tried, np.int64),
         ),
         compressed=True,
@@ -267,7 +289,8 @@ def _make_corpus(smiles: Sequence[str], out: Path, settings: CorpusSettings, pro
         while index < stop:
             rng = np.random.default_rng([settings.seed, index])
             geometry = embed(smiles[index], seed=int(rng.integers(2**31)), elements=settings.elements)
-            new = label_molecule(*geometry, settings, rng) if geometry is not None else []
+            new = (label_molecule(*geometry, settings, rng, *charge_and_multiplicity(smiles[index]))
+                   if geometry is not None else [])
             if new:
                 frames += [(len(kept), frame) for frame in new]
                 kept.append(smiles[index])
@@ -293,4 +316,5 @@ def summarize(out_dir: str | os.PathLike) -> Dict[str, Any]:
             "frames_displaced": kinds[2], "out_dir": str(out_dir)}
 
 
-__all__ = ["CorpusSettings", "embed", "label_molecule", "make_corpus", "read_smiles", "summarize"]
+__all__ = ["CorpusSettings", "charge_and_multiplicity", "embed", "label_molecule", "make_corpus", "read_smiles",
+           "summarize"]

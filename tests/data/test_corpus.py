@@ -69,3 +69,37 @@ def test_corpus_settings_and_inputs_are_checked(tmp_path):
     (tmp_path / "empty.smi").write_text("SMILES\n\n")
     with pytest.raises(ValueError, match="no SMILES"):
         read_smiles(tmp_path / "empty.smi")
+
+
+@pytest.mark.timeout(600)
+def test_charged_and_radical_molecules_are_labelled_in_their_own_state(tmp_path):
+    from ase import Atoms
+
+    from forcefield_et.data.corpus import charge_and_multiplicity
+    from forcefield_et.data.labelling import xtb_single_point
+
+    assert charge_and_multiplicity("CCO") == (0, 1)
+    assert charge_and_multiplicity("C[NH3+]") == (1, 1) and charge_and_multiplicity("CC(=O)[O-]") == (-1, 1)
+    assert charge_and_multiplicity("[NH3+]CC(=O)[O-]") == (0, 1)  # a zwitterion is neutral
+    assert charge_and_multiplicity("[CH3]") == (0, 2)
+    settings = CorpusSettings(md_frames=1, displacements=0, relax_steps=100, md_warmup_fs=2.0, md_interval_fs=2.0)
+    make_corpus(["C[NH3+]", "[CH3]"], tmp_path, settings, progress=False)
+    with np.load(tmp_path / "xtb_shard0.npz") as shard:
+        assert shard["charge"].tolist() == [1, 0] and shard["multiplicity"].tolist() == [1, 2]
+    data = read_xtb_corpus(tmp_path)
+    offsets = np.concatenate([[0], np.cumsum(data.n_atoms)])
+
+    def first_frame(mol_id: int) -> tuple:
+        frame = int(np.flatnonzero(data.mol_id == mol_id)[0])
+        span = slice(offsets[frame], offsets[frame + 1])
+        atoms = Atoms(numbers=data.z[span], positions=data.pos[span])
+        return atoms, float(data.energy[frame])
+
+    for mol_id, charge, multiplicity in ((0, 1, 1), (1, 0, 2)):
+        atoms, labelled = first_frame(mol_id)
+        energy, _ = xtb_single_point(atoms, "gfn2-xtb", charge, multiplicity)
+        assert labelled == pytest.approx(energy, abs=1e-4)  # float32 positions in the shard
+    cation, labelled = first_frame(0)
+    assert len(cation) == 8
+    neutral, _ = xtb_single_point(cation, "gfn2-xtb", 0, None)
+    assert abs(neutral - labelled) > 0.1  # the cation was not labelled as if it were neutral
