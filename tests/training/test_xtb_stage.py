@@ -90,3 +90,15 @@ def test_finetune_with_an_xtb_stage_starts_from_the_stage_and_resumes(tmp_path, 
     # --workers and committees are refused before any work
     assert _finetune(tmp_path / "other", "--xtb-stage", "CCO", "--committee", 2) == 2
     assert "one process" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_overwriting_removes_the_stage_and_nothing_else(tmp_path):
+    from forcefield_et.training.xtb_stage import remove_stage
+
+    check_stage_record(tmp_path, XtbStage("CCO"))
+    (stage_paths(tmp_path)["corpus"]).mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    remove_stage(tmp_path)
+    assert not stage_paths(tmp_path)["root"].exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    remove_stage(tmp_path)  # nothing to remove: no error
+    check_stage_record(tmp_path, XtbStage("CC=O"))  # another molecule is accepted after the removal
