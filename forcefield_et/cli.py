@@ -234,16 +234,29 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if trainer.rank != 0:
         return 0
     print(json.dumps(metrics, indent=2))
+    print(_best_summary(Path(args.out) / "best.pt", args.name), file=sys.stderr)
     if args.test:
         _test_best(config, args.test, Path(args.out))
     return 0
+
+
+def _best_summary(best: Path, source: str) -> str:
+    """One line on a run's best.pt: its step and validation errors on ``source``'s frames."""
+    from .checkpoint import read_checkpoint
+
+    metadata = read_checkpoint(best)["metadata"]
+    validation = metadata.get("validation") or {}
+    errors = [f"{label} {validation[f'{source}/{key}']:.2f} {unit}" for key, label, unit in (
+        ("force_mae_meV_A", "force MAE", "meV/Å"), ("energy_mae_meV", "energy MAE", "meV"),
+        ("stress_mae_meV_A3", "stress MAE", "meV/Å³")) if f"{source}/{key}" in validation]
+    step = (metadata.get("training") or {}).get("step")
+    return f"{best}: the weights of step {step}" + (f", validation {', '.join(errors)}" if errors else "")
 
 
 def _xtb_stage(args: argparse.Namespace) -> str:
     """``finetune --xtb-stage SMILES``: make the molecule's GFN2-xTB corpus and fine-tune ``--model`` on it
     (``--out/xtb_stage/``, :mod:`forcefield_et.training.xtb_stage`), resuming either where a run
     stopped; returns the stage's best.pt, the start of the fine-tuning on ``--train``."""
-    from .checkpoint import read_checkpoint
     from .data.corpus import require_dependencies
     from .training import train
     from .training.xtb_stage import (
@@ -291,11 +304,10 @@ def _xtb_stage(args: argparse.Namespace) -> str:
     vars(stage_args).update(recipe)
     trainer, _ = train(finetune_config(stage_args), progress=not args.no_progress, existing="resume")
     best = paths["run"] / "best.pt"
-    force = read_checkpoint(best)["metadata"].get("validation", {}).get("xtb_stage/force_mae_meV_A")
     print(f"GFN2-xTB stage: {corpus['frames_relaxed'] + corpus['frames_md']} frames, {trainer.step} steps, "
-          f"{trainer.cpu_seconds / 3600:.2f} CPU-h ({trainer.stop_reason or 'max steps'})"
-          + (f", best validation force MAE {force:.1f} meV/A" if force is not None else "")
-          + f"; fine-tuning on {' '.join(map(str, args.train))} from {best}", file=sys.stderr)
+          f"{trainer.cpu_seconds / 3600:.2f} CPU-h ({trainer.stop_reason or 'max steps'}); "
+          f"{_best_summary(best, 'xtb_stage')}; fine-tuning on {' '.join(map(str, args.train))} from it",
+          file=sys.stderr)
     return str(best)
 
 

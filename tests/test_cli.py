@@ -129,9 +129,9 @@ def test_md_compiles_long_runs_by_default(flags, steps, compiled, small_checkpoi
 def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
     out_dir = tmp_path / "ft"
-    code, out, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 32, "--num-layers", 2,
-                             "--train", train, "--format", "rmd17", "--n-train", 40, "--steps", 20,
-                             "--out", out_dir, "--no-progress", "--threads", 1, "--no-compile"], capsys)
+    code, out, err = run_main(["finetune", "--model", "scratch", "--hidden-channels", 32, "--num-layers", 2,
+                               "--train", train, "--format", "rmd17", "--n-train", 40, "--steps", 20,
+                               "--out", out_dir, "--no-progress", "--threads", 1, "--no-compile"], capsys)
     assert code == 0
     best = load_model(out_dir / "best.pt")
     assert best.hyperparameters["hidden_channels"] == 32 and best.hyperparameters["num_layers"] == 2
@@ -141,6 +141,10 @@ def test_finetune_from_scratch_produces_best_checkpoint(tmp_path, capsys):
     assert training["sources"][0]["objective"] == "energy_forces"
     assert training["parent"] is None
     assert "finetune/force_mae_meV_A" in best.metadata["validation"]
+    force = best.metadata["validation"]["finetune/force_mae_meV_A"]
+    energy = best.metadata["validation"]["finetune/energy_mae_meV"]
+    assert (f"{out_dir / 'best.pt'}: the weights of step 20, validation force MAE {force:.2f} meV/Å, "
+            f"energy MAE {energy:.2f} meV") in err  # the one line a user reads last
     assert read_checkpoint(out_dir / "last.pt")["training_state"]["step"] == 20
     assert "valid_loss" in json.loads(out[out.index("{"):])
 
