@@ -282,8 +282,8 @@ def _xtb_stage(args: argparse.Namespace) -> str:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     check_stage_record(out, stage)
 
-    print(f"GFN2-xTB stage: {stage.trajectories} trajectories of {stage.smiles} -> {paths['corpus']}",
-          file=sys.stderr)
+    print(f"GFN2-xTB stage: {stage.trajectories} trajectories of each of {', '.join(stage.smiles)} -> "
+          f"{paths['corpus']}", file=sys.stderr)
     corpus = make_stage_corpus(stage, paths["corpus"], progress=not args.no_progress)
     stage_args = argparse.Namespace(**vars(args))
     recipe = {  # the stage's own recipe; only the start, the architecture and the runtime follow the command
@@ -922,14 +922,15 @@ def build_parser() -> argparse.ArgumentParser:
         "SCALE (default 1) times the sum of the two atoms' covalent radii",
     )
     p.add_argument(
-        "--xtb-stage", metavar="SMILES",
-        help="first fine-tune --model on GFN2-xTB frames of this molecule (relaxations and Langevin MD made from "
-        "the SMILES, in --out/xtb_stage/), then on --train from the stage's best weights; for few reference "
-        "frames of one molecule; needs pip install 'forcefield-et[corpus]'",
+        "--xtb-stage", metavar="SMILES", nargs="+",
+        help="first fine-tune --model on GFN2-xTB frames of these molecules (relaxations and Langevin MD made "
+        "from the SMILES, in --out/xtb_stage/), then on --train from the stage's best weights; for few reference "
+        "frames of known molecules; needs pip install 'forcefield-et[corpus]'",
     )
     p.add_argument(
         "--xtb-stage-trajectories", type=positive_int, default=field_default(XtbStage, "trajectories"), metavar="N",
-        help="with --xtb-stage: relaxations and MD trajectories (each at its own random temperature, 300-800 K)",
+        help="with --xtb-stage: relaxations and MD trajectories per molecule (each at its own random temperature, "
+        "300-800 K)",
     )
     p.add_argument(
         "--xtb-stage-frames", type=positive_int, default=field_default(XtbStage, "md_frames"), metavar="N",

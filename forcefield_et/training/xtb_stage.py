@@ -1,6 +1,6 @@
 """A GFN2-xTB stage before fine-tuning on few reference frames.
 
-``forcefield-et finetune --xtb-stage SMILES`` first labels the molecule's own geometries with
+``forcefield-et finetune --xtb-stage SMILES [SMILES ...]`` first labels the molecules' own geometries with
 GFN2-xTB (:func:`forcefield_et.data.corpus.make_corpus`: each trajectory one relaxation and one
 Langevin run at its own random temperature, no random displacements), fine-tunes the start on those
 frames (energies and forces), and only then fine-tunes on the reference frames. The run directory
@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from ..files import write_text_atomic
 
@@ -27,13 +27,13 @@ STAGE_FILE = "stage.json"
 
 @dataclass(frozen=True)
 class XtbStage:
-    """The molecule (``smiles``) and the size of its GFN2-xTB stage: ``trajectories`` relaxations, each
-    followed by a Langevin trajectory of ``md_frames`` frames 10 fs apart; ``valid_fraction`` of the
-    trajectories validate the stage every ``valid_every`` steps; the learning rate halves after
-    ``plateau_patience`` validations without a new best, and the stage stops after
-    ``early_stop_patience`` or after ``time_budget_s`` CPU seconds."""
+    """The molecules (``smiles``: one SMILES or several) and the size of their GFN2-xTB stage:
+    ``trajectories`` relaxations per molecule, each followed by a Langevin trajectory of ``md_frames``
+    frames 10 fs apart; ``valid_fraction`` of the trajectories validate the stage every
+    ``valid_every`` steps; the learning rate halves after ``plateau_patience`` validations without a
+    new best, and the stage stops after ``early_stop_patience`` or after ``time_budget_s`` CPU seconds."""
 
-    smiles: str
+    smiles: str | Tuple[str, ...]
     trajectories: int = 20
     md_frames: int = 200
     valid_fraction: float = 0.05
@@ -44,8 +44,12 @@ class XtbStage:
     early_stop_patience: int = 10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.smiles, str) or not self.smiles.strip() or len(self.smiles.split()) != 1:
-            raise ValueError(f"the GFN2-xTB stage needs one SMILES string without spaces, got {self.smiles!r}")
+        molecules = (self.smiles,) if isinstance(self.smiles, str) else tuple(self.smiles)
+        if not molecules or any(not isinstance(m, str) or len(m.split()) != 1 for m in molecules):
+            raise ValueError(f"the GFN2-xTB stage needs SMILES strings without spaces, got {self.smiles!r}")
+        if len(set(molecules)) != len(molecules):
+            raise ValueError(f"the GFN2-xTB stage got a SMILES twice: {self.smiles!r}")
+        object.__setattr__(self, "smiles", tuple(m.strip() for m in molecules))
         if int(self.trajectories) < 2:
             raise ValueError(
                 f"the GFN2-xTB stage needs at least 2 trajectories (one validates), got {self.trajectories}"
@@ -61,12 +65,12 @@ class XtbStage:
         at these temperatures), every trajectory in one shard."""
         from ..data.corpus import CorpusSettings
 
-        return CorpusSettings(md_frames=self.md_frames, displacements=0, molecules_per_shard=self.trajectories,
-                              seed=self.seed)
+        return CorpusSettings(md_frames=self.md_frames, displacements=0, seed=self.seed,
+                              molecules_per_shard=self.trajectories * len(self.smiles))
 
     def smiles_list(self) -> List[str]:
-        """One copy of the SMILES per trajectory (each copy gets its own conformer and temperature)."""
-        return [self.smiles.strip()] * int(self.trajectories)
+        """One copy of each SMILES per trajectory (each copy gets its own conformer and temperature)."""
+        return [molecule for molecule in self.smiles for _ in range(int(self.trajectories))]
 
 
 def stage_paths(run_dir: str | Path) -> Dict[str, Path]:
@@ -109,8 +113,8 @@ def make_stage_corpus(stage: XtbStage, out_dir: str | Path, progress: bool = Tru
     if summary["molecules_kept"] < 2:
         raise ValueError(
             f"GFN2-xTB labelled {summary['molecules_kept']} of {summary['molecules_tried']} trajectories of "
-            f"{stage.smiles!r} (RDKit could not embed the SMILES, or every frame exceeded the corpus's force "
-            "limit); check the SMILES"
+            f"{', '.join(stage.smiles)} (RDKit could not embed the SMILES, or every frame exceeded the corpus's "
+            "force limit); check the SMILES"
         )
     return summary
 

@@ -16,8 +16,10 @@ from tests.conftest import shared_path
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"smiles": ""}, "one SMILES"),
-    ({"smiles": "CCO CC"}, "one SMILES"),
+    ({"smiles": ""}, "without spaces"),
+    ({"smiles": "CCO CC"}, "without spaces"),
+    ({"smiles": ()}, "without spaces"),
+    ({"smiles": ("CCO", "CCO")}, "a SMILES twice"),
     ({"trajectories": 1}, "at least 2 trajectories"),
     ({"md_frames": 0}, "at least 1 MD frame"),
     ({"time_budget_s": float("inf")}, "positive and finite"),
@@ -32,6 +34,9 @@ def test_stage_corpus_has_relaxations_and_md_only_in_one_shard():
     assert settings.displacements == 0 and settings.md_frames == 30
     assert settings.molecules_per_shard == 7 and settings.seed == 3
     assert XtbStage("CCO", trajectories=3).smiles_list() == ["CCO"] * 3
+    two = XtbStage(["CCO", "CC=O"], trajectories=2)
+    assert two.smiles == ("CCO", "CC=O") and two.smiles_list() == ["CCO", "CCO", "CC=O", "CC=O"]
+    assert two.corpus_settings().molecules_per_shard == 4  # one shard
 
 
 def test_a_stage_for_another_molecule_is_refused(tmp_path):
@@ -71,8 +76,8 @@ def test_finetune_with_an_xtb_stage_starts_from_the_stage_and_resumes(tmp_path, 
     assert final["training"]["config"]["init_from"] == str(paths["run"] / "best.pt")
     assert final["parent_training"]["config"]["sources"][0]["format"] == "xtb_corpus"
     assert final["training"]["step"] == 3 and "finetune/force_mae_meV_A" in final["validation"]
-    assert "GFN2-xTB stage: 3 trajectories of CCO" in err and "fine-tuning on" in err
-    assert json.loads((paths["record"]).read_text())["smiles"] == "CCO"
+    assert "GFN2-xTB stage: 3 trajectories of each of CCO" in err and "fine-tuning on" in err
+    assert json.loads((paths["record"]).read_text())["smiles"] == ["CCO"]
     assert main(["info", str(out / "best.pt")]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # the line wraps
     assert f"started: from {paths['run'] / 'best.pt'}, itself trained on xtb_stage (" in printed
