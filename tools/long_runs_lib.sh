@@ -65,7 +65,8 @@ for molecule in sys.argv[2:]:
     other_patient = {start: any(c and Variant.of(c).patience != PLATEAU_PATIENCE
                                 for other, c in chosen.items() if other != start) for start in chosen}
     for start, cell in chosen.items():
-        if not cell or Variant.of(cell).patience != PLATEAU_PATIENCE or Variant.of(cell).schedule != 'plateau':
+        if (not cell or Variant.of(cell).patience != PLATEAU_PATIENCE or Variant.of(cell).schedule != 'plateau'
+                or Variant.of(cell).budget_hours):  # a cell with a longer budget is past this step
             continue
         stopped_early = (cell['stop_reason'].startswith('no better')
                          and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[size])
