@@ -13,14 +13,30 @@ from forcefield_et.cli import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
-SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell|console|text)?\n(.*?)```", flags=re.S)
+SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console", "text"}
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The bodies of the fenced code blocks of a Markdown page whose language is a shell's (or none)."""
+    blocks, language, body = [], None, []
+    for line in text.splitlines():
+        fence = re.match(r"^\s*```(\w*)\s*$", line)
+        if fence and language is None:
+            language, body = fence.group(1), []
+        elif fence:
+            if language in SHELL_LANGUAGES:
+                blocks.append("\n".join(body) + "\n")
+            language = None
+        elif language is not None:
+            body.append(line)
+    return blocks
 
 
 def documented_commands() -> list[tuple[str, str]]:
     """(page, command) for each forcefield-et command line of the pages' shell blocks."""
     commands = []
     for page in PAGES:
-        for block in SHELL_BLOCK.findall(page.read_text()):
+        for block in shell_blocks(page.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
                 if line.startswith("forcefield-et ") and not re.match(r"forcefield-et [\w-]+:", line):  # not output
@@ -29,6 +45,11 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 COMMANDS = documented_commands()
+
+
+def test_shell_blocks_pairs_fences_of_every_language():
+    page = "```python\nx = 1\n```\ntext\n```bash\nforcefield-et info\n```\n```\nforcefield-et md a.xyz\n```\n"
+    assert shell_blocks(page) == ["forcefield-et info\n", "forcefield-et md a.xyz\n"]
 
 
 def test_the_docs_show_commands_of_every_kind():
