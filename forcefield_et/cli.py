@@ -668,7 +668,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         parent = meta.get("parent_training") or {}
         seen = ", ".join(f"{source['name']} ({source['frames']} frames)" for source in parent.get("sources", []))
         print(textwrap.fill(f"started:    from {start}" + (f", itself trained on {seen}" if seen else ""),
-                            width=110, subsequent_indent=" " * 12))
+                            width=110, subsequent_indent=" " * 12, break_long_words=False, break_on_hyphens=False))
     for key, value in sorted((meta.get("validation") or {}).items()):
         # test-split errors logged beside the validation (learning curves) never select the weights
         label = "monitored:" if "/test_" in key else "valid:    "
