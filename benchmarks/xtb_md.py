@@ -23,13 +23,14 @@ def xtb_frames(z: np.ndarray, start: np.ndarray, n_frames: int, temperature_K: f
     one frame every ``interval_ps``."""
     from ase import Atoms, units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from tblite.ase import TBLite
+
+    from forcefield_et.md import maxwell_boltzmann
 
     rng = np.random.default_rng(seed)
     atoms = Atoms(numbers=z, positions=start)
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    maxwell_boltzmann(atoms, temperature_K, rng)
     # fixcm stays at ASE's default (True, deprecated since ASE 3.28): the held-out frames behind the
     # published xtb_md figures were made with it, and frames made with fixcm=False would differ
     dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,

@@ -111,17 +111,24 @@ def make_dynamics(
     raise ValueError(f"thermostat must be one of {THERMOSTATS}, got {thermostat!r}")
 
 
+def maxwell_boltzmann(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Set ``atoms``' momenta to a Maxwell-Boltzmann draw at ``temperature_K`` (K) from ``rng``
+    (ASE's ``thermalize_momenta``, or its older name before ASE 3.29; the same numbers)."""
+    from ase.md import velocitydistribution as vd
+
+    thermalize = getattr(vd, "thermalize_momenta", None)
+    if thermalize is not None:
+        thermalize(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+
+
 def initial_velocities(atoms: Atoms, temperature_K: float, seed: int, remove_rotation: bool | None = None) -> None:
     """Maxwell-Boltzmann momenta at ``temperature_K`` (K), then zero total momentum and, for a
     non-periodic structure (or when ``remove_rotation``), zero angular momentum."""
     from ase.md import velocitydistribution as vd
 
-    rng = np.random.default_rng(seed)
-    thermalize = getattr(vd, "thermalize_momenta", None)  # ASE >= 3.29 deprecates the older name
-    if thermalize is not None:
-        thermalize(atoms, temperature_K, rng=rng)
-    else:
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    maxwell_boltzmann(atoms, temperature_K, np.random.default_rng(seed))
     vd.Stationary(atoms)
     if remove_rotation if remove_rotation is not None else not atoms.pbc.any():
         vd.ZeroRotation(atoms)

@@ -144,10 +144,11 @@ def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng
     """The relaxed (kind 0), MD (kind 1) and displaced (kind 2) frames of one molecule of total
     ``charge`` (e) and spin ``multiplicity`` (2S+1)."""
     from ase import Atoms, units
-    from ase.md import velocitydistribution
     from ase.md.langevin import Langevin
     from ase.optimize import BFGS
     from tblite.ase import TBLite
+
+    from ..md import maxwell_boltzmann
 
     def calculator() -> Any:
         return TBLite(method=METHODS[settings.method], charge=charge, multiplicity=multiplicity, verbosity=0)
@@ -168,10 +169,7 @@ def label_molecule(z: np.ndarray, pos: np.ndarray, settings: CorpusSettings, rng
         frames.append((0, z, energy, relaxed.copy(), forces.copy()))
     if settings.md_frames:
         temperature = rng.uniform(*settings.temperature_range_K)
-        thermalize = getattr(velocitydistribution, "thermalize_momenta", None)  # ASE >= 3.29
-        if thermalize is None:
-            thermalize = velocitydistribution.MaxwellBoltzmannDistribution
-        thermalize(atoms, temperature_K=temperature, rng=rng)
+        maxwell_boltzmann(atoms, temperature, rng)
         dynamics = Langevin(atoms, settings.md_timestep_fs * units.fs, temperature_K=temperature,
                             friction=0.02 / units.fs, fixcm=False, rng=rng)
         try:
