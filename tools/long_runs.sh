@@ -147,12 +147,13 @@ step "peers: NequIP and MACE at the same CPU budget"
 # the after-pretraining core joins once it is done (it trains the models and runs the MD this one is not
 # doing); this one waits for those and summarises all the models together
 .venv/bin/python -m benchmarks.peers --wait >> runs/peers.log 2>&1
+# while the other core starts the 2 CPU-hour cells below
+step "the collapsed salicylic acid run repaired with DFT frames of its collapse (label, fine-tune, 300 ps again)"
+.venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (their errors still fell at 0.5)"
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic
 longer_budget_cells 2 scratch aspirin ethanol   # the pretraining gain at the longer budget
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
-step "the collapsed salicylic acid run repaired with DFT frames of its collapse (label, fine-tune, 300 ps again)"
-.venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1
 step "300 ps MD replicas (seeds 1, 2) of the converged pretrained-start models, aspirin and salicylic acid"
 md_replicas et-pretrained-finetuned
 step "queue done"
