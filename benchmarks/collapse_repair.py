@@ -79,7 +79,7 @@ def train_round(molecule: str, start: Path, frames_file: Path, run_dir: Path, da
     sources[-1]["name"] = "repair"
     optim = {"time_budget_s": 3600 * args.budget_hours, "lr": args.lr}
     if args.quick:
-        optim.update(compile=False, valid_every=4)
+        optim.update(compile=False, valid_every=25)
     trainer, _ = train(recipe_config(run_dir, sources, 1000, str(start), optim), progress=False)
     return trainer
 
