@@ -44,6 +44,7 @@ from .finetune_converged import VALID, recipe_config
 from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT, REPO, RUNS_DIR, rmd17_file
+from .rmd17_errors import rmd17_test_errors
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_repair"
 WORK_DIR = RUNS_DIR / "collapse_repair"
@@ -82,20 +83,6 @@ def train_round(molecule: str, start: Path, frames_file: Path, run_dir: Path, da
         optim.update(compile=False, valid_every=25)
     trainer, _ = train(recipe_config(run_dir, sources, 1000, str(start), optim), progress=False)
     return trainer
-
-
-def test_errors(model_path: Path, molecule: str, data_root: Path, frames: int) -> Dict[str, float]:
-    from forcefield_et import load_model
-    from forcefield_et.data import read_rmd17
-    from forcefield_et.evaluation import error_metrics, predict
-
-    model = load_model(model_path, dtype="float32")
-    test = read_rmd17(rmd17_file(molecule, "test", data_root))
-    test = test.subset(np.arange(min(frames, len(test))))
-    with torch.enable_grad():
-        metrics = error_metrics(test, predict(model, test))
-    return {"frames": len(test), "force_mae_meV_A": metrics["force_mae_meV_A"],
-            "energy_mae_meV": metrics["energy_mae_meV"]}
 
 
 def run_md(molecule: str, name: str, model_path: Path, protocol: Dict[str, Any], out: Path, work: Path,
@@ -149,7 +136,9 @@ def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
             "frames_from_collapse_at_ps": result["stability_ps"], "dft_cpu_s": float(np.nansum(labels[-1]["cpu_s"])),
             "training_steps": trainer.step, "training_cpu_hours": trainer.cpu_seconds / 3600,
             "stop_reason": trainer.stop_reason or "max_steps",
-            "test": test_errors(model_path, molecule, args.data_root, args.test_frames),
+            "test": {key: value for key, value in rmd17_test_errors(model_path, molecule, args.data_root,
+                                                                    args.test_frames).items()
+                     if key in ("frames", "force_mae_meV_A", "energy_mae_meV")},
             "md": {key: md.get(key) for key in ("simulated_ps", "stability_ps", "collapsed", "collapse_reason",
                                                 "collapse_bonds", "hr_mae")},
         })

@@ -38,7 +38,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from forcefield_et.data import ConformationSet, read_rmd17
+from forcefield_et.data import ConformationSet
 from forcefield_et.data.labelling import dft_single_point, file_sha256
 from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.registry import load_model, resolve_model_path
@@ -46,6 +46,7 @@ from forcefield_et.registry import load_model, resolve_model_path
 from .io import savez_atomic, write_json_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT, RUNS_DIR, rmd17_file
+from .rmd17_errors import rmd17_test_set
 from .xtb_md import xtb_frames
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "dft_generalisation"
@@ -122,9 +123,7 @@ def molecule_models(models: Dict[str, str], molecule: str) -> Dict[str, str | No
 def evaluate_molecule(molecule: str, models: Dict[str, str], data_root: Path, n_frames: int, n_check: int,
                       grid_level: int, work: Path, test_frames: int | None) -> Dict[str, Any]:
     labels = labelled_frames(molecule, data_root, n_frames, n_check, grid_level, work)
-    test = read_rmd17(rmd17_file(molecule, "test", data_root))
-    if test_frames is not None:
-        test = test.subset(np.arange(min(test_frames, len(test))))
+    test = rmd17_test_set(molecule, data_root, test_frames)
     result: Dict[str, Any] = {
         "frames": n_frames, "atoms": int(len(labels["z"])),
         "reference_check_force_mae_meV_A": 1000 * float(np.mean(np.abs(labels["check_forces"]

@@ -50,12 +50,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 
 from forcefield_et.cli_validators import open_fraction_arg
-from forcefield_et.data import read_rmd17
-from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.files import DirectoryBusyError
 from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.config import UNLIMITED_STEPS
@@ -65,6 +62,7 @@ from .finetune_study import _pretrained_architecture, start_label
 from .io import finished_runs, write_json_atomic, write_report
 from .machine import machine_info
 from .paths import DATA_ROOT, REPO, rmd17_file
+from .rmd17_errors import rmd17_test_errors
 
 RUNS_DIR = REPO / "runs" / "finetune_converged"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "finetune_converged"
@@ -327,10 +325,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     from forcefield_et import load_model
 
     model = load_model(run_dir / "best.pt", dtype="float32")
-    test = read_rmd17(rmd17_file(molecule, "test", data_root))
-    test = test.subset(np.arange(min(test_frames, len(test))))
-    with torch.enable_grad():
-        metrics = error_metrics(test, predict(model, test))
+    metrics = rmd17_test_errors(model, molecule, data_root, test_frames)
     validation = model.metadata.get("validation", {})
     result = {
         "cell": name, **(extra or {}),
@@ -344,7 +339,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         **({"xtb_stage": {k: v for k, v in stage.items() if k != "checkpoint"},
             "cpu_hours_total": trainer.cpu_seconds / 3600 + stage["cpu_hours"] + stage["corpus_cpu_hours"]}
            if stage else {}),
-        "test_frames": len(test),
+        "test_frames": metrics["frames"],
         "test_force_mae_meV_A": metrics["force_mae_meV_A"], "test_energy_mae_meV": metrics["energy_mae_meV"],
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],
         # the machine that finished the cell; a resumed run's earlier stretches may have run on another,

@@ -24,18 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
-import torch
-
 from forcefield_et.checkpoint import read_checkpoint
-from forcefield_et.data import read_rmd17
-from forcefield_et.evaluation import error_metrics, predict
 from forcefield_et.registry import BUNDLED_DIR, bundled_models
 from forcefield_et.training import config_from_dict, train
 
 from .io import finished_runs as io_finished_runs
 from .io import write_report, write_text_atomic
 from .paths import DATA_ROOT, rmd17_file
+from .rmd17_errors import rmd17_test_errors
 from .rmd17_models import add_training_domain, export_rmd17_model
 
 STUDY_DIR = Path(__file__).resolve().parent / "results" / "finetune_study"
@@ -101,14 +97,7 @@ def run_one(
     trainer, valid_metrics = train(config, progress=False)
     wall = time.perf_counter() - start_time
     best = run_dir / "best.pt"
-    from forcefield_et import load_model
-
-    model = load_model(best, dtype="float32")
-    test = read_rmd17(rmd17_file(molecule, "test", data_root))
-    if test_frames is not None and test_frames < len(test):
-        test = test.subset(np.arange(test_frames))
-    with torch.enable_grad():
-        metrics = error_metrics(test, predict(model, test))
+    metrics = rmd17_test_errors(best, molecule, data_root, test_frames)
     result = {
         "molecule": molecule,
         "n_train": n_used,
@@ -116,7 +105,7 @@ def run_one(
         "start": start_label(start),
         "steps": steps,
         "wall_time_s": wall,
-        "test_frames": len(test),
+        "test_frames": metrics["frames"],
         "test_force_mae_meV_A": metrics["force_mae_meV_A"],
         "test_energy_mae_meV": metrics["energy_mae_meV"],
         "test_force_rmse_meV_A": metrics["force_rmse_meV_A"],

@@ -151,6 +151,7 @@ step "peers: NequIP and MACE at the same CPU budget"
 step "the collapsed salicylic acid run repaired with DFT frames of its collapse (label, fine-tune, 300 ps again)"
 .venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (their errors still fell at 0.5)"
+longer_budget_cells 2 pretrained --xtb naphthalene   # the one GFN2-xTB-stage cell above MACE's 50-frame figure
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic
 longer_budget_cells 2 scratch aspirin ethanol   # the pretraining gain at the longer budget
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null

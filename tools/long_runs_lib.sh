@@ -134,16 +134,18 @@ print(variant.replay, variant.lr, variant.patience)") || continue
     done
 }
 
-# the chosen 50-frame cell (without the molecule's GFN2-xTB stage) of START for each of MOLECULES again with a CPU
-# budget of HOURS: the chosen cells' validation errors were still falling when the recipe's 0.5 CPU-hours at 50
-# frames ran out; validation chooses between the budgets. Usage: longer_budget_cells HOURS START MOLECULE...
+# the chosen 50-frame cell of START for each of MOLECULES again with a CPU budget of HOURS: the chosen cells'
+# validation errors were still falling when the recipe's 0.5 CPU-hours at 50 frames ran out; validation chooses
+# between the budgets. With --xtb, the chosen cell among those after the molecule's own GFN2-xTB stage (its stage
+# is reused), otherwise among those without it. Usage: longer_budget_cells HOURS START [--xtb] MOLECULE...
 longer_budget_cells() {
-    local hours=$1 start=$2 molecule flags
+    local hours=$1 start=$2 xtb=False molecule flags
     shift 2
+    if [ "$1" = --xtb ]; then xtb=True; shift; fi
     for molecule in "$@"; do
         flags=$(.venv/bin/python -c "from dataclasses import replace
 from benchmarks.finetune_converged import RESULTS_DIR, Variant, chosen_cell, finished
-cell = chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50)
+cell = chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50, xtb_stage=$xtb)
 print(' '.join(replace(Variant.of(cell), budget_hours=$hours).flags()) if cell else 'none')") || continue
         [ "$flags" = none ] && continue
         # shellcheck disable=SC2086  # one word per option
