@@ -282,6 +282,27 @@ def md_stability_converged() -> str:
     return stability.table(_json("md_stability_converged/md_stability.json")["runs"])
 
 
+def peers() -> str:
+    """Every model of the head-to-head at equal CPU budget, trained and evaluated (``benchmarks.peers``)."""
+    from . import peers as head_to_head
+
+    return head_to_head.table(_json("peers/peers.json"))
+
+
+def peers_versions() -> str:
+    """The packages each model of ``benchmarks.peers`` was evaluated with, read in its own environment."""
+    summary = _json("peers/peers.json")
+    package = {"et": "forcefield_et " + summary["machine"]["forcefield_et"], "nequip": "nequip", "mace": "mace-torch"}
+    lines = ["| model | environment | torch | model package | e3nn | ASE |", "|---|---|---|---|---|---|"]
+    for name, entry in summary["evaluation"]["models"].items():
+        kind, versions = summary["trained"][name]["kind"], entry["versions"]
+        own = package[kind] if kind == "et" else f"{package[kind]} {versions[package[kind]]}"
+        environment = "the project's" if kind == "et" else f"its own ({kind})"
+        lines.append(f"| {name} | {environment} | {versions['torch']} | {own} "
+                     f"| {versions['e3nn'] if kind != 'et' else '–'} | {versions['ase']} |")
+    return "\n".join(lines) + "\n"
+
+
 def speed_aspirin() -> str:
     """Aspirin energy+forces calls and MD through each model's ASE calculator (``benchmarks.speed``)."""
     result = _json("speed.json")
@@ -798,6 +819,8 @@ TABLES: Dict[str, Callable[[], str]] = {
     "finetune_rebuild": finetune_rebuild,
     "md_stability_summary": md_stability_summary,
     "md_stability_converged_summary": md_stability_converged_summary,
+    "peers": peers,
+    "peers_versions": peers_versions,
     "readme_results": readme_results,
     "model_card_summary": model_card_summary,
     "model_card_data": model_card_data,

@@ -812,6 +812,11 @@ def plot_md(md: Dict[str, Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def stop_text(reason: str) -> str:
+    """Why a training stopped, in the table's words: the budget reads the same for every trainer."""
+    return "CPU budget" if reason == "cpu budget" or reason.startswith("time budget of") else reason
+
+
 def table(summary: Dict[str, Any]) -> str:
     lines = ["| model | training CPU-h | stopped by | test force MAE (meV/Å) | test energy MAE (meV) | ms/call "
              "| MD steps/s | MD: stable ps of simulated | h(r) MAE (×1e-4) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -825,9 +830,9 @@ def table(summary: Dict[str, Any]) -> str:
             md_text = f"{md['stability_ps']:.2f} of {md['simulated_ps']:.2f}"
             md_text += " (collapsed)" if md["collapsed"] else ""
         lines.append(
-            f"| {name} | {entry['cpu_hours']:.2f} | {entry['stop_reason']} "
+            f"| {name} | {entry['cpu_hours']:.2f} | {stop_text(entry['stop_reason'])} "
             f"| {test['force_mae_meV_A']:.2f} | {test['energy_mae_meV']:.2f} " if test else
-            f"| {name} | {entry['cpu_hours']:.2f} | {entry['stop_reason']} | – | – ")
+            f"| {name} | {entry['cpu_hours']:.2f} | {stop_text(entry['stop_reason'])} | – | – ")
         lines[-1] += (f"| {speed['ms_per_call']:.2f} | {speed['md_steps_per_s']:.1f} " if speed else "| – | – ")
         lines[-1] += f"| {md_text} | {md['hr_mae'] * 1e4:.2f} |" if md else f"| {md_text} | – |"
     return "\n".join(lines) + "\n"

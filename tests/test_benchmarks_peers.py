@@ -308,3 +308,21 @@ def test_a_finished_mace_training_needs_only_its_model(tmp_path, monkeypatch):
     (root / "mace.model").unlink()
     with pytest.raises(RuntimeError, match="no checkpoint"):
         peers.train_mace(peers.MACE_SMALL, "python", 7200.0, False, tmp_path, "cpu")
+
+
+def test_the_table_reads_every_trainers_budget_stop_the_same_and_marks_what_is_missing():
+    summary = {
+        "trained": {"et-pretrained": {"cpu_hours": 2.0, "stop_reason": "time budget of 2 CPU-hours used"},
+                    "mace": {"cpu_hours": 2.0, "stop_reason": "cpu budget"},
+                    "nequip-mdsim": {"cpu_hours": 1.2, "stop_reason": "trainer finished (early stopping)"}},
+        "evaluation": {
+            "models": {"et-pretrained": {"test": {"force_mae_meV_A": 13.06, "energy_mae_meV": 4.6}}},
+            "speed": {"models": {"et-pretrained": {"ms_per_call": 8.47, "md_steps_per_s": 119.2}}},
+            "md": {"et-pretrained": {"stability_ps": 12.5, "simulated_ps": 12.5, "collapsed": True, "hr_mae": 1.2e-4}},
+        },
+    }
+    rows = {line.split(" | ")[0][2:]: line for line in peers.table(summary).splitlines()[2:]}
+    assert rows["et-pretrained"] == ("| et-pretrained | 2.00 | CPU budget | 13.06 | 4.60 | 8.47 | 119.2 "
+                                     "| 12.50 of 12.50 (collapsed) | 1.20 |")
+    assert rows["mace"] == "| mace | 2.00 | CPU budget | – | – | – | – | – | – |"
+    assert "| trainer finished (early stopping) |" in rows["nequip-mdsim"]
