@@ -45,7 +45,7 @@ from forcefield_et.inference import Evaluator
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
 from .machine import machine_info
-from .paths import REPO, RUNS_DIR
+from .paths import REPO, RUNS_DIR, repo_relative
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_dft"
 DOCS_IMG = REPO / "docs" / "img"
@@ -306,8 +306,8 @@ def main(argv: List[str] | None = None) -> None:
     for name in names:
         trajectory = (args.md_work / name / "trajectory.npz").resolve()
         if not trajectory.is_file():
-            shown = trajectory.relative_to(REPO) if trajectory.is_relative_to(REPO) else trajectory
-            skipped[name] = f"{shown} not found (benchmarks.md_stability writes it; run the MD again to make it)"
+            skipped[name] = (f"{repo_relative(trajectory)} not found (benchmarks.md_stability writes it; run the MD "
+                             "again to make it)")
             print(f"{name}: skipped, {skipped[name]}", flush=True)
             continue
         checks[name] = check_run(name, runs[name], args.md_work, args.frames, args.grid_level,
@@ -320,9 +320,8 @@ def main(argv: List[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "collapse_dft.json", {
         "benchmark": "collapse_dft", "protocol": __doc__.split("DFT labels are")[0].strip(),
-        "md_results": str(args.md_results.resolve().relative_to(REPO)) if args.md_results.resolve().is_relative_to(REPO)
-        else str(args.md_results), "frames": args.frames, "grid_level": args.grid_level, "quick": args.quick,
-        "runs": checks, "skipped": skipped, "machine": machine_info()})
+        "md_results": repo_relative(args.md_results), "frames": args.frames, "grid_level": args.grid_level,
+        "quick": args.quick, "runs": checks, "skipped": skipped, "machine": machine_info()})
     markdown = table(checks)
     write_text_atomic(args.out / "collapse_dft.md", markdown)
     plot(checks, args.out / "collapse_dft.png")

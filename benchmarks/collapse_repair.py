@@ -43,7 +43,7 @@ from .collapse_dft import MD_RESULTS, MD_WORK, labelled_window, model_file, wind
 from .finetune_converged import VALID, recipe_config
 from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
-from .paths import DATA_ROOT, REPO, RUNS_DIR, rmd17_file
+from .paths import DATA_ROOT, RUNS_DIR, repo_relative, rmd17_file
 from .rmd17_errors import rmd17_test_errors
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_repair"
@@ -148,8 +148,7 @@ def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
         if not md["collapsed"]:
             break
         result, trajectory_dir = md, work / "md" / f"{molecule}__{name}"
-    return {"run": run, "molecule": molecule, "model": str(start.resolve().relative_to(REPO))
-            if start.resolve().is_relative_to(REPO) else str(start), "rounds": rounds}
+    return {"run": run, "molecule": molecule, "model": repo_relative(start), "rounds": rounds}
 
 
 QUICK_PROTOCOL = {"time_ps": 0.05, "save_every": 10}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .io import write_json_atomic, write_text_atomic
+from .paths import repo_relative
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
@@ -118,7 +119,7 @@ def collect(model: str, metrics: Path, card_file: Path) -> Dict[str, Any]:
     run_dir = Path(config.get("run_dir") or metrics.parent)
     return {
         "model": model,
-        "checkpoint": str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path),
+        "checkpoint": repo_relative(path),
         "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "file_size_MB": path.stat().st_size / 1e6,
         "metrics_log": str(metrics),

@@ -21,6 +21,13 @@ def rmd17_file(molecule: str, split: str = "train", data_root: Path = DATA_ROOT)
     return Path(data_root) / "rmd17" / f"rmd17_{molecule}_{split}_01.npz"
 
 
+def repo_relative(path: Path | str) -> str:
+    """``path`` relative to the repository where it lies inside it, as given otherwise: results files
+    name no machine's folders."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def water_dir(data_root: Path = DATA_ROOT) -> Path:
     """The first DeePMD water system (64 molecules, periodic) under ``data_root``."""
     return Path(data_root) / "water" / "data_0"

@@ -84,7 +84,7 @@ import numpy as np
 from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 
 from .io import write_json_atomic, write_text_atomic
-from .paths import DATA_ROOT
+from .paths import DATA_ROOT, repo_relative
 from .prepare import NEQUIP_MDSIM, NEQUIP_TINY, TRAIN_FRAMES, VALID_FRAMES, log, nequip_config, write_extxyz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -755,12 +755,6 @@ def interleaved_speed(workers: Dict[str, WorkerProcess], trained: Dict[str, Dict
 
 
 # ------------------------------------------------------------------------------------ report
-def shown(path: Path) -> str:
-    """``path`` relative to the repository where it lies inside it (results files name no machine's folders)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def _plt():
     import matplotlib
 
@@ -1057,7 +1051,7 @@ def main(argv: List[str] | None = None) -> int:
         "valid_frames": f"rmd17_{MOLECULE}_train_01.npz[{VALID_FRAMES[0]}:{VALID_FRAMES[1]}]",
         "machine": machine_info(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
-        "figures": {figure: shown(out / f"{figure}.png") for figure in ("training_curves", "md_progress")},
+        "figures": {figure: repo_relative(out / f"{figure}.png") for figure in ("training_curves", "md_progress")},
     })
     write_json_atomic(summary_path, summary)
     plot_training(summary["trained"], out / "training_curves.png", args.budget_s)

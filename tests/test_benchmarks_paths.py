@@ -12,3 +12,12 @@ def test_rmd17_files_are_named_by_molecule_and_split(tmp_path):
     assert DATA_ROOT == (REPO.parent / "shared" / "data").resolve()
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         rmd17_file("aspirin", "valid")
+
+
+def test_results_name_paths_inside_the_repository_relative_to_it(tmp_path):
+    from benchmarks.paths import repo_relative
+
+    results = REPO / "benchmarks" / "results" / "peers" / "peers.json"
+    assert repo_relative(results) == "benchmarks/results/peers/peers.json"
+    assert repo_relative(REPO / "runs" / ".." / "docs") == "docs"
+    assert repo_relative(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")
