@@ -5,6 +5,7 @@ the repository."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,10 @@ def xtb_frames(z: np.ndarray, start: np.ndarray, n_frames: int, temperature_K: f
     maxwell_boltzmann(atoms, temperature_K, rng)
     # fixcm stays at ASE's default (True, deprecated since ASE 3.28): the held-out frames behind the
     # published xtb_md figures were made with it, and frames made with fixcm=False would differ
-    dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
-                        rng=rng)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The implementation of `fixcm=True`", FutureWarning)
+        dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
+                            rng=rng)
     dynamics.run(int(round(1000 * equilibration_ps / timestep_fs)))
     frames = []
     for _ in range(n_frames):

@@ -18,6 +18,7 @@ TINY = {"hidden_channels": 16, "num_layers": 2, "num_heads": 2, "num_rbf": 8, "c
 def relative_error(a, b, scale=None):
     """max |a - b| over max |b| (or ``scale``): float32 rounding of sums over hundreds of edges
     stays near 1e-6-1e-5."""
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max()) / (scale or float(b.abs().max()) + 1e-8)
 
 
