@@ -100,6 +100,25 @@ def run_md(molecule: str, name: str, model_path: Path, protocol: Dict[str, Any],
     return json.loads((out / "runs" / f"{molecule}__{name}" / "result.json").read_text())
 
 
+def round_frames(labels_path: Path, trajectory_dir: Path, result: Dict[str, Any],
+                 args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers [N] and the positions [F, N, 3] (Å) one round labels: the frames before the
+    collapse in ``trajectory_dir``'s trajectory, or those of a round labelled in full already (whose
+    trajectory a new machine no longer has)."""
+    trajectory_path = trajectory_dir / "trajectory.npz"
+    if labels_path.is_file() and not trajectory_path.is_file():
+        stored = np.load(labels_path)
+        if np.isfinite(stored["energy"]).all():
+            z = np.load(rmd17_file(result["molecule"], "train", args.data_root))["nuclear_charges"]
+            return z.astype(np.int64), stored["positions"]
+    if not trajectory_path.is_file():
+        raise SystemExit(f"{trajectory_path} not found: benchmarks.md_stability writes it; run "
+                         f"that MD again (--out {args.md_results} --work {args.md_work}) to make it")
+    trajectory = dict(np.load(trajectory_path))
+    frames = window(trajectory, int(result["collapse_frame"]), args.frames)
+    return trajectory["numbers"].astype(np.int64), trajectory["positions"][frames].astype(np.float64)
+
+
 def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
     """Rounds of label, fine-tune, test and MD for the collapsed run ``run`` until one is stable."""
     result = json.loads((args.md_results / "runs" / run / "result.json").read_text())
@@ -118,14 +137,8 @@ def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
     labels: List[Dict[str, np.ndarray]] = []
     rounds: List[Dict[str, Any]] = []
     for index in range(1, args.rounds + 1):
-        if not (trajectory_dir / "trajectory.npz").is_file():
-            raise SystemExit(f"{trajectory_dir / 'trajectory.npz'} not found: benchmarks.md_stability writes it; run "
-                             f"that MD again (--out {args.md_results} --work {args.md_work}) to make it")
-        trajectory = dict(np.load(trajectory_dir / "trajectory.npz"))
-        z = trajectory["numbers"].astype(np.int64)
-        frames = window(trajectory, int(result["collapse_frame"]), args.frames)
-        labels.append(labelled_window(f"round{index}", z, trajectory["positions"][frames].astype(np.float64),
-                                      args.grid_level, work / "labels"))
+        z, positions = round_frames(work / "labels" / f"round{index}.npz", trajectory_dir, result, args)
+        labels.append(labelled_window(f"round{index}", z, positions, args.grid_level, work / "labels"))
         frames_file = repair_frames_file(labels, z, work / "repair_frames.extxyz")
         trainer = train_round(molecule, start, frames_file, work / f"round{index}", args.data_root, args)
         model_path = work / f"round{index}" / "best.pt"

@@ -50,3 +50,8 @@ def test_quick_round_labels_trains_tests_and_runs_md_again(tmp_path, tiny_model,
     again = json.loads((out / "collapse_repair.json").read_text())["repairs"]["ethanol__tiny"]["rounds"][0]
     assert again["training_steps"] == first["training_steps"] and again["md"] == first["md"]
     assert "DFT frame 1/" not in capsys.readouterr().out  # nothing labelled again
+    # a new machine has the labels and the run state, not the collapsed trajectory: the round still resumes
+    (md_work / "ethanol__tiny" / "trajectory.npz").unlink()
+    collapse_repair.main(argv)
+    moved = json.loads((out / "collapse_repair.json").read_text())["repairs"]["ethanol__tiny"]["rounds"][0]
+    assert moved["repair_frames"] == 2 and moved["md"] == first["md"]

@@ -59,7 +59,7 @@ xtb_stage_cells pretrained aspirin ethanol naphthalene salicylic
 # the same from scratch (the stage trains the scratch ET first): what the general pretraining adds to it
 xtb_stage_cells scratch aspirin ethanol
 step "peers, with the queue: each core trains the models and runs the MD the other is not (the queue summarises)"
-.venv/bin/python -m benchmarks.peers >> runs/peers.log 2>&1
+peers_finished || .venv/bin/python -m benchmarks.peers >> runs/peers.log 2>&1
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (with the queue)"
 longer_budget_cells 2 pretrained --xtb naphthalene   # the one GFN2-xTB-stage cell above MACE's 50-frame figure
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic

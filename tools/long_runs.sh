@@ -137,16 +137,18 @@ xtb_stage_cells pretrained aspirin ethanol naphthalene salicylic
 # the same from scratch (the stage trains the scratch ET first): what the general pretraining adds to it
 xtb_stage_cells scratch aspirin ethanol
 step "peers: NequIP and MACE at the same CPU budget"
-# their own environments (docs/benchmarks.md, "Environments"), made here on a machine without them
-[ -x /work/peer-venvs/nequip/bin/python ] || { python3 -m venv /work/peer-venvs/nequip &&
-    /work/peer-venvs/nequip/bin/pip install -q torch==2.13.0 "nequip==0.19.*" >> runs/peers.log 2>&1; }
-[ -x /work/peer-venvs/mace/bin/python ] || { python3 -m venv /work/peer-venvs/mace &&
-    /work/peer-venvs/mace/bin/pip install -q torch==2.13.0 mace-torch >> runs/peers.log 2>&1; }
-# all five models: the ET cells are the finished finetune_converged aspirin cells, reused; the speed rounds
-# and the evaluation take every model together
-# the after-pretraining core joins once it is done (it trains the models and runs the MD this one is not
-# doing); this one waits for those and summarises all the models together
-.venv/bin/python -m benchmarks.peers --wait >> runs/peers.log 2>&1
+if ! peers_finished; then
+    # their own environments (docs/benchmarks.md, "Environments"), made here on a machine without them
+    [ -x /work/peer-venvs/nequip/bin/python ] || { python3 -m venv /work/peer-venvs/nequip &&
+        /work/peer-venvs/nequip/bin/pip install -q torch==2.13.0 "nequip==0.19.*" >> runs/peers.log 2>&1; }
+    [ -x /work/peer-venvs/mace/bin/python ] || { python3 -m venv /work/peer-venvs/mace &&
+        /work/peer-venvs/mace/bin/pip install -q torch==2.13.0 mace-torch >> runs/peers.log 2>&1; }
+    # all five models: the ET cells are the finished finetune_converged aspirin cells, reused; the speed rounds
+    # and the evaluation take every model together
+    # the after-pretraining core joins once it is done (it trains the models and runs the MD this one is not
+    # doing); this one waits for those and summarises all the models together
+    .venv/bin/python -m benchmarks.peers --wait >> runs/peers.log 2>&1
+fi
 # while the other core starts the 2 CPU-hour cells below
 step "the collapsed salicylic acid run repaired with DFT frames of its collapse (label, fine-tune, 300 ps again)"
 .venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1

@@ -165,3 +165,12 @@ md_replicas() {
             --work "runs/md_stability_replicas/seed$seed" >> runs/md_replicas.log 2>&1
     done
 }
+
+# whether benchmarks.peers has finished: its committed summary holds the test errors and MD runs of all
+# five models (a new machine then needs neither the peer environments nor the run)
+peers_finished() {
+    .venv/bin/python -c "import json, sys
+from benchmarks.peers import ALL_MODELS
+evaluation = json.load(open('benchmarks/results/peers/peers.json')).get('evaluation', {})
+sys.exit(0 if all(set(ALL_MODELS) <= set(evaluation.get(part, {})) for part in ('models', 'md')) else 1)" 2>/dev/null
+}
