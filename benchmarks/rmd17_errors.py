@@ -18,12 +18,16 @@ from forcefield_et.model import Potential
 from .paths import DATA_ROOT, rmd17_file
 
 
-def rmd17_test_set(molecule: str, data_root: Path = DATA_ROOT, frames: int | None = None) -> ConformationSet:
-    """The first ``frames`` frames (all 1000 with None) of ``molecule``'s rMD17 test_01 split."""
+def rmd17_test_set(molecule: str, data_root: Path = DATA_ROOT, frames: int | None = None,
+                   stride: int = 1) -> ConformationSet:
+    """The first ``frames`` frames (all 1000 with None) of ``molecule``'s rMD17 test_01 split, every
+    ``stride``-th of them."""
+    if stride < 1:
+        raise ValueError(f"the test-frame stride must be at least 1, got {stride}")
     test = read_rmd17(rmd17_file(molecule, "test", data_root))
     if frames is not None and frames < len(test):
         test = test.subset(np.arange(frames))
-    return test
+    return test.subset(np.arange(0, len(test), stride)) if stride > 1 else test
 
 
 def rmd17_test_errors(model: Potential | str | Path, molecule: str, data_root: Path = DATA_ROOT,

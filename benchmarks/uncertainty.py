@@ -57,6 +57,7 @@ from forcefield_et.training.committee import train_committee, train_head_committ
 from .io import write_json_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT, rmd17_file
+from .rmd17_errors import rmd17_test_set
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
@@ -215,8 +216,7 @@ def evaluate(committee_dir: Path, data_root: Path, test_stride: int, out: Path,
     committee = load_committee(committee_dir, dtype="float32")
     train_file = rmd17_file(molecule, "train", data_root)
     valid = read_rmd17(train_file).subset(np.arange(SPLIT_FRAMES - VALID_FRAMES, SPLIT_FRAMES)[:max_other_frames])
-    test = read_rmd17(rmd17_file(molecule, "test", data_root))
-    test = test.subset(np.arange(0, len(test), test_stride))
+    test = rmd17_test_set(molecule, data_root, stride=test_stride)
     start, start_cpu = time.perf_counter(), time.process_time()
     pred_valid, pred_test = predict_committee(committee, valid), predict_committee(committee, test)
     in_distribution_cpu = time.process_time() - start_cpu
@@ -424,7 +424,7 @@ def time_inference(out: Path, data_root: Path, frames: int = 20, molecule: str =
     from forcefield_et.model import Committee
     from forcefield_et.registry import load_model
 
-    test = read_rmd17(rmd17_file(molecule, "test", data_root)).subset(np.arange(frames))
+    test = rmd17_test_set(molecule, data_root, frames)
     try:
         checkpoints = load_committee(out / "runs", dtype="float32")
         timed_with = "the member checkpoints"

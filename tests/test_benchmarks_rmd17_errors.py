@@ -37,3 +37,13 @@ def test_errors_are_the_mean_absolute_errors_in_meV(tmp_path):
     assert errors["energy_mae_meV"] == pytest.approx(energy_mae, rel=1e-5)
     assert rmd17_test_errors(model, "ethanol", data_root, frames=3)["force_mae_meV_A"] == pytest.approx(
         errors["force_mae_meV_A"], rel=1e-6)
+
+
+def test_test_set_stride_takes_every_kth_frame_of_the_first():
+    data_root = shared_path("rmd17").parent
+    every = rmd17_test_set("ethanol", data_root, frames=20)
+    strided = rmd17_test_set("ethanol", data_root, frames=20, stride=5)
+    assert len(strided) == 4
+    assert np.array_equal(strided.pos.reshape(4, -1, 3), every.pos.reshape(20, -1, 3)[::5])
+    with pytest.raises(ValueError, match="stride"):
+        rmd17_test_set("ethanol", data_root, stride=0)
