@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import List, Union
 
+import torch
+
+from . import __version__
 from .cli_validators import (
     batch_size_arg,
     bond_change_arg,
@@ -723,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -367,8 +367,8 @@ def run_md(
         etot = np.array([r["etot_eV"] for r in rows])
         summary = {
             "steps": done,
-            "steps_per_s": done / md_wall_s if md_wall_s > 0 else float("nan"),
-            "ns_per_day": done * timestep_fs * 1e-6 / md_wall_s * 86400 if md_wall_s > 0 else float("nan"),
+            "steps_per_s": done / md_wall_s if md_wall_s > 0 else None,  # None: no step was timed
+            "ns_per_day": done * timestep_fs * 1e-6 / md_wall_s * 86400 if md_wall_s > 0 else None,
             "mean_temperature_K": float(np.mean([r["temperature_K"] for r in rows[len(rows) // 2 :]])),
             "bonds_checked": int(len(watch.bonds)),
             "max_bond_change_A": float(max(r["max_bond_change_A"] for r in rows)),

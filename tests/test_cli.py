@@ -411,3 +411,12 @@ def test_info_shows_the_training_domain(capsys):
     assert "started:    from pretrained, itself trained on xtb_md (" in out  # the start and what it saw
     code, out, _ = run_main(["info"], capsys)
     assert "trained on C9H8O4" in out
+
+
+def test_version_names_the_package_and_torch(capsys):
+    from forcefield_et import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"forcefield-et {__version__} (torch {torch.__version__})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -136,3 +137,10 @@ def test_run_md_reports_the_largest_bond_change_of_a_quiet_run(aspirin, tmp_path
                      max_bond_change=0.5)
     assert summary["bonds_checked"] == 21 and "stopped" not in summary
     assert 0.0 < summary["max_bond_change_A"] < 0.2
+
+
+def test_run_md_without_steps_relaxes_and_writes_strict_json(aspirin, tmp_path):
+    summary = run_md(aspirin, tmp_path / "md", steps=0, interval=5, progress=False, relax_fmax=0.1)
+    assert summary["steps"] == 0 and summary["relaxation"]["converged"]
+    assert summary["steps_per_s"] is None and summary["ns_per_day"] is None  # nothing timed: no NaN in JSON
+    json.loads(json.dumps(summary, allow_nan=False))
