@@ -52,7 +52,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from forcefield_et.cli_validators import open_fraction_arg
+from forcefield_et.cli.validators import open_fraction_arg
 from forcefield_et.files import DirectoryBusyError
 from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.config import UNLIMITED_STEPS

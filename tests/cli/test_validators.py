@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from forcefield_et import cli_validators as v
+from forcefield_et.cli import validators as v
 
 
 @pytest.mark.parametrize(("parse", "text", "value"), [

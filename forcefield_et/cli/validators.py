@@ -215,8 +215,8 @@ def _problem_of_model(text: str) -> str | None:
     checkpoints separated by commas (a committee); ``scratch`` for finetune."""
     if str(text) == "scratch":
         return None
-    from .checkpoint import CheckpointError
-    from .registry import committee_members, resolve_model_path
+    from ..checkpoint import CheckpointError
+    from ..registry import committee_members, resolve_model_path
 
     for item in str(text).split(",") if "," in str(text) else [str(text)]:
         try:
@@ -270,7 +270,7 @@ multiplicity_arg = bounded_int(1, 100)  # spin multiplicity 2S+1
 
 def label_method_arg(text: str) -> str:
     """argparse type of ``label --method``: gfn2-xtb, gfn1-xtb or dft:<functional>/<basis>."""
-    from .data.labelling import method_name
+    from ..data.labelling import method_name
 
     value = str(text).strip().lower()
     try:

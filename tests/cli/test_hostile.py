@@ -165,7 +165,7 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "a_folder").mkdir()
     calls: list = []
     for command in BASE_ARGV:
-        monkeypatch.setattr(cli, f"_cmd_{command}", lambda args: calls.append(args) or 0)
+        monkeypatch.setattr(cli.COMMANDS[command], f"{command}_command", lambda args: calls.append(args) or 0)
     return tmp_path, calls
 
 
@@ -341,6 +341,6 @@ def test_runtime_failures_of_a_command_are_one_line_errors(workspace, capsys, mo
     def failing(args):
         raise error
 
-    monkeypatch.setattr(cli, "_cmd_md", failing)
+    monkeypatch.setattr(cli.COMMANDS["md"], "md_command", failing)
     code, err, _ = run(["md"], capsys)
     assert code == 2 and err.strip().splitlines() == [f"forcefield-et md: error: {error}"]
