@@ -58,7 +58,7 @@ from forcefield_et.training import config_from_dict, train, with_replay
 from forcefield_et.training.config import UNLIMITED_STEPS
 from forcefield_et.training.curves import read_validation_rows
 
-from .finetune_study import _pretrained_architecture, start_label
+from .finetune_study import pretrained_architecture, start_label
 from .io import finished_runs, write_json_atomic, write_report
 from .machine import machine_info
 from .paths import DATA_ROOT, REPO, rmd17_file
@@ -213,7 +213,7 @@ def recipe_config(run_dir: Path, sources: List[Dict[str, Any]], n_train: int, st
         "optim": {**recipe(n_train), **variant.optim(), **(optim or {})},
     }
     if start == "scratch":
-        values["model"] = dict(model) if model else _pretrained_architecture()
+        values["model"] = dict(model) if model else pretrained_architecture()
     else:
         values["init_from"] = start
     if variant.zbl:

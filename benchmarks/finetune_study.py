@@ -175,13 +175,13 @@ def study_config(
         },
     }
     if start == "scratch":
-        values["model"] = _pretrained_architecture()
+        values["model"] = pretrained_architecture()
     else:
         values["init_from"] = start
     return config_from_dict(values)
 
 
-def _pretrained_architecture() -> Dict[str, Any]:
+def pretrained_architecture() -> Dict[str, Any]:
     """The bundled pretrained model's hyperparameters, so that scratch runs match it."""
     models = bundled_models()
     if "pretrained" not in models:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -36,9 +37,11 @@ import torch
 from forcefield_et import load_model
 from forcefield_et.data import ConformationSet, read_qm9
 from forcefield_et.evaluation import error_metrics, predict
+from forcefield_et.files import file_sha256
+from forcefield_et.registry import resolve_model_path
 from forcefield_et.training import train
 
-from .finetune_study import study_config
+from .finetune_study import pretrained_architecture, study_config
 from .io import write_json_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT
@@ -78,12 +81,44 @@ def _write_extxyz(data: ConformationSet, indices: np.ndarray, path: Path) -> Non
     write(str(path), [data.to_ase(int(i)) for i in indices], format="extxyz")
 
 
+def start_model(start: str) -> str:
+    """What a run of ``start`` starts from: the SHA-256 of the bundled pretrained checkpoint, or for
+    'scratch' the architecture it copies (a result of another start model is not reused)."""
+    if start == "scratch":
+        return "scratch: " + json.dumps(pretrained_architecture(), sort_keys=True)
+    return f"{start}: sha256 {file_sha256(resolve_model_path(start))}"
+
+
+def recorded_start_model(result: Dict[str, Any], run_dir: Path) -> str | None:
+    """The start model of a finished run: recorded in its result, or, for a scratch run from before
+    the record, the architecture of its configuration; None when unknown."""
+    if "start_model" in result:
+        return result["start_model"]
+    config_path = run_dir / "config.yaml"
+    if result["start"] == "scratch" and config_path.is_file():
+        import yaml
+
+        architecture = yaml.safe_load(config_path.read_text()).get("model") or {}
+        keys = pretrained_architecture().keys()
+        return "scratch: " + json.dumps({key: architecture.get(key) for key in keys}, sort_keys=True)
+    return None
+
+
 def run_fold(data: ConformationSet, fold: int, start: str, steps: int, batch_size: int, out: Path,
              threads: int = 1) -> Dict[str, Any]:
+    """Train (or read back) one fold's run of ``start`` and its test U0 errors; a finished run of
+    another start model (a newer bundled ``pretrained``) is trained again."""
     run_dir = out / "runs" / f"fold{fold}-{start}"
     result_path = run_dir / "result.json"
+    start_from = start_model(start)
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if recorded_start_model(result, run_dir) == start_from:
+            return result
+        print(f"fold {fold}, {start}: the finished run started from another model "
+              f"({recorded_start_model(result, run_dir) or 'not recorded'}); training it again from {start_from}",
+              flush=True)
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = fold_indices(len(data), N_FOLDS, fold)
     for name in ("train", "valid"):
@@ -101,6 +136,7 @@ def run_fold(data: ConformationSet, fold: int, start: str, steps: int, batch_siz
         metrics = error_metrics(test, predict(model, test))
     result = {
         "fold": fold, "start": start, "steps": steps, "batch_size": batch_size, "wall_time_s": wall,
+        "start_model": start_from,
         "n_train": len(split["train"]), "n_valid": len(split["valid"]), "n_test": len(test_indices),
         "test_excluded": excluded,
         "test_u0_mae_meV": metrics["energy_mae_meV"], "test_u0_mae_meV_per_atom": metrics["energy_mae_meV_per_atom"],

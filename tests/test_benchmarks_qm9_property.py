@@ -46,3 +46,22 @@ def test_a_test_molecule_with_an_element_missing_from_training_is_excluded_and_l
         trained = {int(z) for i in split["train"] for z in data.to_ase(int(i)).numbers}
         assert all(set(data.to_ase(int(i)).numbers.tolist()) <= trained for i in keep)
         assert [e["formula"] for e in excluded] == (["CF4"] if fold == 4 else [])
+
+
+def test_a_finished_run_of_another_start_model_is_trained_again(tmp_path, capsys):
+    from benchmarks.qm9_property import start_model
+
+    data = shared_path("qm9", "qm9_500_U0_eV.db")
+    argv = ["--quick", "--data", str(data), "--out", str(tmp_path), "--starts", "pretrained"]
+    first = main(argv)["runs"][0]
+    assert first["start_model"] == start_model("pretrained") and "sha256" in first["start_model"]
+    capsys.readouterr()
+    assert main(argv)["runs"][0] == first  # the same start model: read back
+    assert "training it again" not in capsys.readouterr().out
+    result_path = tmp_path / "runs" / "fold0-pretrained" / "result.json"
+    stale = {**first, "start_model": "pretrained: sha256 0000"}  # as from an earlier bundled pretrained
+    result_path.write_text(json.dumps(stale))
+    again = main(argv)["runs"][0]
+    assert "training it again" in capsys.readouterr().out
+    assert again["start_model"] == first["start_model"]
+    assert json.loads(result_path.read_text())["start_model"] == first["start_model"]
