@@ -51,6 +51,8 @@ from .validators import (
 )
 
 DEFAULT_FINETUNE_STEPS = FINETUNE_OPTIM.max_steps
+# finetune --select-by: the validation metric (optim.select_by) of each choice
+SELECT_BY = {"loss": "valid_loss", "force-mae": "valid_force_mae_meV_A"}
 
 
 def launch_workers(args: argparse.Namespace) -> int | None:
@@ -178,6 +180,7 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
             "plateau_factor": args.plateau_factor,
             "plateau_patience": args.plateau_patience,
             "early_stop_patience": args.early_stop_patience,
+            "select_by": SELECT_BY[args.select_by],
             "time_budget_s": args.time_budget,
             "ema_decay": args.ema_decay,
             "threads": args.threads,
@@ -272,6 +275,7 @@ def _xtb_stage(args: argparse.Namespace) -> str:
         "drop_invalid_frames": False, "drop_outliers": None,
         "steps": None, "schedule": None, "time_budget": stage.time_budget_s,
         "early_stop_patience": stage.early_stop_patience, "plateau_patience": stage.plateau_patience,
+        "select_by": "loss",
         "valid_every": stage.valid_every, "batch_size": FINETUNE_OPTIM.batch_size, "lr": FINETUNE_OPTIM.lr,
         "min_lr": FINETUNE_OPTIM.min_lr, "encoder_lr_scale": FINETUNE_OPTIM.encoder_lr_scale,
         "warmup_steps": FINETUNE_OPTIM.warmup_steps, "ema_decay": FINETUNE_OPTIM.ema_decay,
@@ -480,6 +484,12 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
         "--plateau-patience", type=nonnegative_int, default=optim.plateau_patience,
         help="with --schedule plateau: validations without improvement "
         "before the learning rate drops"
+    )
+    p.add_argument(
+        "--select-by", choices=sorted(SELECT_BY), default="loss",
+        help="validation metric that selects best.pt and that --schedule plateau and --early-stop-patience "
+        "follow: loss (the energy and force objective) or force-mae (the force MAE of the validation frames, "
+        "steadier than the squared errors of the loss when there are few of them)",
     )
     p.add_argument(
         "--early-stop-patience", type=nonnegative_int, default=optim.early_stop_patience,

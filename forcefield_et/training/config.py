@@ -55,7 +55,7 @@ class SourceConfig:
     test_frames: str | None = None  # slice of the test file's frames
 
 
-SELECTION_METRICS = ("valid_loss", "valid_loss_without_denoise")
+SELECTION_METRICS = ("valid_loss", "valid_loss_without_denoise", "valid_force_mae_meV_A")
 
 
 @dataclass
@@ -85,8 +85,10 @@ class OptimConfig:
     # under torchrun on GPUs, auto and cuda mean cuda:LOCAL_RANK. May change when a run is resumed.
     device: str = "auto"
     # validation metric that selects best.pt (and drives the plateau schedule):
-    # "valid_loss" (the whole objective) or "valid_loss_without_denoise" (the denoising term
-    # left out: it rewards the harmonic target, not the reference forces)
+    # "valid_loss" (the whole objective), "valid_loss_without_denoise" (the denoising term
+    # left out: it rewards the harmonic target, not the reference forces) or "valid_force_mae_meV_A"
+    # (the force MAE of every source's validation frames together: with few validation frames it is
+    # less noisy than the squared errors of the loss)
     select_by: str = "valid_loss"
     # steps at which the EMA weights are also kept as snapshots/step_<N>.pt (inference checkpoints),
     # e.g. to fine-tune from several amounts of pretraining of one run

@@ -741,11 +741,13 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         """EMA-weight validation: per-source force MAE/RMSE (meV/Å), energy MAE (meV),
         equilibrium |F| (meV/Å), and ``valid_loss`` (the training objective on the
-        validation frames, with fixed denoising noise) and ``valid_loss_without_denoise``;
+        validation frames, with fixed denoising noise), ``valid_loss_without_denoise`` and
+        ``valid_force_mae_meV_A`` (the force MAE of all sources' validation frames together);
         ``optim.select_by`` names the one that selects ``best.pt``."""
         model = self.ema_model
         metrics: Dict[str, float] = {}
         total_loss, total_without_denoise = 0.0, 0.0
+        all_abs_err, all_comp = 0.0, 0
         for s, (source, tensors) in enumerate(zip(self.sources, self.valid_tensors)):
             if tensors is None:
                 continue
@@ -789,6 +791,7 @@ class Trainer:
             total_without_denoise += (loss_sum - denoise_sum) / tensors.n_frames
             if n_comp:
                 metrics[f"{name}/force_mae_meV_A"] = 1000 * abs_err / n_comp
+                all_abs_err, all_comp = all_abs_err + abs_err, all_comp + n_comp
                 metrics[f"{name}/force_rmse_meV_A"] = 1000 * math.sqrt(sq_err / n_comp)
             if n_frames:
                 metrics[f"{name}/energy_mae_meV"] = 1000 * e_err / n_frames
@@ -803,6 +806,8 @@ class Trainer:
                 )
         metrics["valid_loss"] = total_loss
         metrics["valid_loss_without_denoise"] = total_without_denoise
+        if all_comp:  # every validated force component of every source
+            metrics["valid_force_mae_meV_A"] = 1000 * all_abs_err / all_comp
         return metrics
 
     def _errors(self, tensors: TensorConformations, objective: str) -> Dict[str, float]:
@@ -962,6 +967,9 @@ class Trainer:
 
     def _after_validation(self, metrics: Dict[str, float]) -> None:
         optim = self.config.optim
+        if optim.select_by not in metrics:
+            raise ValueError(f"optim.select_by is {optim.select_by}, but no validation frame has reference forces: "
+                             "select by valid_loss")
         value = metrics[optim.select_by]
         if not math.isfinite(value):  # the data is screened (screening.py): the weights have diverged
             raise FloatingPointError(

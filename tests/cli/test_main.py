@@ -420,3 +420,25 @@ def test_version_names_the_package_and_torch(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"forcefield-et {__version__} (torch {torch.__version__})"
+
+
+def test_finetune_selecting_by_validation_force_mae_keeps_its_lowest_step(tmp_path, capsys):
+    import csv
+
+    train = shared_path("rmd17", "rmd17_ethanol_train_01.npz")
+    out_dir = tmp_path / "ft"
+    code, _, _ = run_main(["finetune", "--model", "scratch", "--hidden-channels", 32, "--num-layers", 2,
+                           "--train", train, "--format", "rmd17", "--n-train", 40, "--steps", 40,
+                           "--valid-every", 5, "--select-by", "force-mae", "--out", out_dir, "--no-progress",
+                           "--threads", 1, "--no-compile"], capsys)
+    assert code == 0
+    with open(out_dir / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["kind"] == "valid"]
+    assert len(rows) == 8
+    for row in rows:  # one source: the pooled validation force MAE is that source's
+        assert float(row["valid_force_mae_meV_A"]) == pytest.approx(float(row["finetune/force_mae_meV_A"]))
+    lowest = min(rows, key=lambda r: float(r["valid_force_mae_meV_A"]))
+    best = load_model(out_dir / "best.pt").metadata
+    assert best["training"]["step"] == int(lowest["step"])
+    assert best["validation"]["valid_force_mae_meV_A"] == pytest.approx(float(lowest["valid_force_mae_meV_A"]))
+    assert read_checkpoint(out_dir / "last.pt")["training_state"]["select_by"] == "valid_force_mae_meV_A"

@@ -681,6 +681,29 @@ def test_select_by_valid_loss_without_denoise_picks_best_by_the_force_terms(tmp_
     assert resumed.resume() and resumed.step == 20 and resumed.best_valid == math.inf
 
 
+def test_valid_force_mae_pools_every_force_source_and_can_select_the_best(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=20, valid_every=10, checkpoint_every=10,
+                               select_by="valid_force_mae_meV_A")
+    trainer = Trainer(config_from_dict(values), progress=False)
+    metrics = trainer.validate()
+    # ethanol (9 atoms) and aspirin (21 atoms) validation frames, weighted by their force components;
+    # the equilibrium source has no reference forces
+    components = {source.name: 3 * int(tensors.n_atoms.sum())
+                  for source, tensors in zip(trainer.sources, trainer.valid_tensors) if source.name != "mal_eq"}
+    pooled = sum(metrics[f"{name}/force_mae_meV_A"] * n for name, n in components.items()) / sum(components.values())
+    assert metrics["valid_force_mae_meV_A"] == pytest.approx(pooled, rel=1e-9)
+    trainer.run()
+    best = read_checkpoint(tmp_path / "run" / "best.pt")["metadata"]["validation"]
+    assert trainer.best_valid == pytest.approx(best["valid_force_mae_meV_A"])
+
+
+def test_select_by_force_mae_without_reference_forces_is_a_clear_error(tmp_path):
+    values = tiny_mixed_config(tmp_path / "run", max_steps=4, valid_every=2, select_by="valid_force_mae_meV_A")
+    values["sources"] = [values["sources"][1]]  # equilibrium frames only
+    with pytest.raises(ValueError, match="no validation frame has reference forces"):
+        train(config_from_dict(values), progress=False)
+
+
 def test_select_by_rejects_unknown_metrics(tmp_path):
     from forcefield_et.training.config import ConfigError
 
