@@ -20,9 +20,9 @@ whichever comes first. The best EMA weights by validation loss are tested on all
 learning curve only. The scratch ET has the bundled pretrained model's architecture.
 
 Variants of the recipe (``--replay [SHARE]``, ``--zbl``, ``--force-weight W``, ``--lr LR``, ``--patience P``,
-``--schedule cosine``, ``--encoder-lr-scale S``) run as cells of their own (``<cell>-replay`` or
-``<cell>-replay<SHARE>``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``, ``<cell>-pat<P>``, ``<cell>-cosine``,
-``<cell>-enc<S>``)
+``--schedule cosine``, ``--encoder-lr-scale S``, ``--budget-hours H``, ``--select-by force-mae``) run as cells of
+their own (``<cell>-replay`` or ``<cell>-replay<SHARE>``, ``<cell>-zbl``, ``<cell>-fw<W>``, ``<cell>-lr<LR>``,
+``<cell>-pat<P>``, ``<cell>-cosine``, ``<cell>-enc<S>``, ``<cell>-budget<H>h``, ``<cell>-fmae``)
 and are reported against the unchanged cell with the same start, validation error first: a variant is kept
 where it lowers the validation error.
 
@@ -52,6 +52,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from forcefield_et.cli.train import SELECT_BY
 from forcefield_et.cli.validators import open_fraction_arg
 from forcefield_et.files import DirectoryBusyError
 from forcefield_et.training import config_from_dict, train, with_replay
@@ -133,6 +134,7 @@ class Variant:
     encoder_lr_scale: float = 1.0  # the representation's learning rate as a multiple of the head's
     xtb_stage: bool = False  # the start first fine-tuned on the molecule's own GFN2-xTB corpus
     budget_hours: float = 0.0  # the cell's CPU budget; 0: BUDGET_HOURS of its size
+    select_by: str = "loss"  # the validation metric of best.pt, the schedule and early stopping (or "force-mae")
 
     @property
     def labels(self) -> List[str]:
@@ -145,6 +147,7 @@ class Variant:
         labels += ["cosine over the budget"] if self.schedule == "cosine" else []
         labels += [f"encoder learning rate × {self.encoder_lr_scale:g}"] if self.encoder_lr_scale != 1.0 else []
         labels += [f"{self.budget_hours:g} CPU-hour budget"] if self.budget_hours else []
+        labels += ["selected by validation force MAE"] if self.select_by == "force-mae" else []
         return labels
 
     @property
@@ -162,7 +165,8 @@ class Variant:
         suffix += f"-pat{self.patience}" if self.patience != PLATEAU_PATIENCE else ""
         suffix += "-cosine" if self.schedule == "cosine" else ""
         suffix += f"-enc{self.encoder_lr_scale:g}" if self.encoder_lr_scale != 1.0 else ""
-        return suffix + (f"-budget{self.budget_hours:g}h" if self.budget_hours else "")
+        suffix += f"-budget{self.budget_hours:g}h" if self.budget_hours else ""
+        return suffix + ("-fmae" if self.select_by == "force-mae" else "")
 
     @classmethod
     def of(cls, result: Dict[str, Any]) -> Variant:
@@ -170,7 +174,7 @@ class Variant:
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
                    int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
                    float(result.get("encoder_lr_scale", 1.0)), bool(result.get("xtb_stage")),
-                   float(result.get("budget_hours") or 0.0))
+                   float(result.get("budget_hours") or 0.0), str(result.get("select_by", "loss")))
 
     def flags(self) -> List[str]:
         """The options of ``python -m benchmarks.finetune_converged`` that select this variant."""
@@ -182,7 +186,8 @@ class Variant:
         flags += ["--patience", str(self.patience)] if self.patience != PLATEAU_PATIENCE else []
         flags += ["--schedule", "cosine"] if self.schedule == "cosine" else []
         flags += ["--encoder-lr-scale", f"{self.encoder_lr_scale:g}"] if self.encoder_lr_scale != 1.0 else []
-        return flags + (["--budget-hours", f"{self.budget_hours:g}"] if self.budget_hours else [])
+        flags += ["--budget-hours", f"{self.budget_hours:g}"] if self.budget_hours else []
+        return flags + (["--select-by", self.select_by] if self.select_by != "loss" else [])
 
     def optim(self) -> Dict[str, Any]:
         """The recipe's optimiser settings that this variant changes."""
@@ -191,6 +196,8 @@ class Variant:
                                    "encoder_lr_scale": self.encoder_lr_scale}
         if self.budget_hours:
             changes["time_budget_s"] = 3600 * self.budget_hours
+        if self.select_by != "loss":
+            changes["select_by"] = SELECT_BY[self.select_by]
         if self.schedule == "cosine":  # the trainer fits the cosine's length to the CPU budget; the budget ends it
             changes.update({"schedule": "cosine", "max_steps": UNLIMITED_STEPS, "early_stop_patience": 0})
         return changes
@@ -333,6 +340,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "zbl": variant.zbl, "replay": variant.replay, "force_weight": variant.force_weight,
         "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
         "encoder_lr_scale": variant.encoder_lr_scale, "budget_hours": variant.budget_hours,
+        "select_by": variant.select_by,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         # the molecule's GFN2-xTB stage, if any: its record, and the CPU time of corpus + stage + this cell
@@ -650,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-hours", type=float, default=0.0, metavar="H",
                         help="CPU budget per cell (default: " + ", ".join(f"{h:g} at {n} frames" for n, h in
                         BUDGET_HOURS.items()) + "; another budget: cells <cell>-budget<H>h)")
+    parser.add_argument("--select-by", choices=sorted(SELECT_BY), default="loss",
+                        help="the validation metric that picks best.pt and that the schedule and early stopping "
+                        "follow: loss (the recipe) or force-mae (the validation force MAE; cells <cell>-fmae)")
     parser.add_argument("--xtb-stage", action="store_true",
                         help="fine-tune the start on the molecule's own GFN2-xTB frames first (made from its SMILES "
                         "by forcefield-et corpus; needs pip install 'forcefield-et[corpus]'); cells <cell>-xtb...")
@@ -669,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
 def variant_of_arguments(args: argparse.Namespace) -> Variant:
     """The recipe's variant that the parsed command-line options select."""
     return Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
-                   args.encoder_lr_scale, args.xtb_stage, args.budget_hours)
+                   args.encoder_lr_scale, args.xtb_stage, args.budget_hours, args.select_by)
 
 
 def main(argv: List[str] | None = None) -> None:

@@ -79,6 +79,15 @@ def test_a_variant_is_a_cell_of_its_own_with_its_change_in_the_config(tmp_path):
     assert recipe_config(tmp_path / "enc", [source], 50, "pretrained", variant=gentle).optim.encoder_lr_scale == 0.3
     assert base.optim.encoder_lr_scale == 1.0
     assert Variant.of({"replay": 0.2, "lr": 1e-3, "encoder_lr_scale": 0.3}) == gentle
+    # best.pt, the schedule and early stopping by the validation force MAE instead of the loss
+    by_mae = Variant(0.2, lr=1e-3, patience=10, select_by="force-mae")
+    assert cell_name("ethanol", 50, "pretrained", by_mae) == "ethanol-50-pretrained-replay-lr0.001-pat10-fmae"
+    assert by_mae.labels[-1] == "selected by validation force MAE"
+    assert by_mae.flags()[-2:] == ["--select-by", "force-mae"]
+    assert recipe_config(tmp_path / "fmae", [source], 50, "pretrained", variant=by_mae).optim.select_by == \
+        "valid_force_mae_meV_A"
+    assert base.optim.select_by == "valid_loss"
+    assert Variant.of({"replay": 0.2, "lr": 1e-3, "plateau_patience": 10, "select_by": "force-mae"}) == by_mae
 
 
 def test_a_larger_replay_share_is_a_cell_of_its_own_and_reaches_the_batch_mix(tmp_path):

@@ -134,23 +134,30 @@ print(variant.replay, variant.lr, variant.patience)") || continue
     done
 }
 
-# the chosen 50-frame cell of START for each of MOLECULES again with a CPU budget of HOURS: the chosen cells'
-# validation errors were still falling when the recipe's 0.5 CPU-hours at 50 frames ran out; validation chooses
-# between the budgets. With --xtb, the chosen cell among those after the molecule's own GFN2-xTB stage (its stage
-# is reused), otherwise among those without it. Usage: longer_budget_cells HOURS START [--xtb] MOLECULE...
-longer_budget_cells() {
-    local hours=$1 start=$2 xtb=False molecule flags
+# the chosen 50-frame cell of START for each MOLECULE again with one change of its variant (CHANGE: keyword
+# arguments of dataclasses.replace on benchmarks.finetune_converged.Variant, e.g. "budget_hours=2"); --xtb:
+# the chosen cell after the molecule's GFN2-xTB stage; validation chooses between the cells afterwards.
+# Usage: variant_cells CHANGE START [--xtb] MOLECULE...
+variant_cells() {
+    local change=$1 start=$2 xtb=False molecule flags
     shift 2
     if [ "$1" = --xtb ]; then xtb=True; shift; fi
     for molecule in "$@"; do
         flags=$(.venv/bin/python -c "from dataclasses import replace
 from benchmarks.finetune_converged import RESULTS_DIR, Variant, chosen_cell, finished
 cell = chosen_cell(finished(RESULTS_DIR), '$molecule', '$start', 50, xtb_stage=$xtb)
-print(' '.join(replace(Variant.of(cell), budget_hours=$hours).flags()) if cell else 'none')") || continue
+print(' '.join(replace(Variant.of(cell), $change).flags()) if cell else 'none')") || continue
         [ "$flags" = none ] && continue
         # shellcheck disable=SC2086  # one word per option
         study --molecules "$molecule" --sizes 50 --starts "$start" $flags
     done
+}
+
+# the chosen 50-frame cells with a CPU budget of HOURS. Usage: longer_budget_cells HOURS START [--xtb] MOLECULE...
+longer_budget_cells() {
+    local hours=$1
+    shift
+    variant_cells "budget_hours=$hours" "$@"
 }
 
 # 300 ps MD replicas of the converged 1000-frame models where one trajectory per model left the
