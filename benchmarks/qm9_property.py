@@ -113,11 +113,11 @@ def run_fold(data: ConformationSet, fold: int, start: str, steps: int, batch_siz
     start_from = start_model(start)
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if recorded_start_model(result, run_dir) == start_from:
+        recorded = recorded_start_model(result, run_dir)
+        if recorded == start_from:
             return result
-        print(f"fold {fold}, {start}: the finished run started from another model "
-              f"({recorded_start_model(result, run_dir) or 'not recorded'}); training it again from {start_from}",
-              flush=True)
+        print(f"fold {fold}, {start}: the finished run started from another model ({recorded or 'not recorded'}); "
+              f"training it again from {start_from}", flush=True)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = fold_indices(len(data), N_FOLDS, fold)
