@@ -35,7 +35,8 @@ from ..registry import COMMITTEE_FILE, write_committee_file
 from .batching import MixedBatchSampler, batch_shares, build_batch
 from .config import TrainConfig
 from .objectives import prepare_equilibrium
-from .trainer import Trainer, _differences, config_fingerprint, train
+from .run_directory import config_differences, config_fingerprint
+from .trainer import Trainer, train
 
 COMMITTEE_KINDS = ("heads", "checkpoints")
 DEFAULT_HEAD_NOISE = 0.1
@@ -72,7 +73,7 @@ def member_finished(config: TrainConfig) -> bool:
         return False
     state = read_checkpoint(last).get("training_state") or {}
     stored = state.get("config")
-    if stored is None or _differences(config_fingerprint(stored), config_fingerprint(config.to_dict())):
+    if stored is None or config_differences(config_fingerprint(stored), config_fingerprint(config.to_dict())):
         return False
     optim = config.optim
     if int(state.get("step", 0)) >= optim.max_steps:

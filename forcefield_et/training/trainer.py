@@ -1,13 +1,6 @@
-"""The trainer: AdamW, warm-up + cosine/plateau schedule (``torch.optim.lr_scheduler``), EMA
+"""The trainer: AdamW, the warm-up + cosine/plateau schedule (:mod:`.schedule`), EMA
 (``torch.optim.swa_utils.AveragedModel``), clipping, validation, atomic checkpoints with exact
-resume, and data parallelism through ``torchrun``.
-
-Run directory layout::
-
-    run_dir/last.pt        resumable state (model, EMA, optimiser, schedule, step), atomic
-    run_dir/best.pt        EMA weights with the best validation loss (an inference checkpoint)
-    run_dir/metrics.csv    one row per log/validation event
-    run_dir/config.yaml    the configuration used
+resume into a run directory (:mod:`.run_directory`), and data parallelism through ``torchrun``.
 
 Determinism: batch composition and denoising noise are pure functions of (seed, step), so a
 run killed at any point and resumed from ``last.pt`` reproduces the uninterrupted run.
@@ -15,22 +8,16 @@ run killed at any point and resumed from ``last.pt`` reproduces the uninterrupte
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
@@ -40,7 +27,6 @@ from ..data.sources import read_source
 from ..data.splits import split_by_molecule_id
 from ..domain import merge_domains, training_domain
 from ..dtypes import resolve_dtype
-from ..files import DirectoryLock, write_text_atomic
 from ..inference import Evaluator
 from ..model import DEFAULT_ELEMENTS, build_model
 from ..registry import load_model
@@ -55,52 +41,8 @@ from .batching import (
 from .config import UNLIMITED_STEPS, OptimConfig, TrainConfig
 from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
-
-METRIC_FIELDS = ["step", "kind", "lr", "loss", "time_s", "conf_per_s", "cpu_hours"]
-EXISTING_RUN_POLICIES = ("resume", "require", "refuse", "overwrite")
-# a cosine over a time budget ends its decay at this share of the steps the budget is measured to hold
-BUDGET_COSINE_MARGIN = 0.95
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "learning_curve.csv", "learning_curve.png", "config.yaml")
-# optimiser settings that may change when a run is resumed (how long and how it runs, not what it learns)
-RESUMABLE_SETTINGS = (
-    "max_steps", "warmup_steps", "time_budget_s", "early_stop_patience", "threads", "device", "compile",
-    "log_every", "checkpoint_every", "valid_every", "select_by", "snapshot_steps",
-)
-
-LATER_SOURCE_DEFAULTS = {"drop_invalid_frames": False, "drop_outliers": None}
-LATER_OBJECTIVE_DEFAULTS = {"stress_weight": 1.0}
-LATER_OPTIM_DEFAULTS = {"encoder_lr_scale": 1.0}
-SOURCE_PATH_KEYS = ("path", "valid_path", "test_path")
-
-
-def _same_file_spelling(value: Any) -> Any:
-    """An absolute path with ``..`` and repeated separators folded (``/a/b/../c`` -> ``/a/c``), so
-    that one file named two ways gives one fingerprint; other values unchanged."""
-    if isinstance(value, list):
-        return [_same_file_spelling(v) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        return os.path.normpath(value)
-    return value
-
-
-def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The parts of a configuration (as ``TrainConfig.to_dict()``) that define what a run learns:
-    everything but the run directory, the data root and :data:`RESUMABLE_SETTINGS`. A run resumes
-    only under a configuration with the same fingerprint."""
-    fingerprint = {k: v for k, v in config.items() if k not in ("run_dir", "data_root", "optim", "description")}
-    # source and objective settings added after runs were stored: at their defaults they match a
-    # configuration without them
-    fingerprint["sources"] = [
-        {k: _same_file_spelling(v) if k in SOURCE_PATH_KEYS else v for k, v in source.items()
-         if not (k in LATER_SOURCE_DEFAULTS and v == LATER_SOURCE_DEFAULTS[k])}
-        for source in config.get("sources", [])
-    ]
-    fingerprint["objectives"] = {k: v for k, v in config.get("objectives", {}).items()
-                                 if not (k in LATER_OBJECTIVE_DEFAULTS and v == LATER_OBJECTIVE_DEFAULTS[k])}
-    fingerprint["optim"] = {k: v for k, v in config.get("optim", {}).items()
-                            if k not in RESUMABLE_SETTINGS and not (k in LATER_OPTIM_DEFAULTS
-                                                                    and v == LATER_OPTIM_DEFAULTS[k])}
-    return fingerprint
+from .run_directory import EXISTING_RUN_POLICIES, RunDirectory, config_fingerprint
+from .schedule import LearningRateSchedule
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> List[Dict[str, Any]]:
@@ -118,20 +60,6 @@ def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float)
                          f"(encoder) submodule; {type(model).__name__} has none")
     return [{"params": head, "lr": lr, "lr_scale": 1.0},
             {"params": encoder, "lr": lr * encoder_lr_scale, "lr_scale": encoder_lr_scale}]
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: List[str] = []
-        for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        out = []
-        for index, (x, y) in enumerate(zip(a, b)):
-            out += _differences(x, y, f"{prefix}{index}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def training_device(requested: str = "auto") -> torch.device:
@@ -200,12 +128,9 @@ class Trainer:
         self.rank, self.world_size = _distributed(self.device)
         self.progress = progress and self.rank == 0
         self.dtype = resolve_dtype(config.dtype)
-        self.run_dir = Path(config.run_dir)
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ValueError(f"run directory {self.run_dir} is a file")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._directory_lock = DirectoryLock(self.run_dir, "run directory")
-        self._check_existing_run()
+        self.directory = RunDirectory(config.run_dir)
+        self.run_dir = self.directory.path
+        self.directory.check_existing(existing, config.to_dict())
         self._load_sources()
         if self.device.type == "cpu":  # the rule for one worker's batch, on its share of the machine's cores
             mean_atoms = float(np.mean(np.concatenate([s.data.n_atoms for s in self.sources])))
@@ -222,18 +147,7 @@ class Trainer:
             parameter_groups(self.model, optim.lr, optim.encoder_lr_scale), lr=optim.lr,
             weight_decay=optim.weight_decay, fused=True,
         )
-        # a cosine over a time budget: the step count it decays over, measured once (see _fit_budget_cosine)
-        self.budget_cosine_steps: int | None = None
-        self.budget_cosine_anchor: Tuple[int, float] | None = None
-        self.budget_cosine_budget_s: float | None = None
-        # warm-up, then cosine (or the constant rate that the plateau scheduler reduces)
-        self.scheduler = LambdaLR(self.optimizer, self._schedule_factor())
-        self.plateau: ReduceLROnPlateau | None = None
-        if optim.schedule == "plateau":
-            self.plateau = ReduceLROnPlateau(
-                self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
-                threshold=0.0, min_lr=[optim.min_lr * group["lr_scale"] for group in self.optimizer.param_groups],
-            )
+        self.schedule = LearningRateSchedule(self.optimizer, optim)
         self.averaged = AveragedModel(self.model, multi_avg_fn=exponential_moving_average(optim.ema_decay))
         self.averaged.n_averaged.fill_(1)  # the average starts at the initial weights
         self.averaged.eval()
@@ -251,60 +165,9 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- set-up
-    def _lock(self) -> None:
-        """Hold an exclusive lock on ``run_dir/.lock`` (:class:`~forcefield_et.files.DirectoryLock`)
-        while :meth:`run` trains, so that a second process cannot write into the same run directory
-        (released at the end, or when the process dies)."""
-        self._directory_lock.acquire()
-
     def release(self) -> None:
         """Release the run directory's lock (done automatically when the process ends)."""
-        self._directory_lock.release()
-
-    def _remove_existing_run(self) -> None:
-        """``existing='overwrite'``: delete the previous run's checkpoints, logs and snapshots."""
-        for name in RUN_FILES:
-            (self.run_dir / name).unlink(missing_ok=True)
-        if (self.run_dir / "snapshots").is_dir():
-            shutil.rmtree(self.run_dir / "snapshots")
-
-    def _started(self) -> bool:
-        """Whether ``run_dir`` holds a run that was started (killed before its first ``last.pt``, a
-        resume starts it again from step 0, which the uninterrupted run would have passed through)."""
-        return (self.run_dir / ".lock").exists() or any((self.run_dir / name).exists() for name in RUN_FILES)
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete the temporary files of writes that a killed run left unfinished (``run_dir``'s lock
-        is held, so no other process is writing them)."""
-        for folder in (self.run_dir, self.run_dir / "snapshots"):
-            for stale in [*folder.glob(".*.tmp"), *folder.glob("*.csv.tmp")]:
-                stale.unlink(missing_ok=True)
-
-    def _check_existing_run(self) -> None:
-        """Validate ``existing`` against what the run directory holds (nothing is changed here)."""
-        last = self.run_dir / "last.pt"
-        holds_run = last.exists() or (self.run_dir / "best.pt").exists()
-        if self.existing == "overwrite":
-            return
-        if self.existing == "refuse" and holds_run:
-            where = "a finished or interrupted training run"
-            if last.exists():
-                state = read_checkpoint(last).get("training_state") or {}
-                where = f"a training run (last.pt at step {state.get('step')})"
-            raise ValueError(
-                f"{self.run_dir} already holds {where}; pass --resume to continue it or --overwrite to replace it"
-            )
-        if self.existing == "require" and not last.exists() and not self._started():
-            raise ValueError(f"nothing to resume: {last} does not exist")
-        if last.exists():
-            stored = (read_checkpoint(last).get("training_state") or {}).get("config")
-            if stored is not None:
-                changed = _differences(config_fingerprint(stored), config_fingerprint(self.config.to_dict()))
-                if changed:
-                    raise ValueError(
-                        f"{self.run_dir} holds a run with another configuration (differs in: {', '.join(changed)}); "
-                        "resume it with its own configuration, choose another run directory, or overwrite it"
-                    )
+        self.directory.release()
 
     def _report(self, message: str) -> None:
         """A data-screening message (dropped frames, outliers), printed by the first worker."""
@@ -433,69 +296,7 @@ class Trainer:
             return batch
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
-    # ---------------------------------------------------------------- schedule, EMA
-    def _schedule_factor(self) -> Callable[[int], float]:
-        """The LambdaLR factor of step s: linear warm-up over ``warmup_steps``, then a cosine from
-        ``lr`` to ``min_lr`` at ``max_steps`` (read at each step, so that a resumed run may change
-        it), or 1 for the plateau schedule."""
-
-        def factor(step: int) -> float:
-            o = self.config.optim
-            if step < o.warmup_steps:
-                return (step + 1) / o.warmup_steps
-            if o.schedule != "cosine":
-                return 1.0
-            total = self.cosine_steps()
-            if total is None:  # a cosine over a time budget before its step count is measured
-                return 1.0
-            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-            return (o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))) / o.lr
-
-        return factor
-
-    def budget_cosine(self) -> bool:
-        """Whether the cosine decays over the time budget: schedule cosine, a time budget, and no step count."""
-        o = self.config.optim
-        return o.schedule == "cosine" and o.time_budget_s is not None and o.max_steps >= UNLIMITED_STEPS
-
-    def cosine_steps(self) -> int | None:
-        """The step count the cosine decays over: ``max_steps``, or for a cosine over a time budget the
-        steps that fit in it (None until measured)."""
-        return self.budget_cosine_steps if self.budget_cosine() else self.config.optim.max_steps
-
-    def _fit_budget_cosine(self) -> str | None:
-        """At the validations after warm-up, for a cosine over a time budget: the first marks the start
-        of a measurement, the second fixes the step count that fits in the budget from the CPU time per
-        step in between (validation included), with a margin of ``BUDGET_COSINE_MARGIN``. The count is
-        saved with the run, so the schedule does not depend on the machine's speed after that. Returns
-        a message when it fixes the count."""
-        optim = self.config.optim
-        if not self.budget_cosine() or self.budget_cosine_steps is not None or self.step < optim.warmup_steps:
-            return None
-        if self.budget_cosine_anchor is None:
-            self.budget_cosine_anchor = (self.step, self.cpu_seconds)
-            return None
-        start_step, start_cpu = self.budget_cosine_anchor
-        if self.step <= start_step:
-            return None
-        per_step = max(self.cpu_seconds - start_cpu, 1e-9) / (self.step - start_step)
-        remaining = max(0.0, float(optim.time_budget_s) - self.cpu_seconds)
-        steps = torch.tensor([self.step + int(BUDGET_COSINE_MARGIN * remaining / per_step)], dtype=torch.int64)
-        if self.world_size > 1:  # every worker takes rank 0's count
-            steps = steps.to(self.device)
-            dist.broadcast(steps, 0)
-        self.budget_cosine_steps = int(steps.item())
-        self.budget_cosine_budget_s = float(optim.time_budget_s)
-        return (f"cosine over the time budget: decays to the minimum learning rate at step "
-                f"{self.budget_cosine_steps} ({per_step:.3g} CPU-s per step measured)")
-
-    def learning_rate(self, step: int) -> float:
-        """The learning rate of step ``step`` under the warm-up and cosine schedule (for the plateau
-        schedule after warm-up: the present, possibly reduced, rate)."""
-        if self.plateau is not None and step >= self.config.optim.warmup_steps:
-            return float(self.optimizer.param_groups[0]["lr"])
-        return self.config.optim.lr * self._schedule_factor()(step)
-
+    # ---------------------------------------------------------------- EMA
     @property
     def ema(self) -> List[torch.Tensor]:
         """The EMA weights, in the order of ``model.parameters()``."""
@@ -514,10 +315,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": [t.detach() for t in self.ema],
             "ema_updates": int(self.averaged.n_averaged),
-            "scheduler": self.scheduler.state_dict(),
-            "plateau_scheduler": self.plateau.state_dict() if self.plateau is not None else None,
-            "budget_cosine": {"steps": self.budget_cosine_steps, "anchor": self.budget_cosine_anchor,
-                              "budget_s": self.budget_cosine_budget_s},
+            **self.schedule.state_dict(),
             "best_valid": self.best_valid,
             "select_by": self.config.optim.select_by,
             "cpu_seconds": self.cpu_seconds,
@@ -553,25 +351,25 @@ class Trainer:
     def save_last(self) -> None:
         if self.rank != 0:
             return
-        save_checkpoint(self.run_dir / "last.pt", self.model, self._metadata(), self._training_state())
+        save_checkpoint(self.directory.last, self.model, self._metadata(), self._training_state())
 
     def save_best(self, metrics: Dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        save_checkpoint(self.run_dir / "best.pt", self.ema_model, self._metadata({"validation": metrics}))
+        save_checkpoint(self.directory.best, self.ema_model, self._metadata({"validation": metrics}))
 
     def save_snapshot(self) -> None:
         """Keep the EMA weights of this step as ``snapshots/step_<N>.pt`` (an inference checkpoint)."""
         if self.rank != 0:
             return
         extra = {"snapshot": {"step": self.step, "conformations_seen": self.step * self.config.optim.batch_size}}
-        save_checkpoint(self.run_dir / "snapshots" / f"step_{self.step}.pt", self.ema_model, self._metadata(extra))
+        save_checkpoint(self.directory.snapshot(self.step), self.ema_model, self._metadata(extra))
 
     def resume(self) -> bool:
         """Restore from ``run_dir/last.pt`` if present. Returns whether it resumed."""
-        path = self.run_dir / "last.pt"
+        path = self.directory.last
         if not path.exists():
-            self._truncate_metrics()  # a fresh start: drop rows a previous, unsaved run left behind
+            self.directory.truncate_metrics(self.step)  # a fresh start: drop rows a previous, unsaved run left behind
             return False
         payload = read_checkpoint(path)
         state = payload.get("training_state")
@@ -586,8 +384,7 @@ class Trainer:
             for b_avg, b_model in zip(self.ema_model.buffers(), self.model.buffers()):
                 b_avg.copy_(b_model)
             self.averaged.n_averaged.fill_(int(state.get("ema_updates", self.step + 1)))
-        self._restore_budget_cosine(state.get("budget_cosine") or {})
-        self._restore_schedule(state)
+        self.schedule.load_state_dict(state, self.step)
         self.best_valid = float(state["best_valid"])
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         self.validations_since_best = int(state.get("validations_since_best", 0))
@@ -595,89 +392,13 @@ class Trainer:
         if state.get("select_by", "valid_loss") != self.config.optim.select_by:
             # the stored bests are values of another metric: the next validation sets new ones
             self.best_valid = math.inf
-            if self.plateau is not None:
-                self.plateau.best = math.inf
-        self._truncate_metrics()
+            self.schedule.forget_best()
+        self.directory.truncate_metrics(self.step)
         return True
 
-    def _restore_budget_cosine(self, saved: Dict[str, Any]) -> None:
-        """The measured step count of a cosine over a time budget; a resumed run with another budget
-        scales it by the ratio of the budgets."""
-        anchor = saved.get("anchor")
-        self.budget_cosine_anchor = (int(anchor[0]), float(anchor[1])) if anchor is not None else None
-        steps, budget_s = saved.get("steps"), saved.get("budget_s")
-        self.budget_cosine_steps = int(steps) if steps is not None else None
-        self.budget_cosine_budget_s = float(budget_s) if budget_s is not None else None
-        now = self.config.optim.time_budget_s
-        if self.budget_cosine_steps is not None and budget_s and now and now != budget_s:
-            self.budget_cosine_steps = int(round(self.budget_cosine_steps * now / budget_s))
-            self.budget_cosine_budget_s = float(now)
-
-    def _restore_schedule(self, state: Dict[str, Any]) -> None:
-        """Restore the schedulers from a training state (also from one written before the trainer
-        used torch's schedulers, which stored the plateau state as [scale, bad, best])."""
-        optim = self.config.optim
-        if state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        else:
-            self.scheduler.last_epoch = self.step
-        legacy = state.get("plateau")
-        if self.plateau is not None:
-            if state.get("plateau_scheduler") is not None:
-                self.plateau.load_state_dict(state["plateau_scheduler"])
-            elif legacy is not None:
-                scale, bad, best = legacy
-                self.plateau.best, self.plateau.num_bad_epochs = float(best), int(bad)
-                self.plateau.last_epoch = 0
-        # the rate of the next step (the optimiser state holds the rate of the last one)
-        if self.plateau is None or self.step < optim.warmup_steps:
-            rate = optim.lr * self._schedule_factor()(self.step)
-        elif legacy is not None and state.get("plateau_scheduler") is None:
-            rate = max(optim.min_lr, optim.lr * float(legacy[0]))
-        else:
-            rate = float(self.optimizer.param_groups[0]["lr"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate * group.get("lr_scale", 1.0)
-
-    def _truncate_metrics(self) -> None:
-        path = self.run_dir / "metrics.csv"
-        if not path.exists():
-            return
-        with open(path) as handle:
-            rows = list(csv.reader(handle))
-        if not rows:
-            return
-        # a row cut short by a kill has fewer fields (its step may even parse): it is dropped
-        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= self.step]
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows(kept)
-        write_text_atomic(path, buffer.getvalue())
-
     def _log(self, row: Dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        path = self.run_dir / "metrics.csv"
-        fieldnames = METRIC_FIELDS + [k for k in sorted(row) if k not in METRIC_FIELDS]
-        exists = path.exists()
-        if exists:
-            with open(path) as handle:
-                header = next(csv.reader(handle), [])
-            extra = [k for k in fieldnames if k not in header]
-            if extra:  # rewrite with the widened header
-                with open(path) as handle:
-                    old = list(csv.DictReader(handle))
-                header = header + extra
-                buffer = io.StringIO()
-                writer = csv.DictWriter(buffer, header)
-                writer.writeheader()
-                writer.writerows(old)
-                write_text_atomic(path, buffer.getvalue())
-            fieldnames = header
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames, extrasaction="ignore")
-            if not exists:
-                writer.writeheader()
-            writer.writerow(row)
+        if self.rank == 0:
+            self.directory.log_metrics(row)
 
     # ---------------------------------------------------------------- one step
     def _local_batch(self, step: int) -> Dict[str, torch.Tensor]:
@@ -726,8 +447,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad_norm))
         self.optimizer.step()
         self.step += 1
-        if self.plateau is None or self.step <= self.config.optim.warmup_steps:
-            self.scheduler.step()  # the rate of the next step
+        self.schedule.after_step(self.step)
         self.averaged.update_parameters(self.model)
         return {
             "loss": float(loss.detach()),
@@ -844,12 +564,12 @@ class Trainer:
         """Train (resuming if possible) until ``optim.max_steps``; returns the last validation."""
         cfg = self.config.optim
         if self.rank == 0:
-            self._lock()
+            self.directory.lock()
         try:
             if self.rank == 0:
-                self._remove_stale_temporaries()
+                self.directory.remove_stale_temporaries()
             if self.existing == "overwrite" and self.rank == 0:
-                self._remove_existing_run()
+                self.directory.remove_run()
             if self.world_size > 1:
                 dist.barrier()
             return self._run(cfg)
@@ -859,7 +579,7 @@ class Trainer:
     def _run(self, cfg: Any) -> Dict[str, float]:
         resumed = self.resume()
         if self.rank == 0:
-            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            self.directory.write_config(self.config.to_dict())
         last_valid: Dict[str, float] = {}
         bar = tqdm(
             **progress_bar_settings(cfg, self.step, self.cpu_seconds),
@@ -869,7 +589,7 @@ class Trainer:
         )
         if resumed and self.rank == 0:
             bar.write(
-                f"resumed from {self.run_dir / 'last.pt'} at step {self.step} "
+                f"resumed from {self.directory.last} at step {self.step} "
                 f"({self.cpu_seconds / 3600:.3g} CPU-hours used so far)"
             )
         if resumed and self.stop_reason and self._stop_still_holds():
@@ -916,7 +636,7 @@ class Trainer:
                 last_valid = self.validate()
                 count_cpu()
                 self._after_validation(last_valid)
-                fitted = self._fit_budget_cosine()
+                fitted = self.schedule.fit_budget_cosine(self.step, self.cpu_seconds, self._broadcast)
                 if fitted and self.rank == 0:
                     bar.write(fitted)
                 self._log(
@@ -965,6 +685,14 @@ class Trainer:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def _broadcast(self, value: int) -> int:
+        """Rank 0's ``value`` on every data-parallel worker."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, 0)
+        return int(tensor.item())
+
     def _after_validation(self, metrics: Dict[str, float]) -> None:
         optim = self.config.optim
         if optim.select_by not in metrics:
@@ -986,8 +714,7 @@ class Trainer:
                 self.stop_reason = self.stop_reason or (
                     f"no better {optim.select_by} in {self.validations_since_best} validations"
                 )
-        if self.plateau is not None and self.step >= optim.warmup_steps:
-            self.plateau.step(value)
+        self.schedule.after_validation(self.step, value)
 
 
 def stress_error_sum(output: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Tuple[float, int]:

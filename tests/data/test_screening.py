@@ -13,7 +13,8 @@ from forcefield_et.data import DataFormatError
 from forcefield_et.data.screening import InvalidFramesError, outlier_scores, robust_z_scores
 from forcefield_et.data.sources import read_source
 from forcefield_et.training.config import config_from_dict
-from forcefield_et.training.trainer import Trainer, config_fingerprint
+from forcefield_et.training.run_directory import config_fingerprint
+from forcefield_et.training.trainer import Trainer
 
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 REFERENCE = {"O": -430.0, "H": -13.0}  # eV per atom

@@ -190,7 +190,7 @@ def test_with_replay_rejects_bad_settings(kwargs, match):
 def test_a_run_stored_before_the_stress_weight_existed_resumes_under_its_default():
     """A stored configuration without ``objectives.stress_weight`` (runs made before it existed)
     has the fingerprint of the same configuration at the default weight, not at another weight."""
-    from forcefield_et.training.trainer import config_fingerprint
+    from forcefield_et.training.run_directory import config_fingerprint
 
     current = config_from_dict(minimal()).to_dict()
     stored = {**current, "objectives": {k: v for k, v in current["objectives"].items() if k != "stress_weight"}}

@@ -3,12 +3,15 @@ run's configuration, --overwrite starts afresh, and a lock keeps a second writer
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import yaml
 
 from forcefield_et.checkpoint import read_checkpoint
 from forcefield_et.cli import main
 from forcefield_et.training import Trainer, config_from_dict
+from forcefield_et.training.run_directory import METRIC_FIELDS, RunDirectory
 from tests.conftest import shared_path
 from tests.training.test_trainer import tiny_mixed_config
 
@@ -60,7 +63,7 @@ def test_resume_needs_a_run_and_overwrite_starts_afresh(tmp_path, capsys):
 def test_a_second_writer_is_locked_out(tmp_path):
     values = tiny_mixed_config(tmp_path / "run", max_steps=2, valid_every=1, checkpoint_every=1)
     first = Trainer(config_from_dict(values), progress=False)
-    first._lock()
+    first.directory.lock()
     try:
         second = Trainer(config_from_dict(values), progress=False)
         with pytest.raises(RuntimeError, match="is in use by process"):
@@ -75,3 +78,22 @@ def test_a_run_directory_that_is_a_file_is_an_error(tmp_path):
     (tmp_path / "run").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         Trainer(config_from_dict(tiny_mixed_config(tmp_path / "run")), progress=False)
+
+
+# ---------------------------------------------------------------- RunDirectory on its own
+def test_metrics_rows_with_new_keys_widen_the_header_and_keep_earlier_rows(tmp_path):
+    directory = RunDirectory(tmp_path / "run")
+    directory.log_metrics({"step": 1, "kind": "train", "loss": 2.0})
+    directory.log_metrics({"step": 2, "kind": "valid", "loss": 1.5, "valid_force_mae_meV_A": 30.0})
+    with open(directory.metrics) as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[: len(METRIC_FIELDS)] == METRIC_FIELDS and "valid_force_mae_meV_A" in rows[0]
+    assert [r["loss"] for r in rows] == ["2.0", "1.5"] and rows[0]["valid_force_mae_meV_A"] == ""
+    directory.truncate_metrics(1)
+    with open(directory.metrics) as handle:
+        assert [r["step"] for r in csv.DictReader(handle)] == ["1"]
+
+
+def test_unknown_existing_run_policy_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="existing must be one of"):
+        RunDirectory(tmp_path / "run").check_existing("reuse", {})

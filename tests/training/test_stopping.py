@@ -151,7 +151,7 @@ def test_plateau_schedule_halves_the_rate_after_patience_and_stops_at_min_lr(tmp
     trainer.save_last()
     resumed = Trainer(config_from_dict(values), progress=False)
     assert resumed.resume() and resumed.train_step()["lr"] == pytest.approx(3e-4)
-    assert resumed.plateau.best == pytest.approx(0.9)
+    assert resumed.schedule.plateau.best == pytest.approx(0.9)
 
 
 def test_a_run_saved_before_torch_schedulers_resumes_with_its_rate_and_average(tmp_path):
@@ -175,7 +175,7 @@ def test_a_run_saved_before_torch_schedulers_resumes_with_its_rate_and_average(t
     resumed = Trainer(config_from_dict(values), progress=False)
     assert resumed.resume()
     assert resumed.step == 4 and resumed.train_step()["lr"] == pytest.approx(2.5e-4)
-    assert resumed.plateau.best == 0.125 and resumed.plateau.num_bad_epochs == 2
+    assert resumed.schedule.plateau.best == 0.125 and resumed.schedule.plateau.num_bad_epochs == 2
     # the average went on from the stored EMA weights with the decay of step 5: (1 + 5) / (10 + 5)
     weight = 1 - 6 / 15
     for average, stored, current in zip(resumed.ema, ema, resumed.model.parameters(), strict=True):
@@ -183,45 +183,44 @@ def test_a_run_saved_before_torch_schedulers_resumes_with_its_rate_and_average(t
 
 
 def test_a_cosine_over_a_time_budget_fixes_its_step_count_from_the_measured_speed_and_keeps_it(tmp_path):
-    from forcefield_et.training.trainer import BUDGET_COSINE_MARGIN
+    from forcefield_et.training.schedule import BUDGET_COSINE_MARGIN
 
     values = tiny_mixed_config(tmp_path / "run", schedule="cosine", max_steps=UNLIMITED_STEPS, time_budget_s=100.0,
                                warmup_steps=2, lr=1e-3, min_lr=1e-5)
     trainer = Trainer(config_from_dict(values), progress=False)
-    assert trainer.budget_cosine() and trainer.cosine_steps() is None
+    assert trainer.schedule.budget_cosine() and trainer.schedule.cosine_steps() is None
     for _ in range(4):
         trainer.train_step()
     assert trainer.train_step()["lr"] == pytest.approx(1e-3)  # after warm-up, constant until measured
     # first validation after warm-up: the start of the measurement; second: 10 steps cost 2 CPU-s
-    trainer.cpu_seconds = 10.0
-    assert trainer._fit_budget_cosine() is None and trainer.cosine_steps() is None
+    schedule = trainer.schedule
+    assert schedule.fit_budget_cosine(trainer.step, 10.0) is None and schedule.cosine_steps() is None
     for _ in range(10):
         trainer.train_step()
-    trainer.cpu_seconds = 12.0
-    message = trainer._fit_budget_cosine()
+    message = schedule.fit_budget_cosine(trainer.step, 12.0)
     expected = 15 + int(BUDGET_COSINE_MARGIN * (100.0 - 12.0) / 0.2)
-    assert trainer.cosine_steps() == expected and str(expected) in message
+    assert trainer.schedule.cosine_steps() == expected and str(expected) in message
     # the rate now follows the cosine over those steps, and ends at min_lr
     trainer.train_step()
     progress = (trainer.step - 2) / (expected - 2)
     cosine = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * progress))
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine)
-    assert trainer._schedule_factor()(expected + 5) * 1e-3 == pytest.approx(1e-5)
+    assert trainer.schedule.factor(expected + 5) * 1e-3 == pytest.approx(1e-5)
     # the count travels in last.pt (a resumed run does not measure again), scaled to a changed budget
     trainer.save_last()
     resumed = Trainer(config_from_dict(values), progress=False)
-    assert resumed.resume() and resumed.cosine_steps() == expected
+    assert resumed.resume() and resumed.schedule.cosine_steps() == expected
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(cosine, rel=1e-6)
     values["optim"]["time_budget_s"] = 200.0
     longer = Trainer(config_from_dict(values), progress=False)
-    assert longer.resume() and longer.cosine_steps() == round(expected * 2)
+    assert longer.resume() and longer.schedule.cosine_steps() == round(expected * 2)
 
 
 def test_a_budgeted_cosine_run_decays_the_rate_before_its_budget_ends(tmp_path):
     values = tiny_mixed_config(tmp_path / "run", schedule="cosine", max_steps=UNLIMITED_STEPS, valid_every=10,
                                checkpoint_every=50, time_budget_s=4.0, warmup_steps=2, lr=1e-3, min_lr=1e-5)
     trainer, _ = train(config_from_dict(values), progress=False)
-    assert trainer.stop_reason.startswith("time budget") and trainer.cosine_steps() is not None
+    assert trainer.stop_reason.startswith("time budget") and trainer.schedule.cosine_steps() is not None
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rates = [float(r["lr"]) for r in csv.DictReader(handle) if r["kind"] == "train"]
     assert rates[-1] < 0.2 * max(rates)
@@ -229,7 +228,7 @@ def test_a_budgeted_cosine_run_decays_the_rate_before_its_budget_ends(tmp_path):
 
 def test_encoder_lr_scale_gives_the_representation_a_proportional_rate_through_warm_up_plateau_and_resume(
         tmp_path):
-    from forcefield_et.training.trainer import config_fingerprint
+    from forcefield_et.training.run_directory import config_fingerprint
 
     values = tiny_mixed_config(tmp_path / "run", schedule="plateau", plateau_factor=0.5, plateau_patience=1,
                                warmup_steps=2, lr=1e-3, min_lr=3e-4, encoder_lr_scale=0.1)

@@ -118,7 +118,7 @@ def test_run_directory_outputs(ethanol_run):
     assert [int(r["step"]) for r in valid_rows] == [100, 200, 300]
     for r in train_rows:
         assert math.isfinite(float(r["loss"])) and float(r["conf_per_s"]) > 0
-        assert float(r["lr"]) == pytest.approx(trainer.learning_rate(int(r["step"]) - 1), rel=1e-9)
+        assert float(r["lr"]) == pytest.approx(trainer.schedule.learning_rate(int(r["step"]) - 1), rel=1e-9)
     assert float(train_rows[-1]["loss"]) < float(train_rows[0]["loss"])
     assert "ethanol/force_mae_meV_A" in valid_rows[0]
 
@@ -579,11 +579,11 @@ def test_gradients_sum_over_workers_to_the_single_process_gradient():
 def test_learning_rate_schedule(tmp_path):
     values = tiny_mixed_config(tmp_path / "run", max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
     trainer = Trainer(config_from_dict(values), progress=False)
-    lrs = [trainer.learning_rate(s) for s in range(100)]
+    lrs = [trainer.schedule.learning_rate(s) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))  # linear warm-up
     assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))  # cosine decay
-    assert trainer.learning_rate(100) == pytest.approx(1e-5)
+    assert trainer.schedule.learning_rate(100) == pytest.approx(1e-5)
 
 
 def test_train_step_is_deterministic_and_uses_the_step_batch(tmp_path):
@@ -761,7 +761,7 @@ def test_diverged_weights_stop_at_the_validation_instead_of_never_writing_best_p
 
 # ---------------------------------------------------------------- device and training domain
 def test_device_may_change_when_a_run_is_resumed(tmp_path):
-    from forcefield_et.training.trainer import config_fingerprint
+    from forcefield_et.training.run_directory import config_fingerprint
 
     values = tiny_mixed_config(tmp_path / "run")
     on_cpu = config_from_dict({**values, "optim": {**values["optim"], "device": "cpu"}}).to_dict()
@@ -773,7 +773,7 @@ def test_device_may_change_when_a_run_is_resumed(tmp_path):
 
 
 def test_a_data_file_named_another_way_resumes_the_same_run(tmp_path):
-    from forcefield_et.training.trainer import config_fingerprint
+    from forcefield_et.training.run_directory import config_fingerprint
 
     values = tiny_mixed_config(tmp_path / "run")
     path = Path(values["sources"][0]["path"]).resolve()
