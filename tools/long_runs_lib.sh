@@ -57,8 +57,8 @@ patient_pass() {
     local size=$1 molecule start flags
     shift
     .venv/bin/python -c "import sys
-from benchmarks.finetune_converged import (BUDGET_HOURS, FORCE_WEIGHT, LEARNING_RATE, PLATEAU_PATIENCE, RESULTS_DIR,
-                                           Variant, chosen_cell, finished)
+from dataclasses import replace
+from benchmarks.finetune_converged import BUDGET_HOURS, PLATEAU_PATIENCE, RESULTS_DIR, Variant, chosen_cell, finished
 results, size = finished(RESULTS_DIR), int(sys.argv[1])
 for molecule in sys.argv[2:]:
     chosen = {start: chosen_cell(results, molecule, start, size) for start in ('pretrained', 'scratch')}
@@ -71,15 +71,10 @@ for molecule in sys.argv[2:]:
         stopped_early = (cell['stop_reason'].startswith('no better')
                          and cell['cpu_hours'] < 0.75 * BUDGET_HOURS[size])
         if stopped_early or other_patient[start]:
-            variant = Variant.of(cell)
-            flags = ['--replay'] if variant.replay else []
-            flags += ['--zbl', f'{variant.zbl:g}'] if variant.zbl else []
-            flags += ['--force-weight', f'{variant.force_weight:g}'] if variant.force_weight != FORCE_WEIGHT else []
-            flags += ['--lr', f'{variant.lr:g}'] if variant.lr != LEARNING_RATE else []
-            print(molecule, start, *flags)" "$size" "$@" |
+            print(molecule, start, *replace(Variant.of(cell), patience=10).flags())" "$size" "$@" |
     while read -r molecule start flags; do
-        # shellcheck disable=SC2086  # the variant's flags, one word each
-        study --molecules "$molecule" --starts "$start" --sizes "$size" --patience 10 $flags
+        # shellcheck disable=SC2086  # the variant's flags (--patience 10 among them), one word each
+        study --molecules "$molecule" --starts "$start" --sizes "$size" $flags
     done
 }
 
