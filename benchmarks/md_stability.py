@@ -75,7 +75,7 @@ from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 from forcefield_et.runtime import compile_pays_off
 
 from .io import holds_same_content, savez_atomic, write_json_atomic, write_text_atomic
-from .paths import DATA_ROOT, rmd17_file
+from .paths import DATA_ROOT, repo_relative, rmd17_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -577,7 +577,7 @@ def _run_one(
         "model": spec.name,
         "model_kind": spec.kind,
         "model_description": spec.description,
-        "model_path": str(spec.path),
+        "model_path": repo_relative(spec.path),
         "n_atoms": int(len(reference.numbers)),
         "n_bonds": int(len(reference.bonds)),
         "start_frame": f"{reference.source}[{protocol.start_frame}]",

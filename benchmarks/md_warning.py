@@ -57,7 +57,7 @@ from forcefield_et.registry import load_committee
 
 from .io import write_json_atomic
 from .machine import machine_info
-from .paths import DATA_ROOT, rmd17_file
+from .paths import DATA_ROOT, repo_relative, rmd17_file
 from .uncertainty import fine_tuning_config, frame_reduce, predict_committee, training_cpu_seconds
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "md_warning"
@@ -179,15 +179,6 @@ def watcher_info(watcher: str) -> Dict[str, Any] | None:
     return info
 
 
-def _repo_relative(path: str) -> str:
-    """``path`` relative to the repository when it lies inside it (so the JSON names no machine's folders)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        return str(Path(path).resolve().relative_to(repo))
-    except ValueError:
-        return str(path)
-
-
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-watcher", action="store_true",
@@ -256,7 +247,7 @@ def main(argv: List[str] | None = None) -> None:
     summary = {
         "molecule": args.molecule,
         "protocol": __doc__.split("Writes")[0].strip(),
-        "watcher": _repo_relative(args.watcher),
+        "watcher": repo_relative(args.watcher),
         "watcher_info": watcher_info(args.watcher),
         "threshold_eV_A": threshold,
         "stable_runs_length_ps": {m: r["simulated_ps"] for m, r in runs.items() if r["role"] == "stable"},
