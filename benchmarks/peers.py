@@ -627,9 +627,9 @@ def test_and_speed(trained: Dict[str, Dict[str, Any]], pythons: Dict[str, str], 
         for name, entry in trained.items():
             worker = WorkerProcess(name, pythons[entry["kind"]], eval_dir / f"{name}.log")
             try:
-                loaded = worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"],
+                loaded = worker.call("load", name=name, kind=entry["kind"], path=str(model_file(entry)),
                                      device=args.device, compile=compiled_et(entry, args))
-                digest = file_sha256(entry["model_path"])
+                digest = file_sha256(model_file(entry))
                 cache = eval_dir / f"{name}.test.json"
                 stored = json.loads(cache.read_text()) if cache.is_file() else {}
                 if stored.get("sha256") != digest or stored.get("frames") != args.test_frames:
@@ -667,7 +667,7 @@ def run_md(name: str, entry: Dict[str, Any], pythons: Dict[str, str], args: argp
     worker = WorkerProcess(name, pythons[entry["kind"]], eval_dir / f"{name}.log")
     try:
         # the MD run makes its own calculator (compiled where the run is long enough)
-        worker.call("load", name=name, kind=entry["kind"], path=entry["model_path"], device=args.device)
+        worker.call("load", name=name, kind=entry["kind"], path=str(model_file(entry)), device=args.device)
         return worker.call("md", molecule=MOLECULE, run_dir=str(md_run_dir(runs, name)), time_ps=args.md_time_ps,
                            cpu_budget_s=args.md_budget_s, device=args.device, quiet=False,
                            save_every=args.md_save_every)
@@ -687,6 +687,27 @@ def train_model(name: str, summary: Dict[str, Any], args: argparse.Namespace, ru
         return train_nequip(name, settings, args.nequip_python, args.budget_s, args.quick, runs, args.device)
     return train_mace(dict(MACE_TINY if args.quick else MACE_SMALL), args.mace_python, args.budget_s, args.quick,
                       runs, args.device)
+
+
+def model_file(entry: Dict[str, Any]) -> Path:
+    """The model file of a trained entry (stored relative to the repository where it lies inside it)."""
+    path = Path(entry["model_path"])
+    return path if path.is_absolute() else REPO / path
+
+
+def with_repo_paths(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """``summary`` as it is written: the trained models' files, configs and commands name paths
+    inside the repository relative to it, so that the file names no machine's folders."""
+    def entry_paths(entry: Dict[str, Any]) -> Dict[str, Any]:
+        entry = dict(entry)
+        for key in ("model_path", "config"):
+            if key in entry:
+                entry[key] = repo_relative(entry[key])
+        if "command" in entry:
+            entry["command"] = entry["command"].replace(f"{REPO}{os.sep}", "")
+        return entry
+
+    return {**summary, "trained": {name: entry_paths(e) for name, e in summary.get("trained", {}).items()}}
 
 
 def with_others_trained(summary: Dict[str, Any], path: Path) -> Dict[str, Any]:
@@ -717,7 +738,7 @@ def interleaved_speed(workers: Dict[str, WorkerProcess], trained: Dict[str, Dict
                       args: argparse.Namespace, eval_dir: Path) -> Dict[str, Any]:
     """Rounds over the models (each in its own worker, one at a time): ms per energy+forces call on
     aspirin and MD steps/s at 1 thread; cached for the same set of model files."""
-    key = {name: file_sha256(entry["model_path"]) for name, entry in trained.items()}
+    key = {name: file_sha256(model_file(entry)) for name, entry in trained.items()}
     rounds, n_calls, min_calls, call_budget_s, warmup, md_steps, md_budget_s = (
         (1, 5, 3, 0.5, 2, 5, 2.0) if args.quick else (3, 30, 10, 1.5, 10, 34, 20.0))
     settings = {"rounds": rounds, "calls": n_calls, "min_calls": min_calls, "call_budget_s": call_budget_s,
@@ -932,7 +953,7 @@ def main(argv: List[str] | None = None) -> int:
                                                    "NequIP batch 5), one thread; sizes probed from MDsim's down "
                                                    "until one is cheaper than the ET"}
                 write_json_atomic(matched_path, summary["matched_size"])
-                write_json_atomic(summary_path, summary)
+                write_json_atomic(summary_path, with_repo_paths(summary))
             except Exception as error:
                 skipped["nequip-matched"] = f"step-cost probe failed: {type(error).__name__}: {error}"
                 names.remove("nequip-matched")
@@ -961,7 +982,7 @@ def main(argv: List[str] | None = None) -> int:
                     busy.pop(name, None)
                     trained[name] = entry
                     summary["trained"][name] = entry
-                    write_json_atomic(summary_path, with_others_trained(summary, summary_path))
+                    write_json_atomic(summary_path, with_repo_paths(with_others_trained(summary, summary_path)))
                     log(f"{name}: trained, {entry['cpu_hours']:.3f} CPU-h ({entry['stop_reason']}), "
                         f"{len(entry['curve'])} validations")
                     progressed = True
@@ -999,7 +1020,7 @@ def main(argv: List[str] | None = None) -> int:
                 finally:
                     md_lock.release()
                 md_pending.remove(name)
-                write_json_atomic(summary_path, with_others_trained(summary, summary_path))
+                write_json_atomic(summary_path, with_repo_paths(with_others_trained(summary, summary_path)))
                 progressed = True
                 break
             if progressed:
@@ -1053,7 +1074,7 @@ def main(argv: List[str] | None = None) -> int:
         "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
         "figures": {figure: repo_relative(out / f"{figure}.png") for figure in ("training_curves", "md_progress")},
     })
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(summary_path, with_repo_paths(summary))
     plot_training(summary["trained"], out / "training_curves.png", args.budget_s)
     plot_md(summary.get("evaluation", {}).get("md", {}), out / "md_progress.png")
     if out == RESULTS:  # the documented results: docs/benchmarks.md shows their figures

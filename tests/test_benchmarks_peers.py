@@ -326,3 +326,20 @@ def test_the_table_reads_every_trainers_budget_stop_the_same_and_marks_what_is_m
                                      "| 12.50 of 12.50 (collapsed) | 1.20 |")
     assert rows["mace"] == "| mace | 2.00 | CPU budget | – | – | – | – | – | – |"
     assert "| trainer finished (early stopping) |" in rows["nequip-mdsim"]
+
+
+def test_the_summary_names_repository_paths_relative_to_it_and_reads_them_back():
+    from benchmarks.paths import REPO
+    from benchmarks.peers import model_file, with_repo_paths
+
+    inside = REPO / "runs" / "peers" / "mace-2h" / "mace.model"
+    entry = {"model_path": str(inside), "config": str(inside.with_name("config.yaml")), "kind": "mace",
+             "command": f"/opt/venv/bin/mace_run_train --work_dir {inside.parent} --seed 1"}
+    outside = {"model_path": "/elsewhere/model.ckpt", "kind": "nequip"}
+    written = with_repo_paths({"trained": {"mace": entry, "nequip": outside}, "other": 1})
+    stored = written["trained"]["mace"]
+    assert stored["model_path"] == "runs/peers/mace-2h/mace.model"
+    assert stored["config"] == "runs/peers/mace-2h/config.yaml"
+    assert stored["command"] == "/opt/venv/bin/mace_run_train --work_dir runs/peers/mace-2h --seed 1"
+    assert written["trained"]["nequip"] == outside and written["other"] == 1 and entry["model_path"] == str(inside)
+    assert model_file(stored) == inside and model_file(outside) == Path("/elsewhere/model.ckpt")
