@@ -1057,8 +1057,9 @@ def main(argv: List[str] | None = None) -> int:
             summary["evaluation"]["speed"] = evaluation["speed"]
             summary = with_others_trained(summary, summary_path)
         summary["wall_time_s"] = time.perf_counter() - started
-    else:
+    else:  # a rebuild: the models trained and measured stay as they were, and so does their machine
         trained = dict(summary["trained"])
+        skipped = {k: v for k, v in skipped.items() if k not in trained}
     summary["skipped"] = {**{k: v for k, v in summary["skipped"].items() if k not in trained}, **skipped}
 
     from .machine import machine_info
@@ -1070,7 +1071,9 @@ def main(argv: List[str] | None = None) -> int:
         "md_time_ps": args.md_time_ps, "test_frames": args.test_frames, "device": args.device,
         "train_frames": f"rmd17_{MOLECULE}_train_01.npz[{TRAIN_FRAMES[0]}:{TRAIN_FRAMES[1]}]",
         "valid_frames": f"rmd17_{MOLECULE}_train_01.npz[{VALID_FRAMES[0]}:{VALID_FRAMES[1]}]",
-        "machine": machine_info(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": summary["machine"] if args.report and "machine" in summary else machine_info(),
+        "created": (summary["created"] if args.report and "created" in summary
+                    else time.strftime("%Y-%m-%d %H:%M:%S")),
         "data": "revised MD17 (Christensen & von Lilienfeld 2020), split 01, CC0",
         "figures": {figure: repo_relative(out / f"{figure}.png") for figure in ("training_curves", "md_progress")},
     })

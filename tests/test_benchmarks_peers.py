@@ -343,3 +343,21 @@ def test_the_summary_names_repository_paths_relative_to_it_and_reads_them_back()
     assert stored["command"] == "/opt/venv/bin/mace_run_train --work_dir runs/peers/mace-2h --seed 1"
     assert written["trained"]["nequip"] == outside and written["other"] == 1 and entry["model_path"] == str(inside)
     assert model_file(stored) == inside and model_file(outside) == Path("/elsewhere/model.ckpt")
+
+
+def test_report_rebuilds_the_summary_without_marking_trained_models_skipped_or_changing_its_machine(tmp_path):
+    from benchmarks.peers import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    measured_on = {"cpu": "the measuring machine", "cores": 2}
+    curve = [{"cpu_hours": 1.0, "valid_force_mae_meV_A": 20.0, "step": 10}]
+    trained = {"nequip-mdsim": {"model_path": "/elsewhere/model.ckpt", "kind": "nequip", "cpu_hours": 2.0,
+                                "stop_reason": "CPU budget", "curve": curve}}
+    (out / "peers.json").write_text(json.dumps({"trained": trained, "skipped": {}, "machine": measured_on,
+                                                "created": "2026-01-01 00:00:00"}))
+    assert main(["--report", "--models", "nequip-mdsim", "--out", str(out), "--runs", str(tmp_path / "runs"),
+                 "--nequip-python", str(tmp_path / "no-venv" / "python")]) == 0
+    summary = json.loads((out / "peers.json").read_text())
+    assert summary["skipped"] == {} and summary["trained"] == trained
+    assert summary["machine"] == measured_on and summary["created"] == "2026-01-01 00:00:00"
