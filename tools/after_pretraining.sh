@@ -63,10 +63,11 @@ peers_finished || .venv/bin/python -m benchmarks.peers >> runs/peers.log 2>&1
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (with the queue)"
 longer_budget_cells 2 pretrained --xtb naphthalene   # the one GFN2-xTB-stage cell above MACE's 50-frame figure
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic
+step "converged fine-tuning: the chosen scratch 50-frame cells with a 2 CPU-hour budget too (the pretraining gain at equal budgets)"
+longer_budget_cells 2 scratch aspirin ethanol naphthalene salicylic
 step "converged fine-tuning: the chosen 50-frame cells with best.pt, the schedule and early stopping following the validation force MAE (with the queue)"
 variant_cells "select_by='force-mae'" pretrained aspirin ethanol naphthalene salicylic
 variant_cells "select_by='force-mae'" scratch aspirin ethanol
-longer_budget_cells 2 scratch aspirin ethanol
 step "300 ps MD replicas (seeds 1, 2) of the converged scratch-start models, aspirin and salicylic acid (with the queue)"
 md_replicas et-converged-scratch \
     --model-path "et-converged-scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt"

@@ -155,10 +155,11 @@ step "the collapsed salicylic acid run repaired with DFT frames of its collapse 
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (their errors still fell at 0.5)"
 longer_budget_cells 2 pretrained --xtb naphthalene   # the one GFN2-xTB-stage cell above MACE's 50-frame figure
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic
+step "converged fine-tuning: the chosen scratch 50-frame cells with a 2 CPU-hour budget too (the pretraining gain at equal budgets)"
+longer_budget_cells 2 scratch aspirin ethanol naphthalene salicylic
 step "converged fine-tuning: the chosen 50-frame cells with best.pt, the schedule and early stopping following the validation force MAE"
 variant_cells "select_by='force-mae'" pretrained aspirin ethanol naphthalene salicylic
 variant_cells "select_by='force-mae'" scratch aspirin ethanol
-longer_budget_cells 2 scratch aspirin ethanol   # the pretraining gain at the longer budget
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
 step "300 ps MD replicas (seeds 1, 2) of the converged pretrained-start models, aspirin and salicylic acid"
 md_replicas et-pretrained-finetuned
