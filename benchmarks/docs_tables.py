@@ -275,6 +275,13 @@ def collapse_dft() -> str:
     return check.table(_json("collapse_dft/collapse_dft.json")["runs"])
 
 
+def collapse_repair() -> str:
+    """Collapsed MD runs repaired with DFT frames of their collapse (``benchmarks.collapse_repair``)."""
+    from . import collapse_repair as repair
+
+    return repair.table(_json("collapse_repair/collapse_repair.json")["repairs"])
+
+
 def md_stability_converged() -> str:
     """The 300 ps runs of the converged 1000-frame models (``benchmarks.md_stability``)."""
     from . import md_stability as stability
@@ -796,6 +803,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "md_stability": md_stability,
     "md_stability_converged": md_stability_converged,
     "collapse_dft": collapse_dft,
+    "collapse_repair": collapse_repair,
     "pretrain_size": pretrain_size,
     "pretrain_scaling": pretrain_scaling,
     "pretrain_scaling_runs": pretrain_scaling_runs,

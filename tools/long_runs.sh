@@ -151,7 +151,9 @@ if ! peers_finished; then
 fi
 # while the other core starts the 2 CPU-hour cells below
 step "the collapsed salicylic acid run repaired with DFT frames of its collapse (label, fine-tune, 300 ps again)"
-.venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1
+# a finished repair (its summary committed) runs once: its trajectories, optimiser state and MD state stay local
+[ -f benchmarks/results/collapse_repair/collapse_repair.json ] ||
+    .venv/bin/python -m benchmarks.collapse_repair >> runs/collapse_repair.log 2>&1
 step "converged fine-tuning: the chosen 50-frame cells with a 2 CPU-hour budget (their errors still fell at 0.5)"
 longer_budget_cells 2 pretrained --xtb naphthalene   # the one GFN2-xTB-stage cell above MACE's 50-frame figure
 longer_budget_cells 2 pretrained aspirin ethanol naphthalene salicylic
