@@ -49,6 +49,12 @@ def _same_file_spelling(value: Any) -> Any:
     return value
 
 
+def check_existing_policy(existing: str) -> None:
+    """Raise a clear error unless ``existing`` is one of :data:`EXISTING_RUN_POLICIES`."""
+    if existing not in EXISTING_RUN_POLICIES:
+        raise ValueError(f"existing must be one of {EXISTING_RUN_POLICIES}, got {existing!r}")
+
+
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a configuration (as ``TrainConfig.to_dict()``) that define what a run learns:
     everything but the run directory, the data root and :data:`RESUMABLE_SETTINGS`. A run resumes
@@ -128,8 +134,7 @@ class RunDirectory:
     def check_existing(self, existing: str, config: Dict[str, Any]) -> None:
         """Check the policy ``existing`` (one of :data:`EXISTING_RUN_POLICIES`) against the run the
         directory holds, for a run of ``config`` (``TrainConfig.to_dict()``); nothing is changed."""
-        if existing not in EXISTING_RUN_POLICIES:
-            raise ValueError(f"existing must be one of {EXISTING_RUN_POLICIES}, got {existing!r}")
+        check_existing_policy(existing)
         if existing == "overwrite":
             return
         holds_run = self.last.exists() or self.best.exists()
@@ -214,4 +219,5 @@ class RunDirectory:
             writer.writerow(row)
 
 
-__all__ = ["EXISTING_RUN_POLICIES", "RUN_FILES", "RunDirectory", "config_differences", "config_fingerprint"]
+__all__ = ["EXISTING_RUN_POLICIES", "RUN_FILES", "RunDirectory", "check_existing_policy", "config_differences",
+           "config_fingerprint"]

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
@@ -41,7 +42,7 @@ from .batching import (
 from .config import UNLIMITED_STEPS, OptimConfig, TrainConfig
 from .curves import write_learning_curve
 from .objectives import TERM_NAMES, compute_loss, count_terms, prepare_equilibrium
-from .run_directory import EXISTING_RUN_POLICIES, RunDirectory, config_fingerprint
+from .run_directory import RunDirectory, check_existing_policy, config_fingerprint
 from .schedule import LearningRateSchedule
 
 
@@ -120,8 +121,7 @@ class Trainer:
         there is one; its configuration must match, see :func:`config_fingerprint`), 'require' one to
         resume, 'refuse' to touch it, or 'overwrite' it (its checkpoints, logs and snapshots are
         deleted before the new run starts)."""
-        if existing not in EXISTING_RUN_POLICIES:
-            raise ValueError(f"existing must be one of {EXISTING_RUN_POLICIES}, got {existing!r}")
+        check_existing_policy(existing)  # before the run directory is made
         self.existing = existing
         self.config = config
         self.device = training_device(config.optim.device)
@@ -129,7 +129,6 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.dtype = resolve_dtype(config.dtype)
         self.directory = RunDirectory(config.run_dir)
-        self.run_dir = self.directory.path
         self.directory.check_existing(existing, config.to_dict())
         self._load_sources()
         if self.device.type == "cpu":  # the rule for one worker's batch, on its share of the machine's cores
@@ -163,6 +162,10 @@ class Trainer:
             batch_shares([s.ratio for s in self.sources], config.optim.batch_size),
             config.seed,
         )
+
+    @property
+    def run_dir(self) -> Path:
+        return self.directory.path
 
     # ---------------------------------------------------------------- set-up
     def release(self) -> None:
