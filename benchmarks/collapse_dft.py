@@ -45,7 +45,7 @@ from forcefield_et.inference import Evaluator
 
 from .io import savez_atomic, write_json_atomic, write_text_atomic
 from .machine import machine_info
-from .paths import REPO, RUNS_DIR, repo_relative
+from .paths import REPO, RUNS_DIR, checkout_path, repo_relative
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_dft"
 DOCS_IMG = REPO / "docs" / "img"
@@ -89,15 +89,10 @@ def closest_approach(trajectory_path: Path, formed: List[Dict[str, Any]]) -> Dic
 
 def model_file(result: Dict[str, Any]) -> Path:
     """The checkpoint a run's result names, in this checkout where the recorded path is from another."""
-    recorded = Path(result["model_path"])
-    if recorded.is_file():
-        return recorded
-    for anchor in ("forcefield_et", "runs", "benchmarks"):
-        if anchor in recorded.parts:
-            local = REPO.joinpath(*recorded.parts[recorded.parts.index(anchor):])
-            if local.is_file():
-                return local
-    raise FileNotFoundError(f"the model of this run, {recorded}, is not here")
+    path = checkout_path(result["model_path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"the model of this run, {result['model_path']}, is not here")
+    return path
 
 
 def window(trajectory: Dict[str, np.ndarray], collapse_frame: int, frames: int) -> np.ndarray:

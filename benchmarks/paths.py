@@ -28,6 +28,23 @@ def repo_relative(path: Path | str) -> str:
     return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
+def checkout_path(recorded: Path | str) -> Path:
+    """A path a results file records, in this checkout: relative ones lie in the repository; an
+    absolute one from another checkout is found again below its ``forcefield_et``, ``runs`` or
+    ``benchmarks`` folder; otherwise the path as recorded (which may not exist)."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return REPO / path
+    if path.exists():
+        return path
+    for anchor in ("forcefield_et", "runs", "benchmarks"):
+        if anchor in path.parts:
+            local = REPO.joinpath(*path.parts[path.parts.index(anchor):])
+            if local.exists():
+                return local
+    return path
+
+
 def water_dir(data_root: Path = DATA_ROOT) -> Path:
     """The first DeePMD water system (64 molecules, periodic) under ``data_root``."""
     return Path(data_root) / "water" / "data_0"

@@ -84,7 +84,7 @@ import numpy as np
 from forcefield_et.files import DirectoryBusyError, DirectoryLock, file_sha256
 
 from .io import write_json_atomic, write_text_atomic
-from .paths import DATA_ROOT, repo_relative
+from .paths import DATA_ROOT, checkout_path, repo_relative
 from .prepare import NEQUIP_MDSIM, NEQUIP_TINY, TRAIN_FRAMES, VALID_FRAMES, log, nequip_config, write_extxyz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -691,8 +691,7 @@ def train_model(name: str, summary: Dict[str, Any], args: argparse.Namespace, ru
 
 def model_file(entry: Dict[str, Any]) -> Path:
     """The model file of a trained entry (stored relative to the repository where it lies inside it)."""
-    path = Path(entry["model_path"])
-    return path if path.is_absolute() else REPO / path
+    return checkout_path(entry["model_path"])
 
 
 def with_repo_paths(summary: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,5 +1,7 @@
 """One home for where the benchmarks find the shared data."""
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.paths import DATA_ROOT, REPO, rmd17_file, water_dir
@@ -21,3 +23,13 @@ def test_results_name_paths_inside_the_repository_relative_to_it(tmp_path):
     assert repo_relative(results) == "benchmarks/results/peers/peers.json"
     assert repo_relative(REPO / "runs" / ".." / "docs") == "docs"
     assert repo_relative(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")
+
+
+def test_checkout_path_finds_recorded_paths_in_this_checkout():
+    from benchmarks.paths import checkout_path
+
+    assert checkout_path("benchmarks/paths.py") == REPO / "benchmarks" / "paths.py"  # relative: in the repository
+    assert checkout_path(REPO / "benchmarks" / "paths.py") == REPO / "benchmarks" / "paths.py"
+    # recorded in another checkout: found again below its benchmarks/ folder
+    assert checkout_path("/elsewhere/clone/benchmarks/paths.py") == REPO / "benchmarks" / "paths.py"
+    assert checkout_path("/elsewhere/model.ckpt") == Path("/elsewhere/model.ckpt")  # nowhere here: as recorded
