@@ -123,7 +123,8 @@ class Variant:
     (``patience`` validations without improvement before the learning rate is halved; early stopping
     waits :data:`EARLY_STOP_AFTER_PLATEAU` validations longer), a cosine schedule, a smaller learning
     rate for the representation than for the head (``encoder_lr_scale``), or another CPU budget than
-    :data:`BUDGET_HOURS` gives the cell's size (``budget_hours``; 0: that one)."""
+    :data:`BUDGET_HOURS` gives the cell's size (``budget_hours``; 0: that one), or another CPU budget for the
+    molecule's GFN2-xTB stage than :data:`XTB_STAGE_HOURS` (``xtb_stage_hours``; 0: that one)."""
 
     replay: float = 0.0  # share of every batch replayed from REPLAY_MOLECULES; 0: no replay
     zbl: float = 0.0  # the ZBL prior's switch-off scale (model ``zbl``); 0: off
@@ -135,10 +136,15 @@ class Variant:
     xtb_stage: bool = False  # the start first fine-tuned on the molecule's own GFN2-xTB corpus
     budget_hours: float = 0.0  # the cell's CPU budget; 0: BUDGET_HOURS of its size
     select_by: str = "loss"  # the validation metric of best.pt, the schedule and early stopping (or "force-mae")
+    xtb_stage_hours: float = 0.0  # the GFN2-xTB stage's CPU budget; 0: XTB_STAGE_HOURS
+
+    def __post_init__(self) -> None:
+        if self.xtb_stage_hours and not self.xtb_stage:
+            raise ValueError("a GFN2-xTB stage budget (xtb_stage_hours) needs the stage (xtb_stage=True)")
 
     @property
     def labels(self) -> List[str]:
-        labels = ["the molecule's GFN2-xTB stage"] if self.xtb_stage else []
+        labels = [f"the molecule's GFN2-xTB stage{self.stage_label}"] if self.xtb_stage else []
         labels += [("replay" if self.replay == REPLAY_RATIO else f"replay {self.replay:g}")] if self.replay else []
         labels += [("zbl" if self.zbl == 1.0 else f"zbl {self.zbl:g}")] if self.zbl else []
         labels += [f"force weight {self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
@@ -153,11 +159,21 @@ class Variant:
     @property
     def recipe_labels(self) -> List[str]:
         """:attr:`labels` without the GFN2-xTB stage, for tables and plots that name the stage apart."""
-        return replace(self, xtb_stage=False).labels
+        return replace(self, xtb_stage=False, xtb_stage_hours=0.0).labels
+
+    @property
+    def stage_label(self) -> str:
+        """'' for the GFN2-xTB stage of :data:`XTB_STAGE_HOURS`, else its budget (" of 2 CPU-hours")."""
+        return f" of {self.xtb_stage_hours:g} CPU-hours" if self.xtb_stage_hours else ""
+
+    @property
+    def stage_suffix(self) -> str:
+        """The GFN2-xTB stage's part of names: '-xtb', or '-xtb<H>h' for a stage budget of H CPU-hours."""
+        return ("-xtb" + (f"{self.xtb_stage_hours:g}h" if self.xtb_stage_hours else "")) if self.xtb_stage else ""
 
     @property
     def suffix(self) -> str:
-        suffix = "-xtb" if self.xtb_stage else ""
+        suffix = self.stage_suffix
         suffix += ("-replay" if self.replay == REPLAY_RATIO else f"-replay{self.replay:g}") if self.replay else ""
         suffix += ("-zbl" if self.zbl == 1.0 else f"-zbl{self.zbl:g}") if self.zbl else ""
         suffix += f"-fw{self.force_weight:g}" if self.force_weight != FORCE_WEIGHT else ""
@@ -174,11 +190,13 @@ class Variant:
                    float(result.get("force_weight", FORCE_WEIGHT)), float(result.get("lr", LEARNING_RATE)),
                    int(result.get("plateau_patience", PLATEAU_PATIENCE)), str(result.get("schedule", "plateau")),
                    float(result.get("encoder_lr_scale", 1.0)), bool(result.get("xtb_stage")),
-                   float(result.get("budget_hours") or 0.0), str(result.get("select_by", "loss")))
+                   float(result.get("budget_hours") or 0.0), str(result.get("select_by", "loss")),
+                   float(result.get("xtb_stage_hours") or 0.0))
 
     def flags(self) -> List[str]:
         """The options of ``python -m benchmarks.finetune_converged`` that select this variant."""
         flags = ["--xtb-stage"] if self.xtb_stage else []
+        flags += ["--xtb-stage-hours", f"{self.xtb_stage_hours:g}"] if self.xtb_stage_hours else []
         flags += ["--replay", f"{self.replay:g}"] if self.replay else []
         flags += ["--zbl", f"{self.zbl:g}"] if self.zbl else []
         flags += ["--force-weight", f"{self.force_weight:g}"] if self.force_weight != FORCE_WEIGHT else []
@@ -247,8 +265,10 @@ def run_config(molecule: str, n_train: int, start: str, data_root: Path, runs_di
                          init_from or start, optim, variant, model)
 
 
-def xtb_stage_name(molecule: str, start: str) -> str:
-    return f"{molecule}-{start_label(start)}-xtb"
+def xtb_stage_name(molecule: str, start: str, hours: float = 0.0) -> str:
+    """The GFN2-xTB stage's name: <molecule>-<start>-xtb, with ``hours`` (its CPU budget, 0: the default
+    :data:`XTB_STAGE_HOURS`) as <molecule>-<start>-xtb<hours>h."""
+    return f"{molecule}-{start_label(start)}" + Variant(xtb_stage=True, xtb_stage_hours=hours).stage_suffix
 
 
 def xtb_corpus(molecule: str, runs_dir: Path, trajectories: int = XTB_STAGE_TRAJECTORIES,
@@ -269,12 +289,12 @@ def xtb_corpus(molecule: str, runs_dir: Path, trajectories: int = XTB_STAGE_TRAJ
 
 def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir: Path = RESULTS_DIR,
               optim: Dict[str, Any] | None = None, trajectories: int = XTB_STAGE_TRAJECTORIES,
-              md_frames: int = XTB_STAGE_MD_FRAMES) -> Dict[str, Any]:
+              md_frames: int = XTB_STAGE_MD_FRAMES, hours: float = 0.0) -> Dict[str, Any]:
     """``start`` fine-tuned on the molecule's own GFN2-xTB corpus (made first; relaxed and MD frames,
-    energies and forces) with the recipe at 1000 frames for :data:`XTB_STAGE_HOURS` (``optim`` entries
-    replace its settings); resumes like a cell. Returns the stage's record (also written to
-    ``<results>/xtb_stage/<molecule>-<start>-xtb.json``); its weights are ``checkpoint``."""
-    name = xtb_stage_name(molecule, start)
+    energies and forces) with the recipe at 1000 frames for ``hours`` CPU-hours (0: :data:`XTB_STAGE_HOURS`;
+    ``optim`` entries replace its settings); resumes like a cell. Returns the stage's record (also written to
+    ``<results>/xtb_stage/<stage name>.json``, :func:`xtb_stage_name`); its weights are ``checkpoint``."""
+    name = xtb_stage_name(molecule, start, hours)
     stage_dir = runs_dir / "xtb_stage" / name
     record_path = results_dir / "xtb_stage" / f"{name}.json"
     if record_path.is_file():
@@ -289,7 +309,7 @@ def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir:
     source = {"name": f"{molecule}_xtb", "format": "xtb_corpus", "path": str(shard), "objective": "energy_forces",
               "options": {"kinds": [0, 1]}, "valid_fraction": XTB_STAGE_VALID_FRACTION}
     config = recipe_config(stage_dir, [source], 1000, start,
-                           {"time_budget_s": 3600 * XTB_STAGE_HOURS, **(optim or {})})
+                           {"time_budget_s": 3600 * (hours or XTB_STAGE_HOURS), **(optim or {})})
     trainer, _ = train(config, progress=False)
     from forcefield_et.checkpoint import read_checkpoint
 
@@ -298,7 +318,7 @@ def xtb_stage(molecule: str, start: str, runs_dir: Path = RUNS_DIR, results_dir:
         "stage": name, "molecule": molecule, "smiles": SMILES[molecule], "start": start_label(start),
         "method": "gfn2-xtb", "trajectories": trajectories, "md_frames_per_trajectory": md_frames,
         "frames_relaxed": corpus["frames_relaxed"], "frames_md": corpus["frames_md"],
-        "corpus_cpu_hours": corpus["cpu_hours"],
+        "corpus_cpu_hours": corpus["cpu_hours"], "budget_hours": hours or XTB_STAGE_HOURS,
         "steps": trainer.step, "cpu_hours": trainer.cpu_seconds / 3600,
         "stop_reason": trainer.stop_reason or "max_steps",
         "valid_force_mae_meV_A": validation.get(f"{molecule}_xtb/force_mae_meV_A"),
@@ -324,7 +344,8 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
     result_path = results_dir / "runs" / name / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    stage = xtb_stage(molecule, start, runs_dir, results_dir, optim, *xtb_corpus_size) if variant.xtb_stage else None
+    stage = (xtb_stage(molecule, start, runs_dir, results_dir, optim, *xtb_corpus_size, variant.xtb_stage_hours)
+             if variant.xtb_stage else None)
     config = run_config(molecule, n_train, start, data_root, runs_dir, optim, variant, model,
                         init_from=stage["checkpoint"] if stage else None)
     trainer, _ = train(config, progress=False)
@@ -340,7 +361,7 @@ def run_cell(molecule: str, n_train: int, start: str, data_root: Path = DATA_ROO
         "zbl": variant.zbl, "replay": variant.replay, "force_weight": variant.force_weight,
         "lr": variant.lr, "plateau_patience": variant.patience, "schedule": variant.schedule,
         "encoder_lr_scale": variant.encoder_lr_scale, "budget_hours": variant.budget_hours,
-        "select_by": variant.select_by,
+        "select_by": variant.select_by, "xtb_stage_hours": variant.xtb_stage_hours,
         "steps": trainer.step, "best_step": model.metadata["training"]["step"],
         "cpu_hours": trainer.cpu_seconds / 3600, "stop_reason": trainer.stop_reason or "max_steps",
         # the molecule's GFN2-xTB stage, if any: its record, and the CPU time of corpus + stage + this cell
@@ -664,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--xtb-stage", action="store_true",
                         help="fine-tune the start on the molecule's own GFN2-xTB frames first (made from its SMILES "
                         "by forcefield-et corpus; needs pip install 'forcefield-et[corpus]'); cells <cell>-xtb...")
+    parser.add_argument("--xtb-stage-hours", type=float, default=0.0, metavar="H",
+                        help=f"with --xtb-stage: the stage's CPU budget (default {XTB_STAGE_HOURS:g}; another budget: "
+                        "stages <molecule>-<start>-xtb<H>h, cells <cell>-xtb<H>h...)")
     parser.add_argument("--data-root", default=str(DATA_ROOT), help="the shared data folder (holds rmd17/)")
     parser.add_argument("--runs", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
@@ -680,11 +704,16 @@ def build_parser() -> argparse.ArgumentParser:
 def variant_of_arguments(args: argparse.Namespace) -> Variant:
     """The recipe's variant that the parsed command-line options select."""
     return Variant(args.replay, args.zbl, args.force_weight, args.lr, args.patience, args.schedule,
-                   args.encoder_lr_scale, args.xtb_stage, args.budget_hours, args.select_by)
+                   args.encoder_lr_scale, args.xtb_stage, args.budget_hours, args.select_by, args.xtb_stage_hours)
 
 
 def main(argv: List[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        variant = variant_of_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -706,7 +735,6 @@ def main(argv: List[str] | None = None) -> None:
         optim, test_frames = {"time_budget_s": QUICK_BUDGET_S, "compile": False, "valid_every": 4}, 50
         xtb_corpus_size = (2, 4)
     if not args.report:
-        variant = variant_of_arguments(args)
         for molecule in args.molecules:
             for size in args.sizes:
                 for start in args.starts:

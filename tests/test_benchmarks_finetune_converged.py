@@ -277,8 +277,34 @@ def test_a_longer_budget_is_a_variant_with_its_own_cell_and_time_budget(tmp_path
         assert config.optim.time_budget_s == 3600 * hours
 
 
+def test_a_longer_xtb_stage_is_a_stage_and_a_cell_of_its_own(tmp_path):
+    """``--xtb-stage-hours H``: the GFN2-xTB stage's CPU budget, in the stage's name (so that the stages of two
+    budgets never share a run directory), the cell's name, its labels and its result."""
+    from benchmarks.finetune_converged import XTB_STAGE_HOURS, xtb_stage_name
+
+    longer = Variant(0.2, xtb_stage=True, xtb_stage_hours=2.0)
+    assert cell_name("naphthalene", 50, "pretrained", longer) == "naphthalene-50-pretrained-xtb2h-replay"
+    assert xtb_stage_name("naphthalene", "pretrained", 2.0) == "naphthalene-pretrained-xtb2h"
+    assert xtb_stage_name("naphthalene", "pretrained") == "naphthalene-pretrained-xtb"  # the default budget
+    assert longer.labels == ["the molecule's GFN2-xTB stage of 2 CPU-hours", "replay"]
+    assert longer.recipe_labels == ["replay"]
+    record = {"stage": "naphthalene-pretrained-xtb2h", "cpu_hours": 2.0, "corpus_cpu_hours": 0.1}
+    assert Variant.of({"replay": 0.2, "xtb_stage": record, "xtb_stage_hours": 2.0}) == longer
+    assert Variant.of({"replay": 0.2, "xtb_stage": record}) == Variant(0.2, xtb_stage=True)  # older results
+    assert XTB_STAGE_HOURS != 2.0
+    with pytest.raises(ValueError, match="needs the stage"):
+        Variant(xtb_stage_hours=2.0)
+
+
+def test_a_stage_budget_without_the_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        converged_main(["--xtb-stage-hours", "2", "--report"])
+    assert stop.value.code == 2 and "needs the stage" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("variant", [
-    Variant(), Variant(0.2, lr=1e-3, budget_hours=2.0), Variant(0.5, 0.75, 100.0, 2e-3, 10, "cosine", 0.3, True, 1.5),
+    Variant(), Variant(0.2, lr=1e-3, budget_hours=2.0),
+    Variant(0.5, 0.75, 100.0, 2e-3, 10, "cosine", 0.3, True, 1.5, "force-mae", 2.0),
 ], ids=["recipe", "replay-lr-budget", "everything"])
 def test_a_variants_flags_select_it_again(variant):
     from benchmarks.finetune_converged import build_parser, variant_of_arguments
