@@ -3,6 +3,7 @@
     python -m benchmarks.collapse_repair                      # the collapsed salicylic acid run, up to 3 rounds
     python -m benchmarks.collapse_repair --run salicylic__et-pretrained-finetuned --frames 20 --rounds 2
     python -m benchmarks.collapse_repair --quick              # CI: a tiny model, coarse DFT, short MD
+    python -m benchmarks.collapse_repair --bundle             # the repaired model replaces the bundled one
 
 Protocol, for one collapsed run of ``benchmarks.md_stability`` (default: the converged salicylic acid
 model with the pretrained start, in ``benchmarks/results/md_stability_converged``). Round r = 1, 2, ...:
@@ -24,6 +25,10 @@ The repaired models use DFT frames that no rMD17 protocol has (the model's own t
 here): report them apart from the rMD17 results. DFT labels, training runs and MD states go to
 ``runs/collapse_repair/<run>/`` and resume; the results (``collapse_repair.json``, ``collapse_repair.md``,
 and the MD results under ``md/``) to ``--out`` (default ``benchmarks/results/collapse_repair/``).
+
+``--bundle`` trains nothing: where the repaired model was a bundled ``rmd17-<molecule>`` checkpoint, the
+stable round's weights replace it, with the bundled card's entries, the round's test errors, and the repair
+(frames, level of theory, CPU time, MD) in its description and its ``repair`` entry.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .collapse_dft import MD_RESULTS, MD_WORK, labelled_window, model_file, wind
 from .finetune_converged import VALID, recipe_config
 from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
-from .paths import DATA_ROOT, RUNS_DIR, repo_relative, rmd17_file
+from .paths import DATA_ROOT, RUNS_DIR, checkout_path, repo_relative, rmd17_file
 from .rmd17_errors import rmd17_test_errors
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "collapse_repair"
@@ -165,6 +170,86 @@ def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 QUICK_PROTOCOL = {"time_ps": 0.05, "save_every": 10}
+REPAIR_LEVEL_OF_THEORY = "PBE/def2-SVP (PySCF, density fitting), rMD17's level of theory"
+
+
+def repaired_card(card: Dict[str, Any], entry: Dict[str, Any], settings: Dict[str, Any],
+                  closest_pair: float) -> Dict[str, Any]:
+    """The card of a bundled model after the repair ``entry`` (a ``repairs`` value of collapse_repair.json
+    whose last round was stable): the bundled ``card``'s entries, the stable round's test errors, the repair's
+    training time added to the training cost, and the repair in the description, the limits and ``repair``.
+    ``closest_pair``: the smallest r_ij over the covalent-radii sum in the repair's DFT frames."""
+    stable = entry["rounds"][-1]
+    if stable["md"]["collapsed"]:
+        raise ValueError(f"{entry['run']}: the last round collapsed too; nothing repaired to bundle")
+    train_hours = sum(r["training_cpu_hours"] for r in entry["rounds"])
+    dft_hours = sum(r["dft_cpu_s"] for r in entry["rounds"]) / 3600
+    frames, at_ps, md = stable["repair_frames"], entry["rounds"][0]["frames_from_collapse_at_ps"], stable["md"]
+    repair = {
+        "benchmark": "benchmarks/collapse_repair.py", "run": entry["run"], "rounds": stable["round"],
+        "repaired_cell": (card.get("training_cost") or {}).get("cell"), "repaired_test_errors": card.get("test_errors"),
+        "dft_frames": frames, "level_of_theory": REPAIR_LEVEL_OF_THEORY,
+        "frames_from": (f"the model's own 500 K MD trajectory (benchmarks.md_stability), up to its collapse at "
+                        f"{at_ps:g} ps"),
+        "replay_ratio": settings["ratio"], "learning_rate": settings["lr"],
+        "training_cpu_hours": round(train_hours, 3), "dft_cpu_hours": round(dft_hours, 3),
+        "md_after": {key: md[key] for key in ("simulated_ps", "stability_ps", "collapsed")},
+    }
+    new = dict(card)
+    new["description"] = (
+        f"{card.get('description', '')} Then repaired for a 500 K MD collapse (benchmarks/collapse_repair.py): "
+        f"fine-tuned {train_hours:.2f} CPU-hours more on the same frames with {frames} PBE/def2-SVP frames of its "
+        f"own trajectory up to the collapse at {at_ps:g} ps replayed ({settings['ratio']:.0%} of every batch, "
+        f"forces only; learning rate {settings['lr']:g}); the same {md['simulated_ps']:g} ps then ran without a "
+        "collapse.")
+    new["limits"] = (f"{card.get('limits', '')} Besides its rMD17 frames it saw the {frames} DFT frames of its "
+                     "repair: compare its test errors with other rMD17 models with that in mind.").strip()
+    new["test_errors"] = {**card.get("test_errors", {}), "force_mae_meV_A": stable["test"]["force_mae_meV_A"],
+                          "energy_mae_meV": stable["test"]["energy_mae_meV"], "frames": stable["test"]["frames"]}
+    new["test_errors"].pop("force_rmse_meV_A", None)  # not measured after the repair
+    if "training_cost" in card:
+        new["training_cost"] = {**card["training_cost"],
+                                "cpu_hours": round(card["training_cost"]["cpu_hours"] + train_hours, 3),
+                                "repair_cpu_hours": round(train_hours, 3)}
+    if "priors" in card:
+        new["priors"] = {**card["priors"], "note": (
+            f"{card['priors']['note']}; the repair trained with the prior on, on DFT frames whose closest pair is at "
+            f"{closest_pair:.3f} x that sum")}
+    new["repair"] = repair
+    return new
+
+
+def bundle_repair(entry: Dict[str, Any], settings: Dict[str, Any], work: Path) -> str:
+    """Write the stable round of the repair ``entry`` over the bundled checkpoint it repaired, with
+    :func:`repaired_card`; returns what it did (nothing where the model was not a bundled one)."""
+    from ase.io import read
+
+    from forcefield_et.checkpoint import read_checkpoint
+    from forcefield_et.registry import BUNDLED_DIR, export_checkpoint
+
+    from .rmd17_models import _closest_pair_ratio
+
+    bundled = checkout_path(entry["model"])
+    if bundled.parent != BUNDLED_DIR:
+        return f"{entry['run']}: its model {entry['model']} is not a bundled checkpoint; nothing to bundle"
+    weights = work / entry["run"] / f"round{entry['rounds'][-1]['round']}" / "best.pt"
+    frames_file = work / entry["run"] / "repair_frames.extxyz"
+    for needed in (weights, frames_file):
+        if not needed.is_file():
+            raise SystemExit(f"{needed} not found: the repair of {entry['run']} did not run on this machine")
+    card = read_checkpoint(bundled)["metadata"]
+    if "repair" in card:
+        if card.get("exported_from", {}).get("checksum") == read_checkpoint(weights)["checksum"]:
+            return f"{bundled} is this repair already"
+        raise SystemExit(f"{bundled} is the repair of another run ({card['repair']['run']}); export its cell again "
+                         "first (python -m benchmarks.finetune_converged --bundle)")
+    from forcefield_et.data import ConformationSet
+
+    frames = ConformationSet.from_ase(read(frames_file, index=":"))
+    new = repaired_card({k: v for k, v in card.items() if k not in ("training", "validation", "exported_from")},
+                        entry, settings, _closest_pair_ratio(frames))
+    export_checkpoint(weights, bundled, new)
+    return f"bundled the repair of {entry['run']} (round {entry['rounds'][-1]['round']}) as {bundled}"
 
 
 def table(repairs: Dict[str, Dict[str, Any]]) -> str:
@@ -199,7 +284,18 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check: 2 frames, coarse DFT, 6 CPU-s of training, 0.05 ps of MD, 20 test frames")
+    parser.add_argument("--bundle", action="store_true",
+                        help="train nothing: the stable round of each finished repair (--out/collapse_repair.json) "
+                        "replaces the bundled checkpoint it repaired")
     args = parser.parse_args(argv)
+    if args.bundle:
+        summary_path = args.out / "collapse_repair.json"
+        if not summary_path.is_file():
+            raise SystemExit(f"{summary_path} not found: run python -m benchmarks.collapse_repair first")
+        summary = json.loads(summary_path.read_text())
+        for entry in summary["repairs"].values():
+            print(bundle_repair(entry, summary["settings"], args.work))
+        return
     for name in ("frames", "rounds", "grid_level", "test_frames"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -10,11 +10,10 @@ import pytest
 from tests.conftest import shared_path
 from tests.test_benchmarks_collapse_dft import _collapsed_run
 
-pytest.importorskip("pyscf", reason="benchmarks.collapse_repair needs PySCF (the dft extra)")
-
 
 @pytest.mark.timeout(600)
 def test_quick_round_labels_trains_tests_and_runs_md_again(tmp_path, tiny_model, capsys):
+    pytest.importorskip("pyscf", reason="benchmarks.collapse_repair needs PySCF (the dft extra)")
     from ase.io import read
 
     import benchmarks.collapse_repair as collapse_repair
@@ -55,3 +54,43 @@ def test_quick_round_labels_trains_tests_and_runs_md_again(tmp_path, tiny_model,
     collapse_repair.main(argv)
     moved = json.loads((out / "collapse_repair.json").read_text())["repairs"]["ethanol__tiny"]["rounds"][0]
     assert moved["repair_frames"] == 2 and moved["md"] == first["md"]
+    # the repaired model was no bundled checkpoint: --bundle leaves everything as it is
+    collapse_repair.main(["--bundle", "--out", str(out), "--work", str(work)])
+    assert "is not a bundled checkpoint; nothing to bundle" in capsys.readouterr().out
+
+
+def _repair_entry(collapsed_after: bool = False) -> dict:
+    md = {"simulated_ps": 300.0, "stability_ps": 300.0, "collapsed": collapsed_after, "collapse_reason": None}
+    return {"run": "salicylic__et-pretrained-finetuned", "molecule": "salicylic",
+            "model": "forcefield_et/checkpoints/rmd17-salicylic.pt",
+            "rounds": [{"round": 1, "repair_frames": 20, "frames_from_collapse_at_ps": 27.7, "dft_cpu_s": 1152.0,
+                        "training_steps": 10842, "training_cpu_hours": 0.5, "stop_reason": "budget",
+                        "test": {"frames": 1000, "force_mae_meV_A": 6.85, "energy_mae_meV": 1.55}, "md": md}]}
+
+
+def test_the_repaired_card_keeps_the_bundled_entries_and_states_the_repair():
+    """The bundled card's entries stay; the test errors become the repaired model's, the training cost grows
+    by the repair, and the description, the limits and ``repair`` say which frames beyond rMD17 it saw."""
+    from benchmarks.collapse_repair import repaired_card
+
+    card = {"name": "rmd17-salicylic", "description": "Fine-tuned on rMD17 salicylic.",
+            "limits": "Fitted to one molecule.", "level_of_theory": "PBE/def2-SVP",
+            "training_cost": {"cpu_hours": 2.0, "steps": 62036, "cell": "salicylic-1000-pretrained"},
+            "test_errors": {"split": "rmd17 test_01", "frames": 1000, "force_mae_meV_A": 6.98,
+                            "energy_mae_meV": 1.60, "force_rmse_meV_A": 10.9},
+            "priors": {"zbl_radius_scale": 0.75, "note": "ZBL repulsion"}}
+    new = repaired_card(card, _repair_entry(), {"ratio": 0.1, "lr": 1e-4}, 0.8321)
+    assert new["name"] == "rmd17-salicylic" and new["level_of_theory"] == "PBE/def2-SVP"
+    assert new["test_errors"] == {"split": "rmd17 test_01", "frames": 1000, "force_mae_meV_A": 6.85,
+                                  "energy_mae_meV": 1.55}  # no RMSE: not measured after the repair
+    assert new["training_cost"]["cpu_hours"] == 2.5 and new["training_cost"]["repair_cpu_hours"] == 0.5
+    assert new["description"].startswith("Fine-tuned on rMD17 salicylic. Then repaired")
+    assert "20 PBE/def2-SVP frames of its own trajectory up to the collapse at 27.7 ps" in new["description"]
+    assert "20 DFT frames of its repair" in new["limits"] and "0.832 x that sum" in new["priors"]["note"]
+    repair = new["repair"]
+    assert repair["repaired_cell"] == "salicylic-1000-pretrained" and repair["dft_frames"] == 20
+    assert repair["repaired_test_errors"] == card["test_errors"] and repair["dft_cpu_hours"] == 0.32
+    assert repair["md_after"] == {"simulated_ps": 300.0, "stability_ps": 300.0, "collapsed": False}
+    assert card["test_errors"]["force_mae_meV_A"] == 6.98  # the card given is left as it was
+    with pytest.raises(ValueError, match="collapsed too"):
+        repaired_card(card, _repair_entry(collapsed_after=True), {"ratio": 0.1, "lr": 1e-4}, 0.83)

@@ -310,3 +310,31 @@ def test_a_variants_flags_select_it_again(variant):
     from benchmarks.finetune_converged import build_parser, variant_of_arguments
 
     assert variant_of_arguments(build_parser().parse_args(variant.flags())) == variant
+
+
+def test_bundling_copies_the_export_but_keeps_a_repair_of_the_same_cell(tmp_path):
+    """``--bundle`` exports the pretrained start's chosen cell and bundles it, unless the bundled file is that
+    cell repaired (``benchmarks.collapse_repair --bundle``); a repair of an older cell is replaced."""
+    from benchmarks.finetune_converged import bundle
+    from forcefield_et import build_model, save_checkpoint
+    from forcefield_et.registry import export_checkpoint
+
+    model = build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8)
+    weights = save_checkpoint(tmp_path / "best.pt", model)
+    bundled_dir = tmp_path / "checkpoints"
+
+    def exported(path, cell: str, **card) -> bytes:
+        export_checkpoint(weights, path, {"name": "rmd17-ethanol", "training_cost": {"cell": cell}, **card})
+        return path.read_bytes()
+
+    export = tmp_path / "exported" / "rmd17-ethanol.pt"
+    new = exported(export, "ethanol-1000-pretrained")
+    assert bundle(export, bundled_dir).startswith("bundled")
+    assert (bundled_dir / "rmd17-ethanol.pt").read_bytes() == new
+    repaired = exported(bundled_dir / "rmd17-ethanol.pt", "ethanol-1000-pretrained",
+                        repair={"repaired_cell": "ethanol-1000-pretrained"})
+    assert bundle(export, bundled_dir).startswith("kept")
+    assert (bundled_dir / "rmd17-ethanol.pt").read_bytes() == repaired
+    newer = exported(export, "ethanol-1000-pretrained-replay")  # validation now chooses another cell
+    assert bundle(export, bundled_dir).startswith("bundled")
+    assert (bundled_dir / "rmd17-ethanol.pt").read_bytes() == newer

@@ -97,7 +97,9 @@ converged_models() {
     done
     [ -n "$ready" ] || return 0
     # shellcheck disable=SC2086  # one word per molecule
+    # the cells' own exports (a bundled model may since have been repaired: benchmarks.collapse_repair --bundle)
     .venv/bin/python -m benchmarks.md_stability --molecules $ready --models et-pretrained-finetuned et-converged-scratch \
+        --model-path "et-pretrained-finetuned=runs/finetune_converged/exported/rmd17-{molecule}.pt" \
         --model-path "et-converged-scratch=runs/finetune_converged/exported/rmd17-{molecule}-scratch.pt" \
         --out benchmarks/results/md_stability_converged --work runs/md_stability_converged \
         >> runs/md_stability_converged.log 2>&1
