@@ -161,10 +161,10 @@ step "converged fine-tuning: the chosen scratch 50-frame cells with a 2 CPU-hour
 longer_budget_cells 2 scratch aspirin ethanol naphthalene salicylic
 step "converged fine-tuning: naphthalene's chosen GFN2-xTB-stage cell after a stage of 2 CPU-hours (the 0.5-hour stage stopped on its budget)"
 variant_cells "xtb_stage_hours=2" pretrained --xtb naphthalene   # the one stage cell still above MACE's 50-frame figure
+step "300 ps MD replicas (seeds 1, 2) of the converged pretrained-start models, aspirin and salicylic acid (the bundled models: salicylic acid's repaired)"
+md_replicas et-pretrained-finetuned
 step "converged fine-tuning: the chosen 50-frame cells with best.pt, the schedule and early stopping following the validation force MAE"
 variant_cells "select_by='force-mae'" pretrained aspirin ethanol naphthalene salicylic
 variant_cells "select_by='force-mae'" scratch aspirin ethanol
 .venv/bin/python -m benchmarks.finetune_converged --report > /dev/null
-step "300 ps MD replicas (seeds 1, 2) of the converged pretrained-start models, aspirin and salicylic acid"
-md_replicas et-pretrained-finetuned
 step "queue done"
