@@ -170,7 +170,9 @@ def repair(run: str, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 QUICK_PROTOCOL = {"time_ps": 0.05, "save_every": 10}
-REPAIR_LEVEL_OF_THEORY = "PBE/def2-SVP (PySCF, density fitting), rMD17's level of theory"
+# the entries of a bundled model's card that its export wrote (benchmarks.rmd17_models.export_rmd17_model)
+CARD_ENTRIES = ("name", "description", "level_of_theory", "limits", "priors", "training_cost", "test_errors")
+REPAIR_LEVEL_OF_THEORY = "PBE/def2-SVP, rMD17's level of theory, computed with PySCF (density fitting)"
 
 
 def repaired_card(card: Dict[str, Any], entry: Dict[str, Any], settings: Dict[str, Any],
@@ -246,8 +248,8 @@ def bundle_repair(entry: Dict[str, Any], settings: Dict[str, Any], work: Path) -
     from forcefield_et.data import ConformationSet
 
     frames = ConformationSet.from_ase(read(frames_file, index=":"))
-    new = repaired_card({k: v for k, v in card.items() if k not in ("training", "validation", "exported_from")},
-                        entry, settings, _closest_pair_ratio(frames))
+    # the card's own entries; the training, its parent, validation and provenance are the repair round's
+    new = repaired_card({k: card[k] for k in CARD_ENTRIES if k in card}, entry, settings, _closest_pair_ratio(frames))
     export_checkpoint(weights, bundled, new)
     return f"bundled the repair of {entry['run']} (round {entry['rounds'][-1]['round']}) as {bundled}"
 

@@ -139,7 +139,8 @@ def info_command(args: argparse.Namespace) -> int:
     if start:
         parent = meta.get("parent_training") or {}
         seen = ", ".join(f"{source['name']} ({source['frames']} frames)" for source in parent.get("sources", []))
-        print(textwrap.fill(f"started:    from {start}" + (f", itself trained on {seen}" if seen else ""),
+        origin = training.get("parent") or start  # the start's model name where it has one
+        print(textwrap.fill(f"started:    from {origin}" + (f", itself trained on {seen}" if seen else ""),
                             width=110, subsequent_indent=" " * 12, break_long_words=False, break_on_hyphens=False))
     for key, value in sorted((meta.get("validation") or {}).items()):
         # test-split errors logged beside the validation (learning curves) never select the weights
@@ -156,6 +157,13 @@ def info_command(args: argparse.Namespace) -> int:
     if hyper.get("zbl"):
         scale = 1.0 if hyper["zbl"] is True else float(hyper["zbl"])
         print(f"prior:      ZBL repulsion, zero beyond {scale:g} x the covalent-radii sum")
+    repair = meta.get("repair") or {}
+    if repair:
+        before = (repair.get("repaired_test_errors") or {}).get("force_mae_meV_A")
+        print(textwrap.fill(
+            f"repair:     {repair.get('dft_frames')} frames of {repair.get('frames_from')}, labelled "
+            f"{repair.get('level_of_theory')}" + (f"; test force MAE before it {before:.2f} meV/Å" if before else ""),
+            width=110, subsequent_indent=" " * 12, break_long_words=False, break_on_hyphens=False))
     for key in ("description", "level_of_theory", "limits"):
         if meta.get(key):
             print(f"{key}: {meta[key]}")

@@ -413,6 +413,17 @@ def test_info_shows_the_training_domain(capsys):
     assert "trained on C9H8O4" in out
 
 
+def test_info_names_a_repaired_models_extra_frames(capsys):
+    """The bundled salicylic acid model was repaired with DFT frames of its own MD collapse: its card says
+    which frames, and that its start was the bundled model before the repair."""
+    code, out, _ = run_main(["info", "rmd17-salicylic"], capsys)
+    assert code == 0
+    assert "data:       repair: 20 frames, objective forces" in out
+    assert "started:    from rmd17-salicylic, itself trained on salicylic (950 frames)" in out
+    assert "repair:     20 frames of the model's own 500 K MD trajectory" in out
+    assert "labelled PBE/def2-SVP" in out and "test force MAE before it 6.98 meV/Å" in out
+
+
 def test_version_names_the_package_and_torch(capsys):
     from forcefield_et import __version__
 
