@@ -229,7 +229,7 @@ def bundle_repair(entry: Dict[str, Any], settings: Dict[str, Any], work: Path) -
     from forcefield_et.checkpoint import read_checkpoint
     from forcefield_et.registry import BUNDLED_DIR, export_checkpoint
 
-    from .rmd17_models import _closest_pair_ratio
+    from .rmd17_models import frames_closest_pair_ratio
 
     bundled = checkout_path(entry["model"])
     if bundled.parent != BUNDLED_DIR:
@@ -240,16 +240,18 @@ def bundle_repair(entry: Dict[str, Any], settings: Dict[str, Any], work: Path) -
         if not needed.is_file():
             raise SystemExit(f"{needed} not found: the repair of {entry['run']} did not run on this machine")
     card = read_checkpoint(bundled)["metadata"]
-    if "repair" in card:
-        if card.get("exported_from", {}).get("checksum") == read_checkpoint(weights)["checksum"]:
-            return f"{bundled} is this repair already"
-        raise SystemExit(f"{bundled} is the repair of another run ({card['repair']['run']}); export its cell again "
-                         "first (python -m benchmarks.finetune_converged --bundle)")
+    repaired = read_checkpoint(weights)["metadata"]
+    if card.get("training") == repaired.get("training"):
+        return f"{bundled} is this repair already"
+    if card.get("training") != repaired.get("parent_training"):  # the bundled file is another model by now
+        raise SystemExit(f"{bundled} is not the model the repair of {entry['run']} started from (exported again "
+                         "since?): repair the bundled model itself (python -m benchmarks.collapse_repair)")
     from forcefield_et.data import ConformationSet
 
     frames = ConformationSet.from_ase(read(frames_file, index=":"))
     # the card's own entries; the training, its parent, validation and provenance are the repair round's
-    new = repaired_card({k: card[k] for k in CARD_ENTRIES if k in card}, entry, settings, _closest_pair_ratio(frames))
+    own = {key: card[key] for key in CARD_ENTRIES if key in card}
+    new = repaired_card(own, entry, settings, frames_closest_pair_ratio(frames))
     export_checkpoint(weights, bundled, new)
     return f"bundled the repair of {entry['run']} (round {entry['rounds'][-1]['round']}) as {bundled}"
 

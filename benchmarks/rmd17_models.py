@@ -40,10 +40,10 @@ def closest_pair_ratio(molecule: str, data_root: Path = DATA_ROOT, n_train: int 
     """The smallest r_ij / (r_cov,i + r_cov,j) over every atom pair of the first ``n_train`` rMD17
     train_01 frames (distances in Å, covalent radii as in :func:`~forcefield_et.model.priors.covalent_radii`).
     A ZBL prior with ``radius_scale`` below this value is zero on all of those frames."""
-    return _closest_pair_ratio(read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train))
+    return frames_closest_pair_ratio(read_rmd17(rmd17_file(molecule, "train", data_root), max_frames=n_train))
 
 
-def _closest_pair_ratio(data: Any) -> float:
+def frames_closest_pair_ratio(data: Any) -> float:
     """:func:`closest_pair_ratio` of frames already read (one molecule, a ConformationSet)."""
     n_atoms = int(data.n_atoms[0])
     positions = data.pos.reshape(len(data), n_atoms, 3)
@@ -75,7 +75,7 @@ def export_rmd17_model(
                 f"{rmd17_file(molecule, 'train', data_root)} not found: the ZBL prior is only added where the "
                 "training frames show that it leaves them unchanged"
             )
-        ratio = min([_closest_pair_ratio(frames)]
+        ratio = min([frames_closest_pair_ratio(frames)]
                     + [closest_pair_ratio(other, data_root, n_train=10**9) for other in also_trained_on])
         trained_on = ", ".join([molecule, *also_trained_on])
         if ratio <= zbl:

@@ -94,3 +94,49 @@ def test_the_repaired_card_keeps_the_bundled_entries_and_states_the_repair():
     assert card["test_errors"]["force_mae_meV_A"] == 6.98  # the card given is left as it was
     with pytest.raises(ValueError, match="collapsed too"):
         repaired_card(card, _repair_entry(collapsed_after=True), {"ratio": 0.1, "lr": 1e-4}, 0.83)
+
+
+def test_a_repair_is_bundled_only_over_the_model_it_started_from(tmp_path, monkeypatch):
+    """``--bundle`` writes the repaired weights over the bundled checkpoint whose training the repair started
+    from; once done it says so, and it refuses a bundled file that has been exported anew since."""
+    from ase import Atoms
+    from ase.io import write
+
+    import forcefield_et.registry as registry
+    from benchmarks.collapse_repair import bundle_repair
+    from forcefield_et import build_model, save_checkpoint
+    from forcefield_et.checkpoint import read_checkpoint
+
+    bundled_dir = tmp_path / "checkpoints"
+    monkeypatch.setattr(registry, "BUNDLED_DIR", bundled_dir)
+    model = build_model(hidden_channels=16, num_layers=1, num_heads=2, num_rbf=8)
+    cell_training = {"step": 100, "sources": [{"name": "salicylic", "frames": 950}]}
+    card = {"name": "rmd17-salicylic", "description": "Fine-tuned.", "limits": "One molecule.",
+            "training_cost": {"cpu_hours": 2.0, "cell": "salicylic-1000-pretrained"},
+            "test_errors": {"split": "rmd17 test_01", "frames": 1000, "force_mae_meV_A": 6.98}}
+
+    def bundle_cell(training: dict) -> None:
+        save_checkpoint(tmp_path / "cell.pt", model, {"training": training})
+        registry.export_checkpoint(tmp_path / "cell.pt", bundled_dir / "rmd17-salicylic.pt", card)
+
+    bundle_cell(cell_training)
+    entry = {**_repair_entry(), "model": str(bundled_dir / "rmd17-salicylic.pt")}
+    work = tmp_path / "work"
+    repair_training = {"step": 50, "sources": [{"name": "salicylic", "frames": 950}, {"name": "repair", "frames": 20}]}
+    save_checkpoint(work / entry["run"] / "round1" / "best.pt", model,
+                    {"training": repair_training, "parent_training": cell_training})
+    frames = [Atoms("OH", positions=[[0, 0, 0], [0, 0, d]]) for d in (0.97, 1.02)]
+    write(work / entry["run"] / "repair_frames.extxyz", frames)
+    settings = {"ratio": 0.1, "lr": 1e-4}
+
+    assert bundle_repair(entry, settings, work).startswith("bundled the repair")
+    meta = read_checkpoint(bundled_dir / "rmd17-salicylic.pt")["metadata"]
+    assert meta["training"] == repair_training and meta["parent_training"] == cell_training
+    assert meta["repair"]["repaired_cell"] == "salicylic-1000-pretrained"
+    assert meta["test_errors"]["force_mae_meV_A"] == 6.85
+    assert bundle_repair(entry, settings, work).endswith("is this repair already")
+    bundle_cell({**cell_training, "step": 200})  # a newer cell exported over it
+    with pytest.raises(SystemExit, match="is not the model the repair of salicylic__et-pretrained-finetuned"):
+        bundle_repair(entry, settings, work)
+    elsewhere = {**entry, "model": str(tmp_path / "cell.pt")}
+    assert bundle_repair(elsewhere, settings, work).endswith("is not a bundled checkpoint; nothing to bundle")
