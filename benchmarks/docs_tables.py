@@ -476,7 +476,7 @@ def md_stability_summary() -> str:
 def md_stability_converged_summary() -> str:
     """The 300 ps runs of the converged 1000-frame models in one line per molecule."""
     return _md_summary("md_stability_converged/md_stability.json", "et-converged-scratch",
-                       "pretrained → fine-tuned (`rmd17-<mol>`)")
+                       "pretrained → fine-tuned (the converged cell)")
 
 
 def readme_results() -> str:
