@@ -45,7 +45,7 @@ import torch
 from forcefield_et.training import train, with_replay
 
 from .collapse_dft import MD_RESULTS, MD_WORK, labelled_window, model_file, window
-from .finetune_converged import VALID, recipe_config
+from .finetune_converged import VALID, fine_tuned_from, recipe_config
 from .io import write_json_atomic, write_text_atomic
 from .machine import machine_info
 from .paths import DATA_ROOT, RUNS_DIR, checkout_path, repo_relative, rmd17_file
@@ -243,7 +243,7 @@ def bundle_repair(entry: Dict[str, Any], settings: Dict[str, Any], work: Path) -
     repaired = read_checkpoint(weights)["metadata"]
     if card.get("training") == repaired.get("training"):
         return f"{bundled} is this repair already"
-    if card.get("training") != repaired.get("parent_training"):  # the bundled file is another model by now
+    if not fine_tuned_from(repaired, card):  # the bundled file is another model by now
         raise SystemExit(f"{bundled} is not the model the repair of {entry['run']} started from (exported again "
                          "since?): repair the bundled model itself (python -m benchmarks.collapse_repair)")
     from forcefield_et.data import ConformationSet

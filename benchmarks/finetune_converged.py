@@ -637,6 +637,12 @@ def export_destination(molecule: str, start: str, runs_dir: Path = RUNS_DIR) -> 
     return runs_dir / "exported" / (f"rmd17-{molecule}.pt" if label == "pretrained" else f"rmd17-{molecule}-{label}.pt")
 
 
+def fine_tuned_from(model: Dict[str, Any], start: Dict[str, Any]) -> bool:
+    """Whether the checkpoint metadata ``model`` records a training that started from the model whose
+    metadata is ``start`` (its ``parent_training`` is that model's ``training``)."""
+    return model.get("parent_training") is not None and model.get("parent_training") == start.get("training")
+
+
 def bundle(export: Path, bundled_dir: Path | None = None) -> str:
     """Copy the pretrained start's export ``export`` (``rmd17-<molecule>.pt``) into the bundled checkpoints,
     unless the bundled file of that name is the repair of the same cell (``python -m benchmarks.collapse_repair
@@ -646,11 +652,12 @@ def bundle(export: Path, bundled_dir: Path | None = None) -> str:
     from forcefield_et.registry import BUNDLED_DIR
 
     bundled = (bundled_dir or BUNDLED_DIR) / export.name
-    cell = read_checkpoint(export)["metadata"]["training_cost"]["cell"]
+    exported = read_checkpoint(export)["metadata"]
     if bundled.is_file():
-        repair = read_checkpoint(bundled)["metadata"].get("repair") or {}
-        if repair.get("repaired_cell") == cell:
-            return f"kept {bundled}: the repair of {cell} (python -m benchmarks.collapse_repair --bundle)"
+        current = read_checkpoint(bundled)["metadata"]
+        if "repair" in current and fine_tuned_from(current, exported):
+            return (f"kept {bundled}: the repair of {exported['training_cost']['cell']} "
+                    "(python -m benchmarks.collapse_repair --bundle)")
     with atomic_write(bundled) as handle:
         handle.write(export.read_bytes())
     return f"bundled {export} as {bundled}"

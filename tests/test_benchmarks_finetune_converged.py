@@ -324,15 +324,18 @@ def test_bundling_copies_the_export_but_keeps_a_repair_of_the_same_cell(tmp_path
     bundled_dir = tmp_path / "checkpoints"
 
     def exported(path, cell: str, **card) -> bytes:
-        export_checkpoint(weights, path, {"name": "rmd17-ethanol", "training_cost": {"cell": cell}, **card})
+        export_checkpoint(weights, path, {"name": "rmd17-ethanol", "training_cost": {"cell": cell},
+                                          "training": {"cell": cell}, **card})
         return path.read_bytes()
 
     export = tmp_path / "exported" / "rmd17-ethanol.pt"
     new = exported(export, "ethanol-1000-pretrained")
     assert bundle(export, bundled_dir).startswith("bundled")
     assert (bundled_dir / "rmd17-ethanol.pt").read_bytes() == new
+    # the repair's training started from the exported cell's
     repaired = exported(bundled_dir / "rmd17-ethanol.pt", "ethanol-1000-pretrained",
-                        repair={"repaired_cell": "ethanol-1000-pretrained"})
+                        repair={"repaired_cell": "ethanol-1000-pretrained"},
+                        parent_training={"cell": "ethanol-1000-pretrained"})
     assert bundle(export, bundled_dir).startswith("kept")
     assert (bundled_dir / "rmd17-ethanol.pt").read_bytes() == repaired
     newer = exported(export, "ethanol-1000-pretrained-replay")  # validation now chooses another cell
